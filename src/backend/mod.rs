@@ -1,0 +1,224 @@
+//! The compute interface. `model/` builds graphs of generic ops; a backend implements each op
+//! and owns its memory. Nothing here knows it is running Qwen.
+//!
+//! Conventions every backend follows (the CPU backend is the reference):
+//! - Tensors are row-major. A [`TRef`] may have a first-dimension stride (`row_stride`, in
+//!   elements) larger than its row length, to view a column block of a wider matrix (e.g. q, k or
+//!   v inside a packed qkv projection); everything below the first dimension is contiguous.
+//! - Activations are `F32` or `BF16`; ops compute in f32 and round to the output type where
+//!   Hugging Face transformers rounds (documented per op), so a bf16 run follows HF bf16.
+//! - Weights are `BF16`, `F16`, `F32` or a quantized block type, laid out `[out, in]` as in the
+//!   checkpoint.
+//! - Integer inputs (token ids, positions, page tables, cu_seqlens) are `I32`.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::Result;
+use crate::tensor::{DType, Shape};
+use std::sync::Arc;
+
+/// A buffer owned by a backend (a weight, the activation arena, the KV pool, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufId(pub u32);
+
+/// A tensor inside a backend buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TRef {
+    pub buf: BufId,
+    /// Byte offset of element 0.
+    pub offset: usize,
+    pub dtype: DType,
+    pub shape: Shape,
+    /// Elements between the starts of consecutive first-dimension slices.
+    pub row_stride: usize,
+}
+
+impl TRef {
+    pub fn new(buf: BufId, offset: usize, dtype: DType, shape: Shape) -> TRef {
+        TRef { buf, offset, dtype, shape, row_stride: shape.row_len() }
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.row_stride == self.shape.row_len() || self.shape.rows() <= 1
+    }
+
+    /// Rows `[start, start + n)` of the first dimension.
+    pub fn rows(&self, start: usize, n: usize) -> TRef {
+        assert!(start + n <= self.shape.rows());
+        TRef {
+            offset: self.offset + self.dtype.bytes_for(start * self.row_stride),
+            shape: self.shape.with_rows(n),
+            ..*self
+        }
+    }
+
+    /// Bytes spanned from element 0 to the end of the last row.
+    pub fn span_bytes(&self) -> usize {
+        let rows = self.shape.rows();
+        if rows == 0 {
+            return 0;
+        }
+        self.dtype.bytes_for((rows - 1) * self.row_stride + self.shape.row_len())
+    }
+}
+
+/// Host bytes that stay alive as long as their owner (a memory map, or an owned vector).
+/// Weights reach backends this way: the CPU backend computes straight from the map, the CUDA
+/// backend copies once to the device.
+#[derive(Clone)]
+pub struct HostBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    start: usize,
+    len: usize,
+}
+
+impl HostBytes {
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> HostBytes {
+        assert!(start + len <= (*owner).as_ref().len());
+        HostBytes { owner, start, len }
+    }
+
+    pub fn from_vec(v: Vec<u8>) -> HostBytes {
+        let len = v.len();
+        HostBytes { owner: Arc::new(v), start: 0, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for HostBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostBytes({} bytes)", self.len)
+    }
+}
+
+/// The paged KV pool: one buffer laid out `[layer][k|v][page][slot][kv_head][head_dim]` (NHD).
+#[derive(Clone, Copy, Debug)]
+pub struct KvLayout {
+    pub buf: BufId,
+    pub dtype: DType,
+    pub n_layers: usize,
+    pub n_pages: usize,
+    pub page_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvLayout {
+    pub fn page_elems(&self) -> usize {
+        self.page_size * self.n_kv_heads * self.head_dim
+    }
+    pub fn total_bytes(&self) -> usize {
+        self.dtype.bytes_for(self.n_layers * 2 * self.n_pages * self.page_elems())
+    }
+    /// Element index of (layer, k=0/v=1, page, slot, head, 0).
+    pub fn elem_index(&self, layer: usize, kv: usize, page: usize, slot: usize, head: usize) -> usize {
+        ((((layer * 2 + kv) * self.n_pages + page) * self.page_size + slot) * self.n_kv_heads + head)
+            * self.head_dim
+    }
+}
+
+/// A batch of sequences' views of the KV pool in FlashInfer's CSR form: sequence `b` owns pages
+/// `indices[indptr[b]..indptr[b+1]]`, and its last page holds `last_page_len[b]` tokens, so
+/// `kv_len = (pages - 1) * page_size + last_page_len`. All three are `I32` device tensors, read
+/// by the kernels at run time so a captured decode graph stays valid as sequences grow.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedKv {
+    pub layout: KvLayout,
+    pub indptr: TRef,
+    pub indices: TRef,
+    pub last_page_len: TRef,
+}
+
+/// M-RoPE parameters: the inverse frequencies `theta^(-2i/head_dim)` are split into three
+/// contiguous sections (temporal, height, width) of `sections[k]` pairs each; section k rotates
+/// with position row k.
+#[derive(Clone, Copy, Debug)]
+pub struct MropeParams {
+    pub theta: f32,
+    pub sections: [usize; 3],
+}
+
+/// The backend interface. Each op method validates shapes it cannot handle and returns an
+/// error rather than panicking.
+pub trait Backend: Send {
+    /// Human-readable name, e.g. `cpu (8 threads, avx2)` or `cuda:0 NVIDIA H100`.
+    fn name(&self) -> String;
+
+    // ---- memory ----
+    /// Makes weight bytes available to ops. The CPU backend keeps the host bytes (zero copy);
+    /// device backends copy them once.
+    fn load_weight(&mut self, bytes: HostBytes) -> Result<BufId>;
+    /// A zeroed buffer of `bytes` bytes.
+    fn alloc(&mut self, bytes: usize) -> Result<BufId>;
+    fn free(&mut self, buf: BufId);
+    fn write(&mut self, buf: BufId, offset: usize, data: &[u8]) -> Result<()>;
+    fn read(&mut self, buf: BufId, offset: usize, out: &mut [u8]) -> Result<()>;
+    /// Waits for all queued work.
+    fn sync(&mut self) -> Result<()>;
+
+    // ---- ops ----
+    /// `out[t, :] = table[ids[t], :]`; table [V, D] (any weight type), ids [T] I32, out [T, D].
+    fn embedding(&mut self, table: TRef, ids: TRef, out: TRef) -> Result<()>;
+    /// Qwen2RMSNorm over the last dimension: `h = x * rsqrt(mean(x^2) + eps)` in f32, rounded to
+    /// the output type, then `out = round(w * h)`.
+    fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()>;
+    /// `out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`, f32 accumulation, rounded once.
+    fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()>;
+    /// `out = round(a + b)`, same shapes.
+    fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()>;
+    /// `out = round(round(silu(gate)) * up)`.
+    fn swiglu(&mut self, gate: TRef, up: TRef, out: TRef) -> Result<()>;
+    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, rounded once.
+    fn gelu(&mut self, x: TRef, out: TRef) -> Result<()>;
+    /// Multimodal rotary embedding (NeoX half-split) on x [T, H, d] with positions [3, T] I32.
+    /// cos/sin are computed in f32 from `f32(pos) * inv_freq` and rounded to the output type;
+    /// then `out = round(round(x * cos) + round(rotate_half(x) * sin))`.
+    fn rope_mrope(&mut self, x: TRef, pos: TRef, out: TRef, p: MropeParams) -> Result<()>;
+    /// Vision 2-D rotary embedding on x [N, H, d] with positions [N, 2] I32 (row, col): the first
+    /// d/4 frequency pairs rotate with the row, the next d/4 with the column, both ladders
+    /// `theta^(-2k/(d/2))`; computed in f32 and rounded once.
+    fn rope_vision(&mut self, x: TRef, pos: TRef, out: TRef, theta: f32) -> Result<()>;
+    /// Writes k, v [T, Hkv, d] into the pool at the last T positions of sequence 0.
+    fn kv_append(&mut self, k: TRef, v: TRef, kv: &PagedKv, layer: usize) -> Result<()>;
+    /// Causal GQA attention of q [T, Hq, d] (the last T positions of sequence 0) over the paged
+    /// cache, scale applied to q·k, softmax in f32; out [T, Hq, d].
+    fn attention_paged(
+        &mut self,
+        q: TRef,
+        kv: &PagedKv,
+        layer: usize,
+        out: TRef,
+        scale: f32,
+    ) -> Result<()>;
+    /// Non-causal attention within segments `[cu[s], cu[s+1])` of q, k, v [N, H, d];
+    /// cu_seqlens [S+1] I32; out [N, H, d].
+    fn attention_varlen(
+        &mut self,
+        q: TRef,
+        k: TRef,
+        v: TRef,
+        cu_seqlens: TRef,
+        out: TRef,
+        scale: f32,
+    ) -> Result<()>;
+    /// `out[i, :] = x[idx[i], :]`.
+    fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()>;
+    /// `dst[idx[i], :] = src[i, :]` (in place on dst).
+    fn scatter_rows(&mut self, src: TRef, idx: TRef, dst: TRef) -> Result<()>;
+    /// Element type conversion, same shape.
+    fn cast(&mut self, x: TRef, out: TRef) -> Result<()>;
+    /// Index of the maximum of each row of x [R, N] into out [R] I32; ties go to the lowest index.
+    fn argmax(&mut self, x: TRef, out: TRef) -> Result<()>;
+}

@@ -1,0 +1,3 @@
+//! A generation session: media -> vision -> prefill -> decode, sampling, streaming, timings.
+
+pub mod sampling;

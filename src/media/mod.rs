@@ -1,0 +1,1 @@
+//! Pixels in: video decoding (FFmpeg), frame sampling, resizing, normalization, patchify.

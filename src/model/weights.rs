@@ -1,0 +1,1 @@
+//! The checkpoint tensor inventory: expected names, shapes and types, and their validation.

@@ -1,0 +1,1 @@
+//! Tokenizer, chat template, Video-R1 prompt templates and <think>/<answer> parsing.

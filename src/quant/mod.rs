@@ -1,0 +1,1 @@
+//! Quantized weight formats: ggml block layouts and reference (de)quantization.

@@ -1,0 +1,3 @@
+//! Checkpoint files: Hugging Face safetensors shards (memory-mapped) and GGUF.
+
+pub mod gguf;

@@ -1,0 +1,1 @@
+//! Safetensors shards, memory-mapped.
