@@ -60,7 +60,10 @@ impl CpuBackend {
         if t.offset + t.span_bytes() > len {
             return Err(Error::backend(
                 "cpu",
-                format!("tensor {:?} at offset {} overruns buffer of {len} bytes", t.shape, t.offset),
+                format!(
+                    "tensor {:?} at offset {} overruns buffer of {len} bytes",
+                    t.shape, t.offset
+                ),
             ));
         }
         Ok(unsafe { base.add(t.offset) })
