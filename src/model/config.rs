@@ -505,7 +505,7 @@ fn parse_text(srcs: &[Fields]) -> Result<TextConfig> {
     let rms_norm_eps = f("rms_norm_eps").f32("rms_norm_eps")?.unwrap_or(1e-6);
     let max_position_embeddings = f("max_position_embeddings")
         .usize("max_position_embeddings")?
-        .unwrap_or(128_000);
+        .unwrap_or(32_768);
     let tie_word_embeddings = f("tie_word_embeddings")
         .bool("tie_word_embeddings")?
         .unwrap_or(false);
