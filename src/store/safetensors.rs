@@ -324,7 +324,12 @@ fn open_shard(path: &Path, id: usize) -> Result<(Shard, BTreeMap<String, Entry>)
 fn parse_header(buf: &[u8], path: &Path, id: usize) -> Result<BTreeMap<String, Entry>> {
     let bad = |msg: String| Error::file(path, msg);
     let file_len = buf.len();
-    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let Some(len_bytes) = buf.first_chunk::<8>() else {
+        return Err(bad(format!(
+            "{file_len} bytes is too short for a safetensors file (truncated?)"
+        )));
+    };
+    let n = u64::from_le_bytes(*len_bytes);
     if n > (file_len - 8) as u64 {
         return Err(bad(format!(
             "safetensors header length {n} exceeds the file size {file_len} (truncated, or not a safetensors file)"
