@@ -189,7 +189,13 @@ fn tiny_tensors(cfg: &ModelConfig) -> Vec<T> {
 }
 
 fn write_st(path: &Path, tensors: &[T]) {
-    let bytes = safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), None).unwrap();
+    // HF writes `__metadata__: {format: pt}`; the reader must skip it.
+    let meta = Some(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let bytes = safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), meta).unwrap();
     fs::write(path, bytes).unwrap();
 }
 
@@ -847,6 +853,26 @@ fn malformed_headers_are_errors() {
         8,
     );
     assert_names(&err_of(open()), &["`a`", "shape"]);
+
+    // Data not aligned to the element size (a 1-byte-odd header) still reads back exactly,
+    // from aligned storage.
+    let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} "#;
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    assert_ne!(b.len() % 4, 0);
+    b.extend_from_slice(&1.5f32.to_le_bytes());
+    b.extend_from_slice(&(-2.0f32).to_le_bytes());
+    fs::write(&p, b).unwrap();
+    let store = SafetensorsStore::open_dir(dir.path()).unwrap();
+    let a = reel::store::WeightStore::get(&store, "a").unwrap();
+    assert_eq!(a.bytes.as_slice().as_ptr() as usize % 4, 0);
+    let vals: Vec<f32> = a
+        .bytes
+        .as_slice()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(vals, vec![1.5, -2.0]);
 
     // A header length field pointing past the end of the file.
     let mut b = (1u64 << 40).to_le_bytes().to_vec();

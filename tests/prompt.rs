@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use reel::prompt::messages::messages_from_value;
 use reel::prompt::video_r1::{self, ProblemType};
 use reel::prompt::{
-    apply_system_prompt, expand_pads, load_messages, parse_answer, parse_think, vision_items,
-    ChatTemplate, ContentItem, ImageItem, Message, PadIds, RenderOptions, Tokenizer, VideoItem,
-    VisionKind,
+    apply_system_prompt, encode_prompt, expand_pads, load_messages, parse_answer, parse_think,
+    vision_items, ChatTemplate, ContentItem, ImageItem, Message, PadIds, RenderOptions, Tokenizer,
+    VideoItem, VisionKind,
 };
 use serde_json::Value;
 
@@ -147,8 +147,8 @@ fn real_tokenizer_known_ids() {
         e.contains("<|no_such_token|>") && e.contains("tokenizer.json"),
         "{e}"
     );
-    let e = err_string(tok.decode(&[151665]));
-    assert!(e.contains("151665"), "{e}");
+    // Ids past the tokenizer's vocabulary (the model has 152064 rows) decode to nothing.
+    assert_eq!(tok.decode(&[9707, 151665, 152063]).unwrap(), "Hello");
 }
 
 /// Streaming pieces concatenate to the full decoding and never show a half character.
@@ -398,7 +398,16 @@ fn fixture_cases_prompt_and_input_ids() {
             );
         }
 
-        let ids = expand_pads(&tok.encode(&prompt).unwrap(), pads, &items).unwrap();
+        let enc = encode_prompt(&tok, &tmpl, &msgs, &RenderOptions::default()).unwrap();
+        assert_eq!(enc.text, prompt);
+        assert_eq!(enc.ids, tok.encode(&prompt).unwrap());
+        let counts: Vec<(VisionKind, usize)> = enc
+            .vision
+            .iter()
+            .zip(&items)
+            .map(|(&k, &(_, n))| (k, n))
+            .collect();
+        let ids = expand_pads(&enc.ids, pads, &counts).unwrap();
         let golden = golden_input_ids(case["golden"].as_str().unwrap());
         assert_eq!(
             ids.len(),
@@ -476,6 +485,23 @@ fn template_source_priority_and_errors() {
         e.contains("chat_template.json") && e.contains("does not compile"),
         "{e}"
     );
+    // A template that drops vision items is caught before the pads are expanded.
+    let t = ChatTemplate::from_source(
+        "{% for m in messages %}{{ m.role }}{% endfor %}",
+        "textonly",
+    )
+    .unwrap();
+    let msgs = vec![Message::new(
+        "user",
+        vec![video("v.mp4"), ContentItem::Text("hi".into())],
+    )];
+    let e = err_string(encode_prompt(
+        &tiny_tokenizer(),
+        &t,
+        &msgs,
+        &RenderOptions::default(),
+    ));
+    assert!(e.contains("textonly") && e.contains("Video"), "{e}");
     // raise_exception in a template becomes an error.
     let t = ChatTemplate::from_source("{{ raise_exception('no tools here') }}", "test").unwrap();
     let e = err_string(t.render(&[Message::text("user", "x")], &RenderOptions::default()));

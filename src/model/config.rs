@@ -96,7 +96,7 @@ impl Default for PreprocessorConfig {
             temporal_patch_size: 2,
             merge_size: 2,
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+            image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
         }
     }
 }
@@ -505,7 +505,7 @@ fn parse_text(srcs: &[Fields]) -> Result<TextConfig> {
     let rms_norm_eps = f("rms_norm_eps").f32("rms_norm_eps")?.unwrap_or(1e-6);
     let max_position_embeddings = f("max_position_embeddings")
         .usize("max_position_embeddings")?
-        .unwrap_or(128_000);
+        .unwrap_or(32_768);
     let tie_word_embeddings = f("tie_word_embeddings")
         .bool("tie_word_embeddings")?
         .unwrap_or(false);
@@ -709,7 +709,7 @@ fn parse_vision(vf: &Fields) -> Result<VisionConfig> {
             format!("index {bad} is not below depth {depth}"),
         ));
     }
-    if !(tokens_per_second > 0.0) {
+    if tokens_per_second.is_nan() || tokens_per_second <= 0.0 {
         return Err(vf.err("tokens_per_second", "must be positive"));
     }
     Ok(VisionConfig {
@@ -760,7 +760,7 @@ impl GenerationConfig {
             do_sample: f.bool("do_sample")?,
         };
         if let Some(t) = g.temperature {
-            if !(t >= 0.0) {
+            if t.is_nan() || t < 0.0 {
                 return Err(f.err("temperature", format!("{t} must be non-negative")));
             }
         }
@@ -770,7 +770,7 @@ impl GenerationConfig {
             }
         }
         if let Some(r) = g.repetition_penalty {
-            if !(r > 0.0) {
+            if r.is_nan() || r <= 0.0 {
                 return Err(f.err("repetition_penalty", format!("{r} must be positive")));
             }
         }
@@ -833,7 +833,7 @@ impl PreprocessorConfig {
                 format!("{} exceeds max_pixels {}", p.min_pixels, p.max_pixels),
             ));
         }
-        if p.image_std.iter().any(|s| !(*s > 0.0)) {
+        if p.image_std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return Err(f.err("image_std", format!("{:?} must be positive", p.image_std)));
         }
         Ok(p)

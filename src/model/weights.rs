@@ -36,10 +36,10 @@ fn ex(name: String, shape: &[usize]) -> Expected {
 pub fn alternate_name(canonical: &str) -> Option<String> {
     if let Some(rest) = canonical.strip_prefix("visual.") {
         Some(format!("model.visual.{rest}"))
-    } else if let Some(rest) = canonical.strip_prefix("model.") {
-        Some(format!("model.language_model.{rest}"))
     } else {
-        None
+        canonical
+            .strip_prefix("model.")
+            .map(|rest| format!("model.language_model.{rest}"))
     }
 }
 

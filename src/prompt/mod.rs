@@ -39,6 +39,49 @@ impl PadIds {
     }
 }
 
+/// A rendered, tokenized conversation whose vision pads are not yet expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedPrompt {
+    /// The chat template's output.
+    pub text: String,
+    /// Its token ids, one pad per vision item.
+    pub ids: Vec<u32>,
+    /// The kind of each vision item, in prompt order (the order of the pads).
+    pub vision: Vec<VisionKind>,
+}
+
+/// Renders `messages` with `template` and tokenizes the result, checking that the template
+/// wrote exactly one pad of the right kind per vision item (a custom template might not).
+pub fn encode_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+    opts: &RenderOptions,
+) -> Result<EncodedPrompt> {
+    let text = template.render(messages, opts)?;
+    let ids = tokenizer.encode(&text)?;
+    let pads = PadIds::from_tokenizer(tokenizer)?;
+    let vision: Vec<VisionKind> = vision_items(messages)
+        .iter()
+        .filter_map(|c| c.vision_kind())
+        .collect();
+    let found: Vec<VisionKind> = ids
+        .iter()
+        .filter_map(|&id| match id {
+            _ if id == pads.image_pad => Some(VisionKind::Image),
+            _ if id == pads.video_pad => Some(VisionKind::Video),
+            _ => None,
+        })
+        .collect();
+    if found != vision {
+        return Err(Error::Prompt(format!(
+            "chat template ({}) wrote pads {found:?} for vision items {vision:?}",
+            template.origin()
+        )));
+    }
+    Ok(EncodedPrompt { text, ids, vision })
+}
+
 /// Replaces the pad of each vision item with `count` copies, where `items` lists, in prompt
 /// order, each item's kind and merged-token count (t·h·w/4 of its grid). The number and kinds of
 /// the pads in `ids` must match `items` exactly.

@@ -73,14 +73,9 @@ impl Tokenizer {
         self.decode_with(ids, true)
     }
 
+    /// Ids outside the vocabulary (the model's embedding rows beyond the tokenizer's, e.g.
+    /// 151665..152063 in Qwen2.5-VL) decode to nothing, as in transformers.
     fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        let vocab = self.vocab_size();
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Tokenizer(format!(
-                "cannot decode id {bad}: the vocabulary of {} has {vocab} entries",
-                self.origin.display()
-            )));
-        }
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))

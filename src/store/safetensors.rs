@@ -42,6 +42,34 @@ struct Entry {
     /// Absolute byte range in the shard.
     start: usize,
     len: usize,
+    /// An aligned copy, for the rare file whose data is not aligned to the element size
+    /// (backends read weights as typed slices).
+    copy: Option<HostBytes>,
+}
+
+/// Bytes in 8-byte-aligned storage.
+struct AlignedBuf {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+    }
+}
+
+fn aligned_copy(src: &[u8]) -> HostBytes {
+    let mut words = vec![0u64; src.len().div_ceil(8)];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..src.len()].copy_from_slice(src);
+    HostBytes::new(
+        Arc::new(AlignedBuf {
+            words,
+            len: src.len(),
+        }),
+        0,
+        src.len(),
+    )
 }
 
 /// A set of memory-mapped safetensors shards.
@@ -182,7 +210,10 @@ impl SafetensorsStore {
             name: name.to_string(),
             dtype,
             shape: e.shape.clone(),
-            bytes: HostBytes::new(self.shards[e.shard].map.clone(), e.start, e.len),
+            bytes: match &e.copy {
+                Some(c) => c.clone(),
+                None => HostBytes::new(self.shards[e.shard].map.clone(), e.start, e.len),
+            },
         }
     }
 }
@@ -270,7 +301,15 @@ fn open_shard(path: &Path, id: usize) -> Result<(Shard, BTreeMap<String, Entry>)
     // SAFETY: the map is read-only and private to this process; like every memory-mapped
     // loader, it relies on nobody truncating the checkpoint while it is in use.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let entries = parse_header(&map, path, id)?;
+    let mut entries = parse_header(&map, path, id)?;
+    // The map is page-aligned, so an entry is aligned when its file offset is.
+    for e in entries.values_mut() {
+        if let Some(dt) = e.dtype {
+            if e.start % dt.block_bytes().min(8) != 0 {
+                e.copy = Some(aligned_copy(&map[e.start..e.start + e.len]));
+            }
+        }
+    }
     let owner: Owner = Arc::new(map);
     Ok((
         Shard {
@@ -285,7 +324,12 @@ fn open_shard(path: &Path, id: usize) -> Result<(Shard, BTreeMap<String, Entry>)
 fn parse_header(buf: &[u8], path: &Path, id: usize) -> Result<BTreeMap<String, Entry>> {
     let bad = |msg: String| Error::file(path, msg);
     let file_len = buf.len();
-    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let Some(len_bytes) = buf.first_chunk::<8>() else {
+        return Err(bad(format!(
+            "{file_len} bytes is too short for a safetensors file (truncated?)"
+        )));
+    };
+    let n = u64::from_le_bytes(*len_bytes);
     if n > (file_len - 8) as u64 {
         return Err(bad(format!(
             "safetensors header length {n} exceeds the file size {file_len} (truncated, or not a safetensors file)"
@@ -373,6 +417,7 @@ fn parse_header(buf: &[u8], path: &Path, id: usize) -> Result<BTreeMap<String, E
                 shape,
                 start: data_start + begin,
                 len: end - begin,
+                copy: None,
             },
         );
     }
