@@ -4,3 +4,4 @@
 pub mod config;
 pub mod positions;
 pub mod weights;
+pub mod vision;
