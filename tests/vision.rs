@@ -340,3 +340,50 @@ fn bad_inputs_are_errors() {
         "{e}"
     );
 }
+
+/// Blocks listed in fullatt_block_indexes attend over whole temporal slices, the others over
+/// windows; the merger output comes back un-permuted, in processor order.
+#[test]
+fn graph_selects_full_attention_blocks() {
+    use reel::graph::{Graph, Op};
+    use reel::Shape;
+    let cfg = tiny_cfg();
+    // Weight handles only need shapes to build a graph.
+    let w = VisionWeightRefs::from_lookup(&cfg, |name| {
+        let shape = reel::model::vision::vision_tensor_names(&cfg)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1;
+        Ok((BufId(0), DType::BF16, shape))
+    })
+    .unwrap();
+    assert_eq!(w.patch_embed.shape, Shape::new(&[32, 1176]));
+    let layout = VisionLayout::new(&cfg, &[[2, 4, 6], [1, 10, 10]]).unwrap();
+    let mut g = Graph::new(DType::F32);
+    let vg = reel::model::vision::build_vision_graph(&mut g, &w, &cfg, &layout, false).unwrap();
+    let cus: Vec<_> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::AttentionVarlen { cu_seqlens, .. } => Some(cu_seqlens),
+            _ => None,
+        })
+        .collect();
+    let full = vg.cu_seqlens;
+    let win = vg.cu_window_seqlens;
+    assert_eq!(cus, [win, full, win, full]);
+    assert_eq!(g.value(vg.out).shape, Shape::new(&[(48 + 100) / 4, 64]));
+    match g.nodes.last().unwrap().op {
+        Op::GatherRows { idx, .. } => assert_eq!(idx, vg.inverse_index),
+        ref op => panic!("last op is {}", op.name()),
+    }
+    // A fullatt index beyond the depth is a config error, not a silent window block.
+    let bad = VisionConfig {
+        fullatt_block_indexes: vec![1, 4],
+        ..tiny_cfg()
+    };
+    let mut g = Graph::new(DType::F32);
+    let e = reel::model::vision::build_vision_graph(&mut g, &w, &bad, &layout, false).unwrap_err();
+    assert!(e.to_string().contains("fullatt_block_indexes"), "{e}");
+}
