@@ -13,6 +13,7 @@ use crate::backend::{Backend, BufId, TRef};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, Graph, ValueId};
 use crate::model::config::VisionConfig;
+use crate::store::WeightStore;
 use crate::tensor::{DType, Shape};
 
 fn err(msg: impl Into<String>) -> Error {
@@ -326,6 +327,31 @@ impl VisionWeightRefs {
             merger_fc1_b: next(),
             merger_fc2_w: next(),
             merger_fc2_b: next(),
+        })
+    }
+}
+
+impl VisionWeightRefs {
+    /// Uploads every vision tensor of a checkpoint to `be` (zero copy on the CPU backend) and
+    /// checks its shape against `cfg`. A missing tensor is an error naming it and the store.
+    pub fn load(
+        be: &mut dyn Backend,
+        store: &dyn WeightStore,
+        cfg: &VisionConfig,
+    ) -> Result<VisionWeightRefs> {
+        VisionWeightRefs::from_lookup(cfg, |name| {
+            let t = store.lookup(name)?.ok_or_else(|| {
+                Error::Checkpoint(format!("{}: missing tensor {name}", store.describe()))
+            })?;
+            if t.dtype.bytes_for(t.numel()) != t.bytes.len() {
+                return Err(Error::Checkpoint(format!(
+                    "{name}: {} bytes for {:?} {}",
+                    t.bytes.len(),
+                    t.shape,
+                    t.dtype
+                )));
+            }
+            Ok((be.load_weight(t.bytes)?, t.dtype, t.shape))
         })
     }
 }
