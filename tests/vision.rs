@@ -244,13 +244,24 @@ fn errors(got: &[f32], want: &[f32]) -> (f32, f32) {
     (maxabs, maxabs / scale)
 }
 
-const E2E_CASES: [&str; 5] = [
-    "image_small",
-    "image_medium",
-    "image_wide",
-    "video",
-    "video_odd_fps",
-];
+/// Pixel rows of a case's single vision call: each item's rows come from the golden of the
+/// single-item case named by `inputs_from_case` in cases.json, concatenated in prompt order.
+fn case_pixels(case: &str) -> Vec<f32> {
+    let text = std::fs::read_to_string(fixtures().join("cases.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == case)
+        .unwrap();
+    let mut rows = Vec::new();
+    for item in entry["vision_items"].as_array().unwrap() {
+        let src = item["inputs_from_case"].as_str().unwrap();
+        rows.extend_from_slice(Golden::load(src).pixels());
+    }
+    rows
+}
 
 /// Runs every case and returns, per case and tap, (max abs error, error relative to the stage's
 /// max magnitude).
@@ -259,9 +270,9 @@ fn run_cases(act: DType) -> Vec<(String, String, f32, f32)> {
     let mut be = CpuBackend::new();
     let w = load_weights(&mut be, &cfg).unwrap();
     let mut rows = Vec::new();
-    for case in E2E_CASES {
+    for case in TABLE_CASES {
         let g = Golden::load(case);
-        let out = run_vision(&mut be, &w, &cfg, g.pixels(), &g.grids(), act, true).unwrap();
+        let out = run_vision(&mut be, &w, &cfg, &case_pixels(case), &g.grids(), act, true).unwrap();
         assert_eq!(out.taps.len(), tap_names(&cfg).len());
         assert_eq!(out.embeds, out.taps.last().unwrap().1);
         assert_eq!(out.n_tokens * cfg.out_hidden_size, out.embeds.len());
