@@ -159,6 +159,8 @@ fn index_tables_match_goldens() {
         // Positions in window order are the processor-order positions of each permuted unit.
         let layout = VisionLayout::new(&cfg, &grids).unwrap();
         assert_eq!(layout.n_patches, pos.len() / 2);
+        let per_item = layout.tokens_per_item();
+        assert_eq!(per_item.iter().sum::<usize>(), windowed.len() / w, "{case}");
         for (i, &u) in wi.iter().enumerate() {
             let u = u as usize;
             assert_eq!(
@@ -362,6 +364,7 @@ fn graph_selects_full_attention_blocks() {
     .unwrap();
     assert_eq!(w.patch_embed.shape, Shape::new(&[32, 1176]));
     let layout = VisionLayout::new(&cfg, &[[2, 4, 6], [1, 10, 10]]).unwrap();
+    assert_eq!(layout.tokens_per_item(), [12, 25]);
     let mut g = Graph::new(DType::F32);
     let vg = reel::model::vision::build_vision_graph(&mut g, &w, &cfg, &layout, false).unwrap();
     let cus: Vec<_> = g

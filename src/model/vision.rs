@@ -162,6 +162,7 @@ pub struct VisionLayout {
     pub cu_window_seqlens: Vec<i32>,
     /// Rotary (row, col) per patch in window order, flattened `[N, 2]`.
     pub positions: Vec<i32>,
+    pub spatial_merge: usize,
 }
 
 impl VisionLayout {
@@ -186,12 +187,23 @@ impl VisionLayout {
             cu_seqlens: cu_seqlens(grids),
             cu_window_seqlens,
             positions,
+            spatial_merge: m,
         })
     }
 
     /// Merged tokens produced: `n_patches / merge²`.
     pub fn n_merged(&self) -> usize {
         self.window_index.len()
+    }
+
+    /// Output rows per item, in grid order; each item's rows are contiguous in the output, so
+    /// item k fills the k-th run of image/video pad tokens.
+    pub fn tokens_per_item(&self) -> Vec<usize> {
+        let unit = self.spatial_merge * self.spatial_merge;
+        self.grids
+            .iter()
+            .map(|g| g[0] * g[1] * g[2] / unit)
+            .collect()
     }
 }
 
