@@ -69,7 +69,7 @@ fn load_cases() -> (Vec<Case>, u32, u32, f32) {
                         .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
                         .collect()
                 })
-                .unwrap_or_else(Vec::new)
+                .unwrap_or_default()
         };
         let images: Vec<[usize; 3]> = grids("in.image_grid_thw");
         let videos: Vec<[usize; 3]> = grids("in.video_grid_thw");

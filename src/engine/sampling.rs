@@ -105,9 +105,11 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
-    /// Scratch reused across calls (the vocabulary is ~152k entries).
+    // Scratch reused across calls (the vocabulary is ~152k entries).
     scores: Vec<f32>,
-    order: Vec<u32>,
+    probs: Vec<f32>,
+    keys: Vec<u64>,
+    ids: Vec<u32>,
 }
 
 impl Sampler {
@@ -117,7 +119,9 @@ impl Sampler {
             params,
             rng: Rng::new(params.seed),
             scores: Vec::new(),
-            order: Vec::new(),
+            probs: Vec::new(),
+            keys: Vec::new(),
+            ids: Vec::new(),
         })
     }
 
@@ -135,6 +139,9 @@ impl Sampler {
             return Err(Error::Other(format!("sampling: logit {i} is NaN")));
         }
         let p = self.params;
+        if p.is_greedy() && p.repetition_penalty == 1.0 {
+            return argmax(logits);
+        }
         let mut scores = std::mem::take(&mut self.scores);
         scores.clear();
         scores.extend_from_slice(logits);
@@ -150,7 +157,7 @@ impl Sampler {
         p: &SamplingParams,
     ) -> Result<u32> {
         if p.repetition_penalty != 1.0 {
-            repetition_penalty(scores, previous, p.repetition_penalty)?;
+            repetition_penalty(scores, previous, p.repetition_penalty, &mut self.ids)?;
         }
         if p.is_greedy() {
             return argmax(scores);
@@ -168,10 +175,10 @@ impl Sampler {
             )));
         }
         if let Some(k) = p.top_k.filter(|&k| k > 0) {
-            top_k(scores, k);
+            top_k(scores, k, &mut self.probs);
         }
         if p.top_p < 1.0 {
-            top_p(scores, p.top_p, &mut self.order);
+            top_p(scores, p.top_p, &mut self.probs, &mut self.keys);
         }
         let probs = softmax_in_place(scores)?;
         let u = self.rng.next_f64() * probs;
@@ -181,18 +188,25 @@ impl Sampler {
 
 /// transformers' RepetitionPenaltyLogitsProcessor: each distinct previous id's score is
 /// multiplied by the penalty when negative and divided by it otherwise.
-pub fn repetition_penalty(scores: &mut [f32], previous: &[u32], penalty: f32) -> Result<()> {
-    let mut seen = vec![false; scores.len()];
-    for &t in previous {
-        let Some(s) = scores.get_mut(t as usize) else {
-            return Err(Error::Other(format!(
-                "sampling: previous token {t} is outside the vocabulary of {}",
-                seen.len()
-            )));
-        };
-        if !std::mem::replace(&mut seen[t as usize], true) {
-            *s = if *s < 0.0 { *s * penalty } else { *s / penalty };
-        }
+fn repetition_penalty(
+    scores: &mut [f32],
+    previous: &[u32],
+    penalty: f32,
+    ids: &mut Vec<u32>,
+) -> Result<()> {
+    ids.clear();
+    ids.extend_from_slice(previous);
+    ids.sort_unstable();
+    ids.dedup();
+    if let Some(&t) = ids.last().filter(|&&t| t as usize >= scores.len()) {
+        return Err(Error::Other(format!(
+            "sampling: previous token {t} is outside the vocabulary of {}",
+            scores.len()
+        )));
+    }
+    for &t in ids.iter() {
+        let s = &mut scores[t as usize];
+        *s = if *s < 0.0 { *s * penalty } else { *s / penalty };
     }
     Ok(())
 }
@@ -215,11 +229,12 @@ pub fn argmax(scores: &[f32]) -> Result<u32> {
 }
 
 /// TopKLogitsWarper: every score below the k-th largest becomes -inf (ties with it stay).
-fn top_k(scores: &mut [f32], k: usize) {
+fn top_k(scores: &mut [f32], k: usize, tmp: &mut Vec<f32>) {
     if k >= scores.len() {
         return;
     }
-    let mut tmp = scores.to_vec();
+    tmp.clear();
+    tmp.extend_from_slice(scores);
     let (_, kth, _) = tmp.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     let kth = *kth;
     for s in scores.iter_mut() {
@@ -229,51 +244,85 @@ fn top_k(scores: &mut [f32], k: usize) {
     }
 }
 
+/// A u64 that orders tokens by score, and among equal scores puts the lower index higher
+/// (so ties resolve like argmax).
+fn sort_key(score: f32, i: u32) -> u64 {
+    let b = score.to_bits();
+    let ord = if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    };
+    ((ord as u64) << 32) | (u32::MAX - i) as u64
+}
+
+fn key_index(k: u64) -> usize {
+    (u32::MAX - k as u32) as usize
+}
+
 /// TopPLogitsWarper: sort ascending, softmax, cumulative sum; tokens whose cumulative
 /// probability is <= 1 - top_p become -inf, but the largest always stays.
-fn top_p(scores: &mut [f32], top_p: f32, order: &mut Vec<u32>) {
+fn top_p(scores: &mut [f32], top_p: f32, probs: &mut Vec<f32>, keys: &mut Vec<u64>) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return;
     }
+    probs.clear();
     let mut sum = 0f64;
     for &s in scores.iter() {
-        sum += (s - max).exp() as f64;
+        let e = (s - max).exp();
+        probs.push(e);
+        sum += e as f64;
     }
     let sum = sum as f32;
     // Tokens whose probability underflows to 0 have cumulative probability 0 <= 1 - top_p and
-    // are removed whatever their order (unless one is the maximum, which has probability > 0),
-    // so only the others need sorting.
-    order.clear();
-    order
-        .extend((0..scores.len() as u32).filter(|&i| (scores[i as usize] - max).exp() / sum > 0.0));
-    if order.is_empty() {
+    // are removed whatever their order (the maximum has probability > 0), so they need no key.
+    keys.clear();
+    for (i, (&s, p)) in scores.iter().zip(probs.iter_mut()).enumerate() {
+        *p /= sum;
+        if *p > 0.0 {
+            keys.push(sort_key(s, i as u32));
+        }
+    }
+    let n = keys.len();
+    if n == 0 {
         return;
     }
-    order.sort_unstable_by(|&a, &b| {
-        scores[a as usize]
-            .total_cmp(&scores[b as usize])
-            .then(b.cmp(&a))
-    });
     let threshold = 1.0 - top_p;
+    // The removed tokens form a prefix of the ascending order, so only the top needs sorting:
+    // take the m largest, and grow m until the mass below them is certainly removed.
+    let mut m = n.min(256);
+    let (below, top) = loop {
+        if m < n {
+            keys.select_nth_unstable(n - m);
+        }
+        let below: f64 = keys[..n - m]
+            .iter()
+            .map(|&k| probs[key_index(k)] as f64)
+            .sum();
+        if m == n || below as f32 <= threshold {
+            break (below, n - m);
+        }
+        m = (m * 4).min(n);
+    };
+    keys[top..].sort_unstable();
     // torch's CPU cumsum accumulates in double and rounds each partial sum to float.
-    let mut cum = 0f64;
-    let mut keep_from = order.len() - 1;
-    for (j, &i) in order.iter().enumerate() {
-        cum += ((scores[i as usize] - max).exp() / sum) as f64;
-        if (cum as f32) > threshold {
+    let mut cum = below;
+    let mut keep_from = n - 1;
+    for (j, &k) in keys.iter().enumerate().skip(top) {
+        cum += probs[key_index(k)] as f64;
+        if cum as f32 > threshold {
             keep_from = j;
             break;
         }
     }
-    let mut keep = vec![false; scores.len()];
-    for &i in &order[keep_from..] {
-        keep[i as usize] = true;
-    }
-    for (s, k) in scores.iter_mut().zip(keep) {
-        if !k {
-            *s = f32::NEG_INFINITY;
-        }
+    let kept: Vec<(usize, f32)> = keys[keep_from..]
+        .iter()
+        .map(|&k| (key_index(k), scores[key_index(k)]))
+        .collect();
+    scores.fill(f32::NEG_INFINITY);
+    for (i, s) in kept {
+        scores[i] = s;
     }
 }
 
@@ -313,6 +362,7 @@ fn draw(weights: &[f32], u: f64) -> Result<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::top_p as top_p_fn;
     use super::*;
 
     fn params(temperature: f32) -> SamplingParams {
@@ -552,17 +602,58 @@ mod tests {
         assert!((c[2] as f32 / 10_000.0 - 0.15 / 0.9).abs() < 0.02, "{c:?}");
         // top_k keeps every token tied with the k-th largest.
         let mut v = vec![1.0, 2.0, 2.0, 0.0];
-        top_k(&mut v, 2);
+        top_k(&mut v, 2, &mut Vec::new());
         assert_eq!(v, [f32::NEG_INFINITY, 2.0, 2.0, f32::NEG_INFINITY]);
         let mut v = vec![1.0, 2.0, 3.0, 0.0];
-        top_k(&mut v, 2);
+        top_k(&mut v, 2, &mut Vec::new());
         assert_eq!(v, [f32::NEG_INFINITY, 2.0, 3.0, f32::NEG_INFINITY]);
+    }
+
+    /// The straightforward TopPLogitsWarper (full ascending sort) on the same arithmetic.
+    fn top_p_reference(scores: &[f32], top_p: f32) -> Vec<f32> {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum = scores.iter().map(|&s| (s - max).exp() as f64).sum::<f64>() as f32;
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)));
+        let mut cum = 0f64;
+        let mut out = scores.to_vec();
+        for (j, &i) in order.iter().enumerate() {
+            cum += ((scores[i] - max).exp() / sum) as f64;
+            if cum as f32 <= 1.0 - top_p && j + 1 < order.len() {
+                out[i] = f32::NEG_INFINITY;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn top_p_selection_matches_a_full_sort() {
+        let mut rng = Rng::new(99);
+        let (mut probs, mut keys) = (Vec::new(), Vec::new());
+        // Peaked and flat distributions, so the kept set ranges from 1 token to most of them
+        // (the partial selection must grow past its first 256 candidates).
+        for (spread, vocab) in [(8.0f32, 5000usize), (1.0, 5000), (0.05, 3000), (0.0, 700)] {
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| ((rng.next_f64() as f32) * spread * 4.0).round() / 4.0)
+                .collect();
+            for top_p in [0.0f32, 0.001, 0.3, 0.9, 0.99, 0.999] {
+                let want = top_p_reference(&logits, top_p);
+                let mut got = logits.clone();
+                top_p_fn(&mut got, top_p, &mut probs, &mut keys);
+                assert_eq!(got, want, "spread {spread}, top_p {top_p}");
+                let kept = got.iter().filter(|s| s.is_finite()).count();
+                assert!(kept >= 1);
+                if spread == 0.0 && top_p == 0.9 {
+                    assert!(kept > 256, "{kept}");
+                }
+            }
+        }
     }
 
     #[test]
     fn repetition_penalty_pushes_seen_tokens_down() {
         let mut v = vec![2.0, -2.0, 0.0, 4.0];
-        repetition_penalty(&mut v, &[0, 1, 2, 0, 0], 2.0).unwrap();
+        repetition_penalty(&mut v, &[0, 1, 2, 0, 0], 2.0, &mut Vec::new()).unwrap();
         // Applied once per distinct id: positive /p, negative *p.
         assert_eq!(v, [1.0, -4.0, 0.0, 4.0]);
         // Greedy picks token 0 without the penalty, token 1 with it.

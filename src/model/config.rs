@@ -473,7 +473,7 @@ fn check_model_type(top: &Fields) -> Result<()> {
     let arch_ok = archs.contains(&"Qwen2_5_VLForConditionalGeneration");
     match model_type {
         Some("qwen2_5_vl") => Ok(()),
-        Some(_) | None if arch_ok => Ok(()),
+        None if arch_ok => Ok(()),
         Some(other) => Err(top.err(
             "model_type",
             format!(
