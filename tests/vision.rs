@@ -3,7 +3,7 @@
 //! case with vision input, and the graph end to end on the CPU backend stage by stage.
 
 use reel::backend::cpu::CpuBackend;
-use reel::backend::{Backend, BufId};
+use reel::backend::Backend;
 use reel::model::config::{ModelConfig, VisionConfig};
 use reel::model::vision::{
     cu_seqlens, inverse_permutation, rot_pos_ids, run_vision, tap_names, window_index,
@@ -17,6 +17,10 @@ use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model_cfg() -> ModelConfig {
+    ModelConfig::from_file(&fixtures().join("model/config.json")).unwrap()
 }
 
 /// The fixture model's vision config, read from its config.json (4.49 style: only the fields
@@ -229,7 +233,7 @@ fn bad_grids_and_permutations_are_errors() {
 }
 
 /// Loads `visual.*` from the fixture checkpoint into `be` through the safetensors store.
-fn load_weights(be: &mut dyn Backend, cfg: &VisionConfig) -> reel::Result<VisionWeightRefs> {
+fn load_weights(be: &mut dyn Backend, cfg: &ModelConfig) -> reel::Result<VisionWeightRefs> {
     let store = SafetensorsStore::open_dir(&fixtures().join("model"))?;
     VisionWeightRefs::load(be, &store, cfg)
 }
@@ -270,7 +274,7 @@ fn case_pixels(case: &str) -> Vec<f32> {
 fn run_cases(act: DType) -> Vec<(String, String, f32, f32)> {
     let cfg = tiny_cfg();
     let mut be = CpuBackend::new();
-    let w = load_weights(&mut be, &cfg).unwrap();
+    let w = load_weights(&mut be, &model_cfg()).unwrap();
     let mut rows = Vec::new();
     for case in TABLE_CASES {
         let g = Golden::load(case);
@@ -308,7 +312,7 @@ fn tower_bf16_tracks_f32_goldens() {
 fn bad_inputs_are_errors() {
     let cfg = tiny_cfg();
     let mut be = CpuBackend::new();
-    let w = load_weights(&mut be, &cfg).unwrap();
+    let w = load_weights(&mut be, &model_cfg()).unwrap();
     // Pixel count not matching the grid.
     let e = run_vision(
         &mut be,
@@ -334,15 +338,19 @@ fn bad_inputs_are_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("grid 0"), "{e}");
     // Weights of another config.
-    let big = VisionConfig {
-        hidden_size: 64,
-        ..tiny_cfg()
-    };
+    let mut big = model_cfg();
+    big.vision.hidden_size = 64;
     let e = load_weights(&mut be, &big).unwrap_err().to_string();
-    assert!(
-        e.contains("visual.patch_embed.proj.weight") && e.contains("shape"),
-        "{e}"
-    );
+    assert!(e.contains("visual.patch_embed.proj.weight"), "{e}");
+    // A checkpoint without the vision tower (only the language-model shard).
+    let dir = fixtures().join("model");
+    let text_only =
+        SafetensorsStore::open_files(&dir, &[dir.join("model-00002-of-00002.safetensors")])
+            .unwrap();
+    let e = VisionWeightRefs::load(&mut be, &text_only, &model_cfg())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("visual.patch_embed.proj.weight"), "{e}");
 }
 
 /// Blocks listed in fullatt_block_indexes attend over whole temporal slices, the others over
@@ -352,16 +360,8 @@ fn graph_selects_full_attention_blocks() {
     use reel::graph::{Graph, Op};
     use reel::Shape;
     let cfg = tiny_cfg();
-    // Weight handles only need shapes to build a graph.
-    let w = VisionWeightRefs::from_lookup(&cfg, |name| {
-        let shape = reel::model::vision::vision_tensor_names(&cfg)
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1;
-        Ok((BufId(0), DType::BF16, shape))
-    })
-    .unwrap();
+    let mut be = CpuBackend::new();
+    let w = load_weights(&mut be, &model_cfg()).unwrap();
     assert_eq!(w.patch_embed.shape, Shape::new(&[32, 1176]));
     let layout = VisionLayout::new(&cfg, &[[2, 4, 6], [1, 10, 10]]).unwrap();
     assert_eq!(layout.tokens_per_item(), [12, 25]);

@@ -3,5 +3,5 @@
 
 pub mod config;
 pub mod positions;
-pub mod weights;
 pub mod vision;
+pub mod weights;

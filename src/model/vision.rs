@@ -9,12 +9,13 @@
 //!
 //! The host computes the index tables ([`VisionLayout`]); the graph only gathers rows.
 
-use crate::backend::{Backend, BufId, TRef};
+use crate::backend::{Backend, TRef};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, Graph, ValueId};
-use crate::model::config::VisionConfig;
-use crate::store::WeightStore;
-use crate::tensor::{DType, Shape};
+use crate::model::config::{ModelConfig, VisionConfig};
+use crate::model::weights::VisionWeights;
+use crate::store::{TensorInfo, WeightStore};
+use crate::tensor::{DType, Shape, MAX_RANK};
 
 fn err(msg: impl Into<String>) -> Error {
     Error::Other(format!("vision: {}", msg.into()))
@@ -237,134 +238,56 @@ pub struct VisionWeightRefs {
     pub merger_fc2_b: TRef,
 }
 
-/// Every vision tensor's checkpoint name and shape, in a fixed order.
-pub fn vision_tensor_names(cfg: &VisionConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (p, t, c) = (cfg.patch_size, cfg.temporal_patch_size, cfg.in_channels);
-    let merged = d * cfg.spatial_merge_size * cfg.spatial_merge_size;
-    let mut v = vec![(
-        "visual.patch_embed.proj.weight".to_string(),
-        vec![d, c, t, p, p],
-    )];
-    for b in 0..cfg.depth {
-        let n = |s: &str| format!("visual.blocks.{b}.{s}");
-        v.extend([
-            (n("norm1.weight"), vec![d]),
-            (n("attn.qkv.weight"), vec![3 * d, d]),
-            (n("attn.qkv.bias"), vec![3 * d]),
-            (n("attn.proj.weight"), vec![d, d]),
-            (n("attn.proj.bias"), vec![d]),
-            (n("norm2.weight"), vec![d]),
-            (n("mlp.gate_proj.weight"), vec![i, d]),
-            (n("mlp.gate_proj.bias"), vec![i]),
-            (n("mlp.up_proj.weight"), vec![i, d]),
-            (n("mlp.up_proj.bias"), vec![i]),
-            (n("mlp.down_proj.weight"), vec![d, i]),
-            (n("mlp.down_proj.bias"), vec![d]),
-        ]);
-    }
-    v.extend([
-        ("visual.merger.ln_q.weight".to_string(), vec![d]),
-        (
-            "visual.merger.mlp.0.weight".to_string(),
-            vec![merged, merged],
-        ),
-        ("visual.merger.mlp.0.bias".to_string(), vec![merged]),
-        (
-            "visual.merger.mlp.2.weight".to_string(),
-            vec![cfg.out_hidden_size, merged],
-        ),
-        (
-            "visual.merger.mlp.2.bias".to_string(),
-            vec![cfg.out_hidden_size],
-        ),
-    ]);
-    v
-}
-
 impl VisionWeightRefs {
-    /// Builds the weight set from a lookup that returns, for a checkpoint name, the backend
-    /// buffer holding it (element 0 at offset 0), its dtype and its checkpoint shape. Shapes are
-    /// checked against `cfg`; the patch-embedding kernel is viewed as a 2-D matrix.
-    pub fn from_lookup(
-        cfg: &VisionConfig,
-        mut get: impl FnMut(&str) -> Result<(BufId, DType, Vec<usize>)>,
-    ) -> Result<VisionWeightRefs> {
-        let mut refs = Vec::new();
-        for (name, want) in vision_tensor_names(cfg) {
-            let (buf, dtype, shape) = get(&name)?;
-            if shape != want {
+    /// Makes the checked checkpoint tensors available to `be` (zero copy on the CPU backend,
+    /// one upload on a device).
+    pub fn upload(be: &mut dyn Backend, w: &VisionWeights) -> Result<VisionWeightRefs> {
+        let mut up = |t: &TensorInfo| -> Result<TRef> {
+            if t.shape.is_empty() || t.shape.len() > MAX_RANK {
                 return Err(Error::Checkpoint(format!(
-                    "{name}: shape {shape:?}, expected {want:?} for this config"
+                    "{}: unsupported rank {}",
+                    t.name,
+                    t.shape.len()
                 )));
             }
-            // Rank-5 conv kernel → [out, in] matrix; everything else keeps its shape.
-            let dims: Vec<usize> = if shape.len() > 2 {
-                vec![shape[0], shape[1..].iter().product()]
-            } else {
-                shape
-            };
-            if dtype.is_quantized() && dims.last().unwrap() % dtype.block_len() != 0 {
-                return Err(Error::Checkpoint(format!(
-                    "{name}: {dtype} rows of {} are not whole blocks",
-                    dims[1]
-                )));
-            }
-            refs.push(TRef::new(buf, 0, dtype, Shape::new(&dims)));
+            let buf = be.load_weight(t.bytes.clone())?;
+            Ok(TRef::new(buf, 0, t.dtype, Shape::new(&t.shape)))
+        };
+        let mut blocks = Vec::with_capacity(w.blocks.len());
+        for b in &w.blocks {
+            blocks.push(VisionBlockWeights {
+                norm1: up(&b.norm1)?,
+                qkv_w: up(&b.qkv)?,
+                qkv_b: up(&b.qkv_bias)?,
+                proj_w: up(&b.proj)?,
+                proj_b: up(&b.proj_bias)?,
+                norm2: up(&b.norm2)?,
+                gate_w: up(&b.gate)?,
+                gate_b: up(&b.gate_bias)?,
+                up_w: up(&b.up)?,
+                up_b: up(&b.up_bias)?,
+                down_w: up(&b.down)?,
+                down_b: up(&b.down_bias)?,
+            });
         }
-        let mut it = refs.into_iter();
-        let mut next = || it.next().expect("tensor list length");
-        let patch_embed = next();
-        let blocks = (0..cfg.depth)
-            .map(|_| VisionBlockWeights {
-                norm1: next(),
-                qkv_w: next(),
-                qkv_b: next(),
-                proj_w: next(),
-                proj_b: next(),
-                norm2: next(),
-                gate_w: next(),
-                gate_b: next(),
-                up_w: next(),
-                up_b: next(),
-                down_w: next(),
-                down_b: next(),
-            })
-            .collect();
         Ok(VisionWeightRefs {
-            patch_embed,
+            patch_embed: up(&w.patch_embed)?,
             blocks,
-            ln_q: next(),
-            merger_fc1_w: next(),
-            merger_fc1_b: next(),
-            merger_fc2_w: next(),
-            merger_fc2_b: next(),
+            ln_q: up(&w.merger_ln)?,
+            merger_fc1_w: up(&w.merger_fc1)?,
+            merger_fc1_b: up(&w.merger_fc1_bias)?,
+            merger_fc2_w: up(&w.merger_fc2)?,
+            merger_fc2_b: up(&w.merger_fc2_bias)?,
         })
     }
-}
 
-impl VisionWeightRefs {
-    /// Uploads every vision tensor of a checkpoint to `be` (zero copy on the CPU backend) and
-    /// checks its shape against `cfg`. A missing tensor is an error naming it and the store.
+    /// Reads, checks ([`VisionWeights::load`]) and uploads the vision tower of a checkpoint.
     pub fn load(
         be: &mut dyn Backend,
         store: &dyn WeightStore,
-        cfg: &VisionConfig,
+        cfg: &ModelConfig,
     ) -> Result<VisionWeightRefs> {
-        VisionWeightRefs::from_lookup(cfg, |name| {
-            let t = store.lookup(name)?.ok_or_else(|| {
-                Error::Checkpoint(format!("{}: missing tensor {name}", store.describe()))
-            })?;
-            if t.dtype.bytes_for(t.numel()) != t.bytes.len() {
-                return Err(Error::Checkpoint(format!(
-                    "{name}: {} bytes for {:?} {}",
-                    t.bytes.len(),
-                    t.shape,
-                    t.dtype
-                )));
-            }
-            Ok((be.load_weight(t.bytes)?, t.dtype, t.shape))
-        })
+        VisionWeightRefs::upload(be, &VisionWeights::load(store, cfg)?)
     }
 }
 
