@@ -4,6 +4,7 @@
 pub mod config;
 pub mod positions;
 pub mod text;
+pub mod vision;
 pub mod weights;
 
 use crate::error::Result;
