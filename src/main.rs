@@ -1,9 +1,12 @@
 //! The `reel` command line: parses flags, then calls the library.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use reel::engine::inputs::{prepare, MediaOptions, VideoTime};
 use reel::engine::sampling::SamplingParams;
 use reel::engine::{Device, Engine, EngineOptions, Output, Request};
 use reel::model::Model;
+use reel::prompt::messages::{load_messages, ContentItem, ImageItem, Message, VideoItem};
+use reel::prompt::{video_r1, ProblemType};
 use reel::{DType, Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -95,10 +98,64 @@ struct RunArgs {
     /// Write logits (f32 safetensors: logits_last, step_logits) to this file.
     #[arg(long)]
     logits_out: Option<PathBuf>,
+    /// An image, placed before the text (repeatable; images and videos keep command-line order).
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// A video, placed before the text (repeatable).
+    #[arg(long)]
+    video: Vec<PathBuf>,
+    /// Video sampling rate in frames per second (qwen-vl-utils `fps`, default 2).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Exact number of frames to sample (rounded to an even count), overriding --fps.
+    #[arg(long)]
+    nframes: Option<u64>,
+    /// Most frames to sample from a video (default 32).
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Least pixels per image / video frame after resizing.
+    #[arg(long)]
+    min_pixels: Option<u64>,
+    /// Most pixels per image / video frame after resizing (default 256·28·28 = 200704).
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Pixel budget over all frames of a video.
+    #[arg(long)]
+    total_pixels: Option<u64>,
+    /// A conversation in the qwen-vl-utils message format (JSON list of messages), instead of
+    /// PROMPT and the media flags.
+    #[arg(long)]
+    messages: Option<PathBuf>,
+    /// Prompt template: `plain` sends PROMPT as is; `video-r1` wraps it in Video-R1's
+    /// evaluation prompt (think/answer format).
+    #[arg(long, value_enum, default_value = "plain")]
+    template: TemplateArg,
+    /// Video-R1 problem type (with --template video-r1).
+    #[arg(long, default_value = "free-form")]
+    problem_type: String,
+    /// A multiple-choice option such as "A. a ball" (repeatable; with --problem-type multiple-choice).
+    #[arg(long)]
+    options: Vec<String>,
+    /// Temporal position step of videos: `sampled` uses 2/sample_fps seconds per frame pair
+    /// (Video-R1's evaluation), `fixed` uses 1.0 (what its training saw).
+    #[arg(long, value_enum, default_value = "sampled")]
+    video_time: VideoTimeArg,
     #[command(flatten)]
     backend: BackendArgs,
     /// The question.
     prompt: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TemplateArg {
+    Plain,
+    VideoR1,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VideoTimeArg {
+    Sampled,
+    Fixed,
 }
 
 #[derive(Args)]
@@ -120,9 +177,16 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let res = match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => {
+            let order = media_order(matches.subcommand_matches("run"));
+            run(a, order)
+        }
         Cmd::Info { model } => info(&model),
         Cmd::Bench(a) => bench(a),
     };
@@ -160,11 +224,52 @@ fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
     })
 }
 
-fn run(a: RunArgs) -> Result<()> {
-    let prompt = a.prompt.clone().unwrap_or_default();
-    if prompt.trim().is_empty() {
-        return Err(Error::flag("PROMPT", "the prompt is empty"));
+/// Command-line positions of --image / --video values, so items keep the order given.
+fn media_order(m: Option<&ArgMatches>) -> Vec<(usize, bool)> {
+    let mut v = Vec::new();
+    if let Some(m) = m {
+        for (id, is_video) in [("image", false), ("video", true)] {
+            if let Some(idx) = m.indices_of(id) {
+                v.extend(idx.map(|i| (i, is_video)));
+            }
+        }
     }
+    v.sort();
+    v
+}
+
+/// The one-turn conversation the flags describe.
+fn flag_messages(a: &RunArgs, order: &[(usize, bool)], prompt: String) -> Vec<Message> {
+    let (mut images, mut videos) = (a.image.iter(), a.video.iter());
+    let mut content = Vec::new();
+    for &(_, is_video) in order {
+        if is_video {
+            let path = videos.next().unwrap().clone();
+            content.push(ContentItem::Video(VideoItem {
+                path,
+                fps: a.fps,
+                nframes: a.nframes,
+                min_pixels: a.min_pixels,
+                max_pixels: a.max_pixels,
+                total_pixels: a.total_pixels.map(|x| x as f64),
+                max_frames: a.max_frames,
+                ..VideoItem::default()
+            }));
+        } else {
+            let path = images.next().unwrap().clone();
+            content.push(ContentItem::Image(ImageItem {
+                path,
+                min_pixels: a.min_pixels,
+                max_pixels: a.max_pixels,
+                ..ImageItem::default()
+            }));
+        }
+    }
+    content.push(ContentItem::Text(prompt));
+    vec![Message::new("user", content)]
+}
+
+fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
     if let Some(p) = &a.logits_out {
         check_writable(p, "--logits-out")?;
     }
@@ -187,10 +292,58 @@ fn run(a: RunArgs) -> Result<()> {
     if !(a.repetition_penalty > 0.0 && a.repetition_penalty.is_finite()) {
         return Err(Error::flag("--repetition-penalty", "must be > 0"));
     }
+    if let Some(f) = a.fps {
+        if !(f > 0.0 && f.is_finite()) {
+            return Err(Error::flag("--fps", format!("must be > 0, got {f}")));
+        }
+    }
+    if a.nframes == Some(0) {
+        return Err(Error::flag("--nframes", "must be at least 2"));
+    }
+    let messages = match &a.messages {
+        Some(path) => {
+            if a.prompt.is_some() || !a.image.is_empty() || !a.video.is_empty() {
+                return Err(Error::flag(
+                    "--messages",
+                    "give either a messages file or PROMPT with --image/--video, not both",
+                ));
+            }
+            load_messages(path)?
+        }
+        None => {
+            let prompt = a.prompt.clone().unwrap_or_default();
+            if prompt.trim().is_empty() {
+                return Err(Error::flag("PROMPT", "the prompt is empty"));
+            }
+            let text = match a.template {
+                TemplateArg::Plain => {
+                    if !a.options.is_empty() {
+                        return Err(Error::flag("--options", "needs --template video-r1"));
+                    }
+                    prompt
+                }
+                TemplateArg::VideoR1 => {
+                    let kind: ProblemType = a
+                        .problem_type
+                        .parse()
+                        .map_err(|e: Error| Error::flag("--problem-type", e.to_string()))?;
+                    video_r1::render_question(&prompt, kind, &a.options)?
+                }
+            };
+            flag_messages(&a, &order, text)
+        }
+    };
     let opts = engine_options(&a.backend, a.ctx)?;
     let model = Model::load(&a.model)?;
     let gen = model.generation.clone();
-    let prompt_tokens = model.text_prompt(&prompt, a.system.as_deref())?;
+    let media_opts = MediaOptions {
+        video_time: match a.video_time {
+            VideoTimeArg::Sampled => VideoTime::Sampled,
+            VideoTimeArg::Fixed => VideoTime::Fixed,
+        },
+        ..MediaOptions::default()
+    };
+    let prepared = prepare(&model, &messages, a.system.as_deref(), &media_opts)?;
     let mut engine = Engine::new(model, opts)?;
     let sampling = SamplingParams {
         temperature: a.temperature.or(gen.temperature).unwrap_or(0.0),
@@ -199,12 +352,48 @@ fn run(a: RunArgs) -> Result<()> {
         seed: a.seed,
         repetition_penalty: a.repetition_penalty,
     };
+    let json = a.json;
+    let merge = engine.model.config.vision.spatial_merge_size;
+    let vision_report: serde_json::Value = prepared
+        .vision
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "path": v.path,
+                "kind": format!("{:?}", v.kind).to_lowercase(),
+                "frames_sampled": v.frames_sampled,
+                "height": v.size.0,
+                "width": v.size.1,
+                "grid_thw": v.rows.grid_thw,
+                "tokens": v.n_tokens(merge),
+                "second_per_grid_t": v.second_per_grid_t,
+            })
+        })
+        .collect();
+    if !json {
+        for v in &prepared.vision {
+            let [t, h, w] = v.rows.grid_thw;
+            let frames = v
+                .frames_sampled
+                .map(|n| format!("{n} frames, "))
+                .unwrap_or_default();
+            eprintln!(
+                "{}: {frames}{}x{} px, grid {t}x{h}x{w}, {} visual tokens",
+                v.path.display(),
+                v.size.1,
+                v.size.0,
+                v.n_tokens(engine.model.config.vision.spatial_merge_size)
+            );
+        }
+    }
     let req = Request {
-        prompt_tokens,
+        prompt_tokens: prepared.prompt_tokens,
         sampling,
         max_new_tokens: a.max_new_tokens,
         stop_tokens: engine.model.eos_tokens(),
         record_logits: a.logits_out.is_some(),
+        vision: prepared.vision,
+        media_s: prepared.media_s,
     };
     let mut stream = engine.tokenizer().stream_decoder(true);
     let json = a.json;
@@ -230,7 +419,7 @@ fn run(a: RunArgs) -> Result<()> {
         write_logits(p, &out)?;
     }
     if json {
-        print_json(&engine, &out)?;
+        print_json(&engine, &out, &vision_report)?;
     } else {
         print_timings(&out);
     }
@@ -239,6 +428,9 @@ fn run(a: RunArgs) -> Result<()> {
 
 fn print_timings(out: &Output) {
     let t = &out.timings;
+    if t.media_s > 0.0 || t.vision_s > 0.0 {
+        eprintln!("media {:.3} s | vision {:.3} s", t.media_s, t.vision_s);
+    }
     eprintln!(
         "load {:.2} s | prefill {} tokens in {:.3} s ({:.1} tok/s) | first token {:.3} s | decode {} tokens at {:.2} tok/s",
         t.load_s,
@@ -251,7 +443,7 @@ fn print_timings(out: &Output) {
     );
 }
 
-fn print_json(engine: &Engine, out: &Output) -> Result<()> {
+fn print_json(engine: &Engine, out: &Output, vision: &serde_json::Value) -> Result<()> {
     let v = serde_json::json!({
         "prompt_tokens": out.prompt_tokens,
         "generated_tokens": out.generated_tokens,
@@ -259,6 +451,7 @@ fn print_json(engine: &Engine, out: &Output) -> Result<()> {
         "think": reel::prompt::parse_think(&out.text),
         "answer": reel::prompt::parse_answer(&out.text),
         "stop_reason": out.stop,
+        "vision": vision,
         "timings": out.timings,
         "backend": engine.be.name(),
     });

@@ -50,6 +50,8 @@ fn greedy(e: &mut Engine, ids: Vec<u32>) -> reel::engine::Output {
         max_new_tokens: 8,
         stop_tokens: vec![],
         record_logits: true,
+        vision: vec![],
+        media_s: 0.0,
     };
     e.generate(&req, &mut |_| {}).unwrap()
 }

@@ -1,6 +1,7 @@
 //! A generation session: media -> vision -> prefill -> decode, sampling, streaming, timings.
 
 pub mod bench;
+pub mod inputs;
 pub mod sampling;
 
 use crate::backend::{cpu::CpuBackend, Backend, TRef};
@@ -9,6 +10,7 @@ use crate::graph::Executor;
 use crate::kv::{KvCache, KvSpec};
 use crate::model::config::{GenerationConfig, ModelConfig, TextConfig};
 use crate::model::text::{self, TextPass, TextRefs};
+use crate::model::vision::{self, VisionWeightRefs};
 use crate::model::weights::TextWeights;
 use crate::model::{positions, Model};
 use crate::prompt::Tokenizer;
@@ -51,6 +53,10 @@ impl Default for EngineOptions {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timings {
     pub load_s: f64,
+    /// Decoding, resizing and patchifying images and videos.
+    pub media_s: f64,
+    /// The vision tower.
+    pub vision_s: f64,
     pub prefill_s: f64,
     /// From the start of prefill to the first sampled token.
     pub ttft_s: f64,
@@ -77,6 +83,10 @@ pub struct Request {
     pub stop_tokens: Vec<u32>,
     /// Keep every step's logits (for --logits-out).
     pub record_logits: bool,
+    /// Images and videos in prompt order; their pads in `prompt_tokens` are already expanded.
+    pub vision: Vec<inputs::VisionInput>,
+    /// Media preparation time, reported in the timings.
+    pub media_s: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +231,7 @@ pub struct Engine {
     pub model: Model,
     pub opts: EngineOptions,
     pub text: TextRunner,
+    vision: Option<VisionWeightRefs>,
     pub load_s: f64,
 }
 
@@ -297,6 +308,7 @@ impl Engine {
             model,
             opts,
             text,
+            vision: None,
             load_s,
         })
     }
@@ -311,6 +323,53 @@ impl Engine {
 
     pub fn generation_config(&self) -> &GenerationConfig {
         &self.model.generation
+    }
+
+    /// Runs the vision tower over every item and returns the merged embeddings [n, hidden] as a
+    /// backend tensor in the activation type (None when there is nothing to encode).
+    fn encode_vision(&mut self, items: &[inputs::VisionInput]) -> Result<Option<TRef>> {
+        if items.is_empty() {
+            return Ok(None);
+        }
+        if self.vision.is_none() {
+            let w = VisionWeightRefs::load(
+                self.be.as_mut(),
+                self.model.store.as_ref(),
+                &self.model.config,
+            )?;
+            self.vision = Some(w);
+        }
+        let w = self.vision.as_ref().unwrap();
+        let grids: Vec<[usize; 3]> = items.iter().map(|v| v.rows.grid_thw).collect();
+        let mut rows = Vec::new();
+        for v in items {
+            rows.extend_from_slice(&v.rows.rows);
+        }
+        let embeds = vision::encode(
+            self.be.as_mut(),
+            w,
+            &self.model.config.vision,
+            &rows,
+            &grids,
+            self.opts.act,
+        )?;
+        let hidden = self.model.config.text.hidden_size;
+        let n = embeds.len() / hidden;
+        let bytes: Vec<u8> = match self.opts.act {
+            DType::F32 => bytemuck::cast_slice(&embeds).to_vec(),
+            _ => embeds
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+                .collect(),
+        };
+        let buf = self.be.alloc(bytes.len())?;
+        self.be.write(buf, 0, &bytes)?;
+        Ok(Some(TRef::new(
+            buf,
+            0,
+            self.opts.act,
+            Shape::new(&[n, hidden]),
+        )))
     }
 
     /// Prefills the prompt, then samples until a stop token or the token budget, calling
@@ -330,19 +389,47 @@ impl Engine {
         self.text.reset(self.be.as_mut())?;
         let mut sampler = Sampler::new(req.sampling)?;
         let t0 = Instant::now();
+        let spans: Vec<_> = req.vision.iter().map(|v| v.span()).collect();
+        let toks = self.model.config.tokens.clone();
         let (rows, rope_delta) = positions::rope_index(
             &req.prompt_tokens,
-            &[],
-            self.model.config.tokens.image_pad,
-            self.model.config.tokens.video_pad,
+            &spans,
+            toks.image_pad,
+            toks.video_pad,
             self.model.config.vision.spatial_merge_size,
             self.model.config.vision.tokens_per_second,
             false,
         )?;
         let pos = positions::to_row_major(&rows);
-        let logits_last = self
-            .text
-            .forward(self.be.as_mut(), &req.prompt_tokens, &pos, None)?;
+        let tv = Instant::now();
+        let embeds = self.encode_vision(&req.vision)?;
+        let vision_s = tv.elapsed().as_secs_f64();
+        let logits_last = match embeds {
+            None => self
+                .text
+                .forward(self.be.as_mut(), &req.prompt_tokens, &pos, None)?,
+            Some(t) => {
+                let pads: Vec<i32> = req
+                    .prompt_tokens
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &id)| id == toks.image_pad || id == toks.video_pad)
+                    .map(|(i, _)| i as i32)
+                    .collect();
+                let res = if pads.len() == t.shape.rows() {
+                    self.text
+                        .forward(self.be.as_mut(), &req.prompt_tokens, &pos, Some((t, &pads)))
+                } else {
+                    Err(Error::Prompt(format!(
+                        "{} vision pad tokens for {} vision embeddings",
+                        pads.len(),
+                        t.shape.rows()
+                    )))
+                };
+                self.be.free(t.buf);
+                res?
+            }
+        };
         let prefill_s = t0.elapsed().as_secs_f64();
 
         let mut generated = Vec::new();
@@ -391,6 +478,8 @@ impl Engine {
             step_logits,
             timings: Timings {
                 load_s: self.load_s,
+                media_s: req.media_s,
+                vision_s,
                 prefill_s,
                 ttft_s,
                 decode_s,
