@@ -4,7 +4,8 @@
 use super::{open_backend, EngineOptions, TextRunner};
 use crate::backend::{Backend, HostBytes, TRef};
 use crate::error::{Error, Result};
-use crate::model::config::TextConfig;
+use crate::model::config::{TextConfig, VisionConfig};
+use crate::model::vision::{VisionBlockWeights, VisionWeightRefs};
 use crate::model::text::{LayerRefs, TextRefs};
 use crate::tensor::{DType, Shape};
 use rayon::prelude::*;
@@ -213,6 +214,103 @@ pub fn run_synthetic(
         bw / 1e9,
         bw / bytes as f64,
         100.0 * (bytes as f64 / median) / bw
+    );
+    Ok(r)
+}
+
+/// The Qwen2.5-VL-7B vision tower with `depth` blocks.
+pub fn vision_config_7b(depth: usize) -> VisionConfig {
+    VisionConfig {
+        depth,
+        hidden_size: 1280,
+        fullatt_block_indexes: [7, 15, 23, 31].into_iter().filter(|&i| i < depth).collect(),
+        tokens_per_second: 2.0,
+        ..VisionConfig::default()
+    }
+}
+
+/// Synthetic vision-tower weights of `cfg`'s shape on `be`.
+pub fn synthetic_vision(be: &mut dyn Backend, cfg: &VisionConfig) -> Result<VisionWeightRefs> {
+    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let row = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
+    let merged = d * cfg.spatial_merge_size * cfg.spatial_merge_size;
+    let mut blocks = Vec::new();
+    for i in 0..cfg.depth {
+        let s = 50_000 + 100 * i as u64;
+        blocks.push(VisionBlockWeights {
+            norm1: vector(be, d, 1.0, 0.1, s + 1)?,
+            qkv_w: weight(be, &[3 * d, d], s + 2)?,
+            qkv_b: vector(be, 3 * d, 0.0, 0.1, s + 3)?,
+            proj_w: weight(be, &[d, d], s + 4)?,
+            proj_b: vector(be, d, 0.0, 0.1, s + 5)?,
+            norm2: vector(be, d, 1.0, 0.1, s + 6)?,
+            gate_w: weight(be, &[f, d], s + 7)?,
+            gate_b: vector(be, f, 0.0, 0.1, s + 8)?,
+            up_w: weight(be, &[f, d], s + 9)?,
+            up_b: vector(be, f, 0.0, 0.1, s + 10)?,
+            down_w: weight(be, &[d, f], s + 11)?,
+            down_b: vector(be, d, 0.0, 0.1, s + 12)?,
+        });
+    }
+    Ok(VisionWeightRefs {
+        patch_embed: weight(be, &[d, row], 41)?,
+        blocks,
+        ln_q: vector(be, d, 1.0, 0.1, 42)?,
+        merger_fc1_w: weight(be, &[merged, merged], 43)?,
+        merger_fc1_b: vector(be, merged, 0.0, 0.1, 44)?,
+        merger_fc2_w: weight(be, &[cfg.out_hidden_size, merged], 45)?,
+        merger_fc2_b: vector(be, cfg.out_hidden_size, 0.0, 0.1, 46)?,
+    })
+}
+
+/// Times the vision tower on `frames` frames of `height`×`width` pixels (multiples of 28),
+/// with `depth` of the 32 blocks; reports time per frame and per visual token, and the
+/// extrapolation to all 32 blocks.
+pub fn run_vision_synthetic(
+    depth: usize,
+    frames: usize,
+    height: usize,
+    width: usize,
+    opts: EngineOptions,
+) -> Result<String> {
+    if depth == 0 || depth > 32 {
+        return Err(Error::flag("--layers", "the vision tower has 1..=32 blocks"));
+    }
+    if frames == 0 || frames % 2 != 0 || height % 28 != 0 || width % 28 != 0 || height == 0 || width == 0 {
+        return Err(Error::flag(
+            "--frames/--height/--width",
+            "need an even frame count and sides that are positive multiples of 28",
+        ));
+    }
+    let cfg = vision_config_7b(depth);
+    let mut be = open_backend(opts.device)?;
+    let w = synthetic_vision(be.as_mut(), &cfg)?;
+    let grid = [frames / 2, height / 14, width / 14];
+    let n = grid.iter().product::<usize>();
+    let rows: Vec<f32> = (0..n * 1176).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let t = Instant::now();
+    let out = crate::model::vision::encode(be.as_mut(), &w, &cfg, &rows, &[grid], opts.act)?;
+    be.sync()?;
+    let s = t.elapsed().as_secs_f64();
+    let tokens = out.len() / cfg.out_hidden_size;
+    let full = s * 32.0 / depth as f64;
+    let flops_per_patch_block = 2.0 * (4.0 * 1280.0 * 1280.0 + 3.0 * 1280.0 * 3420.0);
+    let flops = flops_per_patch_block * n as f64 * depth as f64;
+    let mut r = String::new();
+    let _ = writeln!(r, "backend: {}", be.name());
+    let _ = writeln!(
+        r,
+        "vision: synthetic Qwen2.5-VL-7B ViT, {depth} of 32 blocks, {frames} frames of {height}x{width} -> {n} patches, {tokens} visual tokens, {} activations",
+        opts.act
+    );
+    let _ = writeln!(
+        r,
+        "time {s:.3} s = {:.1} ms/frame, {:.2} ms/visual token ({:.1} GFLOP/s in the blocks); all 32 blocks: ~{:.2} s = {:.1} ms/frame",
+        s * 1e3 / frames as f64,
+        s * 1e3 / tokens as f64,
+        flops / s / 1e9,
+        full,
+        full * 1e3 / frames as f64
     );
     Ok(r)
 }
