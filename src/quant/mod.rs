@@ -11,6 +11,7 @@
 //! multiply-adds (Rust never contracts `a * b + c`). A llama.cpp binary built with FMA
 //! contraction may differ in rare ties.
 
+pub mod preset;
 pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;

@@ -49,6 +49,10 @@ pub const KEY_GENERATION_CONFIG_JSON: &str = "reel.generation_config_json";
 pub const KEY_PREPROCESSOR_CONFIG_JSON: &str = "reel.preprocessor_config_json";
 /// The reel-quantize preset that made the file (`q8_0`, `q4_k_m`, `bf16`).
 pub const KEY_QUANT_PRESET: &str = "reel.quantize.preset";
+/// Prefix of the key holding the true shape (u64 array, Hugging Face order) of a tensor whose rank
+/// exceeds ggml's 4 (the 5-D video patch-embedding convolution); such a tensor is stored as
+/// `[shape[0], product of the rest]` and the reader restores the shape.
+pub const KEY_TENSOR_SHAPE_PREFIX: &str = "reel.tensor_shape.";
 
 /// GGUF metadata value types, with their on-disk ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -506,7 +510,27 @@ impl GgufStore {
                     b.len()
                 )));
             }
-            let shape = ne.iter().rev().map(|&d| d as usize).collect();
+            let mut shape: Vec<usize> = ne.iter().rev().map(|&d| d as usize).collect();
+            if let Some(v) = meta_index
+                .get(&format!("{KEY_TENSOR_SHAPE_PREFIX}{name}"))
+                .map(|&i| &metadata[i].1)
+            {
+                let dims: Option<Vec<usize>> = match v {
+                    MetaValue::Array { items, .. } => items
+                        .iter()
+                        .map(|d| d.as_u64().map(|d| d as usize))
+                        .collect(),
+                    _ => None,
+                };
+                match dims {
+                    Some(d) if d.iter().try_fold(1u64, |a, &x| a.checked_mul(x as u64)) == Some(numel) => shape = d,
+                    _ => {
+                        return Err(c.err(format!(
+                            "`{KEY_TENSOR_SHAPE_PREFIX}{name}` = {v:?} does not describe the {numel} elements of `{name}`"
+                        )))
+                    }
+                }
+            }
             tensors.push(GgufTensorInfo {
                 name,
                 dtype,
@@ -694,6 +718,8 @@ pub struct GgufWriter {
     out: BufWriter<File>,
     plan: Vec<TensorPlan>,
     next: usize,
+    /// Bytes of the current tensor written so far.
+    part: usize,
     alignment: usize,
     pos: u64,
 }
@@ -769,6 +795,24 @@ impl GgufWriter {
             kv.push((KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
         }
         kv.extend(metadata.iter().cloned());
+        for t in &tensors {
+            if t.shape.len() > MAX_DIMS {
+                let key = format!("{KEY_TENSOR_SHAPE_PREFIX}{}", t.name);
+                if seen.contains(key.as_str()) {
+                    return Err(bad(format!(
+                        "metadata key `{key}` is reserved for the writer"
+                    )));
+                }
+                let dims = t.shape.iter().map(|&d| MetaValue::U64(d as u64)).collect();
+                kv.push((
+                    key,
+                    MetaValue::Array {
+                        item_type: ValueType::U64,
+                        items: dims,
+                    },
+                ));
+            }
+        }
 
         let mut head = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
@@ -792,13 +836,14 @@ impl GgufWriter {
                     t.name, t.dtype
                 ))
             })?;
-            if t.shape.is_empty() || t.shape.len() > MAX_DIMS {
-                return Err(bad(format!(
-                    "tensor `{}`: rank {} (1 to {MAX_DIMS} allowed)",
-                    t.name,
-                    t.shape.len()
-                )));
+            if t.shape.is_empty() {
+                return Err(bad(format!("tensor `{}`: empty shape", t.name)));
             }
+            let stored: Vec<usize> = if t.shape.len() > MAX_DIMS {
+                vec![t.shape[0], t.shape[1..].iter().product()]
+            } else {
+                t.shape.clone()
+            };
             let row = *t.shape.last().unwrap();
             if row % t.dtype.block_len() != 0 {
                 return Err(bad(format!(
@@ -809,8 +854,8 @@ impl GgufWriter {
                 )));
             }
             put_str(&mut head, &t.name);
-            head.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-            for &d in t.shape.iter().rev() {
+            head.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+            for &d in stored.iter().rev() {
                 head.extend_from_slice(&(d as u64).to_le_bytes());
             }
             head.extend_from_slice(&ty.to_le_bytes());
@@ -827,6 +872,7 @@ impl GgufWriter {
             out,
             plan: tensors,
             next: 0,
+            part: 0,
             alignment,
             pos: head.len() as u64,
         })
@@ -839,6 +885,27 @@ impl GgufWriter {
 
     /// Writes the data of the next planned tensor; `name` and the byte count must match the plan.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        if let Some(t) = self.plan.get(self.next) {
+            if t.name == name && (self.part != 0 || data.len() != t.bytes()) {
+                return Err(Error::file(
+                    &self.path,
+                    format!(
+                        "GGUF writer: `{name}` ({} {:?}) takes {} bytes, got {}",
+                        t.dtype,
+                        t.shape,
+                        t.bytes(),
+                        data.len()
+                    ),
+                ));
+            }
+        }
+        self.write_tensor_part(name, data).map(|_| ())
+    }
+
+    /// Appends part of the next planned tensor's data (so a large tensor can be produced and
+    /// written piece by piece). Returns true once the tensor is complete; then the padding is
+    /// written and the next tensor begins.
+    pub fn write_tensor_part(&mut self, name: &str, data: &[u8]) -> Result<bool> {
         let t = self.plan.get(self.next).ok_or_else(|| {
             Error::file(
                 &self.path,
@@ -857,25 +924,31 @@ impl GgufWriter {
                 ),
             ));
         }
-        if data.len() != t.bytes() {
+        let want = t.bytes();
+        if self.part + data.len() > want {
             return Err(Error::file(
                 &self.path,
                 format!(
-                    "GGUF writer: `{name}` ({} {:?}) takes {} bytes, got {}",
+                    "GGUF writer: `{name}` ({} {:?}) takes {want} bytes, got {}",
                     t.dtype,
                     t.shape,
-                    t.bytes(),
-                    data.len()
+                    self.part + data.len()
                 ),
             ));
         }
-        let pad = align_up(data.len(), self.alignment) - data.len();
         let io = |e| Error::io(&self.path, e);
         self.out.write_all(data).map_err(io)?;
+        self.part += data.len();
+        self.pos += data.len() as u64;
+        if self.part < want {
+            return Ok(false);
+        }
+        let pad = align_up(want, self.alignment) - want;
         self.out.write_all(&vec![0u8; pad]).map_err(io)?;
-        self.pos += (data.len() + pad) as u64;
+        self.pos += pad as u64;
+        self.part = 0;
         self.next += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Checks every planned tensor was written, flushes and syncs the file.
