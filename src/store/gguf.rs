@@ -349,7 +349,7 @@ impl<'a> Cursor<'a> {
                 let item_type = ValueType::from_id(id)
                     .ok_or_else(|| self.err(format!("{}: unknown array item type {id}", what())))?;
                 let n = self.count(1, what)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(item_type, what, depth + 1)?);
                 }
@@ -424,11 +424,13 @@ impl GgufStore {
                 "unsupported version {version} (reel reads version {GGUF_VERSION})"
             )));
         }
-        let n_tensors = c.count(8 + 4 + 4 + 8, &|| "header (tensor count)".into())?;
-        let n_kv = c.count(8 + 4, &|| "header (metadata count)".into())?;
+        // Counts are checked against the bytes left (one per item at least) so a corrupt count
+        // fails cleanly instead of allocating; precise truncation errors come while parsing.
+        let n_tensors = c.count(1, &|| "header (tensor count)".into())?;
+        let n_kv = c.count(1, &|| "header (metadata count)".into())?;
 
-        let mut metadata = Vec::with_capacity(n_kv);
-        let mut meta_index = HashMap::with_capacity(n_kv);
+        let mut metadata = Vec::with_capacity(n_kv.min(4096));
+        let mut meta_index = HashMap::with_capacity(n_kv.min(4096));
         for i in 0..n_kv {
             let key = c.string(&|| format!("metadata entry {i} key"))?;
             let what = || format!("metadata `{key}`");
@@ -452,8 +454,8 @@ impl GgufStore {
             }
         };
 
-        let mut raw = Vec::with_capacity(n_tensors);
-        let mut index = HashMap::with_capacity(n_tensors);
+        let mut raw = Vec::with_capacity(n_tensors.min(4096));
+        let mut index = HashMap::with_capacity(n_tensors.min(4096));
         for i in 0..n_tensors {
             let name = c.string(&|| format!("tensor info {i} name"))?;
             let what = || format!("tensor info `{name}`");
