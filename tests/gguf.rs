@@ -526,3 +526,83 @@ fn crosscheck_with_gguf_python_package() {
         );
     }
 }
+
+#[test]
+fn gguf_store_is_a_weight_store() {
+    use reel::store::WeightStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ws.gguf");
+    let ts = write_file(&path);
+    let store = GgufStore::open(&path).unwrap();
+    let ws: &dyn WeightStore = &store;
+    let mut names: Vec<String> = ts.iter().map(|t| t.0.name.clone()).collect();
+    names.sort();
+    assert_eq!(ws.names(), names);
+    for (p, _, b) in &ts {
+        let t = ws.get(&p.name).unwrap();
+        assert_eq!(
+            (t.dtype, &t.shape, t.bytes.as_slice()),
+            (p.dtype, &p.shape, &b[..])
+        );
+    }
+    assert!(ws.get("missing").is_none());
+    assert_eq!(
+        ws.file_dtype("model.layers.0.mlp.up_proj.weight")
+            .as_deref(),
+        Some("Q4_K")
+    );
+    assert!(ws.describe().contains("ws.gguf") && ws.describe().contains("7 tensors"));
+}
+
+#[test]
+fn model_config_from_the_embedded_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfg.gguf");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model/config.json");
+    let cfg = std::fs::read_to_string(fixture).unwrap();
+    let meta = vec![
+        (
+            gguf::KEY_ARCHITECTURE.to_string(),
+            MetaValue::str("qwen2vl"),
+        ),
+        (gguf::KEY_CONFIG_JSON.to_string(), MetaValue::str(cfg)),
+        (gguf::KEY_TOKENIZER_JSON.to_string(), MetaValue::str("{}")),
+    ];
+    GgufWriter::create(&path, &meta, vec![])
+        .unwrap()
+        .finish()
+        .unwrap();
+    let m = GgufModel::open(&path).unwrap();
+    let c = m.model_config().unwrap();
+    assert_eq!(
+        (
+            c.text.hidden_size,
+            c.text.num_hidden_layers,
+            c.text.vocab_size
+        ),
+        (64, 2, 1024)
+    );
+    // A broken embedded config names the file and key.
+    let path = dir.path().join("badcfg.gguf");
+    let meta = vec![
+        (
+            gguf::KEY_ARCHITECTURE.to_string(),
+            MetaValue::str("qwen2vl"),
+        ),
+        (
+            gguf::KEY_CONFIG_JSON.to_string(),
+            MetaValue::str("{not json"),
+        ),
+        (gguf::KEY_TOKENIZER_JSON.to_string(), MetaValue::str("{}")),
+    ];
+    GgufWriter::create(&path, &meta, vec![])
+        .unwrap()
+        .finish()
+        .unwrap();
+    let e = GgufModel::open(&path)
+        .unwrap()
+        .model_config()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("badcfg.gguf:reel.config_json"), "{e}");
+}

@@ -982,3 +982,61 @@ impl GgufWriter {
         self.pos
     }
 }
+
+impl super::WeightStore for GgufStore {
+    fn get(&self, name: &str) -> Option<super::TensorInfo> {
+        let t = self.tensor_info(name)?;
+        Some(super::TensorInfo {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            bytes: self.bytes_of(t),
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.iter().map(|t| t.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "gguf {} ({} tensors)",
+            self.path.display(),
+            self.tensors.len()
+        )
+    }
+
+    fn origin(&self, _name: &str) -> String {
+        self.path.display().to_string()
+    }
+
+    fn file_dtype(&self, name: &str) -> Option<String> {
+        self.tensor_info(name)
+            .map(|t| ggml_type_name(t.dtype).to_string())
+    }
+}
+
+/// The type name as ggml spells it.
+pub fn ggml_type_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::I32 => "I32",
+        DType::U8 => "U8",
+        DType::Q8_0 => "Q8_0",
+        DType::Q4K => "Q4_K",
+        DType::Q6K => "Q6_K",
+    }
+}
+
+impl GgufModel {
+    /// The model configuration parsed from the embedded config.json (errors name the GGUF file
+    /// and the metadata key).
+    pub fn model_config(&self) -> Result<crate::model::config::ModelConfig> {
+        let origin = PathBuf::from(format!("{}:{KEY_CONFIG_JSON}", self.path().display()));
+        crate::model::config::ModelConfig::from_json(self.config_json(), &origin)
+    }
+}
