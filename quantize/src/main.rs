@@ -277,7 +277,7 @@ fn write_gguf(
     tmp: &Path,
 ) -> Result<()> {
     let start = Instant::now();
-    let total_in: u64 = ckpt.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
+    let total_in: u64 = ckpt.tensors.iter().map(|t| t.bytes.len() as u64).sum();
     let pb = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -298,7 +298,7 @@ fn write_gguf(
     for (t, p) in ckpt.tensors.iter().zip(plan) {
         check_interrupt()?;
         pb.set_message(format!("{} {} -> {}", t.name, t.dtype, p.dtype));
-        let src = ckpt.bytes(t);
+        let src = t.bytes.as_slice();
         let row_len = *t.shape.last().unwrap_or(&1);
         let n_rows = t.shape.iter().product::<usize>() / row_len.max(1);
         let sb = row_bytes(t.dtype, row_len)?;
