@@ -407,3 +407,42 @@ fn kl_and_top1() {
     assert!(compare_logits(&[0.0; 3], &[0.0; 3], 2).is_err());
     assert!(kl_divergence(&[0.0; 3], &[0.0; 2]).is_err());
 }
+
+/// Throughput figures (not a pass/fail test): `cargo test --lib quant::tests::throughput --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    use std::time::Instant;
+    let mut r = Rng(1);
+    let (n, k) = (3584usize, 18944usize);
+    let x = r.vec(k, 1.0);
+    let src = r.vec(n * k, 0.02);
+    for dtype in [DType::Q4K, DType::Q6K, DType::Q8_0, DType::BF16] {
+        let t = Instant::now();
+        let w = quantized(dtype, &src);
+        let qs = t.elapsed().as_secs_f64();
+        let mut out = vec![0.0f32; n];
+        matvec(&w, dtype, n, k, &x, &mut out).unwrap();
+        let iters = 5;
+        let t = Instant::now();
+        for _ in 0..iters {
+            matvec(&w, dtype, n, k, &x, &mut out).unwrap();
+        }
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        let m = 8;
+        let xm = r.vec(m * k, 1.0);
+        let mut om = vec![0.0f32; m * n];
+        let t = Instant::now();
+        matmul(&w, dtype, n, k, &xm, m, &mut om).unwrap();
+        let sm = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{dtype}: quantize {:.1} M weights/s (1 thread); matvec [{n}x{k}] {:.2} ms = {:.2} GB/s of weights, {} threads; matmul m={m} {:.1} ms",
+            (n * k) as f64 / qs / 1e6,
+            s * 1e3,
+            w.len() as f64 / s / 1e9,
+            rayon::current_num_threads(),
+            sm * 1e3
+        );
+    }
+}
