@@ -157,7 +157,13 @@ fn run(args: &Args) -> Result<()> {
         if let Some(why) = c.fallback {
             notes.push(format!("{}: {why}", t.name));
         }
-        plan.push(TensorPlan::new(t.name.clone(), c.dtype, &t.shape));
+        // A 0-D (scalar) tensor is stored as [1]: GGUF tensors have at least one dimension.
+        let shape = if t.shape.is_empty() {
+            vec![1]
+        } else {
+            t.shape.clone()
+        };
+        plan.push(TensorPlan::new(t.name.clone(), c.dtype, &shape));
     }
 
     let metadata = build_metadata(args, &ckpt, &config_v, config, tokenizer)?;

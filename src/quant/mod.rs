@@ -282,6 +282,18 @@ pub fn matvec(
     Ok(())
 }
 
+/// A raw pointer that may cross threads; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// Through a method so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[i, r] = Σ_k x[i, k] * w[r, k]`: x is `[m, k]` f32, w is `[n, k]` stored as `dtype`,
 /// out is `[m, n]` f32. For m == 1 this is [`matvec`]; otherwise each weight row is decoded once
 /// to f32 and reused for all m rows of x.
@@ -298,28 +310,29 @@ pub fn matmul(
         return matvec(w, dtype, n, k, x, out);
     }
     let rb = check_matrix(dtype, w, n, k, x, m, out)?;
+    // Weight rows per task: decoded once, then reused against every row of x.
     const R: usize = 4;
-    // Transposed result [n, m] so that each task owns a contiguous piece.
-    let mut tmp = vec![0.0f32; n * m];
-    tmp.par_chunks_mut(R * m).enumerate().for_each(|(c, t)| {
-        let rows = t.len() / m;
-        let mut wf = vec![0.0f32; rows * k];
-        for j in 0..rows {
-            let r = c * R + j;
-            dequantize_row(dtype, &w[r * rb..(r + 1) * rb], &mut wf[j * k..(j + 1) * k])
-                .expect("row lengths checked");
-        }
-        for (i, xr) in x.chunks_exact(k).enumerate() {
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(R)).into_par_iter().for_each_init(
+        || vec![0.0f32; R * k],
+        |wf, c| {
+            let r0 = c * R;
+            let rows = R.min(n - r0);
             for j in 0..rows {
-                t[j * m + i] = dot_f32(&wf[j * k..(j + 1) * k], xr);
+                let r = r0 + j;
+                dequantize_row(dtype, &w[r * rb..(r + 1) * rb], &mut wf[j * k..(j + 1) * k])
+                    .expect("row lengths checked");
             }
-        }
-    });
-    out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
-        for (r, y) in o.iter_mut().enumerate() {
-            *y = tmp[r * m + i];
-        }
-    });
+            for (i, xr) in x.chunks_exact(k).enumerate() {
+                for j in 0..rows {
+                    let v = dot_f32(&wf[j * k..(j + 1) * k], xr);
+                    // SAFETY: element (i, r0 + j) is in bounds (checked sizes) and each task
+                    // writes only its own columns r0..r0 + rows, so writes never alias.
+                    unsafe { *out_ptr.get().add(i * n + r0 + j) = v };
+                }
+            }
+        },
+    );
     Ok(())
 }
 
