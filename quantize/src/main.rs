@@ -271,8 +271,9 @@ fn build_metadata(
     Ok(kv)
 }
 
-/// Output bytes per piece: bounds the memory held besides the mapped input.
-const PIECE_BYTES: usize = 64 << 20;
+/// Bytes (input or output, whichever is larger) per piece: bounds the memory held besides the
+/// mapped input, and how long an interrupt waits (a piece of Q4_K takes about a second per thread).
+const PIECE_BYTES: usize = 16 << 20;
 
 fn write_gguf(
     args: &Args,

@@ -7,6 +7,13 @@
 //! - Q4_K: 144 bytes per 256 weights, see [`q4_k`].
 //! - Q6_K: 210 bytes per 256 weights, see [`q6_k`].
 //!
+//! Calling convention for a backend: a weight `TRef` of dtype `d` and shape `[n, k]` is
+//! `row_bytes(d, k)` bytes per row, rows contiguous (as GGUF and safetensors store them).
+//! `matmul(w_bytes, d, n, k, x_f32, m, out_f32)` computes `out[m, n] = x[m, k] @ w^T` (m = 1 goes
+//! to `matvec`); an embedding lookup of row `t` is `dequantize_row(d, &w[t * rb..(t + 1) * rb],
+//! out_row)`. Activations are f32 here: a bf16 activation is widened first and the f32 result
+//! rounded by the caller.
+//!
 //! Bit-exactness: the quantizers evaluate ggml's formulas in the same order without fused
 //! multiply-adds (Rust never contracts `a * b + c`). A llama.cpp binary built with FMA
 //! contraction may differ in rare ties.
