@@ -44,7 +44,7 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// Whether the AVX2+FMA paths are used: detected once at run time; `REEL_QUANT_SCALAR=1` forces
+/// Whether the AVX2+FMA(+F16C) paths are used: detected once at run time; `REEL_QUANT_SCALAR=1` forces
 /// the scalar reference (to A/B a suspected SIMD bug).
 pub fn has_avx2_fma() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -54,7 +54,9 @@ pub fn has_avx2_fma() -> bool {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

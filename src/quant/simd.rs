@@ -1,15 +1,14 @@
 //! AVX2 + FMA dot products. Each computes the same sum as its scalar twin, in a different order
 //! and with fused multiply-adds, so results agree to float rounding, not bit for bit.
-//! Callers must check [`super::has_avx2_fma`] first.
+//! Callers must check [`super::has_avx2_fma`] (which also requires F16C) first.
 
 #![cfg(target_arch = "x86_64")]
 
 use super::{q4_k, q6_k, q8_0};
-use half::f16;
 use std::arch::x86_64::*;
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -17,16 +16,25 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Eight unsigned bytes at `p` widened to f32.
+/// fp16 bits -> f32 with the F16C instruction (half's conversion is an out-of-line call here).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fp16(lo: u8, hi: u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([lo, hi]) as i32,
+    )))
+}
+
+/// Eight unsigned bytes at `p` widened to i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_u8x8(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `w.len() == x.len() / 32 * 34`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C must be available; `w.len() == x.len() / 32 * 34`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q8_0(w: &[u8], x: &[f32]) -> f32 {
     debug_assert!(w.len() == x.len() / q8_0::QK8_0 * q8_0::BLOCK_BYTES);
     let mut acc = _mm256_setzero_ps();
@@ -34,29 +42,26 @@ pub unsafe fn vec_dot_q8_0(w: &[u8], x: &[f32]) -> f32 {
         .chunks_exact(q8_0::BLOCK_BYTES)
         .zip(x.chunks_exact(q8_0::QK8_0))
     {
-        let d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        let d = fp16(b[0], b[1]);
         let q = b.as_ptr().add(2);
         let xp = xs.as_ptr();
-        let mut s0 = _mm256_setzero_ps();
-        let mut s1 = _mm256_setzero_ps();
-        for g in (0..4).step_by(2) {
-            let q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+        let ld = |g: usize| {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
                 q.add(8 * g) as *const __m128i
-            )));
-            let q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                q.add(8 * g + 8) as *const __m128i
-            )));
-            s0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xp.add(8 * g)), s0);
-            s1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xp.add(8 * g + 8)), s1);
-        }
+            )))
+        };
+        let s0 = _mm256_mul_ps(ld(0), _mm256_loadu_ps(xp));
+        let s1 = _mm256_mul_ps(ld(1), _mm256_loadu_ps(xp.add(8)));
+        let s0 = _mm256_fmadd_ps(ld(2), _mm256_loadu_ps(xp.add(16)), s0);
+        let s1 = _mm256_fmadd_ps(ld(3), _mm256_loadu_ps(xp.add(24)), s1);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(s0, s1), acc);
     }
     hsum(acc)
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `w.len() == x.len() / 256 * 144`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C must be available; `w.len() == x.len() / 256 * 144`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k(w: &[u8], x: &[f32]) -> f32 {
     debug_assert!(w.len() == x.len() / q4_k::QK_K * q4_k::BLOCK_BYTES);
     let mask = _mm256_set1_epi32(0xF);
@@ -66,7 +71,12 @@ pub unsafe fn vec_dot_q4_k(w: &[u8], x: &[f32]) -> f32 {
         .chunks_exact(q4_k::BLOCK_BYTES)
         .zip(x.chunks_exact(q4_k::QK_K))
     {
-        let s = q4_k::block_scales(b);
+        let (d, dmin) = (fp16(b[0], b[1]), fp16(b[2], b[3]));
+        let mut s = [(0.0f32, 0.0f32); 8];
+        for (j, o) in s.iter_mut().enumerate() {
+            let (sc, m) = q4_k::get_scale_min_k4(j, &b[4..16]);
+            *o = (d * sc as f32, dmin * m as f32);
+        }
         let qs = b.as_ptr().add(16);
         let xp = xs.as_ptr();
         for c in 0..4 {
@@ -90,8 +100,8 @@ pub unsafe fn vec_dot_q4_k(w: &[u8], x: &[f32]) -> f32 {
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `w.len() == x.len() / 256 * 210`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C must be available; `w.len() == x.len() / 256 * 210`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k(w: &[u8], x: &[f32]) -> f32 {
     debug_assert!(w.len() == x.len() / q6_k::QK_K * q6_k::BLOCK_BYTES);
     let m4 = _mm256_set1_epi32(0xF);
@@ -102,7 +112,7 @@ pub unsafe fn vec_dot_q6_k(w: &[u8], x: &[f32]) -> f32 {
         .chunks_exact(q6_k::BLOCK_BYTES)
         .zip(x.chunks_exact(q6_k::QK_K))
     {
-        let d = f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+        let d = fp16(b[208], b[209]);
         let sc = &b[192..208];
         let xp = xs.as_ptr();
         for h in 0..2 {
@@ -147,8 +157,8 @@ pub unsafe fn vec_dot_q6_k(w: &[u8], x: &[f32]) -> f32 {
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `a.len() == b.len()`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C must be available; `a.len() == b.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -186,8 +196,8 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// Dot of a little-endian bf16 row with `x`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `w.len() == 2 * x.len()`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C must be available; `w.len() == 2 * x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 2);
     let (pw, px) = (w.as_ptr(), x.as_ptr());

@@ -415,7 +415,11 @@ fn kl_and_top1() {
 fn throughput() {
     use std::time::Instant;
     let mut r = Rng(1);
-    let (n, k) = (3584usize, 18944usize);
+    let n: usize = std::env::var("REEL_PROBE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3584);
+    let k = 18944usize;
     let x = r.vec(k, 1.0);
     let src = r.vec(n * k, 0.02);
     for dtype in [DType::Q4K, DType::Q6K, DType::Q8_0, DType::BF16] {
