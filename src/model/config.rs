@@ -151,11 +151,6 @@ const DEFAULT_VISION_START: u32 = 151652;
 const DEFAULT_VISION_END: u32 = 151653;
 
 /// Reads a whole JSON file into an object, naming the path in every failure.
-fn read_json_object(path: &Path) -> Result<Obj> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_json_object(&text, path)
-}
-
 fn parse_json_object(text: &str, path: &Path) -> Result<Obj> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| Error::config(path, format!("malformed JSON: {e}")))?;
@@ -749,7 +744,13 @@ fn parse_tokens(srcs: &[Fields]) -> Result<TokenIds> {
 impl GenerationConfig {
     /// Reads generation_config.json; the file must exist.
     pub fn from_file(path: &Path) -> Result<GenerationConfig> {
-        let obj = read_json_object(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        GenerationConfig::from_json(&text, path)
+    }
+
+    /// Parses generation_config.json text; `path` names its origin in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<GenerationConfig> {
+        let obj = parse_json_object(text, path)?;
         let f = Fields::new(path, &obj, "");
         let g = GenerationConfig {
             eos_token_ids: f.id_list("eos_token_id")?.unwrap_or_default(),
@@ -793,7 +794,13 @@ impl PreprocessorConfig {
     /// `min_pixels`/`max_pixels`, which win over `size.shortest_edge`/`size.longest_edge`
     /// (the newer spelling of the same limits), as in the HF image processor.
     pub fn from_file(path: &Path) -> Result<PreprocessorConfig> {
-        let obj = read_json_object(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        PreprocessorConfig::from_json(&text, path)
+    }
+
+    /// Parses preprocessor_config.json text; `path` names its origin in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<PreprocessorConfig> {
+        let obj = parse_json_object(text, path)?;
         let f = Fields::new(path, &obj, "");
         let d = PreprocessorConfig::default();
         let empty = Obj::new();

@@ -31,8 +31,17 @@ impl Model {
     /// Opens a checkpoint directory (or a GGUF file written by reel-quantize).
     pub fn load(path: &Path) -> Result<Model> {
         let files = open_model(path)?;
-        let tokenizer = Tokenizer::from_model_dir(&files.dir)?;
-        let template = ChatTemplate::from_model_dir(&files.dir)?;
+        let tokenizer = match &files.tokenizer_json {
+            Some(t) => Tokenizer::from_bytes(t.as_bytes(), path.join("tokenizer.json"))?,
+            None => Tokenizer::from_model_dir(&files.dir)?,
+        };
+        let template = match &files.chat_template {
+            Some(t) => {
+                ChatTemplate::from_source(t.clone(), format!("{} (chat template)", path.display()))?
+            }
+            None if files.tokenizer_json.is_some() => ChatTemplate::stock(),
+            None => ChatTemplate::from_model_dir(&files.dir)?,
+        };
         Ok(Model {
             dir: files.dir,
             config: files.config,

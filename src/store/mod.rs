@@ -66,6 +66,10 @@ pub struct ModelFiles {
     pub generation: GenerationConfig,
     pub preprocessor: PreprocessorConfig,
     pub store: Arc<dyn WeightStore>,
+    /// tokenizer.json text embedded in a GGUF file (None: read it from `dir`).
+    pub tokenizer_json: Option<String>,
+    /// Chat template embedded in a GGUF file (None: read it from `dir`).
+    pub chat_template: Option<String>,
 }
 
 impl ModelFiles {
@@ -87,9 +91,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
     if meta.is_file() {
         match path.extension().and_then(|e| e.to_str()) {
             // GGUF files written by reel-quantize: the GGUF reader plugs in here.
-            Some("gguf") => {
-                return Err(Error::file(path, "GGUF support not built yet"));
-            }
+            Some("gguf") => return open_gguf(path),
             Some("safetensors") => {
                 let dir = parent_dir(path);
                 let (config, generation, preprocessor) = read_configs(&dir)?;
@@ -100,6 +102,8 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
                     generation,
                     preprocessor,
                     store: Arc::new(store),
+                    tokenizer_json: None,
+                    chat_template: None,
                 });
             }
             _ => return Err(Error::file(
@@ -117,6 +121,34 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
         generation,
         preprocessor,
         store: Arc::new(store),
+        tokenizer_json: None,
+        chat_template: None,
+    })
+}
+
+/// A GGUF file written by reel-quantize: configs, tokenizer and template come from its metadata.
+fn open_gguf(path: &Path) -> Result<ModelFiles> {
+    let m = gguf::GgufModel::open(path)?;
+    let config = m.model_config()?;
+    let origin = |name: &str| path.join(name);
+    let generation = match m.generation_config_json() {
+        Some(t) => GenerationConfig::from_json(t, &origin("generation_config.json"))?,
+        None => GenerationConfig::default(),
+    };
+    let preprocessor = match m.preprocessor_config_json() {
+        Some(t) => PreprocessorConfig::from_json(t, &origin("preprocessor_config.json"))?,
+        None => PreprocessorConfig::default(),
+    };
+    let tokenizer_json = Some(m.tokenizer_json().to_string());
+    let chat_template = m.chat_template().map(str::to_string);
+    Ok(ModelFiles {
+        dir: parent_dir(path),
+        config,
+        generation,
+        preprocessor,
+        store: Arc::new(m.into_store()),
+        tokenizer_json,
+        chat_template,
     })
 }
 
