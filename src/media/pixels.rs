@@ -21,7 +21,10 @@ pub struct PatchParams {
 }
 
 /// OpenAI CLIP normalization, as in Qwen2-VL / Qwen2.5-VL preprocessor configs.
+// The config's decimal strings, rounded to f32 as numpy does.
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 impl PatchParams {
