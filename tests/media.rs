@@ -2,9 +2,11 @@
 //! the Video-R1 fork, Pillow, torchvision, decord, transformers 4.49), plus bad-media handling.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "video")]
 use std::process::Command;
 
 use reel::media::sample::{self, FrameRequest, VideoPixelRequest};
+#[cfg_attr(not(feature = "video"), allow(unused_imports))]
 use reel::media::{
     self, pixels, resize_pil, resize_tv, size, Frames, ImageRequest, PatchParams, Preset,
     VideoRequest,
@@ -437,6 +439,7 @@ fn images_match_qwen_vl_utils_and_processor() {
 // Per-case goldens: videos
 // ---------------------------------------------------------------------------------------
 
+#[cfg(feature = "video")]
 fn video_cases() -> Vec<(String, Value)> {
     cases()
         .into_iter()
@@ -450,6 +453,7 @@ fn video_cases() -> Vec<(String, Value)> {
         .collect()
 }
 
+#[cfg(feature = "video")]
 fn video_request(it: &Value) -> VideoRequest {
     VideoRequest {
         frames: FrameRequest {
@@ -470,6 +474,7 @@ fn video_request(it: &Value) -> VideoRequest {
 }
 
 #[test]
+#[cfg(feature = "video")]
 fn video_probe_and_sampling_match_decord() {
     let vc = video_cases();
     assert_eq!(vc.len(), 2, "expected the video and video_odd_fps cases");
@@ -500,6 +505,7 @@ fn video_probe_and_sampling_match_decord() {
 }
 
 #[test]
+#[cfg(feature = "video")]
 fn video_decoded_frames_vs_decord() {
     for (name, it) in video_cases() {
         let st = St::load(&format!("golden/{name}.safetensors"));
@@ -527,6 +533,7 @@ fn video_decoded_frames_vs_decord() {
 }
 
 #[test]
+#[cfg(feature = "video")]
 fn video_resize_and_rows_match_goldens() {
     let params = PatchParams::qwen2_vl();
     for (name, it) in video_cases() {
@@ -600,6 +607,7 @@ fn video_resize_and_rows_match_goldens() {
 // Containers and codecs (generated with the ffmpeg CLI)
 // ---------------------------------------------------------------------------------------
 
+#[cfg(feature = "video")]
 fn have_ffmpeg_cli() -> bool {
     let ok = Command::new("ffmpeg")
         .arg("-version")
@@ -612,6 +620,7 @@ fn have_ffmpeg_cli() -> bool {
     ok
 }
 
+#[cfg(feature = "video")]
 fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-y"])
@@ -625,6 +634,7 @@ fn ffmpeg(args: &[&str]) {
     );
 }
 
+#[cfg(feature = "video")]
 /// All frames as the ffmpeg CLI converts them to rgb24 (same libswscale).
 fn cli_frames(path: &Path, w: usize, h: usize) -> Vec<u8> {
     let out = Command::new("ffmpeg")
@@ -647,6 +657,7 @@ fn cli_frames(path: &Path, w: usize, h: usize) -> Vec<u8> {
 }
 
 #[test]
+#[cfg(feature = "video")]
 fn containers_and_codecs_decode() {
     if !have_ffmpeg_cli() {
         return;
@@ -724,6 +735,7 @@ fn media_err(r: reel::Result<impl std::fmt::Debug>, path: &Path, what: &str) -> 
 }
 
 #[test]
+#[cfg(feature = "video")]
 fn bad_videos_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = Preset::video_r1();
