@@ -985,3 +985,18 @@ fn image_formats_and_alpha() {
     let (_, m) = diff_u8(&j.data, rgb.as_raw());
     assert!(m < 40, "JPEG differs from its source by {m}");
 }
+
+/// Not a timed test: prints the media benchmark (`cargo test --test media -- --ignored bench`).
+#[test]
+#[ignore]
+#[cfg(feature = "video")]
+fn bench_720p_minute_clip() {
+    if !have_ffmpeg_cli() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, preset) in presets() {
+        let t = media::bench::bench_720p_minute(dir.path(), &preset).unwrap();
+        println!("{name}: {t:?}; total {:.2} s", t.total_s());
+    }
+}
