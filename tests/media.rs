@@ -716,6 +716,33 @@ fn containers_and_codecs_decode() {
             worst.1
         );
     }
+    // Display rotation (phone videos): frames come out upright, as decord and the CLI give them.
+    let a = dir.path().join("a.mp4");
+    for deg in [90u32, 180, 270] {
+        let r = dir.path().join(format!("rot{deg}.mp4"));
+        let tag = format!("rotate={deg}");
+        ffmpeg(&[
+            "-i",
+            a.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            &tag,
+            r.to_str().unwrap(),
+        ]);
+        let info = media::decode::probe(&r).unwrap();
+        let upright = if deg == 180 { (96, 64) } else { (64, 96) };
+        assert_eq!((info.width, info.height), upright, "{deg}: {info:?}");
+        let idx: Vec<u64> = (0..info.frames).collect();
+        let dec = media::decode::decode_indices(&r, &idx).unwrap();
+        let all = cli_frames(&r, upright.0 as usize, upright.1 as usize);
+        let (n, m) = diff_u8(&dec.frames.data, &all);
+        println!(
+            "{tag}: rotation {} -> {}x{}; vs CLI: {n} values differ (max {m})",
+            info.rotation, info.width, info.height
+        );
+        assert_eq!(n, 0, "{tag}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -200,8 +200,11 @@ pub struct VideoInfo {
     pub fps: f64,
     /// Seconds.
     pub duration: f64,
+    /// Upright size (after the display rotation).
     pub width: u32,
     pub height: u32,
+    /// Display rotation applied to the frames, degrees clockwise (0, 90, 180, 270).
+    pub rotation: u32,
     /// FFmpeg's codec name.
     pub codec: String,
 }
