@@ -2,8 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+#[cfg(feature = "video")]
 use std::time::Instant;
 
+#[cfg(feature = "video")]
 use super::{PatchParams, Preset, VideoRequest};
 use crate::{Error, Result};
 

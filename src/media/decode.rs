@@ -121,6 +121,42 @@ impl Input {
         Ok(n)
     }
 
+    /// Display rotation in degrees clockwise, as decord reads it: the stream's `rotate` tag,
+    /// else the negated angle of its display matrix, taken modulo 360.
+    fn rotation(&self) -> u32 {
+        let st = self.stream();
+        let mut theta = 0f64;
+        // SAFETY: stream metadata and side data belong to the open context; the key is a C string.
+        unsafe {
+            let e = ff::av_dict_get(st.metadata, c"rotate".as_ptr(), ptr::null(), 0);
+            if !e.is_null() && !(*e).value.is_null() {
+                let v = CStr::from_ptr((*e).value).to_string_lossy();
+                if v != "0" && !v.is_empty() {
+                    theta = v.trim().parse::<f64>().unwrap_or(0.0);
+                }
+            }
+            if theta == 0.0 {
+                let m = ff::av_stream_get_side_data(
+                    st,
+                    ff::AVPacketSideDataType::AV_PKT_DATA_DISPLAYMATRIX,
+                    ptr::null_mut(),
+                );
+                if !m.is_null() {
+                    theta = -ff::av_display_rotation_get(m as *const i32);
+                }
+            }
+        }
+        let theta = theta % 360.0;
+        let theta = if theta < 0.0 { theta + 360.0 } else { theta };
+        // decord truncates to int and only acts on exact right angles.
+        match theta as i64 {
+            90 => 90,
+            180 => 180,
+            270 => 270,
+            _ => 0,
+        }
+    }
+
     fn info(&mut self, count_if_unknown: bool) -> Result<VideoInfo, String> {
         let st = self.stream();
         let par = self.codecpar();
@@ -173,12 +209,19 @@ impl Input {
         if !(fps > 0.0 && fps.is_finite()) {
             return Err(format!("video stream ({codec}) has no usable frame rate"));
         }
+        let rotation = self.rotation();
+        let (width, height) = if rotation % 180 == 90 {
+            (height, width)
+        } else {
+            (width, height)
+        };
         Ok(VideoInfo {
             frames,
             fps,
             duration,
             width: width as u32,
             height: height as u32,
+            rotation,
             codec,
         })
     }
@@ -380,6 +423,41 @@ impl Converter {
     }
 }
 
+/// Rotates a packed RGB image (`w`×`h`) clockwise by 90, 180 or 270 degrees, as FFmpeg's
+/// `transpose=clock`, `transpose=clock,transpose=clock` and `transpose=cclock` do.
+fn rotate_rgb(src: &[u8], w: usize, h: usize, deg: u32) -> Vec<u8> {
+    let mut out = vec![0u8; src.len()];
+    let px = |x: usize, y: usize| &src[(y * w + x) * 3..(y * w + x) * 3 + 3];
+    match deg {
+        90 => {
+            // Output is h wide, w tall: out(x, y) = in(y, h-1-x).
+            for y in 0..w {
+                for x in 0..h {
+                    out[(y * h + x) * 3..(y * h + x) * 3 + 3].copy_from_slice(px(y, h - 1 - x));
+                }
+            }
+        }
+        270 => {
+            // out(x, y) = in(w-1-y, x).
+            for y in 0..w {
+                for x in 0..h {
+                    out[(y * h + x) * 3..(y * h + x) * 3 + 3].copy_from_slice(px(w - 1 - y, x));
+                }
+            }
+        }
+        180 => {
+            for y in 0..h {
+                for x in 0..w {
+                    out[(y * w + x) * 3..(y * w + x) * 3 + 3]
+                        .copy_from_slice(px(w - 1 - x, h - 1 - y));
+                }
+            }
+        }
+        _ => out.copy_from_slice(src),
+    }
+    out
+}
+
 /// Probes a video: frame count, fps, duration, size, codec.
 pub fn probe(path: &Path) -> Result<VideoInfo> {
     let mut input = Input::open(path).map_err(|m| Error::media(path, m))?;
@@ -427,11 +505,18 @@ where
     order.sort_unstable();
     let last = order[order.len() - 1].0;
 
+    // Frames are converted at the coded size, then turned upright (info's size is upright).
     let (w, h) = (info.width as usize, info.height as usize);
+    let (cw, ch) = if info.rotation % 180 == 90 {
+        (h, w)
+    } else {
+        (w, h)
+    };
+    let rotation = info.rotation;
     let fsize = w * h * 3;
     let mut slots: Vec<Option<Vec<u8>>> = vec![None; indices.len()];
     let dec = Decoder::open(&input).map_err(err)?;
-    let mut conv = Converter::new(w as i32, h as i32).map_err(err)?;
+    let mut conv = Converter::new(cw as i32, ch as i32).map_err(err)?;
     let pkt = Packet::new().map_err(err)?;
     let frame = Frame::new().map_err(err)?;
     let mut next = 0usize; // position in `order`
@@ -457,6 +542,9 @@ where
             if *next < order.len() && order[*next].0 == idx {
                 let mut buf = Vec::with_capacity(fsize);
                 conv.convert(&frame, &mut buf)?;
+                if rotation != 0 {
+                    buf = rotate_rgb(&buf, cw, ch, rotation);
+                }
                 while *next < order.len() && order[*next].0 == idx {
                     slots[order[*next].1] = Some(buf.clone());
                     *next += 1;

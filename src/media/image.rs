@@ -5,6 +5,11 @@
 //! (x+128))>>8`. Every other mode goes through `convert("RGB")`, which drops alpha (grey+alpha
 //! PNGs, palette PNGs with a tRNS chunk, GIF). 16-bit samples keep their high byte, as Pillow's
 //! 16-bit PNG unpackers do.
+//!
+//! Parity with Pillow: PNG, BMP, lossless WebP and the RGBA composite are exact. JPEG is not:
+//! the `image` crate decodes with zune-jpeg, Pillow with libjpeg-turbo (islow IDCT, fancy
+//! chroma upsampling). Measured on a 120×160 q90 image: 4:4:4 differs in 2.4 % of values by
+//! at most 2 levels, 4:2:0 in 31 % by at most 9.
 
 use std::io::Cursor;
 use std::path::Path;

@@ -52,8 +52,6 @@ pub struct Preset {
     pub video_total_pixels: f64,
     /// Upstream asserts `max_pixels >= min_pixels` in smart_resize; the fork does not.
     pub require_min_le_max: bool,
-    /// Upstream clamps the downscaled sides to at least one factor; the fork does not.
-    pub floor_at_factor: bool,
 }
 
 impl Preset {
@@ -72,7 +70,6 @@ impl Preset {
             fps_max_frames: 16,
             video_total_pixels: 90316800.0,
             require_min_le_max: false,
-            floor_at_factor: false,
         }
     }
 
@@ -83,7 +80,6 @@ impl Preset {
             video_max_pixels: 768.0 * 784.0,
             fps_max_frames: 768,
             require_min_le_max: true,
-            floor_at_factor: true,
             ..Preset::video_r1()
         }
     }
@@ -133,6 +129,15 @@ pub struct LoadedImage {
     pub frames: Frames,
 }
 
+fn nonzero((h, w): (u32, u32)) -> Result<(u32, u32), String> {
+    if h == 0 || w == 0 {
+        return Err(format!(
+            "resizes to an empty {h}x{w} frame (pixel limits too small for this aspect ratio)"
+        ));
+    }
+    Ok((h, w))
+}
+
 /// Target size of an image element.
 pub fn image_target_size(
     h: u32,
@@ -157,7 +162,9 @@ pub fn image_target_size(
 pub fn load_image(path: &Path, preset: &Preset, req: &ImageRequest) -> Result<LoadedImage> {
     let rgb = image::read_rgb(path, &image::ImageLimits::default())?;
     let (h, w) = (rgb.h as u32, rgb.w as u32);
-    let (th, tw) = image_target_size(h, w, preset, req).map_err(|m| Error::media(path, m))?;
+    let (th, tw) = image_target_size(h, w, preset, req)
+        .and_then(nonzero)
+        .map_err(|m| Error::media(path, m))?;
     let data = resize_pil::resize_bicubic(&rgb.data, rgb.h, rgb.w, 3, th as usize, tw as usize);
     Ok(LoadedImage {
         original: (h, w),
@@ -193,8 +200,11 @@ pub struct VideoInfo {
     pub fps: f64,
     /// Seconds.
     pub duration: f64,
+    /// Upright size (after the display rotation).
     pub width: u32,
     pub height: u32,
+    /// Display rotation applied to the frames, degrees clockwise (0, 90, 180, 270).
+    pub rotation: u32,
     /// FFmpeg's codec name.
     pub codec: String,
 }

@@ -21,7 +21,10 @@ pub struct PatchParams {
 }
 
 /// OpenAI CLIP normalization, as in Qwen2-VL / Qwen2.5-VL preprocessor configs.
+// The config's decimal strings, rounded to f32 as numpy does.
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 impl PatchParams {
@@ -96,35 +99,34 @@ pub fn patchify(f: &Frames, p: &PatchParams) -> Result<PixelRows> {
     let table = normalize_table(p);
     let mut rows = vec![0f32; gt * gh * gw * row_len];
     let fsz = f.h * f.w * 3;
-    let mut r = 0;
-    for t in 0..gt {
-        for bh in 0..gh / m {
-            for bw in 0..gw / m {
-                for mh in 0..m {
-                    for mw in 0..m {
-                        let row = &mut rows[r * row_len..(r + 1) * row_len];
-                        let (y0, x0) = ((bh * m + mh) * ps, (bw * m + mw) * ps);
-                        let mut col = 0;
-                        for (c, tc) in table.iter().enumerate() {
-                            for k in 0..tp {
-                                // Temporal padding repeats the last frame.
-                                let fi = (t * tp + k).min(f.t - 1);
-                                let frame = &f.data[fi * fsz..(fi + 1) * fsz];
-                                for py in 0..ps {
-                                    let base = ((y0 + py) * f.w + x0) * 3 + c;
-                                    for px in 0..ps {
-                                        row[col] = tc[frame[base + px * 3] as usize];
-                                        col += 1;
-                                    }
-                                }
-                            }
+    let (bh_n, bw_n) = (gh / m, gw / m);
+    use rayon::prelude::*;
+    rows.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(r, row)| {
+            // r = (((t*bh_n + bh)*bw_n + bw)*m + mh)*m + mw
+            let mw = r % m;
+            let mh = (r / m) % m;
+            let bw = (r / (m * m)) % bw_n;
+            let bh = (r / (m * m * bw_n)) % bh_n;
+            let t = r / (m * m * bw_n * bh_n);
+            let (y0, x0) = ((bh * m + mh) * ps, (bw * m + mw) * ps);
+            let mut col = 0;
+            for (c, tc) in table.iter().enumerate() {
+                for k in 0..tp {
+                    // Temporal padding repeats the last frame.
+                    let fi = (t * tp + k).min(f.t - 1);
+                    let frame = &f.data[fi * fsz..(fi + 1) * fsz];
+                    for py in 0..ps {
+                        let base = ((y0 + py) * f.w + x0) * 3 + c;
+                        for px in 0..ps {
+                            row[col] = tc[frame[base + px * 3] as usize];
+                            col += 1;
                         }
-                        r += 1;
                     }
                 }
             }
-        }
-    }
+        });
     Ok(PixelRows {
         rows,
         row_len,

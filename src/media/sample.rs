@@ -55,8 +55,9 @@ pub fn smart_nframes(
 /// (`vector_width` lanes, two vectors per iteration) instead computes a lane as
 /// `base + k*step` from the first lane's value `base`, choosing the half by the first lane;
 /// the tail after the last whole pair of vectors is scalar. `vector_width` 1 is the pure
-/// scalar formula. Rounding is half-to-even.
-pub fn linspace_indices_f32(total_frames: u64, n: u64, vector_width: usize) -> Vec<u64> {
+/// scalar formula. `fma` contracts each multiply-add into one rounding, as a compiler may do
+/// in the AVX2/AVX-512 builds of the kernel. Rounding to integers is half-to-even.
+pub fn linspace_indices_f32(total_frames: u64, n: u64, vector_width: usize, fma: bool) -> Vec<u64> {
     if n == 0 {
         return Vec::new();
     }
@@ -68,11 +69,12 @@ pub fn linspace_indices_f32(total_frames: u64, n: u64, vector_width: usize) -> V
     let steps = n as i64;
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
+    let mul_add = |a: f32, b: f32, c: f32| if fma { a.mul_add(b, c) } else { a * b + c };
     let scalar = |i: i64| -> f32 {
         if i < halfway {
-            start + step * i as f32
+            mul_add(step, i as f32, start)
         } else {
-            end - step * (steps - i - 1) as f32
+            mul_add(-step, (steps - i - 1) as f32, end)
         }
     };
     let mut out = vec![0f32; n as usize];
@@ -84,7 +86,11 @@ pub fn linspace_indices_f32(total_frames: u64, n: u64, vector_width: usize) -> V
                 let first = i + v * w;
                 let base = scalar(first);
                 for k in 0..w {
-                    let val = if k == 0 { base } else { base + k as f32 * step };
+                    let val = if k == 0 {
+                        base
+                    } else {
+                        mul_add(k as f32, step, base)
+                    };
                     out[(first + k) as usize] = val;
                 }
             }
@@ -101,14 +107,18 @@ pub fn linspace_indices_f32(total_frames: u64, n: u64, vector_width: usize) -> V
 }
 
 /// The frame indices qwen-vl-utils samples: float32 linspace over [0, total-1], rounded
-/// half-to-even. Uses the 8-lane (AVX2) vectorized kernel, which matches the reference
-/// tables (see tests/media.rs).
+/// half-to-even. Uses the variant of the kernel that matches the reference
+/// tables (see tests/media.rs): scalar formula with fused multiply-adds. (The unfused
+/// scalar formula misses 6 of 67 reference rows, the 8- and 16-lane vectorized forms 5–10.)
 pub fn frame_indices(total_frames: u64, n: u64) -> Vec<u64> {
-    linspace_indices_f32(total_frames, n, LINSPACE_VECTOR_WIDTH)
+    linspace_indices_f32(total_frames, n, LINSPACE_VECTOR_WIDTH, LINSPACE_FMA)
 }
 
-/// Lanes of PyTorch's vectorized linspace body on the machine the references came from.
-pub const LINSPACE_VECTOR_WIDTH: usize = 8;
+/// Whether the reference kernel's multiply-adds were fused.
+pub const LINSPACE_FMA: bool = true;
+
+/// Lanes of the kernel's vectorized body to model; 1 (the scalar formula) matches the references.
+pub const LINSPACE_VECTOR_WIDTH: usize = 1;
 
 /// `nframes / total_frames * video_fps` (f64), the fps of the sampled frames.
 pub fn sample_fps(nframes: u64, total_frames: u64, video_fps: f64) -> f64 {

@@ -50,18 +50,17 @@ pub fn smart_resize(
     if hb * wb > max_pixels {
         // (h*w) is an exact integer product in Python; h*w < 2^53 here for any real image.
         let beta = ((h * w) / max_pixels).sqrt();
+        // No max(factor, ..) here in either version, so a side can reach 0.
         hb = floor_by_factor(h / beta, f);
         wb = floor_by_factor(w / beta, f);
-        if preset.floor_at_factor {
-            hb = hb.max(f);
-            wb = wb.max(f);
-        }
     } else if hb * wb < min_pixels {
         let beta = (min_pixels / (h * w)).sqrt();
         hb = ceil_by_factor(h * beta, f);
         wb = ceil_by_factor(w * beta, f);
     }
-    if !(hb >= 1.0 && wb >= 1.0 && hb < u32::MAX as f64 && wb < u32::MAX as f64) {
+    // A side can come out as 0 (e.g. 1x200 under a small max_pixels); the reference returns it
+    // as is and so do we. Callers that resize reject it.
+    if !(hb >= 0.0 && wb >= 0.0 && hb < u32::MAX as f64 && wb < u32::MAX as f64) {
         return Err(format!(
             "{height}x{width} resizes to an unusable size {hb}x{wb} (min_pixels {min_pixels}, max_pixels {max_pixels})"
         ));
