@@ -50,7 +50,15 @@ pub fn rms_norm(x: &[f32], d: usize, w: &[f32], eps: f32, out: DType) -> Vec<f32
 }
 
 /// `x[M, K] @ w[N, K]^T (+ bias)`, f64 accumulation, rounded once.
-pub fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, out: DType) -> Vec<f32> {
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: DType,
+) -> Vec<f32> {
     let mut o = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -145,7 +153,16 @@ fn inv_freq(theta: f32, dim: usize) -> Vec<f32> {
 }
 
 /// M-RoPE on x [T, H, d] with pos [3, T] (row-major), sections over the global inv_freq index.
-pub fn rope_mrope(x: &[f32], t: usize, h: usize, d: usize, pos: &[i32], theta: f32, sections: [usize; 3], out: DType) -> Vec<f32> {
+pub fn rope_mrope(
+    x: &[f32],
+    t: usize,
+    h: usize,
+    d: usize,
+    pos: &[i32],
+    theta: f32,
+    sections: [usize; 3],
+    out: DType,
+) -> Vec<f32> {
     let half = d / 2;
     let inv = inv_freq(theta, d);
     let mut o = vec![0f32; x.len()];
@@ -164,7 +181,11 @@ pub fn rope_mrope(x: &[f32], t: usize, h: usize, d: usize, pos: &[i32], theta: f
                 let ang = pos[row * t + ti] as f32 * inv[j];
                 let cs = round((ang as f64).cos() as f32, out);
                 let sn = round((ang as f64).sin() as f32, out);
-                let rot = if c < half { -x[base + c + half] } else { x[base + c - half] };
+                let rot = if c < half {
+                    -x[base + c + half]
+                } else {
+                    x[base + c - half]
+                };
                 o[base + c] = round(round(x[base + c] * cs, out) + round(rot * sn, out), out);
             }
         }
@@ -173,7 +194,15 @@ pub fn rope_mrope(x: &[f32], t: usize, h: usize, d: usize, pos: &[i32], theta: f
 }
 
 /// Vision 2-D RoPE on x [N, H, d] with pos [N, 2] (row, col), in f32, rounded once.
-pub fn rope_vision(x: &[f32], n: usize, h: usize, d: usize, pos: &[i32], theta: f32, out: DType) -> Vec<f32> {
+pub fn rope_vision(
+    x: &[f32],
+    n: usize,
+    h: usize,
+    d: usize,
+    pos: &[i32],
+    theta: f32,
+    out: DType,
+) -> Vec<f32> {
     let half = d / 2;
     let quarter = d / 4;
     let inv = inv_freq(theta, half);
@@ -195,7 +224,11 @@ pub fn rope_vision(x: &[f32], n: usize, h: usize, d: usize, pos: &[i32], theta: 
                 let ang = freqs[c % half];
                 let cs = (ang as f64).cos() as f32;
                 let sn = (ang as f64).sin() as f32;
-                let rot = if c < half { -x[base + c + half] } else { x[base + c - half] };
+                let rot = if c < half {
+                    -x[base + c + half]
+                } else {
+                    x[base + c - half]
+                };
                 let prod1 = x[base + c] * cs;
                 let prod2 = rot * sn;
                 o[base + c] = round(prod1 + prod2, out);
@@ -209,7 +242,13 @@ pub fn rope_vision(x: &[f32], n: usize, h: usize, d: usize, pos: &[i32], theta: 
 fn attend_one(q: &[f32], keys: &[&[f32]], vals: &[&[f32]], scale: f32) -> Vec<f64> {
     let s: Vec<f64> = keys
         .iter()
-        .map(|k| q.iter().zip(k.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64)
+        .map(|k| {
+            q.iter()
+                .zip(k.iter())
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>()
+                * scale as f64
+        })
         .collect();
     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = s.iter().map(|&v| (v - m).exp()).collect();
@@ -225,14 +264,29 @@ fn attend_one(q: &[f32], keys: &[&[f32]], vals: &[&[f32]], scale: f32) -> Vec<f6
 
 /// Causal GQA attention: q [T, Hq, d] are the last T of L positions; keys/vals [L, Hkv, d].
 #[allow(clippy::too_many_arguments)]
-pub fn attention_causal(q: &[f32], t: usize, hq: usize, keys: &[f32], vals: &[f32], l: usize, hkv: usize, d: usize, scale: f32, out: DType) -> Vec<f32> {
+pub fn attention_causal(
+    q: &[f32],
+    t: usize,
+    hq: usize,
+    keys: &[f32],
+    vals: &[f32],
+    l: usize,
+    hkv: usize,
+    d: usize,
+    scale: f32,
+    out: DType,
+) -> Vec<f32> {
     let mut o = vec![0f32; t * hq * d];
     for i in 0..t {
         let p = l - t + i;
         for h in 0..hq {
             let kh = h / (hq / hkv);
-            let ks: Vec<&[f32]> = (0..=p).map(|j| &keys[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]).collect();
-            let vs: Vec<&[f32]> = (0..=p).map(|j| &vals[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]).collect();
+            let ks: Vec<&[f32]> = (0..=p)
+                .map(|j| &keys[(j * hkv + kh) * d..(j * hkv + kh + 1) * d])
+                .collect();
+            let vs: Vec<&[f32]> = (0..=p)
+                .map(|j| &vals[(j * hkv + kh) * d..(j * hkv + kh + 1) * d])
+                .collect();
             let r = attend_one(&q[(i * hq + h) * d..(i * hq + h + 1) * d], &ks, &vs, scale);
             for c in 0..d {
                 o[(i * hq + h) * d + c] = round(r[c] as f32, out);
@@ -244,13 +298,24 @@ pub fn attention_causal(q: &[f32], t: usize, hq: usize, keys: &[f32], vals: &[f3
 
 /// Non-causal attention within segments [cu[s], cu[s+1]) of q, k, v [N, H, d].
 #[allow(clippy::too_many_arguments)]
-pub fn attention_varlen(q: &[f32], k: &[f32], v: &[f32], h: usize, d: usize, cu: &[i32], scale: f32, out: DType) -> Vec<f32> {
+pub fn attention_varlen(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    h: usize,
+    d: usize,
+    cu: &[i32],
+    scale: f32,
+    out: DType,
+) -> Vec<f32> {
     let mut o = vec![0f32; q.len()];
     for s in 0..cu.len() - 1 {
         let (a, b) = (cu[s] as usize, cu[s + 1] as usize);
         for i in a..b {
             for hh in 0..h {
-                let at = |x: &[f32], j: usize| -> Vec<f32> { x[(j * h + hh) * d..(j * h + hh + 1) * d].to_vec() };
+                let at = |x: &[f32], j: usize| -> Vec<f32> {
+                    x[(j * h + hh) * d..(j * h + hh + 1) * d].to_vec()
+                };
                 let ks: Vec<Vec<f32>> = (a..b).map(|j| at(k, j)).collect();
                 let vs: Vec<Vec<f32>> = (a..b).map(|j| at(v, j)).collect();
                 let kr: Vec<&[f32]> = ks.iter().map(|x| x.as_slice()).collect();
@@ -285,7 +350,9 @@ pub fn argmax(x: &[f32], n: usize) -> Result<Vec<i32>, usize> {
 
 /// `out[i] = x[idx[i]]` over rows of length `d`.
 pub fn gather_rows(x: &[f32], d: usize, idx: &[i32]) -> Vec<f32> {
-    idx.iter().flat_map(|&i| x[i as usize * d..(i as usize + 1) * d].to_vec()).collect()
+    idx.iter()
+        .flat_map(|&i| x[i as usize * d..(i as usize + 1) * d].to_vec())
+        .collect()
 }
 
 /// `dst[idx[i]] = src[i]` over rows of length `d`.
@@ -311,7 +378,11 @@ mod tests {
             (3.5, 0.9999992569016276),
         ];
         for (x, e) in known {
-            assert!((erf(x) - e).abs() < 1e-13, "erf({x}) = {}, want {e}", erf(x));
+            assert!(
+                (erf(x) - e).abs() < 1e-13,
+                "erf({x}) = {}, want {e}",
+                erf(x)
+            );
             assert!((erf(-x) + e).abs() < 1e-13);
         }
         let e3 = 2.209049699858544e-05; // erfc(3)
