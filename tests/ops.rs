@@ -350,7 +350,7 @@ fn cases() -> Vec<Case> {
         c.push(case(
             "swiglu",
             format!("{dims:?} pad {pad}"),
-            Bound::Reduction,
+            Bound::Elementwise,
             Box::new(move |be, dt, r| {
                 let n: usize = dd.iter().product();
                 let (g, u) = (rounded(r.vals(n, 8.0), dt), rounded(r.vals(n, 3.0), dt));
@@ -409,7 +409,7 @@ fn cases() -> Vec<Case> {
         c.push(case(
             "rope_mrope",
             format!("[{t},{h},{d}] {sec:?} pos>={p0}"),
-            Bound::Reduction,
+            Bound::Elementwise,
             Box::new(move |be, dt, r| {
                 let x = rounded(r.vals(t * h * d, 2.0), dt);
                 // Distinct t/h/w rows, as for vision tokens.
