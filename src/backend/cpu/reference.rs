@@ -153,6 +153,7 @@ fn inv_freq(theta: f32, dim: usize) -> Vec<f32> {
 }
 
 /// M-RoPE on x [T, H, d] with pos [3, T] (row-major), sections over the global inv_freq index.
+#[allow(clippy::too_many_arguments)]
 pub fn rope_mrope(
     x: &[f32],
     t: usize,
