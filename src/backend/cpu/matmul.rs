@@ -3,7 +3,7 @@
 //! Work is split into (64-row block of x) × (16-row tile of w) units run on rayon. Inside a unit
 //! an AVX2+FMA micro-kernel computes R activation rows against C weight rows at once (R×C
 //! accumulators), so every weight vector loaded is reused R times: 1×4 for decode (GEMV,
-//! memory-bound: weights widen from bf16 to f32 in registers), 4×2 for prefill. For M > 1 the
+//! memory-bound: weights widen from bf16 to f32 in registers), 4×3 for prefill. For M > 1 the
 //! K dimension is blocked so the active part of x and of the weight tile stay in L2.
 
 use super::simd::{self, load, store};
@@ -298,7 +298,8 @@ mod avx {
                         (2, _) => go!(2, 1),
                         (3, 2..) => go!(3, 2),
                         (3, _) => go!(3, 1),
-                        (_, 2..) => go!(4, 2),
+                        (_, 3..) => go!(4, 3),
+                        (_, 2) => go!(4, 2),
                         (_, _) => go!(4, 1),
                     }
                 }
