@@ -1,1 +1,166 @@
-fn main() {}
+//! CPU op benchmarks: decode GEMV at the Qwen2.5-VL-7B shapes (bf16 weights) against the
+//! machine's measured memory bandwidth, and a prefill matmul in GFLOP/s.
+//!
+//! Bandwidth figures: GEMV GB/s = weight bytes / time. The ceiling is a rayon-parallel copy of a
+//! 512 MiB buffer, counted as read + write bytes (2 × size / time), measured in the same run;
+//! a parallel read-only sum is printed beside it.
+//!
+//! `cargo bench --bench cpu_ops` (criterion output, then a summary table).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rayon::prelude::*;
+use reel::backend::cpu::CpuBackend;
+use reel::backend::{Backend, HostBytes, TRef};
+use reel::{DType, Shape};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const GEMV: [(&str, usize, usize); 4] = [
+    ("qo_proj 3584x3584", 3584, 3584),
+    ("gate/up 18944x3584", 18944, 3584),
+    ("down 3584x18944", 3584, 18944),
+    ("lm_head 152064x3584", 152_064, 3584),
+];
+
+fn median_secs(mut f: impl FnMut(), iters: usize) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+/// (copy GB/s counted read+write, read-only GB/s).
+fn memory_bandwidth() -> (f64, f64) {
+    let n = 512 << 20;
+    let src: Vec<u8> = (0..n).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; n];
+    let chunk = 1 << 20;
+    let copy = median_secs(
+        || {
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            black_box(&dst);
+        },
+        7,
+    );
+    let words: &[u64] = bytemuck::cast_slice(&src);
+    let read = median_secs(
+        || {
+            let s: u64 = words
+                .par_chunks(chunk / 8)
+                .map(|c| c.iter().fold(0u64, |a, &b| a ^ b))
+                .reduce(|| 0, |a, b| a ^ b);
+            black_box(s);
+        },
+        7,
+    );
+    (2.0 * n as f64 / copy / 1e9, n as f64 / read / 1e9)
+}
+
+struct Gemv {
+    be: CpuBackend,
+    x: TRef,
+    w: TRef,
+    out: TRef,
+}
+
+fn setup(m: usize, n: usize, k: usize) -> Gemv {
+    let mut be = CpuBackend::new();
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let wbytes: Vec<u8> = (0..n * k)
+        .flat_map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            half::bf16::from_f32(((s >> 40) as f32 / 16_777_216.0 - 0.5) * 0.1).to_le_bytes()
+        })
+        .collect();
+    let wb = be.load_weight(HostBytes::from_vec(wbytes)).unwrap();
+    let xb = be.alloc(m * k * 2).unwrap();
+    let xs: Vec<u8> = (0..m * k)
+        .flat_map(|i| half::bf16::from_f32((i % 17) as f32 * 0.01).to_le_bytes())
+        .collect();
+    be.write(xb, 0, &xs).unwrap();
+    let ob = be.alloc(m * n * 2).unwrap();
+    Gemv {
+        x: TRef::new(xb, 0, DType::BF16, Shape::new(&[m, k])),
+        w: TRef::new(wb, 0, DType::BF16, Shape::new(&[n, k])),
+        out: TRef::new(ob, 0, DType::BF16, Shape::new(&[m, n])),
+        be,
+    }
+}
+
+impl Gemv {
+    fn run(&mut self) {
+        self.be.matmul(self.x, self.w, None, self.out).unwrap();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (copy_gbs, read_gbs) = memory_bandwidth();
+    let threads = CpuBackend::new().threads();
+    let name = CpuBackend::new().name();
+    let mut summary = vec![format!(
+        "memory: copy {copy_gbs:.1} GB/s (read+write bytes), read-only {read_gbs:.1} GB/s, {threads} threads; backend {name}"
+    )];
+
+    let mut g = c.benchmark_group("gemv_bf16");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(10);
+    for (label, n, k) in GEMV {
+        let mut s = setup(1, n, k);
+        let bytes = (n * k * 2) as u64;
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(label, |b| b.iter(|| s.run()));
+        let t = median_secs(|| s.run(), 9);
+        let gbs = bytes as f64 / t / 1e9;
+        summary.push(format!(
+            "gemv {label:<22} {:>8.3} ms {gbs:>6.1} GB/s = {:>3.0}% of copy, {:>3.0}% of read",
+            t * 1e3,
+            100.0 * gbs / copy_gbs,
+            100.0 * gbs / read_gbs
+        ));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("prefill_bf16");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(10);
+    for (label, m, n, k) in [
+        ("64x3584 @ 3584x3584", 64, 3584, 3584),
+        ("128x3584 @ 3584x3584", 128, 3584, 3584),
+    ] {
+        let mut s = setup(m, n, k);
+        let flops = 2.0 * (m * n * k) as f64;
+        g.throughput(Throughput::Elements((m * n * k) as u64));
+        g.bench_function(label, |b| b.iter(|| s.run()));
+        let t = median_secs(|| s.run(), 5);
+        let gemv_t = {
+            let mut one = setup(1, n, k);
+            median_secs(|| one.run(), 9)
+        };
+        summary.push(format!(
+            "prefill {label:<22} {:>8.2} ms {:>6.1} GFLOP/s ({:.1}x the M=1 time for {m}x the rows)",
+            t * 1e3,
+            flops / t / 1e9,
+            t / gemv_t
+        ));
+    }
+    g.finish();
+    println!("\n== summary ==");
+    for l in summary {
+        println!("{l}");
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -3,7 +3,7 @@
 //! Work is split into (64-row block of x) × (16-row tile of w) units run on rayon. Inside a unit
 //! an AVX2+FMA micro-kernel computes R activation rows against C weight rows at once (R×C
 //! accumulators), so every weight vector loaded is reused R times: 1×4 for decode (GEMV,
-//! memory-bound: weights widen from bf16 to f32 in registers), 4×2 for prefill. For M > 1 the
+//! memory-bound: weights widen from bf16 to f32 in registers), 4×3 for prefill. For M > 1 the
 //! K dimension is blocked so the active part of x and of the weight tile stay in L2.
 
 use super::simd::{self, load, store};
@@ -176,7 +176,7 @@ mod avx {
         #[inline(always)]
         unsafe fn ld8(p: *const u8, k: usize) -> __m256 {
             // bf16 is the top half of an f32: zero-extend to 32 bits, shift left 16.
-            let v = _mm_loadu_si128(p.add(2 * k) as *const __m128i);
+            let v = _mm_lddqu_si128(p.add(2 * k) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
         }
         #[inline(always)]
@@ -187,7 +187,7 @@ mod avx {
     impl WLoad for F16 {
         #[inline(always)]
         unsafe fn ld8(p: *const u8, k: usize) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * k) as *const __m128i))
+            _mm256_cvtph_ps(_mm_lddqu_si128(p.add(2 * k) as *const __m128i))
         }
         #[inline(always)]
         unsafe fn ld1(p: *const u8, k: usize) -> f32 {
@@ -197,12 +197,20 @@ mod avx {
     impl WLoad for F32 {
         #[inline(always)]
         unsafe fn ld8(p: *const u8, k: usize) -> __m256 {
-            _mm256_loadu_ps((p as *const f32).add(k))
+            ldu_ps((p as *const f32).add(k))
         }
         #[inline(always)]
         unsafe fn ld1(p: *const u8, k: usize) -> f32 {
             *(p as *const f32).add(k)
         }
+    }
+
+    /// Unaligned 8×f32 load. `lddqu` rather than `loadu`: same speed, and it is an LLVM
+    /// intrinsic, so builds with debug assertions (the test profile) do not wrap every load in
+    /// `copy_nonoverlapping` precondition checks and stack round trips.
+    #[inline(always)]
+    unsafe fn ldu_ps(p: *const f32) -> __m256 {
+        _mm256_castsi256_ps(_mm256_lddqu_si256(p as *const __m256i))
     }
 
     #[inline(always)]
@@ -229,7 +237,7 @@ mod avx {
                 wv[c] = W::ld8(w[c], k);
             }
             for r in 0..R {
-                let xv = _mm256_loadu_ps(x[r].add(k));
+                let xv = ldu_ps(x[r].add(k));
                 for c in 0..C {
                     acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
                 }
@@ -290,7 +298,8 @@ mod avx {
                         (2, _) => go!(2, 1),
                         (3, 2..) => go!(3, 2),
                         (3, _) => go!(3, 1),
-                        (_, 2..) => go!(4, 2),
+                        (_, 3..) => go!(4, 3),
+                        (_, 2) => go!(4, 2),
                         (_, _) => go!(4, 1),
                     }
                 }
