@@ -118,7 +118,9 @@ pub(super) fn cast(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
 
 pub(super) fn embedding(be: &CpuBackend, table: TRef, ids: TRef, out: TRef) -> Result<()> {
     const OP: &str = "embedding";
-    check_weight(OP, "table", &table)?;
+    if !table.dtype.is_quantized() {
+        check_weight(OP, "table", &table)?;
+    }
     check_act(OP, "out", &out)?;
     if table.shape.rank() != 2 {
         return Err(op_err(
@@ -142,9 +144,19 @@ pub(super) fn embedding(be: &CpuBackend, table: TRef, ids: TRef, out: TRef) -> R
             format!("ids[{t}] = {id} is outside the table of {v} rows"),
         ));
     }
-    let tv = be.view(&table)?;
     let o = be.view_mut(&out)?;
     let mut row = vec![0f32; d];
+    if table.dtype.is_quantized() {
+        let rb = table.dtype.bytes_for(d);
+        let base = be.ptr(&table)?;
+        for (t, &id) in ids_v.iter().enumerate() {
+            let src = unsafe { std::slice::from_raw_parts(base.add(id as usize * rb), rb) };
+            crate::quant::dequantize_row(table.dtype, src, &mut row)?;
+            unsafe { store(o.at(t, 0), o.dt, &row) };
+        }
+        return Ok(());
+    }
+    let tv = be.view(&table)?;
     for (t, &id) in ids_v.iter().enumerate() {
         unsafe {
             load(tv.at(id as usize, 0), tv.dt, &mut row);

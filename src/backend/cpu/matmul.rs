@@ -31,6 +31,9 @@ pub(super) fn matmul(
     const OP: &str = "matmul";
     check_act(OP, "x", &x)?;
     check_act(OP, "out", &out)?;
+    if w.dtype.is_quantized() {
+        return quantized(be, x, w, bias, out);
+    }
     check_weight(OP, "w", &w)?;
     if w.shape.rank() != 2 {
         return Err(op_err(OP, format!("w must be [N, K], got {:?}", w.shape)));
@@ -97,6 +100,57 @@ pub(super) fn matmul(
             }
         },
     );
+    Ok(())
+}
+
+/// Quantized weights (Q8_0, Q4_K, Q6_K): the block dot products of `quant`, on f32 activations.
+fn quantized(be: &CpuBackend, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
+    const OP: &str = "matmul";
+    if w.shape.rank() != 2 || !w.is_contiguous() {
+        return Err(op_err(
+            OP,
+            format!("w must be a contiguous [N, K], got {:?}", w.shape),
+        ));
+    }
+    let (n, k, m) = (w.shape.dim(0), w.shape.dim(1), x.shape.rows());
+    if k % w.dtype.block_len() != 0 {
+        return Err(op_err(
+            OP,
+            format!("K = {k} is not a multiple of the {} block", w.dtype),
+        ));
+    }
+    if x.shape.row_len() != k || out.shape.rows() != m || out.shape.row_len() != n {
+        return Err(op_err(
+            OP,
+            format!(
+                "x {:?} / out {:?} do not fit w {:?}",
+                x.shape, out.shape, w.shape
+            ),
+        ));
+    }
+    let xv = be.view(&x)?;
+    let mut xf = vec![0f32; m * k];
+    for (r, row) in xf.chunks_mut(k.max(1)).enumerate() {
+        unsafe { load(xv.at(r, 0), xv.dt, row) };
+    }
+    let wbytes = unsafe { std::slice::from_raw_parts(be.ptr(&w)?, w.dtype.bytes_for(n * k)) };
+    let mut of = vec![0f32; m * n];
+    crate::quant::matmul(wbytes, w.dtype, n, k, &xf, m, &mut of)?;
+    if let Some(b) = &bias {
+        check_weight(OP, "bias", b)?;
+        let bv = be.view(b)?;
+        let mut bf = vec![0f32; n];
+        unsafe { load(bv.at(0, 0), bv.dt, &mut bf) };
+        for row in of.chunks_mut(n) {
+            for (o, bj) in row.iter_mut().zip(&bf) {
+                *o += bj;
+            }
+        }
+    }
+    let ov = be.view_mut(&out)?;
+    for (r, row) in of.chunks(n.max(1)).enumerate() {
+        unsafe { store(ov.at(r, 0), ov.dt, row) };
+    }
     Ok(())
 }
 
