@@ -408,7 +408,8 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
         stop_tokens: engine.model.eos_tokens(),
         record_logits: a.logits_out.is_some(),
         vision: prepared.vision,
-        media_s: prepared.media_s,
+        media_decode_s: prepared.decode_s,
+        preprocess_s: prepared.preprocess_s,
     };
     let mut stream = engine.tokenizer().stream_decoder(true);
     let json = a.json;
@@ -444,7 +445,10 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
 fn print_timings(out: &Output) {
     let t = &out.timings;
     if t.vision_s > 0.0 {
-        eprintln!("media {:.3} s | vision {:.3} s", t.media_s, t.vision_s);
+        eprintln!(
+            "media decode {:.3} s | preprocess {:.3} s | vision {:.3} s",
+            t.media_decode_s, t.preprocess_s, t.vision_s
+        );
     }
     eprintln!(
         "load {:.2} s | prefill {} tokens in {:.3} s ({:.1} tok/s) | first token {:.3} s | decode {} tokens at {:.2} tok/s",
@@ -554,7 +558,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if a.vision {
         let layers = if a.layers == 4 { 32 } else { a.layers };
-        let report = reel::engine::bench::run_vision_synthetic(layers, a.frames, a.height, a.width, opts)?;
+        let report =
+            reel::engine::bench::run_vision_synthetic(layers, a.frames, a.height, a.width, opts)?;
         println!("{report}");
         return Ok(());
     }

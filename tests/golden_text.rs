@@ -51,7 +51,8 @@ fn greedy(e: &mut Engine, ids: Vec<u32>) -> reel::engine::Output {
         stop_tokens: vec![],
         record_logits: true,
         vision: vec![],
-        media_s: 0.0,
+        media_decode_s: 0.0,
+        preprocess_s: 0.0,
     };
     e.generate(&req, &mut |_| {}).unwrap()
 }

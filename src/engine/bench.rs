@@ -5,8 +5,8 @@ use super::{open_backend, EngineOptions, TextRunner};
 use crate::backend::{Backend, HostBytes, TRef};
 use crate::error::{Error, Result};
 use crate::model::config::{TextConfig, VisionConfig};
-use crate::model::vision::{VisionBlockWeights, VisionWeightRefs};
 use crate::model::text::{LayerRefs, TextRefs};
+use crate::model::vision::{VisionBlockWeights, VisionWeightRefs};
 use crate::tensor::{DType, Shape};
 use rayon::prelude::*;
 use std::fmt::Write;
@@ -274,9 +274,18 @@ pub fn run_vision_synthetic(
     opts: EngineOptions,
 ) -> Result<String> {
     if depth == 0 || depth > 32 {
-        return Err(Error::flag("--layers", "the vision tower has 1..=32 blocks"));
+        return Err(Error::flag(
+            "--layers",
+            "the vision tower has 1..=32 blocks",
+        ));
     }
-    if frames == 0 || frames % 2 != 0 || height % 28 != 0 || width % 28 != 0 || height == 0 || width == 0 {
+    if frames == 0
+        || frames % 2 != 0
+        || height % 28 != 0
+        || width % 28 != 0
+        || height == 0
+        || width == 0
+    {
         return Err(Error::flag(
             "--frames/--height/--width",
             "need an even frame count and sides that are positive multiples of 28",
@@ -287,7 +296,9 @@ pub fn run_vision_synthetic(
     let w = synthetic_vision(be.as_mut(), &cfg)?;
     let grid = [frames / 2, height / 14, width / 14];
     let n = grid.iter().product::<usize>();
-    let rows: Vec<f32> = (0..n * 1176).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let rows: Vec<f32> = (0..n * 1176)
+        .map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let t = Instant::now();
     let out = crate::model::vision::encode(be.as_mut(), &w, &cfg, &rows, &[grid], opts.act)?;
     be.sync()?;

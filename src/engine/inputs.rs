@@ -79,8 +79,10 @@ impl VisionInput {
 pub struct Prepared {
     pub prompt_tokens: Vec<u32>,
     pub vision: Vec<VisionInput>,
-    /// Decoding, resizing and patchifying time.
-    pub media_s: f64,
+    /// Reading and decoding the files, frame sampling and resizing.
+    pub decode_s: f64,
+    /// Normalizing and patchifying, rendering and tokenizing the prompt.
+    pub preprocess_s: f64,
 }
 
 fn opt_f64(v: Option<u64>) -> Option<f64> {
@@ -106,6 +108,7 @@ pub fn prepare(
     system: Option<&str>,
     opts: &MediaOptions,
 ) -> Result<Prepared> {
+    let mut decode_s = 0.0;
     let t0 = Instant::now();
     let params = patch_params(model);
     let merge = model.config.vision.spatial_merge_size;
@@ -123,7 +126,9 @@ pub fn prepare(
                             .zip(im.resized_width)
                             .map(|(h, w)| (h as u32, w as u32)),
                     };
+                    let td = Instant::now();
                     let loaded = media::load_image(&im.path, &opts.preset, &req)?;
+                    decode_s += td.elapsed().as_secs_f64();
                     let size = (loaded.frames.h, loaded.frames.w);
                     let rows = media::pixels::patchify(&loaded.frames, &params)?;
                     vision.push(VisionInput {
@@ -153,7 +158,9 @@ pub fn prepare(
                             .zip(v.resized_width)
                             .map(|(h, w)| (h as u32, w as u32)),
                     };
+                    let td = Instant::now();
                     let loaded = media::load_video(&v.path, &opts.preset, &req)?;
+                    decode_s += td.elapsed().as_secs_f64();
                     let size = (loaded.frames.h, loaded.frames.w);
                     let n = loaded.frames.t;
                     let rows = media::pixels::patchify(&loaded.frames, &params)?;
@@ -200,7 +207,8 @@ pub fn prepare(
     Ok(Prepared {
         prompt_tokens,
         vision,
-        media_s: t0.elapsed().as_secs_f64(),
+        decode_s,
+        preprocess_s: t0.elapsed().as_secs_f64() - decode_s,
     })
 }
 

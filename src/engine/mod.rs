@@ -53,8 +53,10 @@ impl Default for EngineOptions {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timings {
     pub load_s: f64,
-    /// Decoding, resizing and patchifying images and videos.
-    pub media_s: f64,
+    /// Reading/decoding images and videos, frame sampling and resizing.
+    pub media_decode_s: f64,
+    /// Normalizing, patchifying, prompt rendering and tokenization.
+    pub preprocess_s: f64,
     /// The vision tower.
     pub vision_s: f64,
     pub prefill_s: f64,
@@ -85,8 +87,9 @@ pub struct Request {
     pub record_logits: bool,
     /// Images and videos in prompt order; their pads in `prompt_tokens` are already expanded.
     pub vision: Vec<inputs::VisionInput>,
-    /// Media preparation time, reported in the timings.
-    pub media_s: f64,
+    /// Media decode and preprocess times, reported in the timings.
+    pub media_decode_s: f64,
+    pub preprocess_s: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -478,7 +481,8 @@ impl Engine {
             step_logits,
             timings: Timings {
                 load_s: self.load_s,
-                media_s: req.media_s,
+                media_decode_s: req.media_decode_s,
+                preprocess_s: req.preprocess_s,
                 vision_s,
                 prefill_s,
                 ttft_s,
