@@ -107,7 +107,10 @@ fn main() {
     gen.push_str("/// Embedded CUDA modules: (file stem, fatbin bytes).\n");
     gen.push_str("pub const MODULES: &[(&str, &[u8])] = &[\n");
     for (stem, path) in &modules {
-        gen.push_str(&format!("    ({stem:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        gen.push_str(&format!(
+            "    ({stem:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     gen.push_str("];\n");
     gen.push_str(&format!(
