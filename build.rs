@@ -6,8 +6,8 @@
 //! (`$CUDA_PIP_VENV`, default `.venv-cuda`). Without nvcc the build succeeds with no kernels and a
 //! warning, unless `CUDA_KERNELS_REQUIRED=1` (CI, GPU machines), which makes it an error.
 //! `REEL_PTXAS_VERBOSE=1` prints ptxas register/spill figures for every kernel as build warnings.
-//! Spills and stack frames are always reported, except the 32-byte frame of the rope kernels
-//! (sincosf's slow-path argument reduction, see kernels/rope.cu); `REEL_PTXAS_STRICT=1` makes
+//! Spills and stack frames are always reported, except the small frame of the rope kernels
+//! (accurate sin/cos slow-path argument reduction, see kernels/rope.cu); `REEL_PTXAS_STRICT=1` makes
 //! any other spill or stack frame a build error.
 
 use std::env;
@@ -28,8 +28,8 @@ const ENV_VARS: &[&str] = &[
     "PATH",
 ];
 
-/// (module, kernel) pairs whose ptxas stack frame is expected: sincosf's Payne-Hanek slow path
-/// keeps a small local array (kernels/rope.cu explains why accurate sincosf stays).
+/// (module, kernel) pairs whose ptxas stack frame is expected: accurate sin/cos's Payne-Hanek
+/// slow path keeps a small local array (kernels/rope.cu explains why it stays).
 const EXPECTED_FRAMES: &[(&str, &str)] = &[("rope", "rope_mrope"), ("rope", "rope_vision")];
 
 fn main() {

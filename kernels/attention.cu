@@ -1,5 +1,6 @@
-// Attention on CUDA cores (correct first; an mma.sync version is the next step), bf16 in/out,
-// f32 math, online softmax in the log2 domain (scores pre-scaled by scale * log2 e).
+// Attention on CUDA cores (correct first; an mma.sync version is the next step): any float
+// q/k/v/out types (bf16 with 16-byte staging loads, f32/f16 with scalar ones), K/V tiles and
+// all math in f32, online softmax in the log2 domain (scores pre-scaled by scale * log2 e).
 //  - attn_paged_*: causal GQA attention of q [T, Hq, d] (the last T positions of sequence 0)
 //    over the paged pool, bottom-right causal mask. A CTA owns BM rows r = t * G + g of one KV
 //    head (G = Hq / Hkv), so K/V tiles staged in smem serve all heads of the group: decode
@@ -11,13 +12,13 @@
 //    frames), grid (q tiles, segment, head).
 //  - attn_merge: o = sum_s w_s o_s / sum_s w_s, w_s = exp2(lse_s - max lse).
 //  - kv_append: scatter new k/v rows into their page slots.
-// Shapes: head_dim % 8 == 0 and <= 128 (128 for the LLM, 80 for the ViT); rows 16-byte aligned.
+// Shapes: head_dim <= 128 (128 for the LLM, 80 for the ViT).
 // CPU twins: src/backend/cpu (attention_paged, attention_varlen, kv_append).
 #include "common.cuh"
 
 #define TILE REEL_ATTN_TILE
 #define DMAX 128
-#define KW (DMAX / 2 + 1)  // smem words per K/V row: odd, so lane-per-key reads are conflict-free
+#define KW (DMAX + 1)  // smem floats per K/V row: odd, so lane-per-key reads are conflict-free
 #define NWARPS 4
 
 struct RowInfo {
@@ -28,72 +29,86 @@ struct RowInfo {
     bool valid;
 };
 
-// K/V address of key j: paged pool or contiguous [N, H, d] tensors.
+// Element offset of key j's head vector (kv = 0 for K, 1 for V): paged pool or contiguous
+// [N, H, d] tensors. `base(kv)` is the device address the offset applies to.
 struct PagedSrc {
-    const __nv_bfloat16* pool;
+    uint64_t pool;
     const int* pages;  // this sequence's page list
     int n_pages, page_size, kv_heads, head_dim, layer, head;
-    __device__ __forceinline__ const __nv_bfloat16* key(int j, int kv) const {
+    __device__ __forceinline__ uint64_t base(int) const { return pool; }
+    __device__ __forceinline__ int64_t key(int j, int kv) const {
         int pp, slot;
         page_walk(j, page_size, &pp, &slot);
-        return pool + kv_elem_index(layer, kv, pages[pp], slot, head, n_pages, page_size, kv_heads,
-                                    head_dim);
+        return kv_elem_index(layer, kv, pages[pp], slot, head, n_pages, page_size, kv_heads, head_dim);
     }
 };
 
 struct DenseSrc {
-    const __nv_bfloat16* k;
-    const __nv_bfloat16* v;
+    uint64_t k, v;
     int64_t k_stride, v_stride;
     int head, head_dim;
-    __device__ __forceinline__ const __nv_bfloat16* key(int j, int kv) const {
-        return kv == 0 ? k + (int64_t)j * k_stride + (int64_t)head * head_dim
-                       : v + (int64_t)j * v_stride + (int64_t)head * head_dim;
+    __device__ __forceinline__ uint64_t base(int kv) const { return kv == 0 ? k : v; }
+    __device__ __forceinline__ int64_t key(int j, int kv) const {
+        return (int64_t)j * (kv == 0 ? k_stride : v_stride) + (int64_t)head * head_dim;
     }
 };
 
-// The shared flash loop. Keys [kb, ke) in tiles of 32; lane = key for Q.K, lane = dim pair for
-// P.V. Each warp owns RPW rows; rows[] are this warp's rows.
+// The shared flash loop. Keys [kb, ke) in tiles of 32; lane = key for Q.K, lane = dim for
+// P.V (lane owns dims lane + 32 i). Each warp owns RPW rows; rows[] are this warp's rows.
 template <int RPW, typename Src>
 __device__ __forceinline__ void flash_loop(const ReelAttnParams& p, const Src& src, int kb, int ke,
                                            const RowInfo (&rows)[RPW], int split) {
     __shared__ float q_s[NWARPS * RPW][DMAX];
-    __shared__ uint32_t k_s[TILE][KW];
-    __shared__ uint32_t v_s[TILE][KW];
+    __shared__ float k_s[TILE][KW];
+    __shared__ float v_s[TILE][KW];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int D = p.head_dim, D2 = D / 2, DC = D / 8;
-    const __nv_bfloat16* q = reinterpret_cast<const __nv_bfloat16*>(p.q);
+    const int D = p.head_dim;
 
     // Q rows of this warp, pre-scaled into the log2 domain; invalid rows are zeros.
 #pragma unroll
     for (int rr = 0; rr < RPW; ++rr)
         for (int c = lane; c < D; c += 32)
             q_s[warp * RPW + rr][c] =
-                rows[rr].valid ? __bfloat162float(q[rows[rr].q_off + c]) * p.scale_log2 : 0.0f;
+                rows[rr].valid ? load_f(p.q, rows[rr].q_off + c, p.q_dt) * p.scale_log2 : 0.0f;
     __syncwarp();
 
-    float m[RPW], l[RPW], o[RPW][2][2];
+    float m[RPW], l[RPW], o[RPW][DMAX / 32];
 #pragma unroll
     for (int rr = 0; rr < RPW; ++rr) {
         m[rr] = -INFINITY;
         l[rr] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 2; ++i) o[rr][i][0] = o[rr][i][1] = 0.0f;
+        for (int i = 0; i < DMAX / 32; ++i) o[rr][i] = 0.0f;
     }
 
     for (int j0 = kb; j0 < ke; j0 += TILE) {
         __syncthreads();  // the previous tile has been consumed
-        for (int ci = threadIdx.x; ci < TILE * DC; ci += blockDim.x) {
-            const int kk = ci / DC, ch = ci - kk * DC, j = j0 + kk;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (j < ke) {
-                kv = ldg16(src.key(j, 0) + ch * 8);
-                vv = ldg16(src.key(j, 1) + ch * 8);
+        if (p.vec16) {
+            // bf16 rows, 16-byte aligned: 8 elements per load.
+            const int DC = D / 8;
+            for (int ci = threadIdx.x; ci < TILE * DC; ci += blockDim.x) {
+                const int kk = ci / DC, ch = ci - kk * DC, j = j0 + kk;
+                float kf[8], vf[8];
+                if (j < ke) {
+                    bf16x8_to_f32(ldg16(reinterpret_cast<const __nv_bfloat16*>(src.base(0)) + src.key(j, 0) + ch * 8), kf);
+                    bf16x8_to_f32(ldg16(reinterpret_cast<const __nv_bfloat16*>(src.base(1)) + src.key(j, 1) + ch * 8), vf);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) kf[e] = vf[e] = 0.0f;
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    k_s[kk][ch * 8 + e] = kf[e];
+                    v_s[kk][ch * 8 + e] = vf[e];
+                }
             }
-            uint32_t* kd = &k_s[kk][ch * 4];
-            uint32_t* vd = &v_s[kk][ch * 4];
-            kd[0] = kv.x; kd[1] = kv.y; kd[2] = kv.z; kd[3] = kv.w;
-            vd[0] = vv.x; vd[1] = vv.y; vd[2] = vv.z; vd[3] = vv.w;
+        } else {
+            for (int ci = threadIdx.x; ci < TILE * D; ci += blockDim.x) {
+                const int kk = ci / D, c = ci - kk * D, j = j0 + kk;
+                const bool in = j < ke;
+                k_s[kk][c] = in ? load_f(src.base(0), src.key(j, 0) + c, p.kv_dt) : 0.0f;
+                v_s[kk][c] = in ? load_f(src.base(1), src.key(j, 1) + c, p.kv_dt) : 0.0f;
+            }
         }
         __syncthreads();
 
@@ -101,14 +116,10 @@ __device__ __forceinline__ void flash_loop(const ReelAttnParams& p, const Src& s
         float s[RPW];
 #pragma unroll
         for (int rr = 0; rr < RPW; ++rr) s[rr] = 0.0f;
-        for (int w2 = 0; w2 < D2; ++w2) {
-            const float2 kf = bf16x2_to_f32(k_s[lane][w2]);
+        for (int c = 0; c < D; ++c) {
+            const float kf = k_s[lane][c];
 #pragma unroll
-            for (int rr = 0; rr < RPW; ++rr) {
-                const float2 qf = *reinterpret_cast<const float2*>(&q_s[warp * RPW + rr][2 * w2]);
-                s[rr] = fmaf(qf.x, kf.x, s[rr]);
-                s[rr] = fmaf(qf.y, kf.y, s[rr]);
-            }
+            for (int rr = 0; rr < RPW; ++rr) s[rr] = fmaf(q_s[warp * RPW + rr][c], kf, s[rr]);
         }
         const int j = j0 + lane;
         float pr[RPW];
@@ -125,26 +136,20 @@ __device__ __forceinline__ void flash_loop(const ReelAttnParams& p, const Src& s
             l[rr] = l[rr] * alpha + warp_sum(pr[rr]);
             m[rr] = m_new;
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                o[rr][i][0] *= alpha;
-                o[rr][i][1] *= alpha;
-            }
+            for (int i = 0; i < DMAX / 32; ++i) o[rr][i] *= alpha;
         }
-        // O += P V: lane owns dim pairs lane and lane + 32.
+        // O += P V
         for (int kk = 0; kk < TILE; ++kk) {
             float pk[RPW];
 #pragma unroll
             for (int rr = 0; rr < RPW; ++rr) pk[rr] = __shfl_sync(0xffffffffu, pr[rr], kk);
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int w2 = lane + 32 * i;
-                if (w2 < D2) {
-                    const float2 vf = bf16x2_to_f32(v_s[kk][w2]);
+            for (int i = 0; i < DMAX / 32; ++i) {
+                const int c = lane + 32 * i;
+                if (c < D) {
+                    const float vf = v_s[kk][c];
 #pragma unroll
-                    for (int rr = 0; rr < RPW; ++rr) {
-                        o[rr][i][0] = fmaf(pk[rr], vf.x, o[rr][i][0]);
-                        o[rr][i][1] = fmaf(pk[rr], vf.y, o[rr][i][1]);
-                    }
+                    for (int rr = 0; rr < RPW; ++rr) o[rr][i] = fmaf(pk[rr], vf, o[rr][i]);
                 }
             }
         }
@@ -156,25 +161,18 @@ __device__ __forceinline__ void flash_loop(const ReelAttnParams& p, const Src& s
         if (!rows[rr].valid) continue;
         const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
         if (p.splits == 1) {
-            __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + rows[rr].o_off;
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int w2 = lane + 32 * i;
-                if (w2 < D2) {
-                    out[2 * w2] = __float2bfloat16_rn(o[rr][i][0] * inv);
-                    out[2 * w2 + 1] = __float2bfloat16_rn(o[rr][i][1] * inv);
-                }
+            for (int i = 0; i < DMAX / 32; ++i) {
+                const int c = lane + 32 * i;
+                if (c < D) store_f(p.out, rows[rr].o_off + c, p.out_dt, o[rr][i] * inv);
             }
         } else {
             const int64_t prow = (int64_t)split * p.tokens * p.q_heads + rows[rr].part;
             float* po = reinterpret_cast<float*>(p.part_o) + prow * D;
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int w2 = lane + 32 * i;
-                if (w2 < D2) {
-                    po[2 * w2] = o[rr][i][0] * inv;
-                    po[2 * w2 + 1] = o[rr][i][1] * inv;
-                }
+            for (int i = 0; i < DMAX / 32; ++i) {
+                const int c = lane + 32 * i;
+                if (c < D) po[c] = o[rr][i] * inv;
             }
             if (lane == 0)
                 reinterpret_cast<float*>(p.part_lse)[prow] =
@@ -212,8 +210,7 @@ __device__ __forceinline__ void attn_paged_impl(const ReelAttnParams& p) {
         rows[rr].part = (int64_t)t * p.q_heads + qh;
         rows[rr].kend = attn_causal_end(kv_len, T, t);
     }
-    PagedSrc src{reinterpret_cast<const __nv_bfloat16*>(p.kv.pool),
-                 reinterpret_cast<const int*>(p.kv.indices) + pbeg,
+    PagedSrc src{p.kv.pool, reinterpret_cast<const int*>(p.kv.indices) + pbeg,
                  p.kv.n_pages, p.kv.page_size, p.kv.kv_heads, p.kv.head_dim, p.kv.layer, kvh};
     flash_loop<RPW>(p, src, kb, max(ke, kb), rows, split);
 }
@@ -244,8 +241,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) attn_varlen(ReelAttnParams 
         rows[rr].part = (int64_t)t * p.q_heads + head;
         rows[rr].kend = ce;
     }
-    DenseSrc src{reinterpret_cast<const __nv_bfloat16*>(p.k), reinterpret_cast<const __nv_bfloat16*>(p.v),
-                 p.k_stride, p.v_stride, head, p.head_dim};
+    DenseSrc src{p.k, p.v, p.k_stride, p.v_stride, head, p.head_dim};
     flash_loop<RPW>(p, src, cb, ce, rows, 0);
 }
 
@@ -258,8 +254,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_merge(ReelAttnMergeParams
     float mx = -INFINITY;
     for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, lse[(int64_t)s * p.rows + row]);
     const int t = row / p.q_heads, qh = row % p.q_heads;
-    __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (int64_t)t * p.out_stride +
-                         (int64_t)qh * p.head_dim;
+    const int64_t oo = (int64_t)t * p.out_stride + (int64_t)qh * p.head_dim;
     for (int c = threadIdx.x; c < p.head_dim; c += blockDim.x) {
         float acc = 0.0f, wsum = 0.0f;
         if (mx != -INFINITY) {  // all splits empty: output 0 (never -inf - -inf = NaN)
@@ -270,7 +265,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_merge(ReelAttnMergeParams
                 acc = fmaf(w, po[((int64_t)s * p.rows + row) * p.head_dim + c], acc);
             }
         }
-        out[c] = __float2bfloat16_rn(wsum > 0.0f ? acc / wsum : 0.0f);
+        store_f(p.out, oo + c, p.out_dt, wsum > 0.0f ? acc / wsum : 0.0f);
     }
 }
 
@@ -287,17 +282,14 @@ extern "C" __global__ void __launch_bounds__(128) kv_append(ReelKvAppendParams p
     page_walk(pos, p.kv.page_size, &pp, &slot);
     const int page = reinterpret_cast<const int*>(p.kv.indices)[pbeg + pp];
     if (page < 0 || page >= p.kv.n_pages) return;
-    __nv_bfloat16* pool = reinterpret_cast<__nv_bfloat16*>(p.kv.pool);
-    const __nv_bfloat16* k = reinterpret_cast<const __nv_bfloat16*>(p.k) + (int64_t)t * p.k_stride +
-                             (int64_t)h * p.kv.head_dim;
-    const __nv_bfloat16* v = reinterpret_cast<const __nv_bfloat16*>(p.v) + (int64_t)t * p.v_stride +
-                             (int64_t)h * p.kv.head_dim;
+    const int64_t ko = (int64_t)t * p.k_stride + (int64_t)h * p.kv.head_dim;
+    const int64_t vo = (int64_t)t * p.v_stride + (int64_t)h * p.kv.head_dim;
     const int64_t kd = kv_elem_index(p.kv.layer, 0, page, slot, h, p.kv.n_pages, p.kv.page_size,
                                      p.kv.kv_heads, p.kv.head_dim);
     const int64_t vd = kv_elem_index(p.kv.layer, 1, page, slot, h, p.kv.n_pages, p.kv.page_size,
                                      p.kv.kv_heads, p.kv.head_dim);
     for (int c = threadIdx.x; c < p.kv.head_dim; c += blockDim.x) {
-        pool[kd + c] = k[c];
-        pool[vd + c] = v[c];
+        store_f(p.kv.pool, kd + c, p.kv.dt, load_f(p.k, ko + c, p.k_dt));
+        store_f(p.kv.pool, vd + c, p.kv.dt, load_f(p.v, vo + c, p.v_dt));
     }
 }

@@ -15,10 +15,12 @@ template <>
 __device__ __forceinline__ float elt_op<1>(float g, float u, int out_dt) {
     return round_dt(g / (1.0f + expf(-g)), out_dt) * u;
 }
-// exact GELU: 0.5 x (1 + erf(x / sqrt 2)), torch's operation order.
+// exact GELU: 0.5 x (1 + erf(x / sqrt 2)) in f64, written as 0.5 x erfc(-x / sqrt 2): for
+// x << 0, 1 + erf cancels catastrophically in f32 (the result is tiny but must stay accurate).
 template <>
 __device__ __forceinline__ float elt_op<2>(float x, float, int) {
-    return x * 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    const double xd = (double)x;
+    return (float)(0.5 * xd * erfc(-xd * 0.70710678118654752440));
 }
 // cast
 template <>

@@ -67,23 +67,23 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_v16(ReelMatmulParams
     if (lane < mc) gemv_store(p, m0 + lane, n, mine);
 }
 
-// Scalar path for any K, stride and alignment (e.g. the ViT's K = 3420 without padding).
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_scalar(ReelMatmulParams p) {
+// Scalar path for any K, stride, alignment and float type (e.g. the ViT's K = 3420 without
+// padding, f32 activations, f16/f32 weights).
+extern "C" __global__ void __launch_bounds__(256) gemv_scalar(ReelMatmulParams p) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n = blockIdx.x * 8 + warp;
     const int m0 = blockIdx.y * GEMV_ROWS;
     if (n >= p.N) return;
     const int mc = min(GEMV_ROWS, p.M - m0);
-    const __nv_bfloat16* w = reinterpret_cast<const __nv_bfloat16*>(p.w) + (int64_t)n * p.w_stride;
-    const __nv_bfloat16* x = reinterpret_cast<const __nv_bfloat16*>(p.x) + (int64_t)m0 * p.x_stride;
+    const int64_t wo = (int64_t)n * p.w_stride, xo = (int64_t)m0 * p.x_stride;
     float acc[GEMV_ROWS];
 #pragma unroll
     for (int m = 0; m < GEMV_ROWS; ++m) acc[m] = 0.0f;
     for (int k = lane; k < p.K; k += 32) {
-        const float wk = __bfloat162float(w[k]);
+        const float wk = load_f(p.w, wo + k, p.w_dt);
 #pragma unroll
         for (int m = 0; m < GEMV_ROWS; ++m)
-            if (m < mc) acc[m] = fmaf(wk, __bfloat162float(x[(int64_t)m * p.x_stride + k]), acc[m]);
+            if (m < mc) acc[m] = fmaf(wk, load_f(p.x, xo + (int64_t)m * p.x_stride + k, p.x_dt), acc[m]);
     }
     float mine = 0.0f;
 #pragma unroll

@@ -27,6 +27,8 @@
 
 
 // RMSNorm over rows: out[r, :] = round(w * round(x[r, :] * rsqrt(mean(x^2) + eps))).
+// Row r lives at (r / inner) * stride + (r % inner) * cols: `inner` rows of the last dimension
+// per first-dimension slice, so strided rank-3 views ([T, H, d] with a padded T stride) work.
 typedef struct ReelRmsNormParams {
     uint64_t x;        // [rows, cols]
     uint64_t w;        // [cols]
@@ -39,6 +41,8 @@ typedef struct ReelRmsNormParams {
     int32_t x_dt;
     int32_t w_dt;
     int32_t out_dt;
+    int32_t inner;
+    int32_t pad_;
 } ReelRmsNormParams;
 
 // M-RoPE on x [T, H, d]; pos [3, T] int32 (row stride pos_stride); sections in frequency pairs.
@@ -122,7 +126,8 @@ typedef struct ReelCopyRowsParams {
     int64_t dst_rows;
 } ReelCopyRowsParams;
 
-// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]); x and w bf16, f32 accumulation.
+// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), f32 accumulation. The 16-byte GEMV and the
+// GEMM take bf16 x and w; the scalar GEMV takes any float types (x_dt, w_dt).
 typedef struct ReelMatmulParams {
     uint64_t x;
     uint64_t w;
@@ -136,6 +141,8 @@ typedef struct ReelMatmulParams {
     int64_t w_stride;
     int64_t out_stride;
     int32_t out_dt;   // REEL_DT_BF16 or REEL_DT_F32
+    int32_t x_dt;
+    int32_t w_dt;
     int32_t pad_;
 } ReelMatmulParams;
 
@@ -161,7 +168,7 @@ typedef struct ReelPagedKv {
     int32_t kv_heads;
     int32_t head_dim;
     int32_t layer;
-    int32_t pad_;
+    int32_t dt;   // pool element type (REEL_DT_*)
 } ReelPagedKv;
 
 // Writes k, v [T, Hkv, d] at the last T positions of sequence 0.
@@ -170,9 +177,11 @@ typedef struct ReelKvAppendParams {
     uint64_t v;
     ReelPagedKv kv;
     int32_t tokens;
-    int32_t pad_;
+    int32_t k_dt;
     int64_t k_stride;
     int64_t v_stride;
+    int32_t v_dt;
+    int32_t pad_;
 } ReelKvAppendParams;
 
 // Flash-style attention (CUDA cores, online softmax in base 2).
@@ -200,6 +209,10 @@ typedef struct ReelAttnParams {
     int64_t v_stride;
     int64_t out_stride;
     float scale_log2;     // softmax scale * log2(e)
+    int32_t q_dt;
+    int32_t kv_dt;        // k/v (varlen) or pool (paged) element type
+    int32_t out_dt;
+    int32_t vec16;        // K/V rows are bf16, 16-byte aligned, head_dim % 8 == 0
     int32_t pad_;
 } ReelAttnParams;
 
@@ -213,4 +226,6 @@ typedef struct ReelAttnMergeParams {
     int32_t head_dim;
     int32_t splits;
     int64_t out_stride;
+    int32_t out_dt;
+    int32_t pad_;
 } ReelAttnMergeParams;

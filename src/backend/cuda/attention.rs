@@ -5,7 +5,7 @@ use super::launch::{Kernel, Launch};
 use super::params::{
     ReelAttnMergeParams, ReelAttnParams, ReelKvAppendParams, ReelPagedKv, REEL_DECODE_SPLITS,
 };
-use super::{need, CudaBackend};
+use super::{dt_code, need, CudaBackend};
 use crate::backend::{Backend, PagedKv, TRef};
 use crate::error::Result;
 use crate::tensor::DType;
@@ -34,20 +34,12 @@ fn check_i32(t: &TRef, what: &str, min: usize) -> Result<()> {
 impl CudaBackend {
     fn paged_params(&self, kv: &PagedKv, layer: usize, what: &str) -> Result<ReelPagedKv> {
         let l = &kv.layout;
-        need(l.dtype == DType::BF16, || {
-            format!(
-                "{what}: KV pool type {} (the CUDA kernels take bf16)",
-                l.dtype
-            )
-        })?;
+        let dt = dt_code(l.dtype, &format!("{what} KV pool"))?;
         need(layer < l.n_layers, || {
             format!("{what}: layer {layer} of {}", l.n_layers)
         })?;
-        need(l.head_dim % 8 == 0 && l.head_dim <= ATTN_DMAX, || {
-            format!(
-                "{what}: head_dim {} must be a multiple of 8 and <= {ATTN_DMAX}",
-                l.head_dim
-            )
+        need(l.head_dim > 0 && l.head_dim <= ATTN_DMAX, || {
+            format!("{what}: head_dim {} must be in 1..={ATTN_DMAX}", l.head_dim)
         })?;
         need(l.page_size > 0 && l.n_kv_heads > 0, || {
             format!("{what}: empty page geometry")
@@ -80,7 +72,7 @@ impl CudaBackend {
             kv_heads: l.n_kv_heads as i32,
             head_dim: l.head_dim as i32,
             layer: layer as i32,
-            pad_: 0,
+            dt,
         })
     }
 
@@ -95,10 +87,10 @@ impl CudaBackend {
         let (hkv, d) = (kv.layout.n_kv_heads, kv.layout.head_dim);
         for (t, name) in [(&k, "k"), (&v, "v")] {
             need(
-                t.dtype == DType::BF16 && t.shape.rank() == 3 && t.shape.dims()[1..] == [hkv, d],
+                t.dtype.is_float() && t.shape.rank() == 3 && t.shape.dims()[1..] == [hkv, d],
                 || {
                     format!(
-                        "kv_append: {name} {:?} {} must be [T, {hkv}, {d}] bf16",
+                        "kv_append: {name} {:?} {} must be [T, {hkv}, {d}]",
                         t.shape, t.dtype
                     )
                 },
@@ -116,19 +108,18 @@ impl CudaBackend {
             v: self.ptr(&v, "kv_append v")?,
             kv: pk,
             tokens: t as i32,
-            pad_: 0,
+            k_dt: dt_code(k.dtype, "kv_append k")?,
             k_stride: k.row_stride as i64,
             v_stride: v.row_stride as i64,
+            v_dt: dt_code(v.dtype, "kv_append v")?,
+            pad_: 0,
         };
-        self.launch(
-            Kernel::KvAppend,
-            Launch {
-                grid: (t as u32, hkv as u32, 1),
-                block: 128,
-                dyn_smem: 0,
-            },
-            &p,
-        )
+        let l = Launch {
+            grid: (t as u32, hkv as u32, 1),
+            block: 128,
+            dyn_smem: 0,
+        };
+        self.launch(Kernel::KvAppend, l, &p)
     }
 
     pub(super) fn op_attention_paged(
@@ -142,30 +133,29 @@ impl CudaBackend {
         let pk = self.paged_params(kv, layer, "attention_paged")?;
         let (hkv, d) = (kv.layout.n_kv_heads, kv.layout.head_dim);
         need(
-            q.dtype == DType::BF16 && q.shape.rank() == 3 && q.shape.dim(2) == d,
+            q.dtype.is_float() && q.shape.rank() == 3 && q.shape.dim(2) == d,
             || {
                 format!(
-                    "attention_paged: q {:?} {} must be [T, Hq, {d}] bf16",
+                    "attention_paged: q {:?} {} must be [T, Hq, {d}]",
                     q.shape, q.dtype
                 )
             },
         )?;
-        need(out.shape == q.shape && out.dtype == DType::BF16, || {
+        need(out.shape == q.shape && out.dtype.is_float(), || {
             format!(
-                "attention_paged: out {:?} {} must match q {:?} bf16",
+                "attention_paged: out {:?} {} must match q {:?}",
                 out.shape, out.dtype, q.shape
             )
         })?;
         let (t, hq) = (q.shape.dim(0), q.shape.dim(1));
         need(hq % hkv == 0 && hq > 0, || {
-            format!("attention_paged: {hq} q heads over {hkv} KV heads")
+            format!("attention_paged: {hq} q heads is not a multiple of {hkv} KV heads")
         })?;
         if t == 0 {
             return Ok(());
         }
         let g = hq / hkv;
-        let decode = t == 1;
-        let (splits, rows_per_cta, kern) = if decode {
+        let (splits, rows_per_cta, kern) = if t == 1 {
             (
                 REEL_DECODE_SPLITS as usize,
                 DECODE_ROWS,
@@ -197,21 +187,23 @@ impl CudaBackend {
             v_stride: 0,
             out_stride: out.row_stride as i64,
             scale_log2: scale * std::f32::consts::LOG2_E,
+            q_dt: dt_code(q.dtype, "attention_paged q")?,
+            kv_dt: pk.dt,
+            out_dt: dt_code(out.dtype, "attention_paged out")?,
+            // Pool rows start head_dim elements apart from a 256-byte aligned base.
+            vec16: (kv.layout.dtype == DType::BF16 && d % 8 == 0) as i32,
             pad_: 0,
         };
         let gx = (t * g).div_ceil(rows_per_cta);
         need(gx <= i32::MAX as usize, || {
             "attention_paged: too many rows".into()
         })?;
-        self.launch(
-            kern,
-            Launch {
-                grid: (gx as u32, hkv as u32, splits as u32),
-                block: 128,
-                dyn_smem: 0,
-            },
-            &p,
-        )?;
+        let l = Launch {
+            grid: (gx as u32, hkv as u32, splits as u32),
+            block: 128,
+            dyn_smem: 0,
+        };
+        self.launch(kern, l, &p)?;
         if splits > 1 {
             let mp = ReelAttnMergeParams {
                 part_o: p.part_o,
@@ -222,16 +214,15 @@ impl CudaBackend {
                 head_dim: d as i32,
                 splits: splits as i32,
                 out_stride: p.out_stride,
+                out_dt: p.out_dt,
+                pad_: 0,
             };
-            self.launch(
-                Kernel::AttnMerge,
-                Launch {
-                    grid: (rows as u32, 1, 1),
-                    block: 128,
-                    dyn_smem: 0,
-                },
-                &mp,
-            )?;
+            let l = Launch {
+                grid: (rows as u32, 1, 1),
+                block: 128,
+                dyn_smem: 0,
+            };
+            self.launch(Kernel::AttnMerge, l, &mp)?;
         }
         Ok(())
     }
@@ -247,18 +238,21 @@ impl CudaBackend {
     ) -> Result<()> {
         for (t, name) in [(&q, "q"), (&k, "k"), (&v, "v"), (&out, "out")] {
             need(
-                t.dtype == DType::BF16 && t.shape.rank() == 3 && t.shape == q.shape,
+                t.dtype.is_float() && t.shape.rank() == 3 && t.shape == q.shape,
                 || {
                     format!(
-                        "attention_varlen: {name} {:?} {} must be [N, H, d] bf16 like q {:?}",
+                        "attention_varlen: {name} {:?} {} must be [N, H, d] like q {:?}",
                         t.shape, t.dtype, q.shape
                     )
                 },
             )?;
         }
+        need(k.dtype == v.dtype, || {
+            format!("attention_varlen: k is {} but v is {}", k.dtype, v.dtype)
+        })?;
         let (n, h, d) = (q.shape.dim(0), q.shape.dim(1), q.shape.dim(2));
-        need(d % 8 == 0 && d <= ATTN_DMAX, || {
-            format!("attention_varlen: head_dim {d} must be a multiple of 8 and <= {ATTN_DMAX}")
+        need(d > 0 && d <= ATTN_DMAX, || {
+            format!("attention_varlen: head_dim {d} must be in 1..={ATTN_DMAX}")
         })?;
         need(h <= 65535, || format!("attention_varlen: {h} heads"))?;
         need(cu.dtype == DType::I32 && cu.shape.numel() >= 1, || {
@@ -271,11 +265,13 @@ impl CudaBackend {
             self.ptr(&k, "attention_varlen k")?,
             self.ptr(&v, "attention_varlen v")?,
         );
-        // K/V rows are staged with 16-byte loads.
-        need(
-            kp % 16 == 0 && vp % 16 == 0 && k.row_stride % 8 == 0 && v.row_stride % 8 == 0,
-            || "attention_varlen: k and v rows must be 16-byte aligned".into(),
-        )?;
+        // 16-byte staging loads need bf16 rows that are 16-byte aligned.
+        let vec16 = k.dtype == DType::BF16
+            && d % 8 == 0
+            && kp % 16 == 0
+            && vp % 16 == 0
+            && k.row_stride % 8 == 0
+            && v.row_stride % 8 == 0;
         // The grid needs the longest segment: read the (small) boundary list back.
         let segs = cu.shape.numel() - 1;
         let mut raw = vec![0u8; (segs + 1) * 4];
@@ -284,14 +280,14 @@ impl CudaBackend {
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        need(bounds[0] == 0 && bounds[segs] as usize == n, || {
+            format!("attention_varlen: cu_seqlens {bounds:?} must run from 0 to N = {n}")
+        })?;
         let mut max_len = 0usize;
         for s in 0..segs {
             let (a, b) = (bounds[s], bounds[s + 1]);
-            need(a >= 0 && a <= b && b as usize <= n, || {
-                format!(
-                    "attention_varlen: cu_seqlens {:?} is not non-decreasing within [0, {n}]",
-                    bounds
-                )
+            need(a <= b, || {
+                format!("attention_varlen: cu_seqlens {bounds:?} is not non-decreasing")
             })?;
             max_len = max_len.max((b - a) as usize);
         }
@@ -321,17 +317,18 @@ impl CudaBackend {
             v_stride: v.row_stride as i64,
             out_stride: out.row_stride as i64,
             scale_log2: scale * std::f32::consts::LOG2_E,
+            q_dt: dt_code(q.dtype, "attention_varlen q")?,
+            kv_dt: dt_code(k.dtype, "attention_varlen k")?,
+            out_dt: dt_code(out.dtype, "attention_varlen out")?,
+            vec16: vec16 as i32,
             pad_: 0,
         };
         let gx = max_len.div_ceil(PREFILL_ROWS) as u32;
-        self.launch(
-            Kernel::AttnVarlen,
-            Launch {
-                grid: (gx, segs as u32, h as u32),
-                block: 128,
-                dyn_smem: 0,
-            },
-            &p,
-        )
+        let l = Launch {
+            grid: (gx, segs as u32, h as u32),
+            block: 128,
+            dyn_smem: 0,
+        };
+        self.launch(Kernel::AttnVarlen, l, &p)
     }
 }

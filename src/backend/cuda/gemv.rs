@@ -12,11 +12,18 @@ use crate::tensor::DType;
 /// Rows of x one GEMV launch slice covers (GEMV_ROWS in gemv.cu).
 pub(crate) const GEMV_ROWS: usize = 8;
 
-/// Which kernel runs a matmul of this shape; pure, so the dispatch is unit-tested.
-pub(crate) fn pick_matmul(m: usize, k: usize, ptrs: &[u64], strides: &[usize]) -> Kernel {
+/// Which kernel runs a matmul of this shape; pure, so the dispatch is unit-tested. `bf16` says
+/// x and w are both bf16, the only types of the 16-byte GEMV and the GEMM.
+pub(crate) fn pick_matmul(
+    m: usize,
+    k: usize,
+    bf16: bool,
+    ptrs: &[u64],
+    strides: &[usize],
+) -> Kernel {
     let aligned =
         k % 8 == 0 && ptrs.iter().all(|p| p % 16 == 0) && strides.iter().all(|s| s % 8 == 0);
-    if !aligned {
+    if !aligned || !bf16 {
         Kernel::GemvScalar
     } else if m <= GEMV_ROWS {
         Kernel::GemvV16
@@ -48,18 +55,14 @@ impl CudaBackend {
         need(om == m && on == n, || {
             format!("matmul: out {:?} must be [{m}, {n}]", out.shape)
         })?;
-        need(x.dtype == DType::BF16, || {
-            format!(
-                "matmul: x is {}; the CUDA matmul takes bf16 activations",
-                x.dtype
-            )
-        })?;
-        if w.dtype != DType::BF16 {
+        let x_dt = dt_code(x.dtype, "matmul x")?;
+        if w.dtype.is_quantized() {
             return Err(err(format!(
-                "matmul: {} weights are not supported by the CUDA backend yet (bf16 only)",
+                "matmul: {} weights are not supported by the CUDA backend yet (float weights only)",
                 w.dtype
             )));
         }
+        let w_dt = dt_code(w.dtype, "matmul w")?;
         need(matches!(out.dtype, DType::BF16 | DType::F32), || {
             format!("matmul: out type {}", out.dtype)
         })?;
@@ -72,7 +75,7 @@ impl CudaBackend {
                 need(b.shape.numel() == n, || {
                     format!("matmul: bias {:?} for N = {n}", b.shape)
                 })?;
-                need(matches!(b.dtype, DType::BF16 | DType::F32), || {
+                need(b.dtype.is_float(), || {
                     format!("matmul: bias type {}", b.dtype)
                 })?;
                 (
@@ -98,9 +101,12 @@ impl CudaBackend {
             w_stride: w.row_stride as i64,
             out_stride: os as i64,
             out_dt: dt_code(out.dtype, "matmul out")?,
+            x_dt,
+            w_dt,
             pad_: 0,
         };
-        match pick_matmul(m, k, &[p.x, p.w], &[xs, w.row_stride]) {
+        let bf16 = x.dtype == DType::BF16 && w.dtype == DType::BF16;
+        match pick_matmul(m, k, bf16, &[p.x, p.w], &[xs, w.row_stride]) {
             Kernel::GemmMma => self.launch_gemm(&p),
             kern => self.launch_gemv(kern, &p),
         }

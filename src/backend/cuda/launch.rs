@@ -75,7 +75,7 @@ impl Kernel {
             Kernel::CopyRows1 => ("elementwise", "copy_rows_1"),
             Kernel::Argmax => ("argmax", "argmax"),
             Kernel::GemvV16 => ("gemv", "gemv_bf16_v16"),
-            Kernel::GemvScalar => ("gemv", "gemv_bf16_scalar"),
+            Kernel::GemvScalar => ("gemv", "gemv_scalar"),
             Kernel::GemmMma => ("gemm", "gemm_bf16_mma"),
             Kernel::AttnPagedDecode => ("attention", "attn_paged_decode"),
             Kernel::AttnPagedPrefill => ("attention", "attn_paged_prefill"),

@@ -51,7 +51,11 @@ fn kernels_in(bytes: &[u8]) -> Vec<String> {
                 .position(|&b| b == 0)
                 .map_or(bytes.len(), |p| start + p);
             if let Ok(s) = std::str::from_utf8(&bytes[start..end]) {
-                if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                // __internal_* are libdevice helpers (pow, trig slow path), not entry points.
+                if !s.is_empty()
+                    && !s.starts_with("__")
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
                     names.push(s.to_string());
                 }
             }
@@ -104,6 +108,44 @@ fn kernel_names_in_fatbins() {
             "{k:?}: kernel {name} missing from {module}.cu's fatbin"
         );
     }
+}
+
+/// The embedded PTX (compute_80) uses the instructions each design relies on: tensor-core mma,
+/// ldmatrix and cp.async in the GEMM, 16-byte non-coherent loads in the GEMV, and no
+/// approximate sin/cos in the rope kernels (angles reach 1e4+ rad).
+#[test]
+fn fatbin_ptx_uses_intended_instructions() {
+    if MODULES.is_empty() || !super::ARCHS.contains("compute_") {
+        eprintln!("cuda: no PTX embedded, nothing to check");
+        return;
+    }
+    let module = |stem: &str| {
+        MODULES
+            .iter()
+            .find(|(s, _)| *s == stem)
+            .map(|m| m.1)
+            .unwrap()
+    };
+    let has = |bytes: &[u8], pat: &str| bytes.windows(pat.len()).any(|w| w == pat.as_bytes());
+    let gemm = module("gemm");
+    for pat in [
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+        "cp.async.cg.shared.global",
+        "cp.async.wait_group",
+    ] {
+        assert!(has(gemm, pat), "gemm PTX lacks {pat}");
+    }
+    assert!(
+        has(module("gemv"), "ld.global.nc.v4"),
+        "gemv PTX lacks 16-byte loads"
+    );
+    let rope = module("rope");
+    assert!(has(rope, ".entry rope_mrope"), "rope PTX missing");
+    assert!(
+        !has(rope, "sin.approx") && !has(rope, "cos.approx"),
+        "rope uses approximate sin/cos"
+    );
 }
 
 #[test]
@@ -162,20 +204,37 @@ fn launch_checks() {
 #[test]
 fn matmul_dispatch() {
     let a = [0u64, 4096];
-    assert_eq!(pick_matmul(1, 3584, &a, &[3584, 3584]), Kernel::GemvV16);
-    assert_eq!(pick_matmul(8, 3584, &a, &[3584, 3584]), Kernel::GemvV16);
-    assert_eq!(pick_matmul(9, 3584, &a, &[3584, 3584]), Kernel::GemmMma);
+    assert_eq!(
+        pick_matmul(1, 3584, true, &a, &[3584, 3584]),
+        Kernel::GemvV16
+    );
+    assert_eq!(
+        pick_matmul(8, 3584, true, &a, &[3584, 3584]),
+        Kernel::GemvV16
+    );
+    assert_eq!(
+        pick_matmul(9, 3584, true, &a, &[3584, 3584]),
+        Kernel::GemmMma
+    );
     // ViT down_proj without padding: K = 3420 is not a multiple of 8.
     assert_eq!(
-        pick_matmul(4096, 3420, &a, &[3420, 3420]),
+        pick_matmul(4096, 3420, true, &a, &[3420, 3420]),
         Kernel::GemvScalar
     );
     // A column view at a 2-byte offset.
     assert_eq!(
-        pick_matmul(64, 128, &[2, 4096], &[384, 128]),
+        pick_matmul(64, 128, true, &[2, 4096], &[384, 128]),
         Kernel::GemvScalar
     );
-    assert_eq!(pick_matmul(64, 128, &a, &[132, 128]), Kernel::GemvScalar);
+    assert_eq!(
+        pick_matmul(64, 128, true, &a, &[132, 128]),
+        Kernel::GemvScalar
+    );
+    // f32 activations or f16/f32 weights take the scalar path at any M.
+    assert_eq!(
+        pick_matmul(512, 3584, false, &a, &[3584, 3584]),
+        Kernel::GemvScalar
+    );
 }
 
 #[test]
@@ -324,6 +383,34 @@ mod device {
             let e = rel_err(&got, &reference);
             assert!(e < 8e-3, "matmul {m}x{n}x{k}: rel err {e}");
         }
+    }
+
+    /// f32 activations with bf16 weights take the scalar GEMV at any M.
+    #[test]
+    fn matmul_f32_activations() {
+        let Some(mut be) = backend() else { return };
+        let be = be.as_mut();
+        let mut rng = Rng(77);
+        let (m, n, k) = (20, 33, 48);
+        let x: Vec<f32> = (0..m * k).map(|_| rng.next()).collect();
+        let w = rng.bf16s(n * k);
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let xb = be.alloc(bytes.len()).unwrap();
+        be.write(xb, 0, &bytes).unwrap();
+        let xt = TRef::new(xb, 0, DType::F32, Shape::new(&[m, k]));
+        let wt = upload_bf16(be, &w, &[n, k]);
+        let out = poisoned(be, DType::BF16, &[m, n]);
+        be.matmul(xt, wt, None, out).unwrap();
+        let got = read_bf16(be, &out);
+        let reference: Vec<f64> = (0..m * n)
+            .map(|i| {
+                (0..k)
+                    .map(|j| x[(i / n) * k + j] as f64 * w[(i % n) * k + j].to_f64())
+                    .sum()
+            })
+            .collect();
+        let e = rel_err(&got, &reference);
+        assert!(e < 8e-3, "f32 matmul rel err {e}");
     }
 
     #[test]
