@@ -73,6 +73,9 @@ fn main() {
         ),
         Some(nvcc) => {
             let cuda13 = check_version(nvcc);
+            // nvcc runs for several files at once (cargo's NUM_JOBS), each emitting all targets.
+            let jobs: usize = env::var("NUM_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(1).max(1);
+            let mut cmds = Vec::new();
             for src in &sources {
                 let stem = src.file_stem().unwrap().to_string_lossy().to_string();
                 let out = out_dir.join(format!("{stem}.fatbin"));
@@ -95,30 +98,25 @@ fn main() {
                         .arg(format!("arch=compute_{ptx_arch},code=compute_{ptx_arch}"));
                 }
                 cmd.arg(src).arg("-o").arg(&out);
-                let output = cmd
-                    .output()
-                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                if !output.status.success() {
-                    panic!("nvcc failed on {}:\n{stderr}", src.display());
-                }
-                let mut bad = Vec::new();
-                for line in stderr.lines() {
-                    let expected = EXPECTED_FRAMES.iter().any(|(s, f)| *s == stem && line.contains(&format!("'{f}'")));
-                    let problem = (line.contains("spill") && !line.contains(" 0 bytes spill"))
-                        || line.contains("stack frame")
-                        || line.contains("warning");
-                    if problem && !expected && !line.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
-                        bad.push(line.to_string());
-                        println!("cargo:warning={stem}: {line}");
-                    } else if verbose && (line.contains("Used") || line.contains("Compiling") || line.contains("bytes stack")) {
-                        println!("cargo:warning={stem}: {line}");
+                cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                cmds.push((src.clone(), stem, out, cmd));
+            }
+            for batch in cmds.chunks_mut(jobs) {
+                let children: Vec<_> = batch
+                    .iter_mut()
+                    .map(|(_, _, _, cmd)| {
+                        cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()))
+                    })
+                    .collect();
+                for (child, (src, stem, out, _)) in children.into_iter().zip(batch.iter()) {
+                    let output = child.wait_with_output().expect("waiting for nvcc");
+                    let stderr = String::from_utf8_lossy(&output.stderr);
+                    if !output.status.success() {
+                        panic!("nvcc failed on {}:\n{stderr}", src.display());
                     }
+                    check_ptxas(stem, &stderr, verbose, strict, src);
+                    modules.push((stem.clone(), out.clone()));
                 }
-                if strict && !bad.is_empty() {
-                    panic!("REEL_PTXAS_STRICT=1: ptxas reported spills or stack frames in {}:\n{}", src.display(), bad.join("\n"));
-                }
-                modules.push((stem, out));
             }
         }
     }
@@ -138,6 +136,37 @@ fn main() {
         if modules.is_empty() { String::new() } else { format!("sm_{archs} + compute_{ptx_arch}") }
     ));
     std::fs::write(out_dir.join("kernels_gen.rs"), gen).unwrap();
+}
+
+/// Reports spills and unexpected stack frames from ptxas's output (all figures when verbose);
+/// with `strict` they fail the build.
+fn check_ptxas(stem: &str, stderr: &str, verbose: bool, strict: bool, src: &Path) {
+    let mut bad = Vec::new();
+    for line in stderr.lines() {
+        let expected = EXPECTED_FRAMES
+            .iter()
+            .any(|(s, f)| *s == stem && line.contains(&format!("'{f}'")));
+        let problem = (line.contains("spill") && !line.contains(" 0 bytes spill"))
+            || line.contains("stack frame")
+            || line.contains("warning");
+        // Indented "N bytes stack frame, ..." lines repeat what the named warnings say.
+        let figures = line.trim_start().starts_with(|c: char| c.is_ascii_digit());
+        if problem && !expected && !figures {
+            bad.push(line.to_string());
+            println!("cargo:warning={stem}: {line}");
+        } else if verbose
+            && (line.contains("Used") || line.contains("Compiling") || line.contains("bytes stack"))
+        {
+            println!("cargo:warning={stem}: {line}");
+        }
+    }
+    if strict && !bad.is_empty() {
+        panic!(
+            "REEL_PTXAS_STRICT=1: ptxas reported spills or stack frames in {}:\n{}",
+            src.display(),
+            bad.join("\n")
+        );
+    }
 }
 
 fn bind_params(kdir: &Path, out_dir: &Path) {
