@@ -16,8 +16,10 @@
 # libav* is needed there. Set REEL_GPU_FEATURES to build with other features.
 #
 # Environment: NVCC (prepare; default: the setup venv), OUT (report folder; default gpu-out/),
-# REEL_BENCH_FILTER (a substring of kernel names to bench), REEL_TEST_DEVICE=cuda is exported
-# for every test binary (the golden tests pick the CUDA backend from it).
+# REEL_BENCH_FILTER (a substring of kernel names to bench). REEL_TEST_DEVICE=cuda is exported
+# for every test binary (the golden tests pick the CUDA backend from it), and REEL_REQUIRE_CUDA=1
+# (the kernel tests fail rather than skip when the backend does not open). A step whose output
+# says "cuda: skipped" counts as failed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -68,7 +70,12 @@ run() {
   local report="$out/gpu-report.md" log="$out/gpu-check.log"
   : > "$log"
   [ -d "$BIN" ] || { echo "gpu-check run: $BIN is missing; run 'scripts/gpu-check.sh prepare' on a build machine"; exit 1; }
-  export REEL_TEST_DEVICE=cuda RUST_BACKTRACE=1
+  # REEL_REQUIRE_CUDA=1: the kernel tests fail instead of skipping when no device opens.
+  export REEL_TEST_DEVICE=cuda REEL_REQUIRE_CUDA=1 RUST_BACKTRACE=1
+  if ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu-check run: nvidia-smi finds no GPU here; run this on the GPU machine"
+    exit 1
+  fi
   # Fixtures are found through the build machine's path baked into the executables.
   local baked
   baked="$(cat "$BIN/MANIFEST_DIR" 2>/dev/null || true)"
@@ -91,15 +98,19 @@ run() {
     local name="$1" limit="$2"; shift 2
     echo "== $name: $*" | tee -a "$log"
     local t0=$SECONDS rc
-    timeout "$limit" "$@" >> "$log" 2>&1
+    timeout "$limit" "$@" > "$out/step.log" 2>&1
     rc=$?
+    cat "$out/step.log" >> "$log"
+    # A backend that failed to open shows up as a skip, not a failure: count it as one.
+    if [ $rc -eq 0 ] && grep -q "cuda: skipped" "$out/step.log"; then rc=3; fi
     local dt=$((SECONDS - t0)) res="pass"
     [ $rc -eq 124 ] && res="TIMEOUT (${limit}s)"
-    [ $rc -ne 0 ] && [ $rc -ne 124 ] && res="FAIL (rc $rc)"
+    [ $rc -eq 3 ] && res="FAIL (CUDA backend did not open: cuda: skipped)"
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $rc -ne 3 ] && res="FAIL (rc $rc)"
     [ $rc -ne 0 ] && failed=1
     echo "| $name | $res | $dt |" >> "$report"
     echo "   -> $res in ${dt}s" | tee -a "$log"
-    tail -n 25 "$log" | grep -E "test result|panicked|FAIL|ERROR|error" | tail -n 5 || true
+    grep -E "test result|panicked|FAIL|ERROR|error" "$out/step.log" | tail -n 5 || true
   }
   have() { [ -x "$BIN/$1" ]; }
 

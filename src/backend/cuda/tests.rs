@@ -269,9 +269,14 @@ mod device {
     use crate::tensor::{DType, Shape};
     use half::bf16;
 
+    /// The device, or None (test skipped) where none opens; with REEL_REQUIRE_CUDA=1 (set by
+    /// scripts/gpu-check.sh) a device that does not open fails the test instead.
     fn backend() -> Option<Box<dyn Backend>> {
         match super::super::open(0) {
             Ok(b) => Some(b),
+            Err(e) if std::env::var("REEL_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+                panic!("REEL_REQUIRE_CUDA=1 but the CUDA backend did not open: {e}")
+            }
             Err(e) => {
                 eprintln!("cuda: skipped ({e})");
                 None
