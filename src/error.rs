@@ -5,7 +5,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
     #[error("config {path}: {msg}")]
@@ -32,21 +35,39 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Error {
-        Error::File { path: path.into(), msg: msg.into() }
+        Error::File {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Error {
-        Error::Config { path: path.into(), msg: msg.into() }
+        Error::Config {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn flag(flag: impl Into<String>, msg: impl Into<String>) -> Error {
-        Error::Flag { flag: flag.into(), msg: msg.into() }
+        Error::Flag {
+            flag: flag.into(),
+            msg: msg.into(),
+        }
     }
     pub fn backend(backend: impl Into<String>, msg: impl Into<String>) -> Error {
-        Error::Backend { backend: backend.into(), msg: msg.into() }
+        Error::Backend {
+            backend: backend.into(),
+            msg: msg.into(),
+        }
     }
     pub fn media(path: impl Into<PathBuf>, msg: impl Into<String>) -> Error {
-        Error::Media { path: path.into(), msg: msg.into() }
+        Error::Media {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }

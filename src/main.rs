@@ -1,1 +1,570 @@
-fn main() {}
+//! The `reel` command line: parses flags, then calls the library.
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use reel::engine::inputs::{prepare, MediaOptions, VideoTime};
+use reel::engine::sampling::SamplingParams;
+use reel::engine::{Device, Engine, EngineOptions, Output, Request};
+use reel::model::Model;
+use reel::prompt::messages::{load_messages, ContentItem, ImageItem, Message, VideoItem};
+use reel::prompt::{video_r1, ProblemType};
+use reel::{DType, Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reel",
+    version,
+    about = "Qwen2.5-VL / Video-R1 inference engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate an answer to a prompt, streaming tokens as they come.
+    Run(RunArgs),
+    /// Print a model's configuration and tensor inventory.
+    Info {
+        /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+    },
+    /// Measure decode/prefill speed on synthetic weights of the real model shape.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    Bf16,
+    F32,
+}
+
+#[derive(Args)]
+struct BackendArgs {
+    /// Backend: CUDA when a GPU is present (auto), or force one.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Activation and KV-cache type.
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: DTypeArg,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// System prompt (default: the chat template's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Maximum number of generated tokens.
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy (default: generation_config.json, else 0).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass (default: generation_config.json, else 1.0 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the k most likely tokens (default: generation_config.json, else off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Penalty on already-seen tokens (default 1.0 = off, as in Video-R1's evaluation).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// KV cache capacity in tokens.
+    #[arg(long, default_value_t = 8192)]
+    ctx: usize,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write logits (f32 safetensors: logits_last, step_logits) to this file.
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
+    /// An image, placed before the text (repeatable; images and videos keep command-line order).
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// A video, placed before the text (repeatable).
+    #[arg(long)]
+    video: Vec<PathBuf>,
+    /// Video sampling rate in frames per second (qwen-vl-utils `fps`, default 2).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Exact number of frames to sample (rounded to an even count), overriding --fps.
+    #[arg(long)]
+    nframes: Option<u64>,
+    /// Most frames to sample from a video (default 32).
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Least pixels per image / video frame after resizing.
+    #[arg(long)]
+    min_pixels: Option<u64>,
+    /// Most pixels per image / video frame after resizing (default 256·28·28 = 200704).
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Pixel budget over all frames of a video.
+    #[arg(long)]
+    total_pixels: Option<u64>,
+    /// A conversation in the qwen-vl-utils message format (JSON list of messages), instead of
+    /// PROMPT and the media flags.
+    #[arg(long)]
+    messages: Option<PathBuf>,
+    /// Prompt template: `plain` sends PROMPT as is; `video-r1` wraps it in Video-R1's
+    /// evaluation prompt (think/answer format).
+    #[arg(long, value_enum, default_value = "plain")]
+    template: TemplateArg,
+    /// Video-R1 problem type (with --template video-r1).
+    #[arg(long, default_value = "free-form")]
+    problem_type: String,
+    /// A multiple-choice option such as "A. a ball" (repeatable; with --problem-type multiple-choice).
+    #[arg(long)]
+    options: Vec<String>,
+    /// Temporal position step of videos: `sampled` uses 2/sample_fps seconds per frame pair
+    /// (Video-R1's evaluation), `fixed` uses 1.0 (what its training saw).
+    #[arg(long, value_enum, default_value = "sampled")]
+    video_time: VideoTimeArg,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The question.
+    prompt: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TemplateArg {
+    Plain,
+    VideoR1,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VideoTimeArg {
+    Sampled,
+    Fixed,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Synthetic model shape.
+    #[arg(long, default_value = "7b")]
+    synthetic: String,
+    /// Decoder layers to instantiate (the real model has 28; fewer fit small machines).
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Decode steps to time.
+    #[arg(long, default_value_t = 16)]
+    decode_tokens: usize,
+    /// Time the vision tower instead of the language model.
+    #[arg(long)]
+    vision: bool,
+    /// Vision: frames (even).
+    #[arg(long, default_value_t = 2)]
+    frames: usize,
+    /// Vision: frame height in pixels (multiple of 28).
+    #[arg(long, default_value_t = 448)]
+    height: usize,
+    /// Vision: frame width in pixels (multiple of 28).
+    #[arg(long, default_value_t = 448)]
+    width: usize,
+    /// Also time decoding + preprocessing of a 1-minute 720p H.264 clip (made with the ffmpeg CLI).
+    #[arg(long)]
+    media: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let res = match cli.cmd {
+        Cmd::Run(a) => {
+            let order = media_order(matches.subcommand_matches("run"));
+            run(a, order)
+        }
+        Cmd::Info { model } => info(&model),
+        Cmd::Bench(a) => bench(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
+    if let Some(n) = b.threads {
+        if n == 0 {
+            return Err(Error::flag("--threads", "must be at least 1"));
+        }
+        // Only the first call configures rayon's global pool; later ones are harmless.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    Ok(EngineOptions {
+        device: match b.device {
+            DeviceArg::Auto => Device::Auto,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda(0),
+        },
+        act: match b.dtype {
+            DTypeArg::Bf16 => DType::BF16,
+            DTypeArg::F32 => DType::F32,
+        },
+        ctx,
+        ..EngineOptions::default()
+    })
+}
+
+/// Command-line positions of --image / --video values, so items keep the order given.
+fn media_order(m: Option<&ArgMatches>) -> Vec<(usize, bool)> {
+    let mut v = Vec::new();
+    if let Some(m) = m {
+        for (id, is_video) in [("image", false), ("video", true)] {
+            if let Some(idx) = m.indices_of(id) {
+                v.extend(idx.map(|i| (i, is_video)));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The one-turn conversation the flags describe.
+fn flag_messages(a: &RunArgs, order: &[(usize, bool)], prompt: String) -> Vec<Message> {
+    let (mut images, mut videos) = (a.image.iter(), a.video.iter());
+    let mut content = Vec::new();
+    for &(_, is_video) in order {
+        if is_video {
+            let path = videos.next().unwrap().clone();
+            content.push(ContentItem::Video(VideoItem {
+                path,
+                fps: a.fps,
+                nframes: a.nframes,
+                min_pixels: a.min_pixels,
+                max_pixels: a.max_pixels,
+                total_pixels: a.total_pixels.map(|x| x as f64),
+                max_frames: a.max_frames,
+                ..VideoItem::default()
+            }));
+        } else {
+            let path = images.next().unwrap().clone();
+            content.push(ContentItem::Image(ImageItem {
+                path,
+                min_pixels: a.min_pixels,
+                max_pixels: a.max_pixels,
+                ..ImageItem::default()
+            }));
+        }
+    }
+    content.push(ContentItem::Text(prompt));
+    vec![Message::new("user", content)]
+}
+
+fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
+    if let Some(p) = &a.logits_out {
+        check_writable(p, "--logits-out")?;
+    }
+    if let Some(t) = a.temperature {
+        if !(t >= 0.0 && t.is_finite()) {
+            return Err(Error::flag(
+                "--temperature",
+                format!("must be >= 0, got {t}"),
+            ));
+        }
+    }
+    if let Some(p) = a.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::flag(
+                "--top-p",
+                format!("must be in (0, 1], got {p}"),
+            ));
+        }
+    }
+    if !(a.repetition_penalty > 0.0 && a.repetition_penalty.is_finite()) {
+        return Err(Error::flag("--repetition-penalty", "must be > 0"));
+    }
+    if let Some(f) = a.fps {
+        if !(f > 0.0 && f.is_finite()) {
+            return Err(Error::flag("--fps", format!("must be > 0, got {f}")));
+        }
+    }
+    if a.nframes == Some(0) {
+        return Err(Error::flag("--nframes", "must be at least 2"));
+    }
+    let messages = match &a.messages {
+        Some(path) => {
+            if a.prompt.is_some() || !a.image.is_empty() || !a.video.is_empty() {
+                return Err(Error::flag(
+                    "--messages",
+                    "give either a messages file or PROMPT with --image/--video, not both",
+                ));
+            }
+            load_messages(path)?
+        }
+        None => {
+            let prompt = a.prompt.clone().unwrap_or_default();
+            if prompt.trim().is_empty() {
+                return Err(Error::flag("PROMPT", "the prompt is empty"));
+            }
+            let text = match a.template {
+                TemplateArg::Plain => {
+                    if !a.options.is_empty() {
+                        return Err(Error::flag("--options", "needs --template video-r1"));
+                    }
+                    prompt
+                }
+                TemplateArg::VideoR1 => {
+                    let kind: ProblemType = a
+                        .problem_type
+                        .parse()
+                        .map_err(|e: Error| Error::flag("--problem-type", e.to_string()))?;
+                    video_r1::render_question(&prompt, kind, &a.options)?
+                }
+            };
+            flag_messages(&a, &order, text)
+        }
+    };
+    let opts = engine_options(&a.backend, a.ctx)?;
+    let model = Model::load(&a.model)?;
+    let gen = model.generation.clone();
+    let media_opts = MediaOptions {
+        video_time: match a.video_time {
+            VideoTimeArg::Sampled => VideoTime::Sampled,
+            VideoTimeArg::Fixed => VideoTime::Fixed,
+        },
+        ..MediaOptions::default()
+    };
+    let prepared = prepare(&model, &messages, a.system.as_deref(), &media_opts)?;
+    let mut engine = Engine::new(model, opts)?;
+    let sampling = SamplingParams {
+        temperature: a.temperature.or(gen.temperature).unwrap_or(0.0),
+        top_k: a.top_k.or(gen.top_k),
+        top_p: a.top_p.or(gen.top_p).unwrap_or(1.0),
+        seed: a.seed,
+        repetition_penalty: a.repetition_penalty,
+    };
+    let json = a.json;
+    let merge = engine.model.config.vision.spatial_merge_size;
+    let vision_report: serde_json::Value = prepared
+        .vision
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "path": v.path,
+                "kind": format!("{:?}", v.kind).to_lowercase(),
+                "frames_sampled": v.frames_sampled,
+                "height": v.size.0,
+                "width": v.size.1,
+                "grid_thw": v.rows.grid_thw,
+                "tokens": v.n_tokens(merge),
+                "second_per_grid_t": v.second_per_grid_t,
+            })
+        })
+        .collect();
+    if !json {
+        for v in &prepared.vision {
+            let [t, h, w] = v.rows.grid_thw;
+            let frames = v
+                .frames_sampled
+                .map(|n| format!("{n} frames, "))
+                .unwrap_or_default();
+            eprintln!(
+                "{}: {frames}{}x{} px, grid {t}x{h}x{w}, {} visual tokens",
+                v.path.display(),
+                v.size.1,
+                v.size.0,
+                v.n_tokens(engine.model.config.vision.spatial_merge_size)
+            );
+        }
+    }
+    let req = Request {
+        prompt_tokens: prepared.prompt_tokens,
+        sampling,
+        max_new_tokens: a.max_new_tokens,
+        stop_tokens: engine.model.eos_tokens(),
+        record_logits: a.logits_out.is_some(),
+        vision: prepared.vision,
+        media_s: prepared.media_s,
+    };
+    let mut stream = engine.tokenizer().stream_decoder(true);
+    let json = a.json;
+    let mut stdout = std::io::stdout();
+    let out = {
+        let mut on_token = |tok: u32| {
+            if !json {
+                if let Ok(s) = stream.push(tok) {
+                    let _ = stdout.write_all(s.as_bytes());
+                    let _ = stdout.flush();
+                }
+            }
+        };
+        engine.generate(&req, &mut on_token)?
+    };
+    if !json {
+        if let Ok(rest) = stream.flush() {
+            print!("{rest}");
+        }
+        println!();
+    }
+    if let Some(p) = &a.logits_out {
+        write_logits(p, &out)?;
+    }
+    if json {
+        print_json(&engine, &out, &vision_report)?;
+    } else {
+        print_timings(&out);
+    }
+    Ok(())
+}
+
+fn print_timings(out: &Output) {
+    let t = &out.timings;
+    if t.vision_s > 0.0 {
+        eprintln!("media {:.3} s | vision {:.3} s", t.media_s, t.vision_s);
+    }
+    eprintln!(
+        "load {:.2} s | prefill {} tokens in {:.3} s ({:.1} tok/s) | first token {:.3} s | decode {} tokens at {:.2} tok/s",
+        t.load_s,
+        out.prompt_tokens.len(),
+        t.prefill_s,
+        t.prefill_tokens_per_s,
+        t.ttft_s,
+        out.generated_tokens.len(),
+        t.decode_tokens_per_s
+    );
+}
+
+fn print_json(engine: &Engine, out: &Output, vision: &serde_json::Value) -> Result<()> {
+    let v = serde_json::json!({
+        "prompt_tokens": out.prompt_tokens,
+        "generated_tokens": out.generated_tokens,
+        "text": out.text,
+        "think": reel::prompt::parse_think(&out.text),
+        "answer": reel::prompt::parse_answer(&out.text),
+        "stop_reason": out.stop,
+        "vision": vision,
+        "timings": out.timings,
+        "backend": engine.be.name(),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v).map_err(|e| Error::Other(e.to_string()))?
+    );
+    Ok(())
+}
+
+/// Fails early, before any work, when an output path cannot be created.
+fn check_writable(p: &Path, flag: &str) -> Result<()> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::flag(
+            flag,
+            format!(
+                "{}: directory {} does not exist",
+                p.display(),
+                dir.display()
+            ),
+        ));
+    }
+    if p.is_dir() {
+        return Err(Error::flag(flag, format!("{} is a directory", p.display())));
+    }
+    let probe = dir.join(format!(".reel-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| Error::flag(flag, format!("{}: cannot write: {e}", p.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Writes logits as f32 safetensors through a temporary file, so a failure leaves nothing behind.
+fn write_logits(p: &Path, out: &Output) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let vocab = out.logits_last.len();
+    let last: Vec<u8> = bytemuck::cast_slice(&out.logits_last).to_vec();
+    let steps: Vec<u8> = out
+        .step_logits
+        .iter()
+        .flat_map(|r| bytemuck::cast_slice::<f32, u8>(r).iter().copied())
+        .collect();
+    let err = |e: safetensors::SafeTensorError| Error::flag("--logits-out", e.to_string());
+    let tensors = vec![
+        (
+            "logits_last",
+            TensorView::new(Dtype::F32, vec![vocab], &last).map_err(err)?,
+        ),
+        (
+            "step_logits",
+            TensorView::new(Dtype::F32, vec![out.step_logits.len(), vocab], &steps).map_err(err)?,
+        ),
+    ];
+    let tmp = p.with_extension("tmp-reel");
+    let res = safetensors::serialize_to_file(tensors, None, &tmp);
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::flag("--logits-out", format!("{}: {e}", p.display())));
+    }
+    std::fs::rename(&tmp, p).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::flag("--logits-out", format!("{}: {e}", p.display()))
+    })
+}
+
+fn info(model: &Path) -> Result<()> {
+    let m = Model::load(model)?;
+    println!("{}", m.describe());
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let opts = engine_options(&a.backend, a.prompt_len + a.decode_tokens + 16)?;
+    if a.media {
+        let dir = std::env::temp_dir().join(format!("reel-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let res = reel::engine::inputs::bench_media(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("{}", res?);
+        return Ok(());
+    }
+    if a.vision {
+        let layers = if a.layers == 4 { 32 } else { a.layers };
+        let report = reel::engine::bench::run_vision_synthetic(layers, a.frames, a.height, a.width, opts)?;
+        println!("{report}");
+        return Ok(());
+    }
+    let report = reel::engine::bench::run_synthetic(
+        &a.synthetic,
+        a.layers,
+        a.prompt_len,
+        a.decode_tokens,
+        opts,
+    )?;
+    println!("{report}");
+    Ok(())
+}

@@ -86,10 +86,17 @@ pub struct Shape {
 
 impl Shape {
     pub fn new(dims: &[usize]) -> Shape {
-        assert!(!dims.is_empty() && dims.len() <= MAX_RANK, "rank {} unsupported", dims.len());
+        assert!(
+            !dims.is_empty() && dims.len() <= MAX_RANK,
+            "rank {} unsupported",
+            dims.len()
+        );
         let mut d = [1; MAX_RANK];
         d[..dims.len()].copy_from_slice(dims);
-        Shape { dims: d, rank: dims.len() }
+        Shape {
+            dims: d,
+            rank: dims.len(),
+        }
     }
 
     pub fn dims(&self) -> &[usize] {

@@ -36,7 +36,13 @@ pub struct TRef {
 
 impl TRef {
     pub fn new(buf: BufId, offset: usize, dtype: DType, shape: Shape) -> TRef {
-        TRef { buf, offset, dtype, shape, row_stride: shape.row_len() }
+        TRef {
+            buf,
+            offset,
+            dtype,
+            shape,
+            row_stride: shape.row_len(),
+        }
     }
 
     pub fn is_contiguous(&self) -> bool {
@@ -59,7 +65,8 @@ impl TRef {
         if rows == 0 {
             return 0;
         }
-        self.dtype.bytes_for((rows - 1) * self.row_stride + self.shape.row_len())
+        self.dtype
+            .bytes_for((rows - 1) * self.row_stride + self.shape.row_len())
     }
 }
 
@@ -81,7 +88,11 @@ impl HostBytes {
 
     pub fn from_vec(v: Vec<u8>) -> HostBytes {
         let len = v.len();
-        HostBytes { owner: Arc::new(v), start: 0, len }
+        HostBytes {
+            owner: Arc::new(v),
+            start: 0,
+            len,
+        }
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -120,11 +131,20 @@ impl KvLayout {
         self.page_size * self.n_kv_heads * self.head_dim
     }
     pub fn total_bytes(&self) -> usize {
-        self.dtype.bytes_for(self.n_layers * 2 * self.n_pages * self.page_elems())
+        self.dtype
+            .bytes_for(self.n_layers * 2 * self.n_pages * self.page_elems())
     }
     /// Element index of (layer, k=0/v=1, page, slot, head, 0).
-    pub fn elem_index(&self, layer: usize, kv: usize, page: usize, slot: usize, head: usize) -> usize {
-        ((((layer * 2 + kv) * self.n_pages + page) * self.page_size + slot) * self.n_kv_heads + head)
+    pub fn elem_index(
+        &self,
+        layer: usize,
+        kv: usize,
+        page: usize,
+        slot: usize,
+        head: usize,
+    ) -> usize {
+        ((((layer * 2 + kv) * self.n_pages + page) * self.page_size + slot) * self.n_kv_heads
+            + head)
             * self.head_dim
     }
 }

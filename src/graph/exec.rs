@@ -45,7 +45,10 @@ impl Executor {
                     }
                 }
                 Source::Arena | Source::Input => {
-                    let base = self.plan.offset(cur).expect("arena value without an offset");
+                    let base = self
+                        .plan
+                        .offset(cur)
+                        .expect("arena value without an offset");
                     return TRef {
                         buf: self.arena,
                         offset: base + off,
@@ -59,7 +62,9 @@ impl Executor {
     }
 
     fn named(&self, name: &str) -> Result<ValueId> {
-        self.graph.find(name).ok_or_else(|| Error::Other(format!("graph has no value named {name}")))
+        self.graph
+            .find(name)
+            .ok_or_else(|| Error::Other(format!("graph has no value named {name}")))
     }
 
     /// Writes a host input (raw bytes in the value's dtype).
@@ -86,7 +91,8 @@ impl Executor {
 
     /// Runs every node in order. `kv` is required by graphs with cache ops.
     pub fn run(&self, be: &mut dyn Backend, kv: Option<&PagedKv>) -> Result<()> {
-        let need_kv = || kv.ok_or_else(|| Error::Other("graph uses the KV cache but none was given".into()));
+        let need_kv =
+            || kv.ok_or_else(|| Error::Other("graph uses the KV cache but none was given".into()));
         for node in &self.graph.nodes {
             let t = |v: ValueId| self.tref(v);
             let out = node.out.map(t);
@@ -104,9 +110,13 @@ impl Executor {
                 Op::AttentionPaged { q, layer, scale } => {
                     be.attention_paged(t(q), need_kv()?, layer, o(), scale)?
                 }
-                Op::AttentionVarlen { q, k, v, cu_seqlens, scale } => {
-                    be.attention_varlen(t(q), t(k), t(v), t(cu_seqlens), o(), scale)?
-                }
+                Op::AttentionVarlen {
+                    q,
+                    k,
+                    v,
+                    cu_seqlens,
+                    scale,
+                } => be.attention_varlen(t(q), t(k), t(v), t(cu_seqlens), o(), scale)?,
                 Op::GatherRows { x, idx } => be.gather_rows(t(x), t(idx), o())?,
                 Op::ScatterRows { src, idx, dst } => be.scatter_rows(t(src), t(idx), t(dst))?,
                 Op::Cast { x } => be.cast(t(x), o())?,
@@ -124,16 +134,28 @@ pub fn read_f32(be: &mut dyn Backend, t: &TRef) -> Result<Vec<f32>> {
     let mut outv = Vec::with_capacity(t.shape.numel());
     let mut buf = vec![0u8; t.dtype.bytes_for(row)];
     for r in 0..rows {
-        be.read(t.buf, t.offset + t.dtype.bytes_for(r * t.row_stride), &mut buf)?;
+        be.read(
+            t.buf,
+            t.offset + t.dtype.bytes_for(r * t.row_stride),
+            &mut buf,
+        )?;
         match t.dtype {
-            DType::F32 => outv.extend(buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            DType::F32 => outv.extend(
+                buf.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
             DType::BF16 => outv.extend(
-                buf.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+                buf.chunks_exact(2)
+                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
             ),
             DType::F16 => outv.extend(
-                buf.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+                buf.chunks_exact(2)
+                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
             ),
-            DType::I32 => outv.extend(buf.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)),
+            DType::I32 => outv.extend(
+                buf.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
+            ),
             d => return Err(Error::Other(format!("cannot read a {d} tensor as f32"))),
         }
     }

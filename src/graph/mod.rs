@@ -46,22 +46,74 @@ pub struct Value {
 /// One op. Inputs and outputs are values; ops on the KV cache name their layer.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Embedding { table: ValueId, ids: ValueId },
-    RmsNorm { x: ValueId, w: ValueId, eps: f32 },
-    MatMul { x: ValueId, w: ValueId, bias: Option<ValueId> },
-    Add { a: ValueId, b: ValueId },
-    SwiGlu { gate: ValueId, up: ValueId },
-    Gelu { x: ValueId },
-    RopeMrope { x: ValueId, pos: ValueId, p: MropeParams },
-    RopeVision { x: ValueId, pos: ValueId, theta: f32 },
-    KvAppend { k: ValueId, v: ValueId, layer: usize },
-    AttentionPaged { q: ValueId, layer: usize, scale: f32 },
-    AttentionVarlen { q: ValueId, k: ValueId, v: ValueId, cu_seqlens: ValueId, scale: f32 },
-    GatherRows { x: ValueId, idx: ValueId },
+    Embedding {
+        table: ValueId,
+        ids: ValueId,
+    },
+    RmsNorm {
+        x: ValueId,
+        w: ValueId,
+        eps: f32,
+    },
+    MatMul {
+        x: ValueId,
+        w: ValueId,
+        bias: Option<ValueId>,
+    },
+    Add {
+        a: ValueId,
+        b: ValueId,
+    },
+    SwiGlu {
+        gate: ValueId,
+        up: ValueId,
+    },
+    Gelu {
+        x: ValueId,
+    },
+    RopeMrope {
+        x: ValueId,
+        pos: ValueId,
+        p: MropeParams,
+    },
+    RopeVision {
+        x: ValueId,
+        pos: ValueId,
+        theta: f32,
+    },
+    KvAppend {
+        k: ValueId,
+        v: ValueId,
+        layer: usize,
+    },
+    AttentionPaged {
+        q: ValueId,
+        layer: usize,
+        scale: f32,
+    },
+    AttentionVarlen {
+        q: ValueId,
+        k: ValueId,
+        v: ValueId,
+        cu_seqlens: ValueId,
+        scale: f32,
+    },
+    GatherRows {
+        x: ValueId,
+        idx: ValueId,
+    },
     /// Writes `src` rows into `dst` in place; `dst` must be an arena value defined earlier.
-    ScatterRows { src: ValueId, idx: ValueId, dst: ValueId },
-    Cast { x: ValueId },
-    Argmax { x: ValueId },
+    ScatterRows {
+        src: ValueId,
+        idx: ValueId,
+        dst: ValueId,
+    },
+    Cast {
+        x: ValueId,
+    },
+    Argmax {
+        x: ValueId,
+    },
 }
 
 impl Op {
@@ -81,7 +133,13 @@ impl Op {
             Op::RopeMrope { x, pos, .. } | Op::RopeVision { x, pos, .. } => vec![x, pos],
             Op::KvAppend { k, v, .. } => vec![k, v],
             Op::AttentionPaged { q, .. } => vec![q],
-            Op::AttentionVarlen { q, k, v, cu_seqlens, .. } => vec![q, k, v, cu_seqlens],
+            Op::AttentionVarlen {
+                q,
+                k,
+                v,
+                cu_seqlens,
+                ..
+            } => vec![q, k, v, cu_seqlens],
             Op::GatherRows { x, idx } => vec![x, idx],
             Op::ScatterRows { src, idx, dst } => vec![src, idx, dst],
         }
@@ -124,8 +182,15 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(act: DType) -> Graph {
-        assert!(matches!(act, DType::F32 | DType::BF16), "activation type must be f32 or bf16");
-        Graph { values: Vec::new(), nodes: Vec::new(), act }
+        assert!(
+            matches!(act, DType::F32 | DType::BF16),
+            "activation type must be f32 or bf16"
+        );
+        Graph {
+            values: Vec::new(),
+            nodes: Vec::new(),
+            act,
+        }
     }
 
     pub fn value(&self, v: ValueId) -> &Value {
@@ -188,7 +253,14 @@ impl Graph {
         let val = self.value(v).clone();
         assert!(start + n <= val.shape.rows(), "row view out of range");
         let off = val.dtype.bytes_for(start * val.row_stride);
-        let id = self.push_value(val.shape.with_rows(n), val.dtype, Source::View { base: v, byte_offset: off });
+        let id = self.push_value(
+            val.shape.with_rows(n),
+            val.dtype,
+            Source::View {
+                base: v,
+                byte_offset: off,
+            },
+        );
         self.values[id.0 as usize].row_stride = val.row_stride;
         id
     }
@@ -202,7 +274,10 @@ impl Graph {
         let id = self.push_value(
             Shape::new(&[val.shape.rows(), n]),
             val.dtype,
-            Source::View { base: v, byte_offset: off },
+            Source::View {
+                base: v,
+                byte_offset: off,
+            },
         );
         self.values[id.0 as usize].row_stride = val.row_stride;
         id
@@ -213,15 +288,30 @@ impl Graph {
     pub fn reshape(&mut self, v: ValueId, shape: &[usize]) -> ValueId {
         let val = self.value(v).clone();
         let shape = Shape::new(shape);
-        assert_eq!(shape.numel(), val.shape.numel(), "reshape changes the element count");
+        assert_eq!(
+            shape.numel(),
+            val.shape.numel(),
+            "reshape changes the element count"
+        );
         let contiguous = val.row_stride == val.shape.row_len() || val.shape.rows() <= 1;
         let row_stride = if contiguous {
             shape.row_len()
         } else {
-            assert_eq!(shape.rows(), val.shape.rows(), "reshape of a strided view must keep rows");
+            assert_eq!(
+                shape.rows(),
+                val.shape.rows(),
+                "reshape of a strided view must keep rows"
+            );
             val.row_stride
         };
-        let id = self.push_value(shape, val.dtype, Source::View { base: v, byte_offset: 0 });
+        let id = self.push_value(
+            shape,
+            val.dtype,
+            Source::View {
+                base: v,
+                byte_offset: 0,
+            },
+        );
         self.values[id.0 as usize].row_stride = row_stride;
         id
     }
@@ -229,7 +319,10 @@ impl Graph {
     // ---- ops; each returns its output value ----
 
     pub fn embedding(&mut self, table: ValueId, ids: ValueId) -> ValueId {
-        let (t, d) = (self.value(ids).shape.numel(), self.value(table).shape.dim(1));
+        let (t, d) = (
+            self.value(ids).shape.numel(),
+            self.value(table).shape.dim(1),
+        );
         self.op(Op::Embedding { table, ids }, Shape::new(&[t, d]), self.act)
     }
 
@@ -241,8 +334,17 @@ impl Graph {
     pub fn matmul(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>) -> ValueId {
         let (m, k) = (self.value(x).shape.rows(), self.value(x).shape.row_len());
         let ws = self.value(w).shape;
-        assert_eq!(ws.dim(1), k, "matmul: x has {k} columns, weight has {}", ws.dim(1));
-        self.op(Op::MatMul { x, w, bias }, Shape::new(&[m, ws.dim(0)]), self.act)
+        assert_eq!(
+            ws.dim(1),
+            k,
+            "matmul: x has {k} columns, weight has {}",
+            ws.dim(1)
+        );
+        self.op(
+            Op::MatMul { x, w, bias },
+            Shape::new(&[m, ws.dim(0)]),
+            self.act,
+        )
     }
 
     pub fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
@@ -288,12 +390,26 @@ impl Graph {
         scale: f32,
     ) -> ValueId {
         let s = self.value(q).shape;
-        self.op(Op::AttentionVarlen { q, k, v, cu_seqlens, scale }, s, self.act)
+        self.op(
+            Op::AttentionVarlen {
+                q,
+                k,
+                v,
+                cu_seqlens,
+                scale,
+            },
+            s,
+            self.act,
+        )
     }
 
     pub fn gather_rows(&mut self, x: ValueId, idx: ValueId) -> ValueId {
         let (n, s) = (self.value(idx).shape.numel(), self.value(x).shape);
-        self.op(Op::GatherRows { x, idx }, s.with_rows(n), self.value(x).dtype)
+        self.op(
+            Op::GatherRows { x, idx },
+            s.with_rows(n),
+            self.value(x).dtype,
+        )
     }
 
     pub fn scatter_rows(&mut self, src: ValueId, idx: ValueId, dst: ValueId) {

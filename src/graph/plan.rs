@@ -50,7 +50,9 @@ pub fn plan(g: &Graph) -> Plan {
     let life = lifetimes(g);
     let size = |v: usize| -> usize {
         let val = &g.values[v];
-        let bytes = val.dtype.bytes_for(val.shape.rows().saturating_sub(1) * val.row_stride + val.shape.row_len());
+        let bytes = val
+            .dtype
+            .bytes_for(val.shape.rows().saturating_sub(1) * val.row_stride + val.shape.row_len());
         bytes.div_ceil(ALIGN) * ALIGN
     };
     let mut order: Vec<usize> = (0..g.values.len()).filter(|&v| life[v].is_some()).collect();
@@ -80,7 +82,11 @@ pub fn plan(g: &Graph) -> Plan {
         offsets[v] = Some(off);
         arena = arena.max(off + sv);
     }
-    Plan { offsets, arena_bytes: arena.max(ALIGN), unshared_bytes: unshared }
+    Plan {
+        offsets,
+        arena_bytes: arena.max(ALIGN),
+        unshared_bytes: unshared,
+    }
 }
 
 impl Plan {
@@ -111,14 +117,20 @@ mod tests {
         let sz = 64 * 64 * 4;
         for a in 0..g.values.len() {
             for b in a + 1..g.values.len() {
-                if let (Some(la), Some(lb), Some(oa), Some(ob)) = (life[a], life[b], p.offsets[a], p.offsets[b]) {
+                if let (Some(la), Some(lb), Some(oa), Some(ob)) =
+                    (life[a], life[b], p.offsets[a], p.offsets[b])
+                {
                     if la.0 <= lb.1 && lb.0 <= la.1 {
                         assert!(oa + sz <= ob || ob + sz <= oa, "values {a} and {b} overlap");
                     }
                 }
             }
         }
-        assert!(p.arena_bytes <= 3 * sz, "arena {} should reuse memory", p.arena_bytes);
+        assert!(
+            p.arena_bytes <= 3 * sz,
+            "arena {} should reuse memory",
+            p.arena_bytes
+        );
         assert_eq!(p.unshared_bytes, 11 * sz);
     }
 }

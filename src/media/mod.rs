@@ -1,1 +1,261 @@
 //! Pixels in: video decoding (FFmpeg), frame sampling, resizing, normalization, patchify.
+//!
+//! This module knows nothing about the model. It turns files into uint8 RGB frames
+//! ([`Frames`], T×H×W×3), resizes them with the two reference kernels (Pillow bicubic for
+//! images, torchvision's antialiased bicubic for video), and turns them into normalized patch
+//! rows ([`PixelRows`]) from plain parameters ([`PatchParams`]). The sizing and sampling rules
+//! follow qwen-vl-utils; both its upstream constants and the Video-R1 fork's are [`Preset`]s.
+//!
+//! Typical use:
+//! ```no_run
+//! # fn main() -> reel::Result<()> {
+//! use reel::media::{self, PatchParams, Preset, VideoRequest};
+//! let preset = Preset::video_r1();
+//! let video = media::load_video(std::path::Path::new("clip.mp4"), &preset, &VideoRequest::default())?;
+//! let rows = media::pixels::patchify(&video.frames, &PatchParams::qwen2_vl())?;
+//! # Ok(()) }
+//! ```
+
+pub mod bench;
+#[cfg(feature = "video")]
+pub mod decode;
+pub mod image;
+pub mod pixels;
+pub mod resize_pil;
+pub mod resize_tv;
+pub mod sample;
+pub mod size;
+
+use std::path::Path;
+
+use crate::{Error, Result};
+
+pub use pixels::{PatchParams, PixelRows};
+pub use sample::{FrameRequest, VideoPixelRequest};
+
+/// The qwen-vl-utils constants. Two sets exist: upstream (PyPI 0.0.14) and the copy inside
+/// Video-R1 (`src/qwen-vl-utils`, as committed, which is what its models were trained with).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preset {
+    /// Sides are multiples of this (patch 14 × merge 2).
+    pub image_factor: u32,
+    pub min_pixels: f64,
+    pub max_pixels: f64,
+    pub max_ratio: f64,
+    pub video_min_pixels: f64,
+    pub video_max_pixels: f64,
+    /// Sampled frame counts are multiples of this.
+    pub frame_factor: u32,
+    pub fps: f64,
+    pub fps_min_frames: u32,
+    pub fps_max_frames: u32,
+    pub video_total_pixels: f64,
+    /// Upstream asserts `max_pixels >= min_pixels` in smart_resize; the fork does not.
+    pub require_min_le_max: bool,
+    /// Upstream clamps the downscaled sides to at least one factor; the fork does not.
+    pub floor_at_factor: bool,
+}
+
+impl Preset {
+    /// Video-R1's committed copy of qwen-vl-utils.
+    pub fn video_r1() -> Preset {
+        Preset {
+            image_factor: 28,
+            min_pixels: 4.0 * 784.0,
+            max_pixels: 256.0 * 784.0,
+            max_ratio: 200.0,
+            video_min_pixels: 128.0 * 784.0,
+            video_max_pixels: 128.0 * 784.0,
+            frame_factor: 2,
+            fps: 2.0,
+            fps_min_frames: 4,
+            fps_max_frames: 16,
+            video_total_pixels: 90316800.0,
+            require_min_le_max: false,
+            floor_at_factor: false,
+        }
+    }
+
+    /// PyPI qwen-vl-utils 0.0.14 (MODEL_SEQ_LEN 128000).
+    pub fn upstream() -> Preset {
+        Preset {
+            max_pixels: 16384.0 * 784.0,
+            video_max_pixels: 768.0 * 784.0,
+            fps_max_frames: 768,
+            require_min_le_max: true,
+            floor_at_factor: true,
+            ..Preset::video_r1()
+        }
+    }
+}
+
+/// uint8 RGB frames, T×H×W×3, row-major (what decoders and image files give).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frames {
+    pub t: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<u8>,
+}
+
+impl Frames {
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let n = self.h * self.w * 3;
+        &self.data[i * n..(i + 1) * n]
+    }
+}
+
+/// Size requests of an image element (`min_pixels`, `max_pixels`, `resized_height/width`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageRequest {
+    pub min_pixels: Option<f64>,
+    pub max_pixels: Option<f64>,
+    /// (height, width); still rounded by smart_resize with the preset's image limits.
+    pub resized: Option<(u32, u32)>,
+}
+
+/// Requests of a video element.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VideoRequest {
+    pub frames: FrameRequest,
+    pub pixels: VideoPixelRequest,
+    /// (height, width); as in qwen-vl-utils this goes through smart_resize with the preset's
+    /// *image* limits, not the video budget.
+    pub resized: Option<(u32, u32)>,
+}
+
+/// An image after qwen-vl-utils' `fetch_image`: RGB, resized with Pillow bicubic.
+#[derive(Clone, Debug)]
+pub struct LoadedImage {
+    /// (height, width) of the file.
+    pub original: (u32, u32),
+    /// One frame at the resized size.
+    pub frames: Frames,
+}
+
+/// Target size of an image element.
+pub fn image_target_size(
+    h: u32,
+    w: u32,
+    preset: &Preset,
+    req: &ImageRequest,
+) -> Result<(u32, u32), String> {
+    match req.resized {
+        Some((rh, rw)) => size::smart_resize(rh, rw, preset.min_pixels, preset.max_pixels, preset),
+        None => size::smart_resize(
+            h,
+            w,
+            req.min_pixels.unwrap_or(preset.min_pixels),
+            req.max_pixels.unwrap_or(preset.max_pixels),
+            preset,
+        ),
+    }
+}
+
+/// Reads an image file and resizes it as qwen-vl-utils does (RGBA composited on white,
+/// smart_resize, Pillow bicubic).
+pub fn load_image(path: &Path, preset: &Preset, req: &ImageRequest) -> Result<LoadedImage> {
+    let rgb = image::read_rgb(path, &image::ImageLimits::default())?;
+    let (h, w) = (rgb.h as u32, rgb.w as u32);
+    let (th, tw) = image_target_size(h, w, preset, req).map_err(|m| Error::media(path, m))?;
+    let data = resize_pil::resize_bicubic(&rgb.data, rgb.h, rgb.w, 3, th as usize, tw as usize);
+    Ok(LoadedImage {
+        original: (h, w),
+        frames: Frames {
+            t: 1,
+            h: th as usize,
+            w: tw as usize,
+            data,
+        },
+    })
+}
+
+/// A video after qwen-vl-utils' `fetch_video`: sampled, decoded, resized.
+#[derive(Clone, Debug)]
+pub struct LoadedVideo {
+    pub info: VideoInfo,
+    /// Indices of the sampled frames in the decoded stream.
+    pub indices: Vec<u64>,
+    /// fps of the sampled frames (`n / total * fps`).
+    pub sample_fps: f64,
+    /// Per-frame pixel limit used by smart_resize.
+    pub max_pixels: f64,
+    /// The sampled frames after the torchvision bicubic-antialias resize.
+    pub frames: Frames,
+}
+
+/// What a probe of a video file reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VideoInfo {
+    /// Frame count: the stream's nb_frames, else a count of its packets, else duration×fps.
+    pub frames: u64,
+    /// Average frame rate of the stream.
+    pub fps: f64,
+    /// Seconds.
+    pub duration: f64,
+    pub width: u32,
+    pub height: u32,
+    /// FFmpeg's codec name.
+    pub codec: String,
+}
+
+/// Frame count, indices and size of a video element given its probe (pure; no decoding).
+pub fn plan_video(
+    info: &VideoInfo,
+    preset: &Preset,
+    req: &VideoRequest,
+) -> Result<(Vec<u64>, f64), String> {
+    let n = sample::smart_nframes(&req.frames, info.frames, info.fps, preset)?;
+    Ok((
+        sample::frame_indices(info.frames, n),
+        sample::sample_fps(n, info.frames, info.fps),
+    ))
+}
+
+/// Target size of the frames of a video element with `nframes` sampled frames.
+pub fn video_target_size(
+    h: u32,
+    w: u32,
+    nframes: u64,
+    preset: &Preset,
+    req: &VideoRequest,
+) -> Result<((u32, u32), f64), String> {
+    let (max_p, min_p) = sample::video_frame_pixels(nframes, &req.pixels, preset);
+    let size = match req.resized {
+        Some((rh, rw)) => size::smart_resize(rh, rw, preset.min_pixels, preset.max_pixels, preset)?,
+        None => size::smart_resize(h, w, min_p, max_p, preset)?,
+    };
+    Ok((size, max_p))
+}
+
+/// Decodes a video, samples it and resizes the frames as qwen-vl-utils does.
+#[cfg(feature = "video")]
+pub fn load_video(path: &Path, preset: &Preset, req: &VideoRequest) -> Result<LoadedVideo> {
+    let mut plan_out = None;
+    let decoded = decode::decode_sampled(path, |info| {
+        let (idx, fps) = plan_video(info, preset, req)?;
+        plan_out = Some(fps);
+        Ok(idx)
+    })?;
+    let sample_fps = plan_out.unwrap_or(0.0);
+    let f = &decoded.frames;
+    let ((th, tw), max_pixels) = video_target_size(f.h as u32, f.w as u32, f.t as u64, preset, req)
+        .map_err(|m| Error::media(path, m))?;
+    let frames = resize_tv::resize_frames(f, th as usize, tw as usize);
+    Ok(LoadedVideo {
+        info: decoded.info,
+        indices: decoded.indices,
+        sample_fps,
+        max_pixels,
+        frames,
+    })
+}
+
+/// Without the `video` feature there is no decoder.
+#[cfg(not(feature = "video"))]
+pub fn load_video(path: &Path, _preset: &Preset, _req: &VideoRequest) -> Result<LoadedVideo> {
+    Err(Error::media(
+        path,
+        "this build has no video support (cargo feature `video` is off)",
+    ))
+}

@@ -2,10 +2,31 @@
 //!
 //! Buffers are either owned (64-byte aligned, zeroed) or borrowed host bytes (weights straight
 //! from the checkpoint's memory map). Ops resolve [`TRef`]s to raw pointers; the graph planner
-//! guarantees that an op's output never overlaps its inputs unless the op documents in-place use.
+//! guarantees that an op's output never overlaps its inputs unless the op documents in-place use
+//! (row-wise elementwise ops also tolerate `out == input`, because each row is read before it is
+//! written).
+//!
+//! Layout: `elementwise.rs` (add, swiglu, gelu, cast, embedding, gather/scatter, argmax),
+//! `norm.rs`, `matmul.rs` (threaded SIMD GEMV/GEMM), `rope.rs`, `attention.rs`, `simd.rs`
+//! (feature detection, bf16 rounding), and `reference.rs`: plain scalar versions of every op on
+//! host slices, the truth the op harness (tests/ops.rs) compares against. The fast paths share
+//! no code with the reference.
+//!
+//! Threads: ops run on rayon; [`CpuBackend::with_threads`] gives the backend its own pool,
+//! otherwise rayon's global pool is used (sized by `RAYON_NUM_THREADS`).
+
+mod attention;
+mod elementwise;
+mod matmul;
+mod norm;
+pub mod reference;
+mod rope;
+pub mod simd;
 
 use super::{Backend, BufId, HostBytes, MropeParams, PagedKv, TRef};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
+use std::sync::Arc;
 
 enum Storage {
     Owned(Vec<Align64>),
@@ -18,6 +39,8 @@ struct Align64([u8; 64]);
 
 pub struct CpuBackend {
     bufs: Vec<Option<Storage>>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    simd: bool,
 }
 
 impl Default for CpuBackend {
@@ -26,9 +49,134 @@ impl Default for CpuBackend {
     }
 }
 
+/// A raw pointer that may cross rayon's thread boundary; the op that makes one guarantees the
+/// disjointness of what each task writes.
+#[derive(Clone, Copy)]
+pub(crate) struct SPtr(pub *mut u8);
+unsafe impl Send for SPtr {}
+unsafe impl Sync for SPtr {}
+
+impl SPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    #[inline]
+    pub fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// A resolved, bounds-checked tensor: `rows` first-dimension slices of `row_len` contiguous
+/// elements, `stride` elements apart.
+#[derive(Clone, Copy)]
+pub(crate) struct View {
+    pub p: SPtr,
+    pub dt: DType,
+    pub rows: usize,
+    pub row_len: usize,
+    pub stride: usize,
+}
+
+impl View {
+    /// Pointer to element `e` of row `r` (plain, non-block types only).
+    #[inline]
+    pub unsafe fn at(&self, r: usize, e: usize) -> *mut u8 {
+        self.p.0.add(self.dt.bytes_for(r * self.stride + e))
+    }
+}
+
+pub(crate) fn op_err(op: &str, msg: impl std::fmt::Display) -> Error {
+    Error::backend("cpu", format!("{op}: {msg}"))
+}
+
+/// Activations: F32, BF16 (and F16, which the element converters also handle).
+pub(crate) fn check_act(op: &str, name: &str, t: &TRef) -> Result<()> {
+    if matches!(t.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        Ok(())
+    } else {
+        Err(op_err(
+            op,
+            format!("{name} must be f32 or bf16, got {}", t.dtype),
+        ))
+    }
+}
+
+/// Weights: BF16, F16, F32; quantized block types are not handled here yet.
+pub(crate) fn check_weight(op: &str, name: &str, t: &TRef) -> Result<()> {
+    match t.dtype {
+        DType::F32 | DType::BF16 | DType::F16 => Ok(()),
+        d if d.is_quantized() => Err(op_err(
+            op,
+            format!("{name}: {d} weights are unsupported on cpu yet"),
+        )),
+        d => Err(op_err(
+            op,
+            format!("{name} must be a float weight type, got {d}"),
+        )),
+    }
+}
+
+pub(crate) fn check_i32(op: &str, name: &str, t: &TRef) -> Result<()> {
+    if t.dtype == DType::I32 {
+        Ok(())
+    } else {
+        Err(op_err(op, format!("{name} must be i32, got {}", t.dtype)))
+    }
+}
+
+pub(crate) fn check_dims(op: &str, name: &str, t: &TRef, want: &[usize]) -> Result<()> {
+    if t.shape.dims() == want {
+        Ok(())
+    } else {
+        Err(op_err(
+            op,
+            format!("{name} has shape {:?}, expected {want:?}", t.shape),
+        ))
+    }
+}
+
 impl CpuBackend {
+    /// A backend on rayon's global pool, with SIMD where the CPU has AVX2+FMA.
     pub fn new() -> CpuBackend {
-        CpuBackend { bufs: Vec::new() }
+        CpuBackend {
+            bufs: Vec::new(),
+            pool: None,
+            simd: simd::has_avx2_fma(),
+        }
+    }
+
+    /// A backend with its own pool of `threads` threads.
+    pub fn with_threads(threads: usize) -> Result<CpuBackend> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::backend("cpu", format!("cannot start {threads} threads: {e}")))?;
+        Ok(CpuBackend {
+            pool: Some(Arc::new(pool)),
+            ..CpuBackend::new()
+        })
+    }
+
+    /// Turns the SIMD paths off (the portable scalar fast paths remain); for tests and
+    /// comparisons. Turning it on has no effect on a CPU without AVX2+FMA.
+    pub fn set_simd(&mut self, on: bool) {
+        self.simd = on && simd::has_avx2_fma();
+    }
+
+    pub fn simd_enabled(&self) -> bool {
+        self.simd
+    }
+
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
     }
 
     fn storage(&self, id: BufId) -> Result<&Storage> {
@@ -57,13 +205,42 @@ impl CpuBackend {
     /// Pointer to a tensor's first element, after checking it lies inside its buffer.
     pub(crate) fn ptr(&self, t: &TRef) -> Result<*mut u8> {
         let (base, len) = self.base(t.buf)?;
+        if t.shape.rows() > 1 && t.row_stride < t.shape.row_len() {
+            return Err(Error::backend(
+                "cpu",
+                format!(
+                    "tensor {:?}: row stride {} < row length {}",
+                    t.shape,
+                    t.row_stride,
+                    t.shape.row_len()
+                ),
+            ));
+        }
         if t.offset + t.span_bytes() > len {
             return Err(Error::backend(
                 "cpu",
-                format!("tensor {:?} at offset {} overruns buffer of {len} bytes", t.shape, t.offset),
+                format!(
+                    "tensor {:?} at offset {} overruns buffer of {len} bytes",
+                    t.shape, t.offset
+                ),
             ));
         }
-        Ok(unsafe { base.add(t.offset) })
+        let p = unsafe { base.add(t.offset) };
+        let align = if t.dtype.is_quantized() {
+            1
+        } else {
+            t.dtype.block_bytes()
+        };
+        if (p as usize) % align != 0 {
+            return Err(Error::backend(
+                "cpu",
+                format!(
+                    "{} tensor {:?} at offset {} is not {align}-byte aligned",
+                    t.dtype, t.shape, t.offset
+                ),
+            ));
+        }
+        Ok(p)
     }
 
     fn writable(&self, t: &TRef) -> Result<*mut u8> {
@@ -72,15 +249,44 @@ impl CpuBackend {
             Storage::Owned(_) => self.ptr(t),
         }
     }
-}
 
-fn unsupported(op: &str) -> Error {
-    Error::backend("cpu", format!("{op}: not implemented"))
+    pub(crate) fn view(&self, t: &TRef) -> Result<View> {
+        Ok(View {
+            p: SPtr(self.ptr(t)?),
+            dt: t.dtype,
+            rows: t.shape.rows(),
+            row_len: t.shape.row_len(),
+            stride: t.row_stride,
+        })
+    }
+
+    pub(crate) fn view_mut(&self, t: &TRef) -> Result<View> {
+        Ok(View {
+            p: SPtr(self.writable(t)?),
+            ..self.view(t)?
+        })
+    }
+
+    /// Reads a small I32 tensor (ids, positions, page tables) into a vector, row by row.
+    pub(crate) fn read_i32(&self, op: &str, name: &str, t: &TRef) -> Result<Vec<i32>> {
+        check_i32(op, name, t)?;
+        let v = self.view(t)?;
+        let mut out = Vec::with_capacity(v.rows * v.row_len);
+        for r in 0..v.rows {
+            let p = unsafe { v.at(r, 0) } as *const i32;
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(p, v.row_len) });
+        }
+        Ok(out)
+    }
 }
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        "cpu".to_string()
+        format!(
+            "cpu ({} threads, {})",
+            self.threads(),
+            if self.simd { "avx2+fma" } else { "scalar" }
+        )
     }
 
     fn load_weight(&mut self, bytes: HostBytes) -> Result<BufId> {
@@ -131,71 +337,75 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embedding(&mut self, _table: TRef, _ids: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("embedding"))
+    fn embedding(&mut self, table: TRef, ids: TRef, out: TRef) -> Result<()> {
+        elementwise::embedding(self, table, ids, out)
     }
-    fn rms_norm(&mut self, _x: TRef, _w: TRef, _out: TRef, _eps: f32) -> Result<()> {
-        Err(unsupported("rms_norm"))
+    fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
+        let (s, simd) = (&*self, self.simd);
+        s.install(|| norm::rms_norm(s, x, w, out, eps, simd))
     }
-    fn matmul(&mut self, _x: TRef, _w: TRef, _bias: Option<TRef>, _out: TRef) -> Result<()> {
-        Err(unsupported("matmul"))
+    fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
+        let (s, simd) = (&*self, self.simd);
+        s.install(|| matmul::matmul(s, x, w, bias, out, simd))
     }
-    fn add(&mut self, _a: TRef, _b: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("add"))
+    fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
+        let s = &*self;
+        s.install(|| elementwise::add(s, a, b, out))
     }
-    fn swiglu(&mut self, _gate: TRef, _up: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("swiglu"))
+    fn swiglu(&mut self, gate: TRef, up: TRef, out: TRef) -> Result<()> {
+        let s = &*self;
+        s.install(|| elementwise::swiglu(s, gate, up, out))
     }
-    fn gelu(&mut self, _x: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("gelu"))
+    fn gelu(&mut self, x: TRef, out: TRef) -> Result<()> {
+        let s = &*self;
+        s.install(|| elementwise::gelu(s, x, out))
     }
-    fn rope_mrope(&mut self, _x: TRef, _pos: TRef, _out: TRef, _p: MropeParams) -> Result<()> {
-        Err(unsupported("rope_mrope"))
+    fn rope_mrope(&mut self, x: TRef, pos: TRef, out: TRef, p: MropeParams) -> Result<()> {
+        let s = &*self;
+        s.install(|| rope::mrope(s, x, pos, out, p))
     }
-    fn rope_vision(&mut self, _x: TRef, _pos: TRef, _out: TRef, _theta: f32) -> Result<()> {
-        Err(unsupported("rope_vision"))
+    fn rope_vision(&mut self, x: TRef, pos: TRef, out: TRef, theta: f32) -> Result<()> {
+        let s = &*self;
+        s.install(|| rope::vision(s, x, pos, out, theta))
     }
-    fn kv_append(&mut self, _k: TRef, _v: TRef, _kv: &PagedKv, _layer: usize) -> Result<()> {
-        Err(unsupported("kv_append"))
+    fn kv_append(&mut self, k: TRef, v: TRef, kv: &PagedKv, layer: usize) -> Result<()> {
+        attention::kv_append(self, k, v, kv, layer)
     }
     fn attention_paged(
         &mut self,
-        _q: TRef,
-        _kv: &PagedKv,
-        _layer: usize,
-        _out: TRef,
-        _scale: f32,
+        q: TRef,
+        kv: &PagedKv,
+        layer: usize,
+        out: TRef,
+        scale: f32,
     ) -> Result<()> {
-        Err(unsupported("attention_paged"))
+        let (s, simd) = (&*self, self.simd);
+        s.install(|| attention::paged(s, q, kv, layer, out, scale, simd))
     }
     fn attention_varlen(
         &mut self,
-        _q: TRef,
-        _k: TRef,
-        _v: TRef,
-        _cu: TRef,
-        _out: TRef,
-        _scale: f32,
+        q: TRef,
+        k: TRef,
+        v: TRef,
+        cu: TRef,
+        out: TRef,
+        scale: f32,
     ) -> Result<()> {
-        Err(unsupported("attention_varlen"))
+        let (s, simd) = (&*self, self.simd);
+        s.install(|| attention::varlen(s, q, k, v, cu, out, scale, simd))
     }
-    fn gather_rows(&mut self, _x: TRef, _idx: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("gather_rows"))
+    fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()> {
+        elementwise::gather_rows(self, x, idx, out)
     }
-    fn scatter_rows(&mut self, _src: TRef, _idx: TRef, _dst: TRef) -> Result<()> {
-        Err(unsupported("scatter_rows"))
+    fn scatter_rows(&mut self, src: TRef, idx: TRef, dst: TRef) -> Result<()> {
+        elementwise::scatter_rows(self, src, idx, dst)
     }
-    fn cast(&mut self, _x: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("cast"))
+    fn cast(&mut self, x: TRef, out: TRef) -> Result<()> {
+        let s = &*self;
+        s.install(|| elementwise::cast(s, x, out))
     }
-    fn argmax(&mut self, _x: TRef, _out: TRef) -> Result<()> {
-        Err(unsupported("argmax"))
-    }
-}
-
-#[allow(dead_code)]
-impl CpuBackend {
-    fn _writable(&self, t: &TRef) -> Result<*mut u8> {
-        self.writable(t)
+    fn argmax(&mut self, x: TRef, out: TRef) -> Result<()> {
+        let s = &*self;
+        s.install(|| elementwise::argmax(s, x, out))
     }
 }

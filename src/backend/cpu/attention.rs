@@ -1,0 +1,371 @@
+//! Paged KV append, causal paged GQA attention and segment (varlen) attention: fast paths.
+//!
+//! Work units: (query row, KV head) for paged attention, so the query heads of a GQA group
+//! share every K/V row they load; (segment, head, 32-query block) for varlen attention, with the
+//! segment's K/V widened to f32 once per unit. Scores, softmax and the P·V sums are f32; the
+//! output is rounded once.
+
+use super::simd::{load, store};
+use super::{check_act, op_err, CpuBackend, SPtr};
+use crate::backend::{KvLayout, PagedKv, TRef};
+use crate::error::Result;
+use crate::tensor::{DType, Shape};
+use rayon::prelude::*;
+
+/// Sequence 0's pages and length, validated against the pool.
+pub(crate) struct SeqPages {
+    pub pages: Vec<usize>,
+    pub kv_len: usize,
+}
+
+pub(crate) fn read_pages(
+    be: &CpuBackend,
+    op: &str,
+    kv: &PagedKv,
+    layer: usize,
+) -> Result<(SeqPages, SPtr)> {
+    let l: &KvLayout = &kv.layout;
+    if !matches!(l.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(op_err(
+            op,
+            format!("KV pool must be f32 or bf16, got {}", l.dtype),
+        ));
+    }
+    if layer >= l.n_layers {
+        return Err(op_err(
+            op,
+            format!("layer {layer} out of range (pool has {})", l.n_layers),
+        ));
+    }
+    if l.page_size == 0 || l.n_kv_heads == 0 || l.head_dim == 0 {
+        return Err(op_err(op, "KV layout has a zero dimension"));
+    }
+    let total = l.n_layers * 2 * l.n_pages * l.page_elems();
+    let pool = TRef::new(l.buf, 0, l.dtype, Shape::new(&[total.max(1)]));
+    let base = be.view_mut(&pool)?.p;
+    let indptr = be.read_i32(op, "indptr", &kv.indptr)?;
+    let indices = be.read_i32(op, "indices", &kv.indices)?;
+    let last = be.read_i32(op, "last_page_len", &kv.last_page_len)?;
+    if indptr.len() < 2 || last.is_empty() {
+        return Err(op_err(
+            op,
+            "page table needs indptr of >= 2 entries and last_page_len of >= 1",
+        ));
+    }
+    let (a, b) = (indptr[0], indptr[1]);
+    if a < 0 || b < a || b as usize > indices.len() {
+        return Err(op_err(
+            op,
+            format!(
+                "indptr [{a}, {b}] is not a range inside indices ({})",
+                indices.len()
+            ),
+        ));
+    }
+    let mut pages = Vec::with_capacity((b - a) as usize);
+    for (i, &p) in indices[a as usize..b as usize].iter().enumerate() {
+        if p < 0 || p as usize >= l.n_pages {
+            return Err(op_err(
+                op,
+                format!(
+                    "page index {p} (entry {}) outside the pool of {} pages",
+                    a as usize + i,
+                    l.n_pages
+                ),
+            ));
+        }
+        pages.push(p as usize);
+    }
+    let kv_len = if pages.is_empty() {
+        0
+    } else {
+        let lp = last[0];
+        if lp < 1 || lp as usize > l.page_size {
+            return Err(op_err(
+                op,
+                format!("last_page_len {lp} outside 1..={}", l.page_size),
+            ));
+        }
+        (pages.len() - 1) * l.page_size + lp as usize
+    };
+    Ok((SeqPages { pages, kv_len }, base))
+}
+
+fn check_heads(
+    op: &str,
+    name: &str,
+    t: &TRef,
+    rows: Option<usize>,
+    heads: usize,
+    d: usize,
+) -> Result<()> {
+    check_act(op, name, t)?;
+    let dims = t.shape.dims();
+    if dims.len() != 3 || dims[1] != heads || dims[2] != d || rows.is_some_and(|r| r != dims[0]) {
+        let want = match rows {
+            Some(r) => format!("[{r}, {heads}, {d}]"),
+            None => format!("[T, {heads}, {d}]"),
+        };
+        return Err(op_err(
+            op,
+            format!("{name} has shape {:?}, expected {want}", t.shape),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn kv_append(
+    be: &CpuBackend,
+    k: TRef,
+    v: TRef,
+    kv: &PagedKv,
+    layer: usize,
+) -> Result<()> {
+    const OP: &str = "kv_append";
+    let l = kv.layout;
+    check_heads(OP, "k", &k, None, l.n_kv_heads, l.head_dim)?;
+    let t = k.shape.dim(0);
+    check_heads(OP, "v", &v, Some(t), l.n_kv_heads, l.head_dim)?;
+    let (sp, base) = read_pages(be, OP, kv, layer)?;
+    if t > sp.kv_len {
+        return Err(op_err(
+            OP,
+            format!("{t} new tokens but the page table holds only {}", sp.kv_len),
+        ));
+    }
+    let (kv_, vv) = (be.view(&k)?, be.view(&v)?);
+    let row = l.n_kv_heads * l.head_dim;
+    let mut buf = vec![0f32; row];
+    for i in 0..t {
+        let p = sp.kv_len - t + i;
+        let (page, slot) = (sp.pages[p / l.page_size], p % l.page_size);
+        for (which, src) in [(0, &kv_), (1, &vv)] {
+            let e = l.elem_index(layer, which, page, slot, 0);
+            unsafe {
+                load(src.at(i, 0), src.dt, &mut buf);
+                store(base.0.add(l.dtype.bytes_for(e)), l.dtype, &buf);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut part = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (at, bt) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            part[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = part.iter().sum();
+    for (x, y) in at.iter().zip(bt) {
+        s += x * y;
+    }
+    s
+}
+
+/// Softmax attention of `g` query rows (`q`, g×d) over `nk` keys; `key(j, buf)` / `val(j, buf)`
+/// fill `buf` (d) with key/value j. Writes the unrounded f32 result to `o` (g×d).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    g: usize,
+    d: usize,
+    nk: usize,
+    scale: f32,
+    key: &dyn Fn(usize, &mut [f32]),
+    val: &dyn Fn(usize, &mut [f32]),
+    scores: &mut Vec<f32>,
+    buf: &mut [f32],
+    o: &mut [f32],
+) {
+    scores.clear();
+    scores.resize(g * nk, 0.0);
+    for j in 0..nk {
+        key(j, buf);
+        for h in 0..g {
+            scores[h * nk + j] = dot(&q[h * d..(h + 1) * d], buf) * scale;
+        }
+    }
+    let mut inv = vec![0f32; g];
+    for h in 0..g {
+        let s = &mut scores[h * nk..(h + 1) * nk];
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = (*x - m).exp();
+            sum += *x;
+        }
+        inv[h] = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    }
+    o.fill(0.0);
+    for j in 0..nk {
+        val(j, buf);
+        for h in 0..g {
+            let p = scores[h * nk + j];
+            for (oo, &vv) in o[h * d..(h + 1) * d].iter_mut().zip(buf.iter()) {
+                *oo += p * vv;
+            }
+        }
+    }
+    for h in 0..g {
+        for oo in &mut o[h * d..(h + 1) * d] {
+            *oo *= inv[h];
+        }
+    }
+}
+
+pub(super) fn paged(
+    be: &CpuBackend,
+    q: TRef,
+    kv: &PagedKv,
+    layer: usize,
+    out: TRef,
+    scale: f32,
+    _simd: bool,
+) -> Result<()> {
+    const OP: &str = "attention_paged";
+    let l = kv.layout;
+    let d = l.head_dim;
+    check_act(OP, "q", &q)?;
+    let dims = q.shape.dims();
+    if dims.len() != 3 || dims[2] != d {
+        return Err(op_err(
+            OP,
+            format!("q has shape {:?}, expected [T, Hq, {d}]", q.shape),
+        ));
+    }
+    let (t, hq) = (dims[0], dims[1]);
+    let hkv = l.n_kv_heads;
+    if hq == 0 || hq % hkv != 0 {
+        return Err(op_err(
+            OP,
+            format!("{hq} query heads are not a multiple of {hkv} KV heads"),
+        ));
+    }
+    check_heads(OP, "out", &out, Some(t), hq, d)?;
+    let (sp, base) = read_pages(be, OP, kv, layer)?;
+    if t > sp.kv_len {
+        return Err(op_err(
+            OP,
+            format!(
+                "{t} query rows but the page table holds only {} tokens",
+                sp.kv_len
+            ),
+        ));
+    }
+    let g = hq / hkv;
+    let (qv, ov) = (be.view(&q)?, be.view_mut(&out)?);
+    let ps = l.page_size;
+    let elem = |which: usize, j: usize, h: usize| -> *const u8 {
+        let e = l.elem_index(layer, which, sp.pages[j / ps], j % ps, h);
+        unsafe { base.get().add(l.dtype.bytes_for(e)) as *const u8 }
+    };
+    (0..t * hkv).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; g * d],
+                vec![0f32; g * d],
+                Vec::new(),
+                vec![0f32; d],
+            )
+        },
+        |(qb, ob, scores, buf), u| {
+            let (ti, kh) = (u / hkv, u % hkv);
+            let nk = sp.kv_len - t + ti + 1;
+            unsafe { load(qv.at(ti, kh * g * d), qv.dt, qb) };
+            let key = |j: usize, b: &mut [f32]| unsafe { load(elem(0, j, kh), l.dtype, b) };
+            let val = |j: usize, b: &mut [f32]| unsafe { load(elem(1, j, kh), l.dtype, b) };
+            attend(qb, g, d, nk, scale, &key, &val, scores, buf, ob);
+            unsafe { store(ov.at(ti, kh * g * d), ov.dt, ob) };
+        },
+    );
+    Ok(())
+}
+
+/// Query rows per varlen work unit.
+const QB: usize = 32;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn varlen(
+    be: &CpuBackend,
+    q: TRef,
+    k: TRef,
+    v: TRef,
+    cu: TRef,
+    out: TRef,
+    scale: f32,
+    _simd: bool,
+) -> Result<()> {
+    const OP: &str = "attention_varlen";
+    check_act(OP, "q", &q)?;
+    if q.shape.rank() != 3 {
+        return Err(op_err(
+            OP,
+            format!("q must be [N, H, d], got {:?}", q.shape),
+        ));
+    }
+    let (n, h, d) = (q.shape.dim(0), q.shape.dim(1), q.shape.dim(2));
+    check_heads(OP, "k", &k, Some(n), h, d)?;
+    check_heads(OP, "v", &v, Some(n), h, d)?;
+    check_heads(OP, "out", &out, Some(n), h, d)?;
+    let cuv = be.read_i32(OP, "cu_seqlens", &cu)?;
+    if cuv.len() < 2
+        || cuv[0] != 0
+        || *cuv.last().unwrap() as usize != n
+        || cuv.windows(2).any(|w| w[1] < w[0])
+    {
+        return Err(op_err(
+            OP,
+            format!("cu_seqlens {cuv:?} must rise from 0 to N = {n}"),
+        ));
+    }
+    let (qv, kv_, vv, ov) = (be.view(&q)?, be.view(&k)?, be.view(&v)?, be.view_mut(&out)?);
+    // Units: (segment, head, block of QB queries).
+    let mut units = Vec::new();
+    for s in 0..cuv.len() - 1 {
+        let (a, b) = (cuv[s] as usize, cuv[s + 1] as usize);
+        for hh in 0..h {
+            let mut i = a;
+            while i < b {
+                units.push((a, b, hh, i, (i + QB).min(b)));
+                i += QB;
+            }
+        }
+    }
+    units.into_par_iter().for_each_init(
+        || {
+            (
+                Vec::new(),
+                Vec::new(),
+                vec![0f32; d],
+                vec![0f32; d],
+                Vec::new(),
+                vec![0f32; d],
+            )
+        },
+        |(kf, vf, qb, ob, scores, buf), (a, b, hh, i0, i1)| {
+            let nk = b - a;
+            kf.resize(nk * d, 0.0);
+            vf.resize(nk * d, 0.0);
+            for j in 0..nk {
+                unsafe {
+                    load(kv_.at(a + j, hh * d), kv_.dt, &mut kf[j * d..(j + 1) * d]);
+                    load(vv.at(a + j, hh * d), vv.dt, &mut vf[j * d..(j + 1) * d]);
+                }
+            }
+            let (kf, vf) = (&*kf, &*vf);
+            let key = |j: usize, bb: &mut [f32]| bb.copy_from_slice(&kf[j * d..(j + 1) * d]);
+            let val = |j: usize, bb: &mut [f32]| bb.copy_from_slice(&vf[j * d..(j + 1) * d]);
+            for i in i0..i1 {
+                unsafe { load(qv.at(i, hh * d), qv.dt, qb) };
+                attend(qb, 1, d, nk, scale, &key, &val, scores, buf, ob);
+                unsafe { store(ov.at(i, hh * d), ov.dt, ob) };
+            }
+        },
+    );
+    Ok(())
+}
