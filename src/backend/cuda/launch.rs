@@ -248,6 +248,10 @@ impl super::CudaBackend {
         let lk = self.kernels.get(k);
         check_launch(k, &l, lk.max_threads, lk.static_smem, &lim).map_err(super::err)?;
         if l.dyn_smem > lk.dyn_smem_optin {
+            // A raw driver call: make this context current on the calling thread first.
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| super::err(format!("{}: binding the context: {e}", k.name())))?;
             // Above 48 KB the function must be opted in (cudaFuncSetAttribute) first.
             unsafe {
                 cudarc::driver::result::function::set_function_attribute(
