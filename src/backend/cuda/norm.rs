@@ -15,7 +15,7 @@ impl CudaBackend {
         need(w.shape.numel() == cols, || {
             format!("rms_norm: weight {:?} for rows of D = {cols}", w.shape)
         })?;
-        let rows = if cols == 0 { 0 } else { x.shape.numel() / cols };
+        let rows = x.shape.numel().checked_div(cols).unwrap_or(0);
         need(
             rows <= i32::MAX as usize && cols <= i32::MAX as usize,
             || format!("rms_norm: {rows} rows of {cols}"),
