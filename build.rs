@@ -6,6 +6,9 @@
 //! (`$CUDA_PIP_VENV`, default `.venv-cuda`). Without nvcc the build succeeds with no kernels and a
 //! warning, unless `CUDA_KERNELS_REQUIRED=1` (CI, GPU machines), which makes it an error.
 //! `REEL_PTXAS_VERBOSE=1` prints ptxas register/spill figures for every kernel as build warnings.
+//! Spills and stack frames are always reported, except the small frame of the rope kernels
+//! (accurate sin/cos slow-path argument reduction, see kernels/rope.cu); `REEL_PTXAS_STRICT=1` makes
+//! any other spill or stack frame a build error.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -21,8 +24,13 @@ const ENV_VARS: &[&str] = &[
     "NVCC_CCBIN",
     "CUDA_KERNELS_REQUIRED",
     "REEL_PTXAS_VERBOSE",
+    "REEL_PTXAS_STRICT",
     "PATH",
 ];
+
+/// (module, kernel) pairs whose ptxas stack frame is expected: accurate sin/cos's Payne-Hanek
+/// slow path keeps a small local array (kernels/rope.cu explains why it stays).
+const EXPECTED_FRAMES: &[(&str, &str)] = &[("rope", "rope_mrope"), ("rope", "rope_vision")];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -53,6 +61,7 @@ fn main() {
     let archs = env::var("CUDA_ARCHS").unwrap_or_else(|_| "80,86,89,90a".into());
     let ptx_arch = env::var("CUDA_PTX_ARCH").unwrap_or_else(|_| "80".into());
     let verbose = env::var("REEL_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
+    let strict = env::var("REEL_PTXAS_STRICT").is_ok_and(|v| v == "1");
 
     let mut modules = Vec::new();
     match &nvcc {
@@ -63,16 +72,20 @@ fn main() {
             "cargo:warning=nvcc not found (NVCC, CUDA_HOME, CUDA_PATH, PATH, .venv-cuda): building without CUDA kernels"
         ),
         Some(nvcc) => {
-            check_version(nvcc);
+            let cuda13 = check_version(nvcc);
+            // nvcc runs for several files at once (cargo's NUM_JOBS), each emitting all targets.
+            let jobs: usize = env::var("NUM_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(1).max(1);
+            let mut cmds = Vec::new();
             for src in &sources {
                 let stem = src.file_stem().unwrap().to_string_lossy().to_string();
                 let out = out_dir.join(format!("{stem}.fatbin"));
                 let mut cmd = Command::new(nvcc);
                 cmd.args(["-fatbin", "-O3", "-std=c++17", "-lineinfo"]);
                 cmd.arg("-I").arg(&kdir);
-                cmd.args(["-Xptxas", "-warn-spills,-warn-lmem-usage"]);
-                if verbose {
-                    cmd.args(["-Xptxas", "-v"]);
+                cmd.args(["-Xptxas", "-warn-spills,-warn-lmem-usage,-v"]);
+                if cuda13 {
+                    // Uncompressed, so the kernel names can be checked in the embedded bytes.
+                    cmd.arg("--compress-mode=none");
                 }
                 if let Ok(cc) = env::var("NVCC_CCBIN") {
                     cmd.arg("-ccbin").arg(cc);
@@ -85,20 +98,25 @@ fn main() {
                         .arg(format!("arch=compute_{ptx_arch},code=compute_{ptx_arch}"));
                 }
                 cmd.arg(src).arg("-o").arg(&out);
-                let output = cmd
-                    .output()
-                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                if !output.status.success() {
-                    panic!("nvcc failed on {}:\n{stderr}", src.display());
-                }
-                for line in stderr.lines() {
-                    let spill = line.contains("spill") && !line.contains(" 0 bytes spill");
-                    if verbose || spill || line.contains("warning") {
-                        println!("cargo:warning={stem}: {line}");
+                cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                cmds.push((src.clone(), stem, out, cmd));
+            }
+            for batch in cmds.chunks_mut(jobs) {
+                let children: Vec<_> = batch
+                    .iter_mut()
+                    .map(|(_, _, _, cmd)| {
+                        cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()))
+                    })
+                    .collect();
+                for (child, (src, stem, out, _)) in children.into_iter().zip(batch.iter()) {
+                    let output = child.wait_with_output().expect("waiting for nvcc");
+                    let stderr = String::from_utf8_lossy(&output.stderr);
+                    if !output.status.success() {
+                        panic!("nvcc failed on {}:\n{stderr}", src.display());
                     }
+                    check_ptxas(stem, &stderr, verbose, strict, src);
+                    modules.push((stem.clone(), out.clone()));
                 }
-                modules.push((stem, out));
             }
         }
     }
@@ -118,6 +136,37 @@ fn main() {
         if modules.is_empty() { String::new() } else { format!("sm_{archs} + compute_{ptx_arch}") }
     ));
     std::fs::write(out_dir.join("kernels_gen.rs"), gen).unwrap();
+}
+
+/// Reports spills and unexpected stack frames from ptxas's output (all figures when verbose);
+/// with `strict` they fail the build.
+fn check_ptxas(stem: &str, stderr: &str, verbose: bool, strict: bool, src: &Path) {
+    let mut bad = Vec::new();
+    for line in stderr.lines() {
+        let expected = EXPECTED_FRAMES
+            .iter()
+            .any(|(s, f)| *s == stem && line.contains(&format!("'{f}'")));
+        let problem = (line.contains("spill") && !line.contains(" 0 bytes spill"))
+            || line.contains("stack frame")
+            || line.contains("warning");
+        // Indented "N bytes stack frame, ..." lines repeat what the named warnings say.
+        let figures = line.trim_start().starts_with(|c: char| c.is_ascii_digit());
+        if problem && !expected && !figures {
+            bad.push(line.to_string());
+            println!("cargo:warning={stem}: {line}");
+        } else if verbose
+            && (line.contains("Used") || line.contains("Compiling") || line.contains("bytes stack"))
+        {
+            println!("cargo:warning={stem}: {line}");
+        }
+    }
+    if strict && !bad.is_empty() {
+        panic!(
+            "REEL_PTXAS_STRICT=1: ptxas reported spills or stack frames in {}:\n{}",
+            src.display(),
+            bad.join("\n")
+        );
+    }
 }
 
 fn bind_params(kdir: &Path, out_dir: &Path) {
@@ -168,7 +217,8 @@ fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
     None
 }
 
-fn check_version(nvcc: &Path) {
+/// Warns unless nvcc is CUDA 13.0; returns whether it is a 13.x release.
+fn check_version(nvcc: &Path) -> bool {
     if let Ok(out) = Command::new(nvcc).arg("--version").output() {
         let s = String::from_utf8_lossy(&out.stdout);
         if !s.contains("release 13.0") {
@@ -177,5 +227,7 @@ fn check_version(nvcc: &Path) {
                 nvcc.display()
             );
         }
+        return s.contains("release 13.");
     }
+    false
 }

@@ -1,25 +1,26 @@
-// RMSNorm (Qwen2RMSNorm): f32 statistics, normalized value rounded to bf16 before the weight
-// multiply, as transformers does. CPU twin: src/backend/cpu (rms_norm).
+// RMSNorm (Qwen2RMSNorm): f32 statistics, the normalized value rounded to the output type
+// before the weight multiply, as transformers does. CPU twin: src/backend/cpu (rms_norm).
 #include "common.cuh"
 
-// One block per row; 16-byte loads when the row allows it would come later, rows here are short
-// enough (3584, 1280) that one pass over x with the row cached in registers is bandwidth-bound.
-extern "C" __global__ void rms_norm_bf16(ReelRmsNormParams p) {
+// One block per row. Rows here are short (3584, 1280): the second pass re-reads x from L1/L2,
+// so the kernel stays one DRAM read + one write per element; loads are scalar for any dtype and
+// alignment (the row is ~7 KB, latency dominates, not instruction count).
+extern "C" __global__ void __launch_bounds__(256) rms_norm(ReelRmsNormParams p) {
     __shared__ float scratch[32];
     const int r = blockIdx.x;
     if (r >= p.rows) return;
-    const __nv_bfloat16* x = reinterpret_cast<const __nv_bfloat16*>(p.x) + (int64_t)r * p.x_stride;
-    const __nv_bfloat16* w = reinterpret_cast<const __nv_bfloat16*>(p.w);
-    __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (int64_t)r * p.out_stride;
+    const int64_t outer = r / p.inner, in = r % p.inner;
+    const int64_t xo = outer * p.x_stride + in * p.cols, oo = outer * p.out_stride + in * p.cols;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < p.cols; c += blockDim.x) {
-        float v = __bfloat162float(x[c]);
+        const float v = load_f(p.x, xo + c, p.x_dt);
         ss = fmaf(v, v, ss);
     }
     ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / (float)p.cols + p.eps);
+    // IEEE sqrt and division (not rsqrtf's 2-ulp approximation), as the CPU reference.
+    const float inv = 1.0f / sqrtf(ss / (float)p.cols + p.eps);
     for (int c = threadIdx.x; c < p.cols; c += blockDim.x) {
-        float h = round_bf16(__bfloat162float(x[c]) * inv);
-        out[c] = __float2bfloat16_rn(h * __bfloat162float(w[c]));
+        const float h = round_dt(load_f(p.x, xo + c, p.x_dt) * inv, p.out_dt);
+        store_f(p.out, oo + c, p.out_dt, h * load_f(p.w, c, p.w_dt));
     }
 }

@@ -1,21 +1,51 @@
 // Kernel parameter structs, shared by host and device. build.rs generates the Rust twins with
-// bindgen, so the layouts agree by construction. Plain C: fixed-width types only.
+// bindgen, so the layouts agree by construction. Plain C: fixed-width types only. Every kernel
+// takes exactly one of these by value. Pointers are device addresses (u64); strides are in
+// elements between consecutive first-dimension rows.
 #pragma once
 #include <stdint.h>
 
+// Element type codes for activations (kernels convert through f32 with a uniform switch).
+#define REEL_DT_F32 0
+#define REEL_DT_BF16 1
+#define REEL_DT_F16 2
+// "no bias" for ReelMatmulParams::bias_dt.
+#define REEL_DT_NONE (-1)
+
+// Tokens per KV tile in the attention kernels and the fixed split count of decode attention.
+#define REEL_ATTN_TILE 32
+#define REEL_DECODE_SPLITS 64
+
+// GEMM tile geometry (gemm.cu; warps are 2 (m) x 4 (n), each 64 x 32).
+#define REEL_GEMM_BM 128
+#define REEL_GEMM_BN 128
+#define REEL_GEMM_BK 32
+#define REEL_GEMM_LDS 40  // smem row stride in bf16: 80 B keeps ldmatrix rows in distinct banks
+#define REEL_GEMM_THREADS 256
+#define REEL_GEMM_WARP_M 64
+#define REEL_GEMM_WARP_N 32
+
+
 // RMSNorm over rows: out[r, :] = round(w * round(x[r, :] * rsqrt(mean(x^2) + eps))).
+// Row r lives at (r / inner) * stride + (r % inner) * cols: `inner` rows of the last dimension
+// per first-dimension slice, so strided rank-3 views ([T, H, d] with a padded T stride) work.
 typedef struct ReelRmsNormParams {
-    uint64_t x;        // device pointer, [rows, cols]
+    uint64_t x;        // [rows, cols]
     uint64_t w;        // [cols]
     uint64_t out;      // [rows, cols]
     int32_t rows;
     int32_t cols;
-    int64_t x_stride;  // elements between rows
+    int64_t x_stride;
     int64_t out_stride;
     float eps;
+    int32_t x_dt;
+    int32_t w_dt;
+    int32_t out_dt;
+    int32_t inner;
+    int32_t pad_;
 } ReelRmsNormParams;
 
-// M-RoPE on x [T, H, d]; pos [3, T] int32; sections in frequency pairs (t, h, w).
+// M-RoPE on x [T, H, d]; pos [3, T] int32 (row stride pos_stride); sections in frequency pairs.
 typedef struct ReelMropeParams {
     uint64_t x;
     uint64_t pos;
@@ -26,7 +56,176 @@ typedef struct ReelMropeParams {
     int32_t sec_t;
     int32_t sec_h;
     int32_t sec_w;
-    int64_t x_stride;   // elements between tokens
+    int64_t x_stride;
     int64_t out_stride;
+    int64_t pos_stride;
     float theta;
+    int32_t x_dt;
+    int32_t out_dt;
 } ReelMropeParams;
+
+// Vision 2-D RoPE on x [N, H, d]; pos [N, 2] int32 (row, col), row stride pos_stride.
+typedef struct ReelRopeVisionParams {
+    uint64_t x;
+    uint64_t pos;
+    uint64_t out;
+    int32_t tokens;
+    int32_t heads;
+    int32_t head_dim;
+    int32_t x_dt;
+    int64_t x_stride;
+    int64_t out_stride;
+    int64_t pos_stride;
+    float theta;
+    int32_t out_dt;
+} ReelRopeVisionParams;
+
+// Elementwise ops over [rows, cols] views (add, swiglu, gelu, cast). b unused by unary ops.
+typedef struct ReelEltParams {
+    uint64_t a;
+    uint64_t b;
+    uint64_t out;
+    int64_t rows;
+    int64_t cols;
+    int64_t a_stride;
+    int64_t b_stride;
+    int64_t out_stride;
+    int32_t a_dt;
+    int32_t b_dt;
+    int32_t out_dt;
+    int32_t pad_;
+} ReelEltParams;
+
+// out[t, :] = table[ids[t], :]; ids outside [0, vocab) write zeros.
+typedef struct ReelEmbeddingParams {
+    uint64_t table;
+    uint64_t ids;
+    uint64_t out;
+    int32_t tokens;
+    int32_t dim;
+    int32_t vocab;
+    int32_t table_dt;
+    int64_t table_stride;
+    int64_t out_stride;
+    int32_t out_dt;
+    int32_t pad_;
+} ReelEmbeddingParams;
+
+// Row copies through an index: gather (dst row i <- src row idx[i]) or scatter
+// (dst row idx[i] <- src row i). Strides and row length in bytes; indices out of range skip.
+typedef struct ReelCopyRowsParams {
+    uint64_t src;
+    uint64_t idx;
+    uint64_t dst;
+    int32_t n_idx;
+    int32_t scatter;
+    int64_t row_bytes;
+    int64_t src_stride_bytes;
+    int64_t dst_stride_bytes;
+    int64_t src_rows;
+    int64_t dst_rows;
+} ReelCopyRowsParams;
+
+// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), f32 accumulation. The 16-byte GEMV and the
+// GEMM take bf16 x and w; the scalar GEMV takes any float types (x_dt, w_dt).
+typedef struct ReelMatmulParams {
+    uint64_t x;
+    uint64_t w;
+    uint64_t bias;
+    uint64_t out;
+    int32_t M;
+    int32_t N;
+    int32_t K;
+    int32_t bias_dt;  // REEL_DT_NONE, REEL_DT_BF16 or REEL_DT_F32
+    int64_t x_stride;
+    int64_t w_stride;
+    int64_t out_stride;
+    int32_t out_dt;   // REEL_DT_BF16 or REEL_DT_F32
+    int32_t x_dt;
+    int32_t w_dt;
+    int32_t pad_;
+} ReelMatmulParams;
+
+// Index of the max of each row (lowest index on ties; NaN counts as the maximum, as torch).
+typedef struct ReelArgmaxParams {
+    uint64_t x;
+    uint64_t out;
+    int32_t rows;
+    int32_t cols;
+    int64_t x_stride;
+    int32_t x_dt;
+    int32_t pad_;
+} ReelArgmaxParams;
+
+// The paged pool [layer][k|v][page][slot][kv_head][head_dim] (bf16) and sequence 0's CSR view.
+typedef struct ReelPagedKv {
+    uint64_t pool;
+    uint64_t indptr;
+    uint64_t indices;
+    uint64_t last_page_len;
+    int32_t n_pages;
+    int32_t page_size;
+    int32_t kv_heads;
+    int32_t head_dim;
+    int32_t layer;
+    int32_t dt;   // pool element type (REEL_DT_*)
+} ReelPagedKv;
+
+// Writes k, v [T, Hkv, d] at the last T positions of sequence 0.
+typedef struct ReelKvAppendParams {
+    uint64_t k;
+    uint64_t v;
+    ReelPagedKv kv;
+    int32_t tokens;
+    int32_t k_dt;
+    int64_t k_stride;
+    int64_t v_stride;
+    int32_t v_dt;
+    int32_t pad_;
+} ReelKvAppendParams;
+
+// Flash-style attention (CUDA cores, online softmax in base 2).
+// Paged: q [T, Hq, d] are the last T positions of sequence 0, causal bottom-right.
+// Varlen: q, k, v [N, H, d], non-causal inside segments [cu[s], cu[s+1]).
+// With splits > 1 each split writes normalized fp32 partials (o, lse2) that the merge kernel
+// combines; with splits == 1 the kernel writes out directly.
+typedef struct ReelAttnParams {
+    uint64_t q;
+    uint64_t k;           // varlen only
+    uint64_t v;           // varlen only
+    uint64_t out;
+    uint64_t cu_seqlens;  // varlen only
+    uint64_t part_o;      // [splits][rows][d] f32, rows = T * Hq
+    uint64_t part_lse;    // [splits][rows] f32, log2 domain
+    ReelPagedKv kv;       // paged only
+    int32_t tokens;       // T (paged) or N (varlen)
+    int32_t q_heads;
+    int32_t kv_heads;     // varlen: == q_heads
+    int32_t head_dim;
+    int32_t splits;
+    int32_t segments;     // varlen only
+    int64_t q_stride;
+    int64_t k_stride;
+    int64_t v_stride;
+    int64_t out_stride;
+    float scale_log2;     // softmax scale * log2(e)
+    int32_t q_dt;
+    int32_t kv_dt;        // k/v (varlen) or pool (paged) element type
+    int32_t out_dt;
+    int32_t vec16;        // K/V rows are bf16, 16-byte aligned, head_dim % 8 == 0
+    int32_t pad_;
+} ReelAttnParams;
+
+// Merges split partials: one block per (token, q head) row.
+typedef struct ReelAttnMergeParams {
+    uint64_t part_o;
+    uint64_t part_lse;
+    uint64_t out;
+    int32_t rows;     // T * Hq
+    int32_t q_heads;
+    int32_t head_dim;
+    int32_t splits;
+    int64_t out_stride;
+    int32_t out_dt;
+    int32_t pad_;
+} ReelAttnMergeParams;

@@ -1,0 +1,77 @@
+// Elementwise ops, embedding gather and indexed row copies. All memory-bound; each kernel walks
+// a [rows, cols] view (row strides allow column blocks of wider tensors) with a grid-stride
+// loop, converts through f32 and rounds once at the store, as the CPU twins do.
+// CPU twins: src/backend/cpu (add, swiglu, gelu, cast, embedding, gather_rows, scatter_rows).
+#include "common.cuh"
+
+template <int OP>
+__device__ __forceinline__ float elt_op(float a, float b, int out_dt);
+
+// out = round(a + b)
+template <>
+__device__ __forceinline__ float elt_op<0>(float a, float b, int) { return a + b; }
+// out = round(round(silu(gate)) * up); silu in f32 with accurate expf.
+template <>
+__device__ __forceinline__ float elt_op<1>(float g, float u, int out_dt) {
+    return round_dt(g / (1.0f + expf(-g)), out_dt) * u;
+}
+// exact GELU: 0.5 x (1 + erf(x / sqrt 2)) in f64, written as 0.5 x erfc(-x / sqrt 2): for
+// x << 0, 1 + erf cancels catastrophically in f32 (the result is tiny but must stay accurate).
+template <>
+__device__ __forceinline__ float elt_op<2>(float x, float, int) {
+    const double xd = (double)x;
+    return (float)(0.5 * xd * erfc(-xd * 0.70710678118654752440));
+}
+// cast
+template <>
+__device__ __forceinline__ float elt_op<3>(float x, float, int) { return x; }
+
+template <int OP>
+__device__ __forceinline__ void elt_kernel(const ReelEltParams& p) {
+    const int64_t total = p.rows * p.cols;
+    const bool binary = OP <= 1;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / p.cols, c = i - r * p.cols;
+        const float a = load_f(p.a, r * p.a_stride + c, p.a_dt);
+        const float b = binary ? load_f(p.b, r * p.b_stride + c, p.b_dt) : 0.0f;
+        store_f(p.out, r * p.out_stride + c, p.out_dt, elt_op<OP>(a, b, p.out_dt));
+    }
+}
+
+extern "C" __global__ void add(ReelEltParams p) { elt_kernel<0>(p); }
+extern "C" __global__ void swiglu(ReelEltParams p) { elt_kernel<1>(p); }
+extern "C" __global__ void gelu(ReelEltParams p) { elt_kernel<2>(p); }
+extern "C" __global__ void cast(ReelEltParams p) { elt_kernel<3>(p); }
+
+// grid = tokens; one block copies (and converts) one table row.
+extern "C" __global__ void embedding(ReelEmbeddingParams p) {
+    const int t = blockIdx.x;
+    if (t >= p.tokens) return;
+    const int id = reinterpret_cast<const int*>(p.ids)[t];
+    const bool ok = id >= 0 && id < p.vocab;
+    const int64_t src = (int64_t)(ok ? id : 0) * p.table_stride, dst = (int64_t)t * p.out_stride;
+    for (int c = threadIdx.x; c < p.dim; c += blockDim.x) {
+        const float v = ok ? load_f(p.table, src + c, p.table_dt) : 0.0f;
+        store_f(p.out, dst + c, p.out_dt, v);
+    }
+}
+
+// grid = n_idx; one block copies one row in units of U bytes (the launcher picks the widest
+// unit that divides the row length, both strides and both base addresses).
+template <typename U>
+__device__ __forceinline__ void copy_rows_impl(const ReelCopyRowsParams& p) {
+    const int i = blockIdx.x;
+    if (i >= p.n_idx) return;
+    const int64_t j = reinterpret_cast<const int*>(p.idx)[i];
+    const int64_t sr = p.scatter ? i : j, dr = p.scatter ? j : i;
+    if (sr < 0 || sr >= p.src_rows || dr < 0 || dr >= p.dst_rows) return;
+    const U* s = reinterpret_cast<const U*>(p.src + sr * p.src_stride_bytes);
+    U* d = reinterpret_cast<U*>(p.dst + dr * p.dst_stride_bytes);
+    const int64_t n = p.row_bytes / (int64_t)sizeof(U);
+    for (int64_t c = threadIdx.x; c < n; c += blockDim.x) d[c] = s[c];
+}
+
+extern "C" __global__ void copy_rows_16(ReelCopyRowsParams p) { copy_rows_impl<uint4>(p); }
+extern "C" __global__ void copy_rows_4(ReelCopyRowsParams p) { copy_rows_impl<uint32_t>(p); }
+extern "C" __global__ void copy_rows_1(ReelCopyRowsParams p) { copy_rows_impl<uint8_t>(p); }

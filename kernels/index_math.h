@@ -1,0 +1,83 @@
+// Index math shared by the kernels and by the host-side checks (kernels/host_test/
+// index_check.cpp, run from a Rust test): page walk, split-KV ranges, attention row maps and
+// the mma.sync m16n8k16 / ldmatrix fragment maps. Plain C++ so a host compiler builds it too.
+#pragma once
+#include <stdint.h>
+#include "params.h"
+
+#ifdef __CUDACC__
+#define REEL_HD __host__ __device__ __forceinline__
+#else
+#define REEL_HD inline
+#endif
+
+// ---- paged KV (FlashInfer CSR, NHD pages) ----
+
+// kv_len of a sequence with `npages` pages whose last page holds `last_len` tokens.
+REEL_HD int paged_kv_len(int npages, int page_size, int last_len) {
+    return npages <= 0 ? 0 : (npages - 1) * page_size + last_len;
+}
+
+// Element index of (layer, kv, page, slot, head, 0) in [layer][k|v][page][slot][head][d].
+REEL_HD int64_t kv_elem_index(int layer, int kv, int page, int slot, int head, int n_pages,
+                              int page_size, int kv_heads, int head_dim) {
+    return ((((int64_t)(layer * 2 + kv) * n_pages + page) * page_size + slot) * kv_heads + head) *
+           (int64_t)head_dim;
+}
+
+// Token t of a sequence: position in its page list and slot.
+REEL_HD void page_walk(int t, int page_size, int* page_pos, int* slot) {
+    *page_pos = t / page_size;
+    *slot = t - (t / page_size) * page_size;
+}
+
+// ---- split-KV ----
+
+// Split s of `splits` covers [beg, end) of [0, kv_len): equal chunks of ceil(kv_len / splits),
+// trailing splits empty when kv_len < splits.
+REEL_HD void split_range(int kv_len, int splits, int s, int* beg, int* end) {
+    const int chunk = (kv_len + splits - 1) / splits;
+    int b = s * chunk, e = b + chunk;
+    if (b > kv_len) b = kv_len;
+    if (e > kv_len) e = kv_len;
+    *beg = b;
+    *end = e;
+}
+
+// ---- attention rows ----
+// A paged-attention CTA owns rows r = t * group + g of one KV head: token t, q head
+// kv_head * group + g. Query token t sits at position kv_len - T + t (bottom-right causal), so
+// it sees keys [0, kv_len - T + t].
+REEL_HD int attn_row_token(int r, int group) { return r / group; }
+REEL_HD int attn_row_qhead(int r, int group, int kv_head) { return kv_head * group + r % group; }
+REEL_HD int attn_causal_end(int kv_len, int tokens, int t) { return kv_len - tokens + t + 1; }
+
+// ---- mma.sync.m16n8k16 (bf16 in, f32 accumulate) fragment maps, from the PTX ISA ----
+// g = lane / 4, c = lane % 4.
+// C/D: 4 f32 per lane; element i at row g (+8 for i >= 2), col 2c + (i & 1).
+REEL_HD int mma_c_row(int lane, int i) { return lane / 4 + (i >= 2 ? 8 : 0); }
+REEL_HD int mma_c_col(int lane, int i) { return (lane % 4) * 2 + (i & 1); }
+// A: 4 regs of bf16x2, element e = 2 * reg + half. Reg 0: (g, 2c..), 1: (g + 8, 2c..),
+// 2: (g, 2c + 8..), 3: (g + 8, 2c + 8..).
+REEL_HD int mma_a_row(int lane, int e) { return lane / 4 + (((e >> 1) & 1) ? 8 : 0); }
+REEL_HD int mma_a_col(int lane, int e) { return (lane % 4) * 2 + (e & 1) + ((e >> 2) ? 8 : 0); }
+// B (col-major k x n): 2 regs of bf16x2, element e = 2 * reg + half; k = 2c + half (+8 for
+// reg 1), n = g.
+REEL_HD int mma_b_k(int lane, int e) { return (lane % 4) * 2 + (e & 1) + ((e >> 1) ? 8 : 0); }
+REEL_HD int mma_b_n(int lane, int e) { return lane / 4 + 0 * e; }
+
+// ldmatrix.x4: lane l supplies the row address of 8x8 matrix l / 8, row l % 8. Each matrix
+// lands in one destination register; thread i receives row i / 4, columns 2 (i % 4) + {0, 1}.
+// A tile 16(m) x 16(k), row-major: matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15),
+// (m 8-15, k 8-15) -> a0..a3.
+REEL_HD int ldsm_a_row(int lane) { return (lane % 8) + ((lane / 8) % 2) * 8; }
+REEL_HD int ldsm_a_col(int lane) { return (lane / 16) * 8; }
+// B from W rows (n-major, k contiguous), two n8 tiles: matrices (n 0-7, k 0-7), (n 0-7, k 8-15),
+// (n 8-15, k 0-7), (n 8-15, k 8-15) -> b0, b1 of n-tile 0, then b0, b1 of n-tile 1.
+REEL_HD int ldsm_b_row(int lane) { return (lane % 8) + (lane / 16) * 8; }
+REEL_HD int ldsm_b_col(int lane) { return ((lane / 8) % 2) * 8; }
+
+// ---- GEMM tile geometry (constants in params.h) ----
+// cp.async chunk `i` (0..BM*BK/8) of a tile: row and first k (16-byte chunks of 8 bf16).
+REEL_HD int gemm_chunk_row(int i) { return i / (REEL_GEMM_BK / 8); }
+REEL_HD int gemm_chunk_col(int i) { return (i % (REEL_GEMM_BK / 8)) * 8; }
