@@ -782,7 +782,7 @@ fn ops_reject_bad_inputs() {
     let ids = put_i32(be, &[0, 1, 7], &[3]).unwrap();
     let msg = |r: reel::Result<()>| r.expect_err("must be an error").to_string();
 
-    // matmul: K mismatch, wrong out shape, quantized weights, i32 activations.
+    // matmul: K mismatch, wrong out shape, quantized weights of another K, i32 activations.
     assert!(msg(be.matmul(x5, w, None, o)).contains("K = 4"));
     assert!(msg(be.matmul(x, w, None, o)).contains("out"));
     let q = TRef {
@@ -791,7 +791,7 @@ fn ops_reject_bad_inputs() {
         row_stride: 32,
         ..w
     };
-    assert!(msg(be.matmul(x, q, None, o)).contains("unsupported on cpu yet"));
+    assert!(msg(be.matmul(x, q, None, o)).contains("do not fit"));
     let xi = TRef {
         dtype: DType::I32,
         ..x
