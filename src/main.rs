@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate an answer to a prompt, streaming tokens as they come.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a model's configuration and tensor inventory.
     Info {
         /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
@@ -200,7 +200,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Run(a) => {
             let order = media_order(matches.subcommand_matches("run"));
-            run(a, order)
+            run(*a, order)
         }
         Cmd::Info { model } => info(&model),
         Cmd::Bench(a) => bench(a),

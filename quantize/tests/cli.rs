@@ -360,9 +360,7 @@ fn bad_inputs_are_clear_errors_and_leave_no_file() {
     ]);
     let e = stderr(&o);
     assert!(
-        !o.status.success()
-            && e.contains("model.safetensors")
-            && e.contains("truncated"),
+        !o.status.success() && e.contains("model.safetensors") && e.contains("truncated"),
         "{e}"
     );
 
