@@ -25,6 +25,14 @@ fn absolute_messages(messages: &serde_json::Value) -> serde_json::Value {
     m
 }
 
+/// The backend the golden tests run on: `REEL_TEST_DEVICE=cuda` selects the GPU.
+fn device() -> &'static str {
+    match std::env::var("REEL_TEST_DEVICE").as_deref() {
+        Ok("cuda") => "cuda",
+        _ => "cpu",
+    }
+}
+
 fn run_case(name: &str) {
     let c = case(name);
     let g = load_golden(c["golden"].as_str().unwrap());

@@ -214,6 +214,17 @@ pub fn prepare(
 
 /// Decode + preprocess time of a 1-minute 720p 30 fps H.264 clip (generated in `dir` with the
 /// ffmpeg CLI) at the default (Video-R1 evaluation) settings, as a printable line.
+#[cfg(not(feature = "video"))]
+pub fn bench_media(dir: &std::path::Path) -> Result<String> {
+    Err(Error::media(
+        dir,
+        "this build has no video support (cargo feature `video` is off)",
+    ))
+}
+
+/// Decode + preprocess time of a 1-minute 720p 30 fps H.264 clip (generated in `dir` with the
+/// ffmpeg CLI) at the default (Video-R1 evaluation) settings, as a printable line.
+#[cfg(feature = "video")]
 pub fn bench_media(dir: &std::path::Path) -> Result<String> {
     let t = media::bench::bench_720p_minute(dir, &MediaOptions::default().preset)?;
     Ok(format!(
