@@ -50,7 +50,7 @@ fn run_case(name: &str) {
             "--model",
             model_dir().to_str().unwrap(),
             "--device",
-            "cpu",
+            device(),
             "--dtype",
             "f32",
         ])
@@ -150,7 +150,7 @@ fn video_r1_flags_match_messages() {
             "--model",
             model_dir().to_str().unwrap(),
             "--device",
-            "cpu",
+            device(),
             "--dtype",
             "f32",
         ])
