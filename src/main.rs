@@ -437,14 +437,14 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
     if json {
         print_json(&engine, &out, &vision_report)?;
     } else {
-        print_timings(&out);
+        print_timings(&out, !vision_report.as_array().is_none_or(|v| v.is_empty()));
     }
     Ok(())
 }
 
-fn print_timings(out: &Output) {
+fn print_timings(out: &Output, has_media: bool) {
     let t = &out.timings;
-    if t.vision_s > 0.0 {
+    if has_media {
         eprintln!(
             "media decode {:.3} s | preprocess {:.3} s | vision {:.3} s",
             t.media_decode_s, t.preprocess_s, t.vision_s
