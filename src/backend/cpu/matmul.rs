@@ -52,19 +52,7 @@ pub(super) fn matmul(
     if out.shape.rows() != m || out.shape.row_len() != n || out.shape.dim(-1) != n {
         return Err(op_err(OP, format!("out {:?} is not [{m}, {n}]", out.shape)));
     }
-    let bias_f = match &bias {
-        None => None,
-        Some(b) => {
-            check_weight(OP, "bias", b)?;
-            if b.shape.dims() != [n] {
-                return Err(op_err(OP, format!("bias {:?} is not [{n}]", b.shape)));
-            }
-            let bv = be.view(b)?;
-            let mut v = vec![0f32; n];
-            unsafe { load(bv.at(0, 0), bv.dt, &mut v) };
-            Some(v)
-        }
-    };
+    let bias_f = bias_f32(be, bias.as_ref(), n)?;
     let (xv, wv, ov) = (be.view(&x)?, be.view(&w)?, be.view_mut(&out)?);
     if m == 0 || n == 0 {
         return Ok(());
@@ -103,6 +91,20 @@ pub(super) fn matmul(
     Ok(())
 }
 
+/// The bias widened to f32, after checking it is a float [n] vector.
+fn bias_f32(be: &CpuBackend, bias: Option<&TRef>, n: usize) -> Result<Option<Vec<f32>>> {
+    const OP: &str = "matmul";
+    let Some(b) = bias else { return Ok(None) };
+    check_weight(OP, "bias", b)?;
+    if b.shape.dims() != [n] {
+        return Err(op_err(OP, format!("bias {:?} is not [{n}]", b.shape)));
+    }
+    let bv = be.view(b)?;
+    let mut v = vec![0f32; n];
+    unsafe { load(bv.at(0, 0), bv.dt, &mut v) };
+    Ok(Some(v))
+}
+
 /// Quantized weights (Q8_0, Q4_K, Q6_K): the block dot products of `quant`, on f32 activations.
 fn quantized(be: &CpuBackend, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
     const OP: &str = "matmul";
@@ -136,11 +138,7 @@ fn quantized(be: &CpuBackend, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -
     let wbytes = unsafe { std::slice::from_raw_parts(be.ptr(&w)?, w.dtype.bytes_for(n * k)) };
     let mut of = vec![0f32; m * n];
     crate::quant::matmul(wbytes, w.dtype, n, k, &xf, m, &mut of)?;
-    if let Some(b) = &bias {
-        check_weight(OP, "bias", b)?;
-        let bv = be.view(b)?;
-        let mut bf = vec![0f32; n];
-        unsafe { load(bv.at(0, 0), bv.dt, &mut bf) };
+    if let Some(bf) = bias_f32(be, bias.as_ref(), n)? {
         for row in of.chunks_mut(n) {
             for (o, bj) in row.iter_mut().zip(&bf) {
                 *o += bj;
