@@ -229,3 +229,54 @@ typedef struct ReelAttnMergeParams {
     int32_t out_dt;
     int32_t pad_;
 } ReelAttnMergeParams;
+
+// ---- Quantized weights: kernels/quant.cu, launcher src/backend/cuda/quant.rs ----------------
+// Weight types (ggml block layouts, fp16 scales): Q8_0 34 B / 32 weights, Q4_K 144 B / 256,
+// Q6_K 210 B / 256. Rows are row_bytes apart; the base must be 2-byte aligned and the buffer
+// padded to a multiple of 16 B (the GEMV reads whole aligned 16-byte chunks around each row).
+#define REEL_QT_Q8_0 1
+#define REEL_QT_Q4_K 2
+#define REEL_QT_Q6_K 3
+// Decode GEMV: 8 warps per block, one warp per output column (weight row), up to QGEMV_ROWS
+// rows of x per launch slice (grid.y). Each warp streams its row through a private smem window
+// of QGEMV_WIN_BYTES (4 x 16 B per lane); x is staged in QGEMV_X_BYTES of smem in K chunks.
+#define REEL_QGEMV_ROWS 8
+#define REEL_QGEMV_WARPS 8
+#define REEL_QGEMV_WIN_BYTES 2048
+#define REEL_QGEMV_X_BYTES 24576
+// Prefill GEMM (M > QGEMV_ROWS, bf16 x): gemm.cu's 128 x 128 x 32 tiling, with the weight tile
+// dequantized to bf16 in smem instead of copied.
+
+// out[M, N] = x[M, K] @ dequant(w)[N, K]^T (+ bias[N]), f32 accumulation, rounded once.
+typedef struct ReelQMatmulParams {
+    uint64_t x;
+    uint64_t w;
+    uint64_t bias;
+    uint64_t out;
+    int32_t M;
+    int32_t N;
+    int32_t K;
+    int32_t bias_dt;  // REEL_DT_NONE, REEL_DT_BF16, REEL_DT_F16 or REEL_DT_F32
+    int64_t x_stride;
+    int64_t w_row_bytes;
+    int64_t out_stride;
+    int32_t out_dt;   // REEL_DT_BF16 or REEL_DT_F32
+    int32_t x_dt;     // bf16 kernels: REEL_DT_BF16; f32 kernels: REEL_DT_F32 or REEL_DT_F16
+    int32_t qtype;    // REEL_QT_*
+    int32_t pad_;
+} ReelQMatmulParams;
+
+// out[t, :] = dequant(table[ids[t], :]); ids outside [0, vocab) write zeros.
+typedef struct ReelQEmbeddingParams {
+    uint64_t table;
+    uint64_t ids;
+    uint64_t out;
+    int64_t row_bytes;
+    int64_t out_stride;
+    int32_t tokens;
+    int32_t dim;
+    int32_t vocab;
+    int32_t qtype;
+    int32_t out_dt;
+    int32_t pad_;
+} ReelQEmbeddingParams;
