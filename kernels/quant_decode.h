@@ -20,10 +20,12 @@
 #include <cuda_fp16.h>
 #define REEL_QHD __host__ __device__ __forceinline__
 #define REEL_QHDC __host__ __device__ constexpr
+#define Q_UNROLL _Pragma("unroll")
 #else
 #include <cstring>
 #define REEL_QHD inline
 #define REEL_QHDC constexpr
+#define Q_UNROLL
 #endif
 
 // ---- per-type geometry ----
@@ -104,7 +106,7 @@ REEL_QHD void q8_0_decode(const uint8_t* u, int e, float* w) {
     const uint8_t* b = u + (e >> 5) * 34;
     const float d = q_half(q_ld16(b));
     const uint8_t* q = b + 2 + (e & 31);
-#pragma unroll
+Q_UNROLL
     for (int i = 0; i < N; i += 2) {
         const uint32_t v = q_ld16(q + i);
         // int8 q as f32: (q ^ 0x80) is q + 128 in 0..255
@@ -131,7 +133,7 @@ REEL_QHD void q4_k_decode(const uint8_t* u, int e, float* w) {
     const float d1 = q_mul(d, q_int_f(sc, Q_2_23)), m1 = q_mul(dmin, q_int_f(m, Q_2_23));
     const uint8_t* q = u + 16 + 32 * c + (e & 31);
     const int sh = 4 * hi;
-#pragma unroll
+Q_UNROLL
     for (int i = 0; i < N; i += 2) {
         const uint32_t v = q_ld16(q + i);
         w[i] = q_sub(q_mul(d1, q_int_f((v >> sh) & 0xFu, Q_2_23)), m1);
@@ -152,7 +154,7 @@ REEL_QHD void q6_k_decode(const uint8_t* u, int e, float* w) {
     const uint32_t scb = u[192 + 8 * h + (l0 >> 4) + 2 * qq];
     const float s = q_mul(d, q_int_f(scb ^ 0x80u, Q_2_23 + 128.0f));
     const int lsh = 4 * (qq >> 1), hsh = 2 * qq;
-#pragma unroll
+Q_UNROLL
     for (int i = 0; i < N; i += 2) {
         const uint32_t lo = q_ld16(ql + i), hv = q_ld16(qh + i);
         const uint32_t q0 = ((lo >> lsh) & 0xFu) | (((hv >> hsh) & 3u) << 4);

@@ -33,6 +33,16 @@ pub enum Kernel {
     AttnVarlen,
     AttnMerge,
     KvAppend,
+    QgemvQ8_0Bf16,
+    QgemvQ8_0F32,
+    QgemvQ4kBf16,
+    QgemvQ4kF32,
+    QgemvQ6kBf16,
+    QgemvQ6kF32,
+    QgemmQ8_0,
+    QgemmQ4k,
+    QgemmQ6k,
+    QEmbedding,
 }
 
 impl Kernel {
@@ -57,6 +67,16 @@ impl Kernel {
         Kernel::AttnVarlen,
         Kernel::AttnMerge,
         Kernel::KvAppend,
+        Kernel::QgemvQ8_0Bf16,
+        Kernel::QgemvQ8_0F32,
+        Kernel::QgemvQ4kBf16,
+        Kernel::QgemvQ4kF32,
+        Kernel::QgemvQ6kBf16,
+        Kernel::QgemvQ6kF32,
+        Kernel::QgemmQ8_0,
+        Kernel::QgemmQ4k,
+        Kernel::QgemmQ6k,
+        Kernel::QEmbedding,
     ];
 
     /// (module = kernels/<module>.cu, extern "C" name)
@@ -82,6 +102,16 @@ impl Kernel {
             Kernel::AttnVarlen => ("attention", "attn_varlen"),
             Kernel::AttnMerge => ("attention", "attn_merge"),
             Kernel::KvAppend => ("attention", "kv_append"),
+            Kernel::QgemvQ8_0Bf16 => ("quant", "qgemv_q8_0_bf16"),
+            Kernel::QgemvQ8_0F32 => ("quant", "qgemv_q8_0_f32"),
+            Kernel::QgemvQ4kBf16 => ("quant", "qgemv_q4_k_bf16"),
+            Kernel::QgemvQ4kF32 => ("quant", "qgemv_q4_k_f32"),
+            Kernel::QgemvQ6kBf16 => ("quant", "qgemv_q6_k_bf16"),
+            Kernel::QgemvQ6kF32 => ("quant", "qgemv_q6_k_f32"),
+            Kernel::QgemmQ8_0 => ("quant", "qgemm_q8_0"),
+            Kernel::QgemmQ4k => ("quant", "qgemm_q4_k"),
+            Kernel::QgemmQ6k => ("quant", "qgemm_q6_k"),
+            Kernel::QEmbedding => ("quant", "qembedding"),
         }
     }
 
@@ -102,6 +132,8 @@ unsafe impl DeviceRepr for ReelArgmaxParams {}
 unsafe impl DeviceRepr for ReelKvAppendParams {}
 unsafe impl DeviceRepr for ReelAttnParams {}
 unsafe impl DeviceRepr for ReelAttnMergeParams {}
+unsafe impl DeviceRepr for ReelQMatmulParams {}
+unsafe impl DeviceRepr for ReelQEmbeddingParams {}
 
 /// A loaded kernel with the limits ptxas gave it.
 pub struct LoadedKernel {

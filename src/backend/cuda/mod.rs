@@ -30,6 +30,7 @@ mod gemm;
 mod gemv;
 pub mod launch;
 mod norm;
+mod quant;
 mod rope;
 #[cfg(test)]
 mod tests;
@@ -268,12 +269,19 @@ impl Backend for CudaBackend {
 
     fn load_weight(&mut self, bytes: HostBytes) -> Result<BufId> {
         let len = bytes.len();
-        let mem = if len == 0 {
-            self.stream.alloc_zeros::<u8>(1)
-        } else {
-            self.stream.clone_htod(bytes.as_slice())
+        // Padded to whole 16-byte chunks: the quantized GEMV reads the aligned 16-byte chunks
+        // around each row (kernels/quant.cu), which may reach past the last weight byte.
+        let padded = len.next_multiple_of(16).max(16);
+        let mut mem = self
+            .stream
+            .alloc_zeros::<u8>(padded)
+            .map_err(|e| err(format!("allocating {padded} B for a weight: {e}")))?;
+        if len > 0 {
+            let mut dst = mem.slice_mut(0..len);
+            self.stream
+                .memcpy_htod(bytes.as_slice(), &mut dst)
+                .map_err(|e| err(format!("copying a {len}-byte weight to the device: {e}")))?;
         }
-        .map_err(|e| err(format!("copying a {len}-byte weight to the device: {e}")))?;
         Ok(self.insert(mem, len, true))
     }
 
@@ -348,12 +356,18 @@ impl Backend for CudaBackend {
     }
 
     fn embedding(&mut self, table: TRef, ids: TRef, out: TRef) -> Result<()> {
+        if table.dtype.is_quantized() {
+            return self.op_embedding_quant(table, ids, out);
+        }
         self.op_embedding(table, ids, out)
     }
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
         self.op_rms_norm(x, w, out, eps)
     }
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
+        if w.dtype.is_quantized() {
+            return self.op_matmul_quant(x, w, bias, out);
+        }
         self.op_matmul(x, w, bias, out)
     }
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {

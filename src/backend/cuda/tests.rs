@@ -7,6 +7,7 @@ use super::attention::partial_bytes;
 use super::elementwise::copy_unit;
 use super::gemv::pick_matmul;
 use super::launch::{check_launch, Kernel, Launch, Limits};
+use super::quant::{check_qweight, pick_qmatmul, qmatmul_grid};
 use super::MODULES;
 use std::path::PathBuf;
 use std::process::Command;
@@ -140,6 +141,15 @@ fn fatbin_ptx_uses_intended_instructions() {
         has(module("gemv"), "ld.global.nc.v4"),
         "gemv PTX lacks 16-byte loads"
     );
+    let quant = module("quant");
+    for pat in [
+        "ld.global.nc.v4",
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+        "cp.async.cg.shared.global",
+    ] {
+        assert!(has(quant, pat), "quant PTX lacks {pat}");
+    }
     let rope = module("rope");
     assert!(has(rope, ".entry rope_mrope"), "rope PTX missing");
     assert!(
@@ -235,6 +245,225 @@ fn matmul_dispatch() {
         pick_matmul(512, 3584, false, &a, &[3584, 3584]),
         Kernel::GemvScalar
     );
+}
+
+/// Quantized matmul: GEMV for M <= 8 and for f32 activations at any M, the GEMM for larger
+/// bf16 M with aligned rows; grid sizes at the 7B shapes.
+#[test]
+fn quant_matmul_dispatch_and_grids() {
+    use crate::tensor::DType;
+    assert_eq!(
+        pick_qmatmul(DType::Q8_0, 1, true, true),
+        Kernel::QgemvQ8_0Bf16
+    );
+    assert_eq!(
+        pick_qmatmul(DType::Q4K, 8, true, true),
+        Kernel::QgemvQ4kBf16
+    );
+    assert_eq!(
+        pick_qmatmul(DType::Q6K, 3, false, true),
+        Kernel::QgemvQ6kF32
+    );
+    assert_eq!(pick_qmatmul(DType::Q8_0, 9, true, true), Kernel::QgemmQ8_0);
+    assert_eq!(pick_qmatmul(DType::Q4K, 70, true, true), Kernel::QgemmQ4k);
+    assert_eq!(pick_qmatmul(DType::Q6K, 4096, true, true), Kernel::QgemmQ6k);
+    // f32 activations, or bf16 rows the cp.async path cannot take, stay on the GEMV.
+    assert_eq!(
+        pick_qmatmul(DType::Q4K, 70, false, true),
+        Kernel::QgemvQ4kF32
+    );
+    assert_eq!(
+        pick_qmatmul(DType::Q6K, 70, true, false),
+        Kernel::QgemvQ6kBf16
+    );
+
+    // One warp per output column, 8 per block: N = 3584 -> 448 blocks, lm_head -> 19008.
+    let g = |k, m, n| qmatmul_grid(k, m, n).unwrap();
+    assert_eq!(g(Kernel::QgemvQ8_0Bf16, 1, 3584), ((448, 1, 1), 256));
+    assert_eq!(g(Kernel::QgemvQ4kBf16, 1, 152_064), ((19_008, 1, 1), 256));
+    // Awkward N rounds up (the kernel masks warps past N); M walks grid.y in slices of 8.
+    assert_eq!(g(Kernel::QgemvQ6kF32, 3, 37), ((5, 1, 1), 256));
+    assert_eq!(g(Kernel::QgemvQ6kF32, 70, 37), ((5, 9, 1), 256));
+    // GEMM: 128 x 128 tiles.
+    assert_eq!(g(Kernel::QgemmQ4k, 4096, 3584), ((28, 32, 1), 256));
+    assert_eq!(g(Kernel::QgemmQ8_0, 70, 37), ((1, 1, 1), 256));
+    let e = qmatmul_grid(Kernel::QgemvQ8_0F32, 8 * 65_536, 16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("too large") && e.contains("qgemv_q8_0_f32"),
+        "{e}"
+    );
+}
+
+/// K must fill whole blocks; other weight types are refused by name.
+#[test]
+fn quant_weight_validation() {
+    use crate::tensor::DType;
+    assert_eq!(
+        check_qweight("matmul", DType::Q8_0, 3584).unwrap(),
+        112 * 34
+    );
+    assert_eq!(check_qweight("matmul", DType::Q4K, 3584).unwrap(), 14 * 144);
+    assert_eq!(
+        check_qweight("matmul", DType::Q6K, 18944).unwrap(),
+        74 * 210
+    );
+    assert_eq!(check_qweight("matmul", DType::Q8_0, 96).unwrap(), 3 * 34);
+    let e = check_qweight("matmul", DType::Q4K, 3420)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("K = 3420") && e.contains("q4_k") && e.contains("256"),
+        "{e}"
+    );
+    let e = check_qweight("matmul", DType::Q8_0, 48)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("K = 48") && e.contains("32"), "{e}");
+    assert!(check_qweight("embedding", DType::Q6K, 0).is_err());
+    let e = check_qweight("matmul", DType::BF16, 64)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bf16"), "{e}");
+}
+
+/// Builds kernels/host_test/quant_check.cpp (the kernels' own decoders and streaming geometry,
+/// kernels/quant_decode.h) and checks that the GEMV window walk, the GEMM tile mapping and the
+/// embedding mapping each reproduce `quant::dequantize_row` bit for bit, on quantized rows and
+/// on raw random blocks, with rows at every even misalignment class.
+#[test]
+fn quant_decode_host_checks() {
+    use crate::quant::{dequantize_row, quantize_row};
+    use crate::tensor::DType;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("kernels/host_test/quant_check.cpp");
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("quant_check");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    // No contraction, like the device code's explicitly rounded products.
+    let out = Command::new(&cxx)
+        .args(["-std=c++17", "-O1", "-Wall", "-ffp-contract=off", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the host C++ compiler `{cxx}` (set CXX): {e}"));
+    assert!(
+        out.status.success(),
+        "compiling {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // (type, K, rows, shift, raw random blocks)
+    let cases = [
+        (DType::Q8_0, 32usize, 3usize, 0usize, false),
+        (DType::Q8_0, 96, 5, 2, false),
+        (DType::Q8_0, 3584, 3, 6, true),
+        (DType::Q8_0, 2080, 2, 14, true),
+        (DType::Q4K, 256, 3, 0, false),
+        (DType::Q4K, 3584, 3, 8, true),
+        (DType::Q4K, 18944, 2, 2, false),
+        (DType::Q6K, 512, 4, 0, false),
+        (DType::Q6K, 3584, 3, 4, true),
+        (DType::Q6K, 18944, 2, 10, true),
+    ];
+    let mut input = Vec::new();
+    let mut want: Vec<Vec<f32>> = Vec::new();
+    for &(dt, k, rows, shift, raw) in &cases {
+        let code = super::quant::qtype_code(dt).unwrap();
+        for v in [code, k as i32, rows as i32, shift as i32] {
+            input.extend_from_slice(&v.to_le_bytes());
+        }
+        let rb = dt.bytes_for(k);
+        let mut bytes = vec![0u8; rb * rows];
+        if raw {
+            bytes.iter_mut().for_each(|b| *b = next() as u8);
+            // Finite fp16 scales (d, dmin / d): clear a saturated exponent.
+            let fix = |b: &mut [u8], at: usize| {
+                if b[at + 1] & 0x7c == 0x7c {
+                    b[at + 1] &= !0x40;
+                }
+            };
+            for blk in bytes.chunks_exact_mut(dt.block_bytes()) {
+                match dt {
+                    DType::Q8_0 => fix(blk, 0),
+                    DType::Q4K => {
+                        fix(blk, 0);
+                        fix(blk, 2);
+                    }
+                    _ => fix(blk, 208),
+                }
+            }
+        } else {
+            for row in bytes.chunks_exact_mut(rb) {
+                let scale = 0.01 + (next() % 1000) as f32 / 100.0;
+                let vals: Vec<f32> = (0..k)
+                    .map(|i| {
+                        // a zero block now and then (d = 0 path)
+                        if (i / 256) % 5 == 4 {
+                            0.0
+                        } else {
+                            ((next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+                        }
+                    })
+                    .collect();
+                quantize_row(dt, &vals, row).unwrap();
+            }
+        }
+        input.extend_from_slice(&bytes);
+        let mut w = vec![0f32; k * rows];
+        for (r, o) in bytes.chunks_exact(rb).zip(w.chunks_exact_mut(k)) {
+            dequantize_row(dt, r, o).unwrap();
+        }
+        want.push(w);
+    }
+    let inp = dir.path().join("in.bin");
+    let outp = dir.path().join("out.bin");
+    std::fs::write(&inp, &input).unwrap();
+    let run = Command::new(&exe).arg(&inp).arg(&outp).output().unwrap();
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "quant checks failed:\n{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+    let got: Vec<f32> = std::fs::read(&outp)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let names = [
+        "gemv mc1 bf16",
+        "gemv mc3 bf16",
+        "gemv mc8 bf16",
+        "gemv mc1 f32",
+        "gemv mc3 f32",
+        "gemv mc8 f32",
+        "gemm tile",
+        "embedding",
+    ];
+    let mut at = 0;
+    for (&(dt, k, rows, shift, raw), w) in cases.iter().zip(&want) {
+        for name in names {
+            let g = &got[at..at + k * rows];
+            at += k * rows;
+            if let Some(i) = (0..w.len()).find(|&i| g[i].to_bits() != w[i].to_bits()) {
+                panic!(
+                    "{dt} K={k} shift={shift} raw={raw} {name}: row {} weight {}: got {} want {}",
+                    i / k,
+                    i % k,
+                    g[i],
+                    w[i]
+                );
+            }
+        }
+    }
+    assert_eq!(at, got.len(), "output length");
 }
 
 #[test]
