@@ -9,6 +9,14 @@
 //! near zero; bf16 single-rounding ops 2^-7 (one bf16 ulp, relative); bf16 ops with chained
 //! roundings or f32 accumulation 2^-6 (two ulps). Outputs that are column blocks of wider
 //! buffers must leave the other columns untouched.
+//!
+//! Quantized weights (Q8_0, Q4_K, Q6_K): the reference is the dequantized weight
+//! (`quant::dequantize_row`) times x in f64. Bound 3e-2 of the largest output (the floor is the
+//! whole max|want|), for both activation types: a backend may quantize activations to int8
+//! blocks as llama.cpp does (≈0.4% of the output's rms per element, a few times that at the
+//! tails), and the CUDA GEMM rounds dequantized weights to bf16 for the tensor cores. An index
+//! bug gives O(1) errors. The CUDA kernels are exact dequant + f32 sums; src/backend/cuda/tests.rs
+//! checks them against tighter bounds on a GPU.
 
 use reel::backend::cpu::{reference as rf, CpuBackend};
 use reel::backend::{Backend, HostBytes, KvLayout, MropeParams, PagedKv, TRef};
@@ -151,6 +159,30 @@ fn get(be: &mut dyn Backend, t: &TRef) -> reel::Result<Vec<f32>> {
     Ok(v)
 }
 
+/// A quantized weight [n, k]: `vals` quantized row by row (`quant::quantize_row`), handed over
+/// as host bytes. Returns the tensor and the dequantized values (the reference's weight).
+fn put_qweight(
+    be: &mut dyn Backend,
+    vals: &[f32],
+    dt: DType,
+    n: usize,
+    k: usize,
+) -> reel::Result<(TRef, Vec<f32>)> {
+    let rb = reel::quant::row_bytes(dt, k)?;
+    let mut bytes = vec![0u8; rb * n];
+    let mut deq = vec![0f32; n * k];
+    for ((src, dst), back) in vals
+        .chunks_exact(k)
+        .zip(bytes.chunks_exact_mut(rb))
+        .zip(deq.chunks_exact_mut(k))
+    {
+        reel::quant::quantize_row(dt, src, dst)?;
+        reel::quant::dequantize_row(dt, dst, back)?;
+    }
+    let buf = be.load_weight(HostBytes::from_vec(bytes))?;
+    Ok((TRef::new(buf, 0, dt, Shape::new(&[n, k])), deq))
+}
+
 fn get_i32(be: &mut dyn Backend, t: &TRef) -> reel::Result<Vec<i32>> {
     let mut bytes = vec![0u8; t.shape.numel() * 4];
     be.read(t.buf, t.offset, &mut bytes)?;
@@ -164,12 +196,13 @@ fn rounded(v: Vec<f32>, dt: DType) -> Vec<f32> {
     rf::round_all(&v, dt)
 }
 
-/// The error metric described at the top.
-fn err(got: &[f32], want: &[f32]) -> f64 {
+/// The error metric described at the top; `floor` is the fraction of max|want| below which
+/// errors count as absolute.
+fn err(got: &[f32], want: &[f32], floor: f64) -> f64 {
     if got.len() != want.len() {
         return f64::INFINITY;
     }
-    let floor = 1e-3 * want.iter().fold(0f64, |m, &w| m.max(w.abs() as f64));
+    let floor = floor * want.iter().fold(0f64, |m, &w| m.max(w.abs() as f64));
     let mut e = 0f64;
     for (&g, &w) in got.iter().zip(want) {
         if g.is_nan() != w.is_nan() {
@@ -194,16 +227,27 @@ enum Bound {
     Elementwise,
     /// Chained roundings or long f32 sums.
     Reduction,
+    /// Quantized weights: error relative to the largest output (see the top).
+    Quantized,
 }
 
 impl Bound {
     fn value(self, dt: DType) -> f64 {
         match (self, dt) {
             (Bound::Exact, _) => 0.0,
+            (Bound::Quantized, _) => 3e-2,
             (Bound::Elementwise, DType::F32) => 2e-6,
             (Bound::Reduction, DType::F32) => 1e-3,
             (Bound::Elementwise, _) => 1.0 / 128.0,
             (Bound::Reduction, _) => 1.0 / 64.0,
+        }
+    }
+
+    /// The metric's floor, as a fraction of max|want|.
+    fn floor(self) -> f64 {
+        match self {
+            Bound::Quantized => 1.0,
+            _ => 1e-3,
         }
     }
 }
@@ -316,6 +360,78 @@ fn cases() -> Vec<Case> {
                     get(be, &o)?,
                     rf::matmul(&x, m, k, &w, n, bias.then_some(&b[..]), dt),
                 ))
+            }),
+        ));
+    }
+
+    // matmul with quantized weights: (type, M, N, K, bias, x pad, out pad). M = 1 and 3 take
+    // the CUDA GEMV, M = 70 the tensor-core GEMM (bf16 x) or the sliced GEMV (f32 x); N = 37
+    // and 133 are not multiples of the GEMV's 8 columns per block or the GEMM's 128-wide tile;
+    // Q8_0 K = 96 ends in a partial 256-weight unit.
+    for (wdt, m, n, k, bias, xpad, opad) in [
+        (DType::Q8_0, 1usize, 37usize, 256usize, true, 0usize, 0usize),
+        (DType::Q8_0, 3, 19, 96, false, 5, 3),
+        (DType::Q8_0, 70, 133, 96, true, 0, 0),
+        (DType::Q8_0, 70, 133, 768, false, 0, 2),
+        (DType::Q8_0, 1, 3584, 3584, false, 0, 0),
+        (DType::Q8_0, 1, 512, 3584, true, 0, 0),
+        (DType::Q4K, 1, 37, 256, true, 0, 0),
+        (DType::Q4K, 3, 70, 512, false, 8, 1),
+        (DType::Q4K, 70, 133, 768, true, 0, 0),
+        (DType::Q4K, 1, 3584, 3584, false, 0, 0),
+        (DType::Q4K, 1, 512, 3584, true, 0, 0),
+        (DType::Q6K, 1, 37, 256, true, 0, 0),
+        (DType::Q6K, 3, 70, 512, false, 3, 0),
+        (DType::Q6K, 70, 133, 768, true, 0, 0),
+        (DType::Q6K, 1, 3584, 3584, false, 0, 0),
+        (DType::Q6K, 1, 512, 3584, true, 0, 0),
+    ] {
+        c.push(case(
+            "matmul",
+            format!(
+                "{m}x{k} @ {n}x{k} {wdt}{}{}",
+                if bias { " +bias" } else { "" },
+                if xpad + opad > 0 { " strided" } else { "" }
+            ),
+            Bound::Quantized,
+            Box::new(move |be, dt, r| {
+                let x = rounded(r.vals(m * k, 1.0), dt);
+                let w = r.vals(n * k, 0.05);
+                let b = rounded(r.vals(n, 0.5), DType::BF16);
+                let xt = put(be, &x, dt, &[m, k], xpad)?;
+                let (wt, wq) = put_qweight(be, &w, wdt, n, k)?;
+                let bt = if bias {
+                    Some(put_weight(be, &b, DType::BF16, &[n], 0)?)
+                } else {
+                    None
+                };
+                let o = out(be, dt, &[m, n], opad)?;
+                be.matmul(xt, wt, bt, o)?;
+                Ok((
+                    get(be, &o)?,
+                    rf::matmul(&x, m, k, &wq, n, bias.then_some(&b[..]), dt),
+                ))
+            }),
+        ));
+    }
+
+    // embedding from a quantized table: the dequantized row, rounded once.
+    for (v, d, ids, tdt) in [
+        (40usize, 96usize, vec![39, 0, 7, 7], DType::Q8_0),
+        (9, 512, vec![8, 2], DType::Q4K),
+        (5, 256, vec![4, 0, 1], DType::Q6K),
+    ] {
+        c.push(case(
+            "embedding",
+            format!("[{v},{d}] {tdt} ids {}", ids.len()),
+            Bound::Exact,
+            Box::new(move |be, dt, r| {
+                let tab = r.vals(v * d, 2.0);
+                let (tt, tq) = put_qweight(be, &tab, tdt, v, d)?;
+                let it = put_i32(be, &ids, &[ids.len()])?;
+                let o = out(be, dt, &[ids.len(), d], 0)?;
+                be.embedding(tt, it, o)?;
+                Ok((get(be, &o)?, rf::embedding(&tq, d, &ids, dt)))
             }),
         ));
     }
@@ -737,7 +853,7 @@ fn ops_match_reference() {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (ci as u64 * 7919 + dt as u64));
                 let bound = c.bound.value(dt);
                 let (e, note) = match (c.run)(be.as_mut(), dt, &mut rng) {
-                    Ok((got, want)) => (err(&got, &want), String::new()),
+                    Ok((got, want)) => (err(&got, &want, c.bound.floor()), String::new()),
                     Err(e) => (f64::INFINITY, format!(" ({e})")),
                 };
                 let ok = e <= bound;
@@ -792,6 +908,16 @@ fn ops_reject_bad_inputs() {
         ..w
     };
     assert!(msg(be.matmul(x, q, None, o)).contains("do not fit"));
+    // Quantized K that does not fill whole blocks.
+    let xq = put(be, &[0.5; 2 * 48], f, &[2, 48], 0).unwrap();
+    let oq = out(be, f, &[2, 3], 0).unwrap();
+    let q48 = TRef {
+        dtype: DType::Q8_0,
+        shape: Shape::new(&[3, 48]),
+        row_stride: 48,
+        ..w
+    };
+    assert!(msg(be.matmul(xq, q48, None, oq)).contains("K = 48"));
     let xi = TRef {
         dtype: DType::I32,
         ..x

@@ -5,7 +5,7 @@
 //! more than twice the L2 so repeated runs do not measure the cache.
 
 use super::{err, CudaBackend};
-use crate::backend::{Backend, BufId, KvLayout, MropeParams, PagedKv, TRef};
+use crate::backend::{Backend, BufId, HostBytes, KvLayout, MropeParams, PagedKv, TRef};
 use crate::error::Result;
 use crate::tensor::{DType, Shape};
 use cudarc::driver::sys::CUevent_flags;
@@ -107,6 +107,34 @@ impl Bench<'_> {
             done += m;
         }
         Ok(buf)
+    }
+
+    /// A quantized [n, k] weight of random blocks: random quant bytes with every fp16 scale
+    /// set to a small finite value (the kernels' speed does not depend on the values, and
+    /// quantizing 0.5 G weights on the host would take minutes).
+    fn random_quant(&mut self, dt: DType, n: usize, k: usize) -> Result<TRef> {
+        let mut bytes = vec![0u8; dt.bytes_for(n * k)];
+        for c in bytes.chunks_mut(8) {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let r = self.rng.to_le_bytes();
+            c.copy_from_slice(&r[..c.len()]);
+        }
+        let scale_at: &[usize] = match dt {
+            DType::Q8_0 => &[0],
+            DType::Q4K => &[0, 2],
+            _ => &[208],
+        };
+        let half = half::f16::from_f32(1.0 / 1024.0).to_le_bytes();
+        for blk in bytes.chunks_exact_mut(dt.block_bytes()) {
+            for &a in scale_at {
+                blk[a..a + 2].copy_from_slice(&half);
+            }
+        }
+        let buf = self.be.load_weight(HostBytes::from_vec(bytes))?;
+        self.owned.push(buf);
+        Ok(TRef::new(buf, 0, dt, Shape::new(&[n, k])))
     }
 
     fn i32s(&mut self, v: &[i32]) -> Result<TRef> {
@@ -230,6 +258,57 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
                 2.0 * (m * n * k) as f64,
                 |be, _| be.matmul(x, w, None, out),
             )?;
+        }
+    }
+
+    // ---- quantized weights: decode GEMV (M = 1) as GB/s of weight bytes read, prefill GEMM
+    // (M = 4096) as TFLOP/s. Decode targets (H100): q8_0 >= 400 tokens/s and q4_k_m >= 650
+    // tokens/s end to end, i.e. the GEMV near HBM bandwidth (>= 80% of peak). ----
+    for (dt, tag) in [
+        (DType::Q8_0, "q8_0"),
+        (DType::Q4K, "q4_k"),
+        (DType::Q6K, "q6_k"),
+    ] {
+        for (name, n, k) in [
+            ("o_proj", hidden, hidden),
+            ("up", inter, hidden),
+            ("down", hidden, inter),
+            ("lm_head", vocab, hidden),
+        ] {
+            let wbytes = dt.bytes_for(n * k);
+            let kern = format!("qgemv_{tag}");
+            if want(&kern) {
+                let copies = L2_ROTATE.div_ceil(wbytes).clamp(1, 8);
+                let ws: Vec<TRef> = (0..copies)
+                    .map(|_| b.random_quant(dt, n, k))
+                    .collect::<Result<_>>()?;
+                let x = b.bf16(&[1, k])?;
+                let out = b.bf16(&[1, n])?;
+                b.time(
+                    &kern,
+                    format!("{name} M=1 N={n} K={k} ({:.1} MB)", wbytes as f64 / 1e6),
+                    wbytes as f64,
+                    0.0,
+                    |be, i| be.matmul(x, ws[i % ws.len()], None, out),
+                )?;
+                for w in ws {
+                    b.be.free(w.buf);
+                }
+            }
+            let kern = format!("qgemm_{tag}");
+            if want(&kern) && name != "lm_head" {
+                let m = 4096;
+                let w = b.random_quant(dt, n, k)?;
+                let x = b.bf16(&[m, k])?;
+                let out = b.bf16(&[m, n])?;
+                b.time(
+                    &kern,
+                    format!("{name} M={m} N={n} K={k}"),
+                    0.0,
+                    2.0 * (m * n * k) as f64,
+                    |be, _| be.matmul(x, w, None, out),
+                )?;
+            }
         }
     }
 
