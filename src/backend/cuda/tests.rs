@@ -933,4 +933,108 @@ mod device {
             }
         }
     }
+
+    /// Quantized weights on the device against "dequantize, then multiply" in f64: the GEMV
+    /// (bf16 and f32 x, f32 out) must agree to f32 summation error, the GEMM (weights rounded
+    /// to bf16 for the tensor cores) to a few bf16 ulps, and the embedding bit for bit.
+    #[test]
+    fn quant_matmul_and_embedding_exact() {
+        use crate::backend::HostBytes;
+        use crate::quant::{dequantize_row, quantize_row, row_bytes};
+        let Some(mut be) = backend() else { return };
+        let be = be.as_mut();
+        let mut rng = Rng(0xC0FF_EE11);
+        for dt in [DType::Q8_0, DType::Q4K, DType::Q6K] {
+            // (M, N, K, x bf16): GEMV bf16, GEMV f32 with an 8-row slice tail, GEMM, GEMV f32 at
+            // M > 8 (sliced), a K with several smem chunks of x (M = 8, f32).
+            for (m, n, k, xb) in [
+                (1usize, 77usize, 3584usize, true),
+                (3, 300, 768, false),
+                (70, 133, 1024, true),
+                (11, 20, 512, false),
+                (8, 9, 2304, false),
+            ] {
+                let rb = row_bytes(dt, k).unwrap();
+                let wv: Vec<f32> = (0..n * k).map(|_| rng.next() * 0.1).collect();
+                let mut wbytes = vec![0u8; rb * n];
+                let mut wq = vec![0f32; n * k];
+                for ((src, dst), back) in wv
+                    .chunks_exact(k)
+                    .zip(wbytes.chunks_exact_mut(rb))
+                    .zip(wq.chunks_exact_mut(k))
+                {
+                    quantize_row(dt, src, dst).unwrap();
+                    dequantize_row(dt, dst, back).unwrap();
+                }
+                let wbuf = be.load_weight(HostBytes::from_vec(wbytes)).unwrap();
+                let wt = TRef::new(wbuf, 0, dt, Shape::new(&[n, k]));
+                let bias = rng.bf16s(n);
+                let bt = upload_bf16(be, &bias, &[n]);
+                let x: Vec<f32> = rng.bf16s(m * k).iter().map(|v| v.to_f32()).collect();
+                let xt = if xb {
+                    let xv: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+                    upload_bf16(be, &xv, &[m, k])
+                } else {
+                    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let b = be.alloc(bytes.len()).unwrap();
+                    be.write(b, 0, &bytes).unwrap();
+                    TRef::new(b, 0, DType::F32, Shape::new(&[m, k]))
+                };
+                let out = poisoned(be, DType::F32, &[m, n]);
+                be.matmul(xt, wt, Some(bt), out).unwrap();
+                let mut raw = vec![0u8; m * n * 4];
+                be.read(out.buf, 0, &mut raw).unwrap();
+                let got: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let reference: Vec<f64> = (0..m * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        (0..k)
+                            .map(|j| x[r * k + j] as f64 * wq[c * k + j] as f64)
+                            .sum::<f64>()
+                            + bias[c].to_f64()
+                    })
+                    .collect();
+                let e = rel_err(&got, &reference);
+                let gemm = m > 8 && xb;
+                let bound = if gemm { 4e-3 } else { 1e-5 };
+                assert!(
+                    e < bound,
+                    "{dt} {m}x{n}x{k} x bf16 {xb}: rel err {e} >= {bound}"
+                );
+            }
+            // Embedding: the dequantized rows, bit for bit (f32 out).
+            let (v, d) = (6usize, 512usize);
+            let rb = row_bytes(dt, d).unwrap();
+            let tv: Vec<f32> = (0..v * d).map(|_| rng.next() * 3.0).collect();
+            let mut tbytes = vec![0u8; rb * v];
+            let mut tq = vec![0f32; v * d];
+            for ((src, dst), back) in tv
+                .chunks_exact(d)
+                .zip(tbytes.chunks_exact_mut(rb))
+                .zip(tq.chunks_exact_mut(d))
+            {
+                quantize_row(dt, src, dst).unwrap();
+                dequantize_row(dt, dst, back).unwrap();
+            }
+            let tb = be.load_weight(HostBytes::from_vec(tbytes)).unwrap();
+            let tt = TRef::new(tb, 0, dt, Shape::new(&[v, d]));
+            let ids = [5, 0, 3, 3];
+            let it = upload_i32(be, &ids);
+            let out = poisoned(be, DType::F32, &[ids.len(), d]);
+            be.embedding(tt, it, out).unwrap();
+            let mut raw = vec![0u8; ids.len() * d * 4];
+            be.read(out.buf, 0, &mut raw).unwrap();
+            for (t, &id) in ids.iter().enumerate() {
+                for j in 0..d {
+                    let o = (t * d + j) * 4;
+                    let g = f32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
+                    let w = tq[id as usize * d + j];
+                    assert_eq!(g.to_bits(), w.to_bits(), "{dt} embedding id {id} col {j}");
+                }
+            }
+        }
+    }
 }
