@@ -143,6 +143,120 @@ int main() {
                     }
     for (int r = 0; r < REEL_GEMM_BM; ++r)
         for (int n = 0; n < REEL_GEMM_BN; ++n) CHECK(ct[r][n] == 1, "CTA C (%d,%d) owned %d times", r, n, ct[r][n]);
+    // ---- tensor-core flash attention ----
+    // cp.async chunks cover a tile of 64 rows x d exactly once; smem rows of d + 8 keep the 8
+    // row addresses of every ldmatrix phase in distinct 16-byte bank groups, 16-byte aligned.
+    const int fa_dims[] = {80, 128};
+    for (int d : fa_dims) {
+        static int cov[REEL_FA_BM][128];
+        std::memset(cov, 0, sizeof(cov));
+        for (int i = 0; i < REEL_FA_BM * d / 8; ++i)
+            for (int e = 0; e < 8; ++e) cov[fa_chunk_row(i, d)][fa_chunk_col(i, d) + e]++;
+        for (int r = 0; r < REEL_FA_BM; ++r)
+            for (int k = 0; k < d; ++k) CHECK(cov[r][k] == 1, "fa chunk d %d (%d,%d)", d, r, k);
+        CHECK((REEL_FA_BM * d / 8) % REEL_FA_THREADS == 0, "fa chunks per thread d %d", d);
+        for (int base = 0; base + 8 <= REEL_FA_BM; ++base)
+            for (int col = 0; col < d; col += 8) {
+                int groups[8];
+                for (int r = 0; r < 8; ++r) {
+                    const int byte = ((base + r) * fa_lds(d) + col) * 2;
+                    CHECK(byte % 16 == 0, "fa ldmatrix address not 16-byte aligned");
+                    groups[r] = (byte / 16) % 8;
+                }
+                for (int x = 0; x < 8; ++x)
+                    for (int y = x + 1; y < 8; ++y)
+                        CHECK(groups[x] != groups[y], "fa bank conflict d %d rows %d/%d", d, base + x, base + y);
+            }
+    }
+    // P reuse: the S C-fragment element each A register of P V takes is the A element it stands for.
+    for (int kk = 0; kk < REEL_FA_BN / 16; ++kk)
+        for (int lane = 0; lane < 32; ++lane)
+            for (int reg = 0; reg < 4; ++reg)
+                for (int half = 0; half < 2; ++half) {
+                    const int nt = fa_p_ntile(kk, reg), e = fa_p_elem(reg, half), ea = 2 * reg + half;
+                    CHECK(nt >= 0 && nt < REEL_FA_BN / 8 && e >= 0 && e < 4, "P source out of range");
+                    CHECK(mma_c_row(lane, e) == mma_a_row(lane, ea), "P row lane %d reg %d", lane, reg);
+                    CHECK(nt * 8 + mma_c_col(lane, e) == 16 * kk + mma_a_col(lane, ea),
+                          "P key lane %d reg %d kk %d", lane, reg, kk);
+                }
+    // ldmatrix.x4.trans of V: thread i of matrix q receives stored (row 2 (i % 4) + half,
+    // column i / 4) of that matrix, whose row r was addressed by lane 8 q + r. That must be the
+    // B element (k = key, n = d) of register q % 2 of d-tile q / 2.
+    for (int q = 0; q < 4; ++q)
+        for (int i = 0; i < 32; ++i)
+            for (int half = 0; half < 2; ++half) {
+                const int src = 8 * q + 2 * (i % 4) + half;
+                const int key = ldsm_vt_row(src), dcol = ldsm_vt_col(src) + i / 4;
+                const int e = 2 * (q % 2) + half;
+                CHECK(key == mma_b_k(i, e) && dcol == (q / 2) * 8 + mma_b_n(i, e),
+                      "ldmatrix.trans V matrix %d lane %d", q, i);
+            }
+    // Heavy-first tile order is a permutation.
+    for (int n = 1; n < 40; ++n) {
+        static int hit[64];
+        std::memset(hit, 0, sizeof(hit));
+        for (int bx = 0; bx < n; ++bx) hit[fa_mblock(bx, n)]++;
+        for (int x = 0; x < n; ++x) CHECK(hit[x] == 1, "fa_mblock n %d", n);
+    }
+    // Causal tiles of the paged kernel: for every CTA (64 rows r = t * G + g, rows past the end
+    // clamped to the last one, as the kernel does), the visited key tiles hold every visible
+    // (row, key) pair, the last visited tile has a visible key, and an unmasked tile is fully
+    // visible to every row. Shapes: G 7 and others, T from 1 to past a tile, kv_len >= T.
+    {
+        const int Gs[] = {1, 2, 7, 8};
+        for (int G : Gs)
+            for (int T = 1; T <= 140; T += (T < 20 ? 1 : 13))
+                for (int extra = 0; extra <= 200; extra += (extra < 4 ? 1 : 67)) {
+                    const int kv = T + extra, R = T * G;
+                    const int nblk = (R + REEL_FA_BM - 1) / REEL_FA_BM;
+                    for (int bx = 0; bx < nblk; ++bx) {
+                        const int r0 = fa_mblock(bx, nblk) * REEL_FA_BM;
+                        auto kend = [&](int i) {
+                            const int r = r0 + i < R ? r0 + i : R - 1;
+                            return attn_causal_end(kv, T, attn_row_token(r, G));
+                        };
+                        const int kmin = kend(0), kmax = kend(REEL_FA_BM - 1);
+                        const int nt = fa_kv_tiles(0, kmax, REEL_FA_BN);
+                        int maxk = 0;
+                        for (int i = 0; i < REEL_FA_BM; ++i) {
+                            CHECK(kend(i) >= kmin && kend(i) <= kmax, "kend order G %d T %d", G, T);
+                            if (kend(i) > maxk) maxk = kend(i);
+                        }
+                        CHECK(nt * REEL_FA_BN >= maxk, "tiles miss keys G %d T %d kv %d", G, T, kv);
+                        CHECK(nt >= 1 && (nt - 1) * REEL_FA_BN < maxk, "tile past the diagonal G %d T %d kv %d", G, T, kv);
+                        CHECK(kmax <= kv, "keys past kv_len");
+                        for (int b = 0; b < nt; ++b) {
+                            const int j0 = b * REEL_FA_BN;
+                            if (fa_tile_masked(j0, REEL_FA_BN, kmin)) continue;
+                            for (int i = 0; i < REEL_FA_BM; ++i)
+                                CHECK(j0 + REEL_FA_BN <= kend(i), "unmasked tile %d hides keys of row %d", b, i);
+                        }
+                    }
+                }
+        // Varlen: keys [cb, ce) in tiles from cb; only a tile crossing ce is masked.
+        for (int cb = 0; cb < 70; cb += 23)
+            for (int len = 1; len <= 200; ++len) {
+                const int ce = cb + len, nt = fa_kv_tiles(cb, ce, REEL_FA_BN);
+                CHECK(nt == (len + REEL_FA_BN - 1) / REEL_FA_BN, "varlen tiles len %d", len);
+                for (int b = 0; b < nt; ++b)
+                    CHECK(fa_tile_masked(cb + b * REEL_FA_BN, REEL_FA_BN, ce) == (cb + (b + 1) * REEL_FA_BN > ce),
+                          "varlen mask len %d tile %d", len, b);
+            }
+        CHECK(fa_kv_tiles(5, 5, REEL_FA_BN) == 0 && fa_kv_tiles(5, 0, REEL_FA_BN) == 0, "empty key range");
+    }
+    // Paged key rows through a scrambled page list equal the dense-pool formula.
+    {
+        const int ps = 16, nkv = 4, d = 128, np = 23, layers = 3;
+        int pages[np];
+        for (int i = 0; i < np; ++i) pages[i] = (i * 7 + 5) % np;
+        for (int layer = 0; layer < layers; ++layer)
+            for (int kv = 0; kv < 2; ++kv)
+                for (int h = 0; h < nkv; ++h)
+                    for (int j = 0; j < np * ps; j += 3) {
+                        const long want = ((((long)(layer * 2 + kv) * np + pages[j / ps]) * ps + j % ps) * nkv + h) * d;
+                        CHECK(paged_row_elem(pages, j, layer, kv, h, np, ps, nkv, d) == want, "paged_row_elem j %d", j);
+                    }
+    }
     if (fails) {
         std::printf("%d index checks failed\n", fails);
         return 1;
