@@ -33,6 +33,8 @@ pub enum Kernel {
     AttnVarlen,
     AttnMerge,
     KvAppend,
+    AttnPagedPrefillMma,
+    AttnVarlenMma,
 }
 
 impl Kernel {
@@ -57,6 +59,8 @@ impl Kernel {
         Kernel::AttnVarlen,
         Kernel::AttnMerge,
         Kernel::KvAppend,
+        Kernel::AttnPagedPrefillMma,
+        Kernel::AttnVarlenMma,
     ];
 
     /// (module = kernels/<module>.cu, extern "C" name)
@@ -82,6 +86,8 @@ impl Kernel {
             Kernel::AttnVarlen => ("attention", "attn_varlen"),
             Kernel::AttnMerge => ("attention", "attn_merge"),
             Kernel::KvAppend => ("attention", "kv_append"),
+            Kernel::AttnPagedPrefillMma => ("attention_mma", "attn_paged_prefill_mma"),
+            Kernel::AttnVarlenMma => ("attention_mma", "attn_varlen_mma"),
         }
     }
 
