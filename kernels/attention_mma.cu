@@ -343,16 +343,17 @@ __device__ __forceinline__ void fa_cta(const ReelAttnParams& p, const Keys& keys
     }
 }
 
-// grid = (ceil(T * G / 64), Hkv); block = 128; dyn smem = (64 + 4 * 64) * 136 * 2 B.
-// __launch_bounds__(128, 2): two CTAs per SM fit the smem of sm_80 and sm_90.
+// grid = (Hkv, ceil(T * G / 64)); block = 128; dyn smem = (64 + 4 * 64) * 136 * 2 B.
+// x (fastest in launch order) is the KV head, so the heavy-first order of the row tiles holds
+// across all heads: the last wave is the light (early-token) tiles of every head.
 extern "C" __global__ void __launch_bounds__(NT, 2) attn_paged_prefill_mma(ReelAttnParams p) {
-    const int kvh = blockIdx.y;
+    const int kvh = blockIdx.x;
     const int G = p.q_heads / p.kv_heads, T = p.tokens, R = T * G;
     const int* indptr = reinterpret_cast<const int*>(p.kv.indptr);
     const int pbeg = indptr[0], npages = indptr[1] - indptr[0];
     const int kv_len =
         paged_kv_len(npages, p.kv.page_size, reinterpret_cast<const int*>(p.kv.last_page_len)[0]);
-    FaPagedRows rows{fa_mblock(blockIdx.x, gridDim.x) * BM, R, G, kvh, kv_len, T,
+    FaPagedRows rows{fa_mblock(blockIdx.y, gridDim.y) * BM, R, G, kvh, kv_len, T,
                      p.q_stride, p.out_stride};
     const int kend_min = rows.kend(0), kend_max = rows.kend(BM - 1);
     FaPagedKeys keys{reinterpret_cast<const __nv_bfloat16*>(p.kv.pool),

@@ -227,8 +227,14 @@ impl CudaBackend {
         need(gx <= i32::MAX as usize, || {
             "attention_paged: too many rows".into()
         })?;
+        // The tensor-core kernel puts the KV head on x (see attention_mma.cu).
+        let grid = if mma {
+            (hkv as u32, gx as u32, 1)
+        } else {
+            (gx as u32, hkv as u32, splits as u32)
+        };
         let l = Launch {
-            grid: (gx as u32, hkv as u32, splits as u32),
+            grid,
             block: if mma { REEL_FA_THREADS } else { 128 },
             dyn_smem: if mma { fa_smem_bytes(d) as u32 } else { 0 },
         };
