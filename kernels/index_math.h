@@ -81,3 +81,46 @@ REEL_HD int ldsm_b_col(int lane) { return ((lane / 8) % 2) * 8; }
 // cp.async chunk `i` (0..BM*BK/8) of a tile: row and first k (16-byte chunks of 8 bf16).
 REEL_HD int gemm_chunk_row(int i) { return i / (REEL_GEMM_BK / 8); }
 REEL_HD int gemm_chunk_col(int i) { return (i % (REEL_GEMM_BK / 8)) * 8; }
+
+// ---- tensor-core flash attention (kernels/attention_mma.cu; constants REEL_FA_* in params.h) ----
+
+// Element index of key j's head vector in the paged pool, through this sequence's page list.
+REEL_HD int64_t paged_row_elem(const int* pages, int j, int layer, int kv, int head, int n_pages,
+                               int page_size, int kv_heads, int head_dim) {
+    int pp, slot;
+    page_walk(j, page_size, &pp, &slot);
+    return kv_elem_index(layer, kv, pages[pp], slot, head, n_pages, page_size, kv_heads, head_dim);
+}
+
+// smem row stride (bf16) of a Q/K/V tile row of head_dim d.
+REEL_HD int fa_lds(int d) { return d + REEL_FA_PAD; }
+// cp.async chunk i of a tile with rows of d bf16: row and first column (16-byte chunks of 8).
+REEL_HD int fa_chunk_row(int i, int d) { return i / (d / 8); }
+REEL_HD int fa_chunk_col(int i, int d) { return (i % (d / 8)) * 8; }
+
+// Heavy tiles first: CTA x of n along the grid takes query tile n - 1 - x (the last query rows
+// see the most keys under the causal mask, so they start in the first wave).
+REEL_HD int fa_mblock(int bx, int n) { return n - 1 - bx; }
+
+// Key tiles [kb + i * bn, kb + (i + 1) * bn) for i < fa_kv_tiles cover every key a row of the
+// CTA can see (keys < kend_max); tiles past it are never loaded (causal skipping).
+REEL_HD int fa_kv_tiles(int kb, int kend_max, int bn) {
+    return kend_max <= kb ? 0 : (kend_max - kb + bn - 1) / bn;
+}
+// A tile starting at key j0 needs the per-element mask only if some row of the CTA cannot see
+// all of it: its end passes the smallest visible bound (the diagonal tiles and the last tile).
+REEL_HD bool fa_tile_masked(int j0, int bn, int kend_min) { return j0 + bn > kend_min; }
+
+// P (the f32 C fragments of S = Q K^T, n-tiles of 8 keys) reused as the A fragment of P V for
+// keys [16 kk, 16 kk + 16): A reg r comes from S n-tile 2 kk + (r >> 1), C elements
+// (r & 1) * 2 + {0, 1}. Checked against the C and A maps in the host test.
+REEL_HD int fa_p_ntile(int kk, int reg) { return 2 * kk + (reg >> 1); }
+REEL_HD int fa_p_elem(int reg, int half) { return (reg & 1) * 2 + half; }
+
+// ldmatrix.x4.trans for the B operand of P V from V rows (key-major, d contiguous): matrices
+// (keys 0-7, d 0-7), (keys 8-15, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 8-15) -> b0, b1 of
+// d-tile 0, then b0, b1 of d-tile 1. Lane l addresses key row ldsm_vt_row(l), column
+// ldsm_vt_col(l). With .trans, thread i receives (stored row 2 (i % 4) + {0, 1}, column i / 4)
+// of each matrix, i.e. k = 2c + {0, 1}, n = g: the B layout.
+REEL_HD int ldsm_vt_row(int lane) { return (lane % 8) + ((lane / 8) % 2) * 8; }
+REEL_HD int ldsm_vt_col(int lane) { return (lane / 16) * 8; }

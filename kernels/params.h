@@ -280,3 +280,15 @@ typedef struct ReelQEmbeddingParams {
     int32_t out_dt;
     int32_t pad_;
 } ReelQEmbeddingParams;
+
+// ---- Tensor-core flash attention (kernels/attention_mma.cu) ----
+// bf16 q/k/v/out, ReelAttnParams. A CTA of REEL_FA_THREADS threads (4 warps x 16 rows) owns
+// REEL_FA_BM query rows and walks the keys in tiles of REEL_FA_BN; smem rows are head_dim + 8
+// bf16 (an odd number of 16-byte chunks for head_dim 80 and 128, so ldmatrix is conflict-free).
+// Dynamic smem: Q tile + 2 stages of K and V tiles = (BM + 4 BN) * (head_dim + 8) * 2 bytes.
+#define REEL_FA_BM 64
+#define REEL_FA_BN 64
+#define REEL_FA_THREADS 128
+#define REEL_FA_PAD 8
+#define REEL_FA_PAGED_D 128  // head_dim of attn_paged_prefill_mma (the LLM)
+#define REEL_FA_VARLEN_D 80  // head_dim of attn_varlen_mma (the ViT)

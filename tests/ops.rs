@@ -582,6 +582,11 @@ fn cases() -> Vec<Case> {
         (5, 28, 4, 128, 16, 77),
         (17, 6, 2, 20, 3, 40),
         (16, 7, 1, 24, 16, 16),
+        // Tensor-core prefill shapes (bf16 on CUDA): T * 7 rows not a multiple of the 64-row
+        // tile, a prefill chunk after a cached prefix, the smallest prefill over many pages.
+        (77, 28, 4, 128, 16, 377),
+        (300, 28, 4, 128, 16, 612),
+        (2, 28, 4, 128, 16, 1000),
     ] {
         let shape = format!("q[{t},{hq},{d}] kv{hkv} page{ps} len{kv_len}");
         c.push(case(
@@ -636,6 +641,9 @@ fn cases() -> Vec<Case> {
     // attention_varlen: q, k, v as column blocks of one packed [N, 3, H, d] buffer.
     for (h, d, segs) in [
         (16usize, 80usize, vec![64usize, 48, 16, 13]),
+        // Windows, a short segment and a full-attention slice of several key tiles with a
+        // ragged tail (300 = 4 x 64 + 44; longer slices make the f64 reference slow).
+        (16, 80, vec![64, 64, 22, 300]),
         (2, 8, vec![3, 0, 7]),
         (3, 20, vec![1, 40]),
     ] {

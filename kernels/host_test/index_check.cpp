@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <cmath>
+#include <vector>
 #include "../index_math.h"
 
 static int fails = 0;
@@ -17,6 +20,273 @@ static int fails = 0;
             ++fails;                          \
         }                                     \
     } while (0)
+
+// ---- host model of attention_mma.cu's CTA loop ----
+// Replays fa_cta for one CTA lane by lane with the same index functions: ldmatrix (plain and
+// .trans) and mma.sync are emulated from their PTX definitions (thread i of 8x8 matrix q gets
+// row i / 4, cols 2 (i % 4) + {0, 1}; .trans the transpose), the quad shuffles as sums over the
+// 4 lanes of a row, P split into bf16 hi + lo. The result is compared with an f64 softmax.
+static float bf16r(float x) {  // round to nearest even, as __float2bfloat16_rn
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    float r;
+    std::memcpy(&r, &u, 4);
+    return r;
+}
+struct Reg2 { float lo, hi; };  // a bf16x2 register, values already bf16
+// ldmatrix.x4 from a row-major smem tile with row stride lds; addr(l) gives lane l's (row, col).
+template <typename F>
+static void emu_ldsm(const float* sm, int lds, F addr, bool trans, Reg2 (*out)[4]) {
+    for (int i = 0; i < 32; ++i)
+        for (int q = 0; q < 4; ++q) {
+            float v[2];
+            for (int h = 0; h < 2; ++h) {
+                const int mr = trans ? 2 * (i % 4) + h : i / 4, mc = trans ? i / 4 : 2 * (i % 4) + h;
+                int r, c;
+                addr(8 * q + mr, &r, &c);
+                v[h] = sm[r * lds + c + mc];
+            }
+            out[i][q] = {v[0], v[1]};
+        }
+}
+static void emu_mma(float (*c)[4], Reg2 (*a)[4], Reg2 b0[32], Reg2 b1[32]) {
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        for (int e = 0; e < 8; ++e) A[mma_a_row(l, e)][mma_a_col(l, e)] = e & 1 ? a[l][e / 2].hi : a[l][e / 2].lo;
+        for (int e = 0; e < 4; ++e) {
+            const Reg2 r = e < 2 ? b0[l] : b1[l];
+            B[mma_b_k(l, e)][mma_b_n(l, e)] = e & 1 ? r.hi : r.lo;
+        }
+    }
+    for (int l = 0; l < 32; ++l)
+        for (int e = 0; e < 4; ++e) {
+            float acc = c[l][e];
+            for (int k = 0; k < 16; ++k) acc += A[mma_c_row(l, e)][k] * B[k][mma_c_col(l, e)];
+            c[l][e] = acc;
+        }
+}
+// One CTA: rows i (valid(i), q row qrow(i), bound kend(i)), keys [kb, kend_max) read by
+// krow(j) / vrow(j) (pointers to d floats). Writes out(i) for valid rows.
+template <int D, typename Valid, typename QRow, typename KEnd, typename KRow, typename VRow, typename Out>
+static void emu_cta(float sl2, int kb, int kend_min, int kend_max, Valid valid, QRow qrow, KEnd kend,
+                    KRow krow, VRow vrow, Out out) {
+    const int LDS = fa_lds(D), BM = REEL_FA_BM, BN = REEL_FA_BN;
+    std::vector<float> Qs(BM * LDS, 0.f), Ks(BN * LDS), Vs(BN * LDS);
+    for (int i = 0; i < BM * D / 8; ++i) {
+        const int r = fa_chunk_row(i, D), c = fa_chunk_col(i, D);
+        for (int e = 0; e < 8; ++e) Qs[r * LDS + c + e] = valid(r) ? qrow(r)[c + e] : 0.f;
+    }
+    for (int w = 0; w < 4; ++w) {
+        static Reg2 qf[D / 16][32][4];
+        for (int ks = 0; ks < D / 16; ++ks)
+            emu_ldsm(Qs.data(), LDS, [&](int l, int* r, int* c) { *r = w * 16 + ldsm_a_row(l); *c = ks * 16 + ldsm_a_col(l); }, false, qf[ks]);
+        static float o[D / 8][32][4];
+        std::memset(o, 0, sizeof(o));
+        float m[32][2], l[32][2];
+        for (int ln = 0; ln < 32; ++ln) m[ln][0] = m[ln][1] = -INFINITY, l[ln][0] = l[ln][1] = 0.f;
+        const int ntiles = fa_kv_tiles(kb, kend_max, BN);
+        for (int nb = 0; nb < ntiles; ++nb) {
+            const int j0 = kb + nb * BN;
+            for (int i = 0; i < BN * D / 8; ++i) {
+                const int r = fa_chunk_row(i, D), c = fa_chunk_col(i, D), j = j0 + r;
+                for (int e = 0; e < 8; ++e) {
+                    Ks[r * LDS + c + e] = j < kend_max ? krow(j)[c + e] : 0.f;
+                    Vs[r * LDS + c + e] = j < kend_max ? vrow(j)[c + e] : 0.f;
+                }
+            }
+            static float s[BN / 8][32][4];
+            std::memset(s, 0, sizeof(s));
+            for (int ks = 0; ks < D / 16; ++ks)
+                for (int np = 0; np < BN / 16; ++np) {
+                    Reg2 b[32][4];
+                    emu_ldsm(Ks.data(), LDS, [&](int ln, int* r, int* c) { *r = np * 16 + ldsm_b_row(ln); *c = ks * 16 + ldsm_b_col(ln); }, false, b);
+                    Reg2 b0[32], b1[32], b2[32], b3[32];
+                    for (int ln = 0; ln < 32; ++ln) b0[ln] = b[ln][0], b1[ln] = b[ln][1], b2[ln] = b[ln][2], b3[ln] = b[ln][3];
+                    emu_mma(s[2 * np], qf[ks], b0, b1);
+                    emu_mma(s[2 * np + 1], qf[ks], b2, b3);
+                }
+            const bool masked = fa_tile_masked(j0, BN, kend_min);
+            for (int ln = 0; ln < 32; ++ln) {
+                const int g = ln / 4, kr[2] = {kend(w * 16 + g), kend(w * 16 + g + 8)};
+                for (int nt = 0; nt < BN / 8; ++nt)
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[nt][ln][e] * sl2;
+                        if (masked && j0 + nt * 8 + mma_c_col(ln, e) >= kr[e >> 1]) x = -INFINITY;
+                        s[nt][ln][e] = x;
+                    }
+            }
+            float mu[32][2];
+            for (int h = 0; h < 2; ++h) {
+                float mx[32];
+                for (int ln = 0; ln < 32; ++ln) {
+                    mx[ln] = -INFINITY;
+                    for (int nt = 0; nt < BN / 8; ++nt) mx[ln] = fmaxf(mx[ln], fmaxf(s[nt][ln][2 * h], s[nt][ln][2 * h + 1]));
+                }
+                for (int ln = 0; ln < 32; ++ln) {
+                    const int q0 = ln & ~3;  // quad max (shuffle-xor 1, 2)
+                    const float qm = fmaxf(fmaxf(mx[q0], mx[q0 + 1]), fmaxf(mx[q0 + 2], mx[q0 + 3]));
+                    const float mn = fmaxf(m[ln][h], qm);
+                    mu[ln][h] = mn == -INFINITY ? 0.f : mn;
+                    const float alpha = exp2f(m[ln][h] - mu[ln][h]);
+                    m[ln][h] = mn;
+                    l[ln][h] *= alpha;
+                    for (int nt = 0; nt < D / 8; ++nt) o[nt][ln][2 * h] *= alpha, o[nt][ln][2 * h + 1] *= alpha;
+                }
+            }
+            for (int ln = 0; ln < 32; ++ln)
+                for (int nt = 0; nt < BN / 8; ++nt)
+                    for (int e = 0; e < 4; ++e) {
+                        const float pe = exp2f(s[nt][ln][e] - mu[ln][e >> 1]);
+                        l[ln][e >> 1] += pe;
+                        s[nt][ln][e] = pe;
+                    }
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                Reg2 ph[32][4], pl[32][4];
+                for (int ln = 0; ln < 32; ++ln)
+                    for (int reg = 0; reg < 4; ++reg) {
+                        const float x0 = s[fa_p_ntile(kk, reg)][ln][fa_p_elem(reg, 0)];
+                        const float x1 = s[fa_p_ntile(kk, reg)][ln][fa_p_elem(reg, 1)];
+                        ph[ln][reg] = {bf16r(x0), bf16r(x1)};
+                        pl[ln][reg] = {bf16r(x0 - bf16r(x0)), bf16r(x1 - bf16r(x1))};
+                    }
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    Reg2 b[32][4];
+                    emu_ldsm(Vs.data(), LDS, [&](int ln, int* r, int* c) { *r = kk * 16 + ldsm_vt_row(ln); *c = dp * 16 + ldsm_vt_col(ln); }, true, b);
+                    Reg2 b0[32], b1[32], b2[32], b3[32];
+                    for (int ln = 0; ln < 32; ++ln) b0[ln] = b[ln][0], b1[ln] = b[ln][1], b2[ln] = b[ln][2], b3[ln] = b[ln][3];
+                    emu_mma(o[2 * dp], ph, b0, b1);
+                    emu_mma(o[2 * dp], pl, b0, b1);
+                    emu_mma(o[2 * dp + 1], ph, b2, b3);
+                    emu_mma(o[2 * dp + 1], pl, b2, b3);
+                }
+            }
+        }
+        for (int ln = 0; ln < 32; ++ln)
+            for (int h = 0; h < 2; ++h) {
+                const int q0 = ln & ~3;
+                const float lt = l[q0][h] + l[q0 + 1][h] + l[q0 + 2][h] + l[q0 + 3][h];
+                const float inv = lt > 0.f ? 1.f / lt : 0.f;
+                const int i = w * 16 + ln / 4 + 8 * h;
+                if (!valid(i)) continue;
+                for (int nt = 0; nt < D / 8; ++nt) {
+                    const int c = nt * 8 + mma_c_col(ln, 2 * h);
+                    out(i)[c] = bf16r(o[nt][ln][2 * h] * inv);
+                    out(i)[c + 1] = bf16r(o[nt][ln][2 * h + 1] * inv);
+                }
+            }
+    }
+}
+
+// Deterministic bf16 values in [-2, 2).
+static float rnd(uint64_t& st) {
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return bf16r(((st >> 40) / 16777216.0f * 2.f - 1.f) * 2.f);
+}
+
+// f64 softmax attention of one query row over keys [kb, ke) -> out, and the harness metric.
+static void ref_row(const float* q, int kb, int ke, const float* const* ks, const float* const* vs, int d, float scale, double* o) {
+    std::vector<double> sc(ke - kb);
+    double mx = -INFINITY;
+    for (int j = kb; j < ke; ++j) {
+        double a = 0;
+        for (int c = 0; c < d; ++c) a += (double)q[c] * ks[j][c];
+        sc[j - kb] = a * scale;
+        mx = std::max(mx, sc[j - kb]);
+    }
+    double z = 0;
+    for (auto& x : sc) z += (x = std::exp(x - mx));
+    for (int c = 0; c < d; ++c) {
+        double a = 0;
+        for (int j = kb; j < ke; ++j) a += sc[j - kb] / z * vs[j][c];
+        o[c] = a;
+    }
+}
+
+static void check_attention_model() {
+    uint64_t st = 0x243f6a8885a308d3ull;
+    // Paged causal prefill: G = 7, T = 13 (91 rows: a full and a partial CTA), kv_len 150 on
+    // 16-token pages in scrambled order, 2 KV heads, layer 1 of 2.
+    {
+        const int D = 128, G = 7, hkv = 2, hq = G * hkv, T = 13, kv_len = 150, ps = 16, layers = 2;
+        const int npg = (kv_len + ps - 1) / ps, n_pages = 2 * npg + 1;
+        std::vector<int> pages(npg);
+        for (int i = 0; i < npg; ++i) pages[i] = (n_pages - 1 - 2 * i + n_pages) % n_pages;
+        std::vector<float> pool((size_t)layers * 2 * n_pages * ps * hkv * D), q(T * hq * D), out(T * hq * D, NAN);
+        for (auto& x : pool) x = rnd(st);
+        for (auto& x : q) x = rnd(st);
+        const float scale = 1.f / std::sqrt((float)D), sl2 = scale * 1.4426950408889634f;
+        double worst = 0, omax = 0;
+        for (int kvh = 0; kvh < hkv; ++kvh) {
+            const int R = T * G, nblk = (R + REEL_FA_BM - 1) / REEL_FA_BM;
+            for (int bx = 0; bx < nblk; ++bx) {
+                const int r0 = fa_mblock(bx, nblk) * REEL_FA_BM;
+                auto rowc = [&](int i) { return std::min(r0 + i, R - 1); };
+                auto qoff = [&](int i) { return (size_t)attn_row_token(rowc(i), G) * hq * D + (size_t)attn_row_qhead(rowc(i), G, kvh) * D; };
+                auto kend = [&](int i) { return attn_causal_end(kv_len, T, attn_row_token(rowc(i), G)); };
+                emu_cta<D>(sl2, 0, kend(0), kend(REEL_FA_BM - 1), [&](int i) { return r0 + i < R; },
+                           [&](int i) { return &q[qoff(i)]; }, kend,
+                           [&](int j) { return &pool[paged_row_elem(pages.data(), j, 1, 0, kvh, n_pages, ps, hkv, D)]; },
+                           [&](int j) { return &pool[paged_row_elem(pages.data(), j, 1, 1, kvh, n_pages, ps, hkv, D)]; },
+                           [&](int i) { return &out[qoff(i)]; });
+            }
+        }
+        std::vector<const float*> ks(kv_len), vs(kv_len);
+        std::vector<double> want(T * hq * D);
+        for (int t = 0; t < T; ++t)
+            for (int h = 0; h < hq; ++h) {
+                for (int j = 0; j < kv_len; ++j) {
+                    ks[j] = &pool[paged_row_elem(pages.data(), j, 1, 0, h / G, n_pages, ps, hkv, D)];
+                    vs[j] = &pool[paged_row_elem(pages.data(), j, 1, 1, h / G, n_pages, ps, hkv, D)];
+                }
+                ref_row(&q[(t * hq + h) * D], 0, kv_len - T + t + 1, ks.data(), vs.data(), D, scale, &want[(t * hq + h) * D]);
+            }
+        for (double w : want) omax = std::max(omax, std::fabs(w));
+        for (size_t i = 0; i < want.size(); ++i) {
+            const double e = std::fabs(out[i] - want[i]) / std::max(std::fabs(want[i]), 1e-3 * omax);
+            worst = std::isnan(out[i]) ? INFINITY : std::max(worst, e);
+        }
+        std::printf("attention model, paged prefill: max err %.3e\n", worst);
+        CHECK(worst <= 1.0 / 128, "paged prefill model err %.3e", worst);
+    }
+    // Varlen, d = 80: segments 64, 22, 150 (a window, a short one, three key tiles with a tail).
+    {
+        const int D = 80, H = 3;
+        const int cu[] = {0, 64, 86, 236};
+        const int N = cu[3];
+        std::vector<float> q(N * H * D), k(N * H * D), v(N * H * D), out(N * H * D, NAN);
+        for (auto* a : {&q, &k, &v})
+            for (auto& x : *a) x = rnd(st);
+        const float scale = 1.f / std::sqrt((float)D), sl2 = scale * 1.4426950408889634f;
+        for (int s = 0; s < 3; ++s)
+            for (int h = 0; h < H; ++h)
+                for (int bx = 0; cu[s] + bx * REEL_FA_BM < cu[s + 1]; ++bx) {
+                    const int t0 = cu[s] + bx * REEL_FA_BM, ce = cu[s + 1];
+                    auto off = [&](int i) { return (size_t)std::min(t0 + i, ce - 1) * H * D + h * D; };
+                    emu_cta<D>(sl2, cu[s], ce, ce, [&](int i) { return t0 + i < ce; }, [&](int i) { return &q[off(i)]; },
+                               [&](int) { return ce; }, [&](int j) { return &k[(size_t)j * H * D + h * D]; },
+                               [&](int j) { return &v[(size_t)j * H * D + h * D]; }, [&](int i) { return &out[off(i)]; });
+                }
+        std::vector<double> want(N * H * D);
+        std::vector<const float*> ks(N), vs(N);
+        double omax = 0, worst = 0;
+        for (int s = 0; s < 3; ++s)
+            for (int h = 0; h < H; ++h) {
+                for (int j = 0; j < N; ++j) ks[j] = &k[(size_t)j * H * D + h * D], vs[j] = &v[(size_t)j * H * D + h * D];
+                for (int t = cu[s]; t < cu[s + 1]; ++t)
+                    ref_row(&q[(size_t)t * H * D + h * D], cu[s], cu[s + 1], ks.data(), vs.data(), D, scale, &want[(size_t)t * H * D + h * D]);
+            }
+        for (double w : want) omax = std::max(omax, std::fabs(w));
+        for (size_t i = 0; i < want.size(); ++i) {
+            const double e = std::fabs(out[i] - want[i]) / std::max(std::fabs(want[i]), 1e-3 * omax);
+            worst = std::isnan(out[i]) ? INFINITY : std::max(worst, e);
+        }
+        std::printf("attention model, varlen d=80: max err %.3e\n", worst);
+        CHECK(worst <= 1.0 / 128, "varlen model err %.3e", worst);
+    }
+}
 
 int main() {
     // Split ranges: every token of [0, kv_len) in exactly one split, splits in order.
@@ -143,6 +413,121 @@ int main() {
                     }
     for (int r = 0; r < REEL_GEMM_BM; ++r)
         for (int n = 0; n < REEL_GEMM_BN; ++n) CHECK(ct[r][n] == 1, "CTA C (%d,%d) owned %d times", r, n, ct[r][n]);
+    // ---- tensor-core flash attention ----
+    // cp.async chunks cover a tile of 64 rows x d exactly once; smem rows of d + 8 keep the 8
+    // row addresses of every ldmatrix phase in distinct 16-byte bank groups, 16-byte aligned.
+    const int fa_dims[] = {80, 128};
+    for (int d : fa_dims) {
+        static int cov[REEL_FA_BM][128];
+        std::memset(cov, 0, sizeof(cov));
+        for (int i = 0; i < REEL_FA_BM * d / 8; ++i)
+            for (int e = 0; e < 8; ++e) cov[fa_chunk_row(i, d)][fa_chunk_col(i, d) + e]++;
+        for (int r = 0; r < REEL_FA_BM; ++r)
+            for (int k = 0; k < d; ++k) CHECK(cov[r][k] == 1, "fa chunk d %d (%d,%d)", d, r, k);
+        CHECK((REEL_FA_BM * d / 8) % REEL_FA_THREADS == 0, "fa chunks per thread d %d", d);
+        for (int base = 0; base + 8 <= REEL_FA_BM; ++base)
+            for (int col = 0; col < d; col += 8) {
+                int groups[8];
+                for (int r = 0; r < 8; ++r) {
+                    const int byte = ((base + r) * fa_lds(d) + col) * 2;
+                    CHECK(byte % 16 == 0, "fa ldmatrix address not 16-byte aligned");
+                    groups[r] = (byte / 16) % 8;
+                }
+                for (int x = 0; x < 8; ++x)
+                    for (int y = x + 1; y < 8; ++y)
+                        CHECK(groups[x] != groups[y], "fa bank conflict d %d rows %d/%d", d, base + x, base + y);
+            }
+    }
+    // P reuse: the S C-fragment element each A register of P V takes is the A element it stands for.
+    for (int kk = 0; kk < REEL_FA_BN / 16; ++kk)
+        for (int lane = 0; lane < 32; ++lane)
+            for (int reg = 0; reg < 4; ++reg)
+                for (int half = 0; half < 2; ++half) {
+                    const int nt = fa_p_ntile(kk, reg), e = fa_p_elem(reg, half), ea = 2 * reg + half;
+                    CHECK(nt >= 0 && nt < REEL_FA_BN / 8 && e >= 0 && e < 4, "P source out of range");
+                    CHECK(mma_c_row(lane, e) == mma_a_row(lane, ea), "P row lane %d reg %d", lane, reg);
+                    CHECK(nt * 8 + mma_c_col(lane, e) == 16 * kk + mma_a_col(lane, ea),
+                          "P key lane %d reg %d kk %d", lane, reg, kk);
+                }
+    // ldmatrix.x4.trans of V: thread i of matrix q receives stored (row 2 (i % 4) + half,
+    // column i / 4) of that matrix, whose row r was addressed by lane 8 q + r. That must be the
+    // B element (k = key, n = d) of register q % 2 of d-tile q / 2.
+    for (int q = 0; q < 4; ++q)
+        for (int i = 0; i < 32; ++i)
+            for (int half = 0; half < 2; ++half) {
+                const int src = 8 * q + 2 * (i % 4) + half;
+                const int key = ldsm_vt_row(src), dcol = ldsm_vt_col(src) + i / 4;
+                const int e = 2 * (q % 2) + half;
+                CHECK(key == mma_b_k(i, e) && dcol == (q / 2) * 8 + mma_b_n(i, e),
+                      "ldmatrix.trans V matrix %d lane %d", q, i);
+            }
+    // Heavy-first tile order is a permutation.
+    for (int n = 1; n < 40; ++n) {
+        static int hit[64];
+        std::memset(hit, 0, sizeof(hit));
+        for (int bx = 0; bx < n; ++bx) hit[fa_mblock(bx, n)]++;
+        for (int x = 0; x < n; ++x) CHECK(hit[x] == 1, "fa_mblock n %d", n);
+    }
+    // Causal tiles of the paged kernel: for every CTA (64 rows r = t * G + g, rows past the end
+    // clamped to the last one, as the kernel does), the visited key tiles hold every visible
+    // (row, key) pair, the last visited tile has a visible key, and an unmasked tile is fully
+    // visible to every row. Shapes: G 7 and others, T from 1 to past a tile, kv_len >= T.
+    {
+        const int Gs[] = {1, 2, 7, 8};
+        for (int G : Gs)
+            for (int T = 1; T <= 140; T += (T < 20 ? 1 : 13))
+                for (int extra = 0; extra <= 200; extra += (extra < 4 ? 1 : 67)) {
+                    const int kv = T + extra, R = T * G;
+                    const int nblk = (R + REEL_FA_BM - 1) / REEL_FA_BM;
+                    for (int bx = 0; bx < nblk; ++bx) {
+                        const int r0 = fa_mblock(bx, nblk) * REEL_FA_BM;
+                        auto kend = [&](int i) {
+                            const int r = r0 + i < R ? r0 + i : R - 1;
+                            return attn_causal_end(kv, T, attn_row_token(r, G));
+                        };
+                        const int kmin = kend(0), kmax = kend(REEL_FA_BM - 1);
+                        const int nt = fa_kv_tiles(0, kmax, REEL_FA_BN);
+                        int maxk = 0;
+                        for (int i = 0; i < REEL_FA_BM; ++i) {
+                            CHECK(kend(i) >= kmin && kend(i) <= kmax, "kend order G %d T %d", G, T);
+                            if (kend(i) > maxk) maxk = kend(i);
+                        }
+                        CHECK(nt * REEL_FA_BN >= maxk, "tiles miss keys G %d T %d kv %d", G, T, kv);
+                        CHECK(nt >= 1 && (nt - 1) * REEL_FA_BN < maxk, "tile past the diagonal G %d T %d kv %d", G, T, kv);
+                        CHECK(kmax <= kv, "keys past kv_len");
+                        for (int b = 0; b < nt; ++b) {
+                            const int j0 = b * REEL_FA_BN;
+                            if (fa_tile_masked(j0, REEL_FA_BN, kmin)) continue;
+                            for (int i = 0; i < REEL_FA_BM; ++i)
+                                CHECK(j0 + REEL_FA_BN <= kend(i), "unmasked tile %d hides keys of row %d", b, i);
+                        }
+                    }
+                }
+        // Varlen: keys [cb, ce) in tiles from cb; only a tile crossing ce is masked.
+        for (int cb = 0; cb < 70; cb += 23)
+            for (int len = 1; len <= 200; ++len) {
+                const int ce = cb + len, nt = fa_kv_tiles(cb, ce, REEL_FA_BN);
+                CHECK(nt == (len + REEL_FA_BN - 1) / REEL_FA_BN, "varlen tiles len %d", len);
+                for (int b = 0; b < nt; ++b)
+                    CHECK(fa_tile_masked(cb + b * REEL_FA_BN, REEL_FA_BN, ce) == (cb + (b + 1) * REEL_FA_BN > ce),
+                          "varlen mask len %d tile %d", len, b);
+            }
+        CHECK(fa_kv_tiles(5, 5, REEL_FA_BN) == 0 && fa_kv_tiles(5, 0, REEL_FA_BN) == 0, "empty key range");
+    }
+    // Paged key rows through a scrambled page list equal the dense-pool formula.
+    {
+        const int ps = 16, nkv = 4, d = 128, np = 23, layers = 3;
+        int pages[np];
+        for (int i = 0; i < np; ++i) pages[i] = (i * 7 + 5) % np;
+        for (int layer = 0; layer < layers; ++layer)
+            for (int kv = 0; kv < 2; ++kv)
+                for (int h = 0; h < nkv; ++h)
+                    for (int j = 0; j < np * ps; j += 3) {
+                        const long want = ((((long)(layer * 2 + kv) * np + pages[j / ps]) * ps + j % ps) * nkv + h) * d;
+                        CHECK(paged_row_elem(pages, j, layer, kv, h, np, ps, nkv, d) == want, "paged_row_elem j %d", j);
+                    }
+    }
+    check_attention_model();
     if (fails) {
         std::printf("%d index checks failed\n", fails);
         return 1;

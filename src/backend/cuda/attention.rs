@@ -1,9 +1,11 @@
 //! Launchers for kernels/attention.cu: paged decode (split-KV + merge), paged prefill, varlen
-//! (ViT) attention and kv_append.
+//! (ViT) attention and kv_append; and for kernels/attention_mma.cu, the tensor-core paged prefill
+//! (bf16, head_dim 128) and varlen attention (bf16, head_dim 80) that take over those shapes.
 
 use super::launch::{Kernel, Launch};
 use super::params::{
     ReelAttnMergeParams, ReelAttnParams, ReelKvAppendParams, ReelPagedKv, REEL_DECODE_SPLITS,
+    REEL_FA_BM, REEL_FA_BN, REEL_FA_PAD, REEL_FA_PAGED_D, REEL_FA_THREADS, REEL_FA_VARLEN_D,
 };
 use super::{dt_code, need, CudaBackend};
 use crate::backend::{Backend, PagedKv, TRef};
@@ -15,6 +17,17 @@ pub(crate) const ATTN_DMAX: usize = 128;
 /// Query rows per CTA: 4 warps x rows per warp (2 for decode, 4 for prefill and varlen).
 pub(crate) const DECODE_ROWS: usize = 8;
 pub(crate) const PREFILL_ROWS: usize = 16;
+
+/// Dynamic shared memory of the tensor-core kernels at head_dim `d`: a Q tile and two stages
+/// of K and V tiles, rows padded to d + 8 bf16 (87,040 B at d = 128, 56,320 B at d = 80).
+pub(crate) fn fa_smem_bytes(d: usize) -> usize {
+    (REEL_FA_BM as usize + 4 * REEL_FA_BN as usize) * (d + REEL_FA_PAD as usize) * 2
+}
+
+/// cp.async copies 16-byte chunks: the base and every row must be 16-byte aligned.
+fn rows_16b(ptr: u64, row_stride: usize) -> bool {
+    ptr % 16 == 0 && row_stride % 8 == 0
+}
 
 /// Bytes of split partials: o [splits][rows][d] f32 then lse [splits][rows] f32.
 pub(crate) fn partial_bytes(splits: usize, rows: usize, d: usize) -> (usize, usize) {
@@ -155,7 +168,23 @@ impl CudaBackend {
             return Ok(());
         }
         let g = hq / hkv;
-        let (splits, rows_per_cta, kern) = if t == 1 {
+        let (qp, op) = (
+            self.ptr(&q, "attention_paged q")?,
+            self.ptr_mut(&out, "attention_paged out")?,
+        );
+        // Prefill in bf16 at the LLM's head_dim goes to tensor cores; f32/f16 activations,
+        // other head dims and decode stay on the CUDA-core kernels.
+        let mma = t > 1
+            && d == REEL_FA_PAGED_D as usize
+            && q.dtype == DType::BF16
+            && out.dtype == DType::BF16
+            && kv.layout.dtype == DType::BF16
+            && rows_16b(qp, q.row_stride)
+            && rows_16b(op, out.row_stride)
+            && fa_smem_bytes(d) as u32 <= self.info.smem_optin;
+        let (splits, rows_per_cta, kern) = if mma {
+            (1, REEL_FA_BM as usize, Kernel::AttnPagedPrefillMma)
+        } else if t == 1 {
             (
                 REEL_DECODE_SPLITS as usize,
                 DECODE_ROWS,
@@ -168,10 +197,10 @@ impl CudaBackend {
         let (lse_off, total) = partial_bytes(splits, rows, d);
         let part = if splits > 1 { self.scratch(total)? } else { 0 };
         let p = ReelAttnParams {
-            q: self.ptr(&q, "attention_paged q")?,
+            q: qp,
             k: 0,
             v: 0,
-            out: self.ptr_mut(&out, "attention_paged out")?,
+            out: op,
             cu_seqlens: 0,
             part_o: part,
             part_lse: if part != 0 { part + lse_off as u64 } else { 0 },
@@ -198,10 +227,16 @@ impl CudaBackend {
         need(gx <= i32::MAX as usize, || {
             "attention_paged: too many rows".into()
         })?;
+        // The tensor-core kernel puts the KV head on x (see attention_mma.cu).
+        let grid = if mma {
+            (hkv as u32, gx as u32, 1)
+        } else {
+            (gx as u32, hkv as u32, splits as u32)
+        };
         let l = Launch {
-            grid: (gx as u32, hkv as u32, splits as u32),
-            block: 128,
-            dyn_smem: 0,
+            grid,
+            block: if mma { REEL_FA_THREADS } else { 128 },
+            dyn_smem: if mma { fa_smem_bytes(d) as u32 } else { 0 },
         };
         self.launch(kern, l, &p)?;
         if splits > 1 {
@@ -297,11 +332,23 @@ impl CudaBackend {
         need(segs <= 65535, || {
             format!("attention_varlen: {segs} segments (limit 65535)")
         })?;
+        let (qp, op) = (
+            self.ptr(&q, "attention_varlen q")?,
+            self.ptr_mut(&out, "attention_varlen out")?,
+        );
+        // bf16 at the ViT's head_dim goes to tensor cores.
+        let mma = d == REEL_FA_VARLEN_D as usize
+            && [&q, &k, &v, &out].iter().all(|t| t.dtype == DType::BF16)
+            && rows_16b(qp, q.row_stride)
+            && rows_16b(kp, k.row_stride)
+            && rows_16b(vp, v.row_stride)
+            && rows_16b(op, out.row_stride)
+            && fa_smem_bytes(d) as u32 <= self.info.smem_optin;
         let p = ReelAttnParams {
-            q: self.ptr(&q, "attention_varlen q")?,
+            q: qp,
             k: kp,
             v: vp,
-            out: self.ptr_mut(&out, "attention_varlen out")?,
+            out: op,
             cu_seqlens: self.ptr(&cu, "attention_varlen cu_seqlens")?,
             part_o: 0,
             part_lse: 0,
@@ -323,12 +370,22 @@ impl CudaBackend {
             vec16: vec16 as i32,
             pad_: 0,
         };
-        let gx = max_len.div_ceil(PREFILL_ROWS) as u32;
+        let (rows_per_cta, kern, block, dyn_smem) = if mma {
+            (
+                REEL_FA_BM as usize,
+                Kernel::AttnVarlenMma,
+                REEL_FA_THREADS,
+                fa_smem_bytes(d) as u32,
+            )
+        } else {
+            (PREFILL_ROWS, Kernel::AttnVarlen, 128, 0)
+        };
+        let gx = max_len.div_ceil(rows_per_cta) as u32;
         let l = Launch {
             grid: (gx, segs as u32, h as u32),
-            block: 128,
-            dyn_smem: 0,
+            block,
+            dyn_smem,
         };
-        self.launch(Kernel::AttnVarlen, l, &p)
+        self.launch(kern, l, &p)
     }
 }

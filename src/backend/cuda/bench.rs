@@ -387,11 +387,13 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
 
     // ---- attention ----
     let (hq, hkv, d, ps) = (28usize, 4usize, 128usize, 16usize);
-    for kv_len in [4096usize, 16384] {
+    // Decode at 4k and 16k context; prefill of the Video-R1 input (T = 4250 tokens, all of them
+    // in the cache: a ragged last page and T * 7 rows not a multiple of the 64-row tile).
+    for kv_len in [4096usize, 16384, 4250] {
         if !(want("attn_paged_decode") || want("attn_paged_prefill")) {
             break;
         }
-        let npages = kv_len / ps;
+        let npages = kv_len.div_ceil(ps);
         let layout0 = KvLayout {
             buf: BufId(0),
             dtype: DType::BF16,
@@ -411,10 +413,10 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
             layout,
             indptr: b.i32s(&[0, npages as i32])?,
             indices: b.i32s(&pages)?,
-            last_page_len: b.i32s(&[ps as i32])?,
+            last_page_len: b.i32s(&[(kv_len - (npages - 1) * ps) as i32])?,
         };
         let scale = 1.0 / (d as f32).sqrt();
-        if want("attn_paged_decode") {
+        if want("attn_paged_decode") && kv_len != 4250 {
             let (q, out) = (b.bf16(&[1, hq, d])?, b.bf16(&[1, hq, d])?);
             let bytes = (kv_len * 2 * hkv * d * 2) as f64;
             b.time(
@@ -425,13 +427,15 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
                 |be, _| be.attention_paged(q, &kv, 0, out, scale),
             )?;
         }
-        if want("attn_paged_prefill") && kv_len == 4096 {
-            let (q, out) = (b.bf16(&[kv_len, hq, d])?, b.bf16(&[kv_len, hq, d])?);
-            // causal: QK^T and PV over half the square
-            let flops = 4.0 * (kv_len * kv_len / 2) as f64 * (d * hq) as f64;
+        if want("attn_paged_prefill") && kv_len == 4250 {
+            let t = kv_len;
+            let (q, out) = (b.bf16(&[t, hq, d])?, b.bf16(&[t, hq, d])?);
+            // Useful causal work: QK^T and PV over the t (t + 1) / 2 visible pairs per head
+            // (the kernel's second P V mma for the low half of P is not counted).
+            let flops = 4.0 * (t * (t + 1) / 2) as f64 * (d * hq) as f64;
             b.time(
                 "attn_paged_prefill",
-                format!("T={kv_len} causal Hq=28 d=128"),
+                format!("T={t} over {kv_len} cached, causal Hq=28 Hkv=4 d=128 page=16"),
                 0.0,
                 flops,
                 |be, _| be.attention_paged(q, &kv, 0, out, scale),
@@ -439,6 +443,8 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
         }
     }
     if want("attn_varlen") {
+        // ViT attention over 16,384 patches: 64-patch windows (28 of 32 blocks), full-attention
+        // slices of 2,048 patches (a video's frame pairs) and one slice of 16,384 (an image).
         let (n, h, dv) = (16384usize, 16usize, 80usize);
         let qkv = b.bf16(&[n, 3 * h * dv])?;
         let view = |i: usize| TRef {
@@ -448,18 +454,31 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
             ..qkv
         };
         let out = b.bf16(&[n, h, dv])?;
-        let cu: Vec<i32> = (0..=n as i32 / 64).map(|s| s * 64).collect();
-        let cu = b.i32s(&cu)?;
-        let flops = 4.0 * (n * 64 * dv * h) as f64;
-        b.time(
-            "attn_varlen",
-            format!("N={n} windows of 64, H=16 d=80"),
-            0.0,
-            flops,
-            |be, _| {
-                be.attention_varlen(view(0), view(1), view(2), cu, out, 1.0 / (dv as f32).sqrt())
-            },
-        )?;
+        for (seg, what) in [
+            (64usize, "windows of 64"),
+            (2048, "full slices of 2048"),
+            (16384, "one full slice"),
+        ] {
+            let cu: Vec<i32> = (0..=(n / seg) as i32).map(|s| s * seg as i32).collect();
+            let cu = b.i32s(&cu)?;
+            let flops = 4.0 * (n * seg * dv * h) as f64;
+            b.time(
+                "attn_varlen",
+                format!("N={n} {what}, H=16 d=80"),
+                0.0,
+                flops,
+                |be, _| {
+                    be.attention_varlen(
+                        view(0),
+                        view(1),
+                        view(2),
+                        cu,
+                        out,
+                        1.0 / (dv as f32).sqrt(),
+                    )
+                },
+            )?;
+        }
     }
 
     let rows = std::mem::take(&mut b.rows);

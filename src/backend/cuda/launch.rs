@@ -43,6 +43,8 @@ pub enum Kernel {
     QgemmQ4k,
     QgemmQ6k,
     QEmbedding,
+    AttnPagedPrefillMma,
+    AttnVarlenMma,
 }
 
 impl Kernel {
@@ -77,6 +79,8 @@ impl Kernel {
         Kernel::QgemmQ4k,
         Kernel::QgemmQ6k,
         Kernel::QEmbedding,
+        Kernel::AttnPagedPrefillMma,
+        Kernel::AttnVarlenMma,
     ];
 
     /// (module = kernels/<module>.cu, extern "C" name)
@@ -112,6 +116,8 @@ impl Kernel {
             Kernel::QgemmQ4k => ("quant", "qgemm_q4_k"),
             Kernel::QgemmQ6k => ("quant", "qgemm_q6_k"),
             Kernel::QEmbedding => ("quant", "qembedding"),
+            Kernel::AttnPagedPrefillMma => ("attention_mma", "attn_paged_prefill_mma"),
+            Kernel::AttnVarlenMma => ("attention_mma", "attn_varlen_mma"),
         }
     }
 

@@ -137,6 +137,16 @@ fn fatbin_ptx_uses_intended_instructions() {
     ] {
         assert!(has(gemm, pat), "gemm PTX lacks {pat}");
     }
+    let fa = module("attention_mma");
+    for pat in [
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+        "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+        "cp.async.cg.shared.global",
+        "ex2.approx",
+    ] {
+        assert!(has(fa, pat), "attention_mma PTX lacks {pat}");
+    }
     assert!(
         has(module("gemv"), "ld.global.nc.v4"),
         "gemv PTX lacks 16-byte loads"
