@@ -10,7 +10,8 @@
 //!   scattered in, and the first sampled token, i.e. time to first token split by stage.
 //!
 //! Weights are deterministic pseudo-random values in the preset's per-tensor storage types
-//! ([`choose_type`], the rule `reel-quantize` applies), quantized in memory. Ceilings: on the CPU
+//! ([`choose_type`], the rule `reel-quantize` applies), quantized in memory; each tensor repeats
+//! a block of 64 distinct rows, which keeps generating 7B-sized weights quick. Ceilings: on the CPU
 //! the host read bandwidth measured in the same run; on CUDA the datasheet DRAM bandwidth and
 //! dense bf16 tensor throughput of the device (see [`crate::backend::cuda::bench::device_peaks`]).
 //! Runs with fewer layers or blocks than the model also print full-depth figures, extrapolated
@@ -146,8 +147,13 @@ fn synthetic_bf16(n: usize, scale: f32, center: f32, seed: u64) -> Vec<u8> {
     bytemuck::cast_slice(&v).to_vec()
 }
 
+/// Distinct rows per synthetic tensor; the rest repeat them. Speed does not depend on the
+/// values, and copying keeps generating (and quantizing) 7B-sized tensors at memcpy speed.
+const DISTINCT_ROWS: usize = 64;
+
 /// A synthetic tensor of `shape` stored as `dtype`: matrices uniform with the variance of
-/// randn/sqrt(fan_in), norm weights around 1, biases around 0.
+/// randn/sqrt(fan_in), norm weights around 1, biases around 0; rows repeat every
+/// [`DISTINCT_ROWS`].
 fn synthetic_tensor(
     be: &mut dyn Backend,
     name: &str,
@@ -157,6 +163,7 @@ fn synthetic_tensor(
 ) -> Result<TRef> {
     let n: usize = shape.iter().product();
     let row = *shape.last().unwrap();
+    let rows = n / row;
     let (scale, center) = if shape.len() >= 2 {
         ((3.0 / row as f32).sqrt(), 0.0)
     } else if name.ends_with("norm.weight") || name.ends_with("norm1") || name.ends_with("norm2") {
@@ -164,14 +171,20 @@ fn synthetic_tensor(
     } else {
         (0.1, 0.0)
     };
-    let bf = synthetic_bf16(n, scale, center, seed);
-    let bytes = if dtype == DType::BF16 {
+    let distinct = rows.min(DISTINCT_ROWS);
+    let bf = synthetic_bf16(distinct * row, scale, center, seed);
+    let rb = crate::quant::row_bytes(dtype, row)?;
+    let block = if dtype == DType::BF16 {
         bf
     } else {
-        let mut out = vec![0u8; n / row * crate::quant::row_bytes(dtype, row)?];
+        let mut out = vec![0u8; distinct * rb];
         convert_rows(DType::BF16, &bf, dtype, row, &mut out)?;
         out
     };
+    let mut bytes = vec![0u8; rows * rb];
+    bytes
+        .par_chunks_mut(block.len())
+        .for_each(|c| c.copy_from_slice(&block[..c.len()]));
     let buf = be.load_weight(HostBytes::from_vec(bytes))?;
     Ok(TRef::new(buf, 0, dtype, Shape::new(shape)))
 }
@@ -1316,6 +1329,7 @@ mod tests {
             BenchConfig {
                 decode_at: vec![100],
                 ctx: Some(200),
+                prompt_len: 4,
                 decode_tokens: 101,
                 ..base.clone()
             },
