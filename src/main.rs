@@ -187,7 +187,7 @@ struct BenchArgs {
     /// prefill of its 4096 visual + 150 text tokens, first token.
     #[arg(long)]
     video_r1: bool,
-    /// Vision blocks for --video-r1, of 32 (default: all).
+    /// Vision blocks for --video-r1, of 32 (default: all on CUDA, 4 on the CPU).
     #[arg(long)]
     vision_layers: Option<usize>,
     /// Text tokens around the video in the --video-r1 prompt.

@@ -456,7 +456,7 @@ pub struct BenchConfig {
     pub ctx: Option<usize>,
     /// Also time the Video-R1 evaluation input.
     pub video_r1: bool,
-    /// Vision blocks for `video_r1` (None: all).
+    /// Vision blocks for `video_r1` (None: all on CUDA, 4 on the CPU).
     pub vision_layers: Option<usize>,
     pub frames: usize,
     pub height: usize,
@@ -914,7 +914,10 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
     let t0 = Instant::now();
     let (refs, specs) = synthetic_text(be.as_mut(), &shape.text, layers, preset)?;
     let vision = if cfg.video_r1 {
-        let depth = cfg.vision_layers.unwrap_or(shape.vision.depth);
+        let vfull = shape.vision.depth;
+        let depth = cfg
+            .vision_layers
+            .unwrap_or(if on_cuda { vfull } else { vfull.min(4) });
         let vcfg = VisionConfig {
             depth,
             fullatt_block_indexes: shape
