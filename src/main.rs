@@ -160,31 +160,56 @@ enum VideoTimeArg {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Synthetic model shape.
+    /// Synthetic model shape (7b: Qwen2.5-VL-7B).
     #[arg(long, default_value = "7b")]
     synthetic: String,
-    /// Decoder layers to instantiate (the real model has 28; fewer fit small machines).
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
+    /// Decoder layers to instantiate, of 28 (default: all on CUDA, 4 on the CPU); with
+    /// --vision, vision blocks.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Weight storage, as `reel-quantize` presets store it: bf16, q8_0 or q4_k_m.
+    #[arg(long, default_value = "bf16")]
+    weights: String,
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 128)]
     prompt_len: usize,
-    /// Decode steps to time.
+    /// Decode steps to time at each context.
     #[arg(long, default_value_t = 16)]
     decode_tokens: usize,
-    /// Time the vision tower instead of the language model.
+    /// Also time decode with this many tokens already cached (comma-separated, e.g.
+    /// 1024,4096,16384).
+    #[arg(long, value_delimiter = ',')]
+    decode_at: Vec<usize>,
+    /// KV cache capacity in tokens (default: what the measurements need).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Also time the Video-R1 evaluation input: vision tower over 32 frames of 448x448,
+    /// prefill of its 4096 visual + 150 text tokens, first token.
+    #[arg(long)]
+    video_r1: bool,
+    /// Vision blocks for --video-r1, of 32 (default: all on CUDA, 4 on the CPU).
+    #[arg(long)]
+    vision_layers: Option<usize>,
+    /// Text tokens around the video in the --video-r1 prompt.
+    #[arg(long, default_value_t = 150)]
+    text_tokens: usize,
+    /// Print one JSON object with every figure instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Time the vision tower alone instead of the language model.
     #[arg(long)]
     vision: bool,
-    /// Vision: frames (even).
-    #[arg(long, default_value_t = 2)]
-    frames: usize,
-    /// Vision: frame height in pixels (multiple of 28).
+    /// Frames, even (default: 2 with --vision, 32 with --video-r1).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Frame height in pixels, a multiple of 28 (--vision, --video-r1).
     #[arg(long, default_value_t = 448)]
     height: usize,
-    /// Vision: frame width in pixels (multiple of 28).
+    /// Frame width in pixels, a multiple of 28 (--vision, --video-r1).
     #[arg(long, default_value_t = 448)]
     width: usize,
-    /// Also time decoding + preprocessing of a 1-minute 720p H.264 clip (made with the ffmpeg CLI).
+    /// Time decoding + preprocessing of a 1-minute 720p H.264 clip (made with the ffmpeg CLI)
+    /// instead.
     #[arg(long)]
     media: bool,
     #[command(flatten)]
@@ -547,7 +572,20 @@ fn info(model: &Path) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let opts = engine_options(&a.backend, a.prompt_len + a.decode_tokens + 16)?;
+    let opts = engine_options(&a.backend, a.ctx.unwrap_or(0))?;
+    if a.media || a.vision {
+        let mode = if a.media { "--media" } else { "--vision" };
+        let text_only = [
+            ("--json", a.json),
+            ("--video-r1", a.video_r1),
+            ("--decode-at", !a.decode_at.is_empty()),
+            ("--weights", a.weights != "bf16"),
+            ("--vision-layers", a.vision_layers.is_some()),
+        ];
+        if let Some((flag, _)) = text_only.iter().find(|f| f.1) {
+            return Err(Error::flag(*flag, format!("is not used with {mode}")));
+        }
+    }
     if a.media {
         let dir = std::env::temp_dir().join(format!("reel-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -557,19 +595,40 @@ fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     if a.vision {
-        let layers = if a.layers == 4 { 32 } else { a.layers };
-        let report =
-            reel::engine::bench::run_vision_synthetic(layers, a.frames, a.height, a.width, opts)?;
+        let report = reel::engine::bench::run_vision_synthetic(
+            a.layers.unwrap_or(32),
+            a.frames.unwrap_or(2),
+            a.height,
+            a.width,
+            opts,
+        )?;
         println!("{report}");
         return Ok(());
     }
-    let report = reel::engine::bench::run_synthetic(
-        &a.synthetic,
-        a.layers,
-        a.prompt_len,
-        a.decode_tokens,
-        opts,
-    )?;
-    println!("{report}");
+    let defaults = reel::engine::bench::BenchConfig::default();
+    let cfg = reel::engine::bench::BenchConfig {
+        shape: a.synthetic,
+        layers: a.layers,
+        weights: a.weights,
+        prompt_len: a.prompt_len,
+        decode_tokens: a.decode_tokens,
+        decode_at: a.decode_at,
+        ctx: a.ctx,
+        video_r1: a.video_r1,
+        vision_layers: a.vision_layers,
+        frames: a.frames.unwrap_or(defaults.frames),
+        height: a.height,
+        width: a.width,
+        text_tokens: a.text_tokens,
+    };
+    let report = reel::engine::bench::run(&cfg, &opts)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
     Ok(())
 }

@@ -276,3 +276,154 @@ fn info_prints_inventory() {
         "{s}"
     );
 }
+
+// ---- reel bench ----
+
+fn bench(extra: &[&str]) -> Output {
+    let mut args = vec!["bench", "--device", "cpu"];
+    args.extend_from_slice(extra);
+    reel(&args)
+}
+
+fn bench_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = extra.to_vec();
+    args.push("--json");
+    let o = bench(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_bad_flags() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--weights", "q5_k"], "--weights"),
+        (&["--decode-at", "0"], "--decode-at"),
+        (&["--decode-at", "1024", "--ctx", "512"], "--decode-at"),
+        (&["--prompt-len", "600", "--ctx", "512"], "--ctx"),
+        (&["--layers", "29"], "--layers"),
+        (&["--layers", "0"], "--layers"),
+        (&["--prompt-len", "0"], "--prompt-len"),
+        (&["--decode-tokens", "0"], "--decode-tokens"),
+        (&["--synthetic", "13b"], "--synthetic"),
+        (&["--video-r1", "--vision-layers", "33"], "--vision-layers"),
+        (&["--vision-layers", "2"], "--vision-layers"),
+        (&["--video-r1", "--frames", "3"], "--frames"),
+        (&["--video-r1", "--height", "450"], "--height"),
+        (&["--video-r1", "--ctx", "1000"], "--ctx"),
+        (&["--vision", "--json"], "--json"),
+        (&["--vision", "--weights", "q8_0"], "--weights"),
+    ];
+    for (extra, culprit) in cases {
+        let mut args = vec!["bench", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        expect_error(&args, culprit);
+    }
+}
+
+/// Every stage on the tiny shape through the same code as 7b: q4_k_m weights, decode at a
+/// filled context, the Video-R1 path (2 frames of 56x56), all in one JSON object.
+#[test]
+fn bench_tiny_json_has_every_figure() {
+    let v = bench_json(&[
+        "--synthetic",
+        "tiny",
+        "--weights",
+        "q4_k_m",
+        "--prompt-len",
+        "4",
+        "--decode-tokens",
+        "2",
+        "--decode-at",
+        "40,100",
+        "--video-r1",
+        "--frames",
+        "2",
+        "--height",
+        "56",
+        "--width",
+        "56",
+    ]);
+    assert_eq!(v["model"]["weights"], "q4_k_m");
+    let types = v["model"]["tensor_types"].to_string();
+    // tiny has 2 layers: layer 1 is bumped (use_more_bits), as is lm_head.
+    assert!(types.contains("q4_k") && types.contains("q6_k") && types.contains("f32"));
+    let ctxs: Vec<u64> = v["decode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["context"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ctxs, vec![4, 40, 100]);
+    let d = &v["decode"][2];
+    // 2 layers x (100 + 2/2 + 1) cached tokens x K,V x 2 heads x 64 x bf16.
+    assert_eq!(d["kv_bytes_per_token"], 2 * 102 * 2 * 2 * 64 * 2);
+    assert!(d["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(d["bound_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let r = &v["video_r1"];
+    assert_eq!(r["grid_thw"].to_string(), "[1,4,4]");
+    assert_eq!(r["visual_tokens"], 4);
+    assert_eq!(r["prompt_tokens"], 154);
+    let parts = ["vision_s", "prefill_s", "first_token_s"]
+        .iter()
+        .map(|k| r[k].as_f64().unwrap())
+        .sum::<f64>();
+    assert!((r["ttft_s"].as_f64().unwrap() - parts).abs() < 1e-9);
+    assert_eq!(r["extrapolated"], false);
+    assert!(v["ceilings"]["bandwidth_gbps"].as_f64().unwrap() > 0.0);
+    assert!(v["memory"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+/// The real 7B shape with one layer in Q8_0: bytes per token from the actual storage types.
+#[test]
+fn bench_7b_one_layer_q8_0() {
+    let v = bench_json(&[
+        "--layers",
+        "1",
+        "--weights",
+        "q8_0",
+        "--prompt-len",
+        "2",
+        "--decode-tokens",
+        "1",
+    ]);
+    let (d, kvd, f, vocab) = (3584u64, 512u64, 18944u64, 152064u64);
+    let q8 = |n: u64| n / 32 * 34;
+    let layer = q8(2 * d * d + 2 * kvd * d + 3 * d * f) + 4 * (3 * d + 2 * kvd);
+    let head = q8(vocab * d) + 4 * d + q8(d);
+    let dec = &v["decode"][0];
+    assert_eq!(dec["weight_bytes_per_token"], layer + head);
+    // 28 layers plus the KV of 28 layers (2 + 0 + 1 tokens cached at the timed step).
+    let kv28 = 28 * 3 * 2 * 4 * 128 * 2;
+    assert_eq!(dec["full_bytes_per_token"], 28 * layer + head + kv28);
+    assert_eq!(v["model"]["layers"], 1);
+    // The CPU backend holds the weights in host memory.
+    assert!(
+        v["memory"]["peak_rss_bytes"].as_u64().unwrap()
+            >= v["model"]["weight_bytes"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn bench_cuda_quantized_is_a_clear_error_or_runs() {
+    let args = [
+        "bench",
+        "--device",
+        "cuda",
+        "--synthetic",
+        "tiny",
+        "--weights",
+        "q8_0",
+        "--prompt-len",
+        "4",
+        "--decode-tokens",
+        "2",
+    ];
+    if reel::backend::cuda::open(0).is_err() {
+        expect_error(&args, "cuda");
+        return;
+    }
+    let o = reel(&args);
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.status.success() || err.contains("q8_0"), "{err}");
+}

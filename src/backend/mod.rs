@@ -170,11 +170,25 @@ pub struct MropeParams {
     pub sections: [usize; 3],
 }
 
+/// Device memory a backend has allocated through its buffer table, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemStats {
+    pub current_bytes: u64,
+    /// High-water mark since the backend was opened.
+    pub peak_bytes: u64,
+}
+
 /// The backend interface. Each op method validates shapes it cannot handle and returns an
 /// error rather than panicking.
 pub trait Backend: Send {
     /// Human-readable name, e.g. `cpu (8 threads, avx2)` or `cuda:0 NVIDIA H100`.
     fn name(&self) -> String;
+
+    /// Device memory in use and its peak, for backends that own device memory (None on the
+    /// CPU, whose weights are borrowed host bytes: see the process's peak RSS instead).
+    fn memory_stats(&self) -> Option<MemStats> {
+        None
+    }
 
     // ---- memory ----
     /// Makes weight bytes available to ops. The CPU backend keeps the host bytes (zero copy);

@@ -149,6 +149,18 @@ impl TextRunner {
         self.kv.reset(be)
     }
 
+    /// Benchmark helper only: counts `n` more tokens as cached without computing them (their
+    /// K/V entries are whatever the pool holds), so decode at a long context can be timed
+    /// without paying for a prefill. Decode cost does not depend on the cached values.
+    pub fn advance(&mut self, be: &mut dyn Backend, n: usize) -> Result<()> {
+        self.kv.begin(be, n).map(|_| ())
+    }
+
+    /// Bytes of the KV pool (every page, used or not).
+    pub fn kv_pool_bytes(&self) -> usize {
+        self.kv.layout().total_bytes()
+    }
+
     /// Runs one pass of `ids` at `pos` ([3][T] flattened row-major), appending to the cache, and
     /// returns the logits of the last row. `vision` holds merged vision embeddings and the
     /// sequence rows they replace.

@@ -37,7 +37,7 @@ mod tests;
 
 pub use embedded::{ARCHS, MODULES};
 
-use super::{Backend, BufId, HostBytes, MropeParams, PagedKv, TRef};
+use super::{Backend, BufId, HostBytes, MemStats, MropeParams, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use cudarc::driver::sys::CUdevice_attribute as DevAttr;
@@ -88,6 +88,8 @@ pub struct CudaBackend {
     info: DeviceInfo,
     /// Scratch for split-KV partials (attention); grows, never shrinks.
     scratch: Option<(CudaSlice<u8>, u64, usize)>,
+    /// Bytes held by `bufs` and `scratch`, and their high-water mark (for `memory_stats`).
+    mem: MemStats,
 }
 
 impl CudaBackend {
@@ -146,6 +148,7 @@ impl CudaBackend {
             bufs: Vec::new(),
             info,
             scratch: None,
+            mem: MemStats::default(),
         })
     }
 
@@ -197,12 +200,27 @@ impl CudaBackend {
                 .alloc_zeros::<u8>(bytes.max(256))
                 .map_err(|e| err(format!("allocating {bytes} B of attention scratch: {e}")))?;
             let ptr = mem.device_ptr(&self.stream).0;
+            if let Some(old) = self.scratch.take() {
+                self.mem_freed(old.2);
+            }
+            self.mem_allocated(bytes.max(256));
             self.scratch = Some((mem, ptr, bytes.max(256)));
         }
         Ok(self.scratch.as_ref().map(|s| s.1).unwrap_or(0))
     }
 
+    fn mem_allocated(&mut self, bytes: usize) {
+        self.mem.current_bytes += bytes as u64;
+        self.mem.peak_bytes = self.mem.peak_bytes.max(self.mem.current_bytes);
+    }
+
+    fn mem_freed(&mut self, bytes: usize) {
+        self.mem.current_bytes = self.mem.current_bytes.saturating_sub(bytes as u64);
+    }
+
     fn insert(&mut self, mem: CudaSlice<u8>, len: usize, weight: bool) -> BufId {
+        // Zero-length buffers still hold one byte (see load_weight/alloc).
+        self.mem_allocated(len.max(1));
         let ptr = mem.device_ptr(&self.stream).0;
         self.bufs.push(Some(DevBuf {
             mem,
@@ -294,9 +312,15 @@ impl Backend for CudaBackend {
     }
 
     fn free(&mut self, buf: BufId) {
-        if let Some(b) = self.bufs.get_mut(buf.0 as usize) {
-            *b = None;
-        }
+        let len = match self.bufs.get_mut(buf.0 as usize).and_then(|b| b.take()) {
+            Some(b) => b.len,
+            None => return,
+        };
+        self.mem_freed(len.max(1));
+    }
+
+    fn memory_stats(&self) -> Option<MemStats> {
+        Some(self.mem)
     }
 
     fn write(&mut self, buf: BufId, offset: usize, data: &[u8]) -> Result<()> {
