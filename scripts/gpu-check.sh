@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for the CUDA backend: kernel unit tests against f64 references, the op harness
-# (CUDA vs the CPU reference), the end-to-end golden tests on CUDA, compute-sanitizer, and the
-# kernel benchmarks. Writes a report (markdown) to append to docs/gpu-results.md.
+# (CUDA vs the CPU reference), the end-to-end golden tests on CUDA, compute-sanitizer, the
+# kernel benchmarks and `reel bench` end to end per weight preset. Writes a report (markdown)
+# to append to docs/gpu-results.md.
 #
 #   scripts/gpu-check.sh prepare   # on a build machine (cargo + nvcc): builds the test
 #                                  # executables into gpu-bin/ (kernels for sm_80/86/89/90a)
@@ -158,6 +159,19 @@ run() {
     fi
     cat "$out/bench.txt" >> "$log"
     { echo; echo "### Kernel benchmarks"; echo; grep -E "^(Device|\|)" "$out/bench.txt" || echo "(no table; see gpu-check.log)"; } >> "$report"
+  fi
+  # End to end on synthetic weights of the real 7B shape, one run per weight preset: prefill,
+  # decode at 1k/4k/16k cached tokens, and (bf16) the Video-R1 input's time to first token.
+  if [ -x "$BIN/reel-cli" ]; then
+    { echo; echo "### End to end (reel bench, synthetic 7B)"; echo; } >> "$report"
+    local w extra
+    for w in bf16 q8_0 q4_k_m; do
+      extra=""
+      [ "$w" = bf16 ] && extra="--video-r1"
+      step "reel bench --weights $w" 300 "$BIN/reel-cli" bench --synthetic 7b --device cuda \
+        --weights "$w" --prompt-len 512 --decode-tokens 64 --decode-at 1024,4096,16384 $extra
+      { echo; echo "\`\`\`"; sed -n '1,60p' "$out/step.log"; echo "\`\`\`"; } >> "$report"
+    done
   fi
   echo >> "$report"
   echo "Full log: gpu-check.log" >> "$report"
