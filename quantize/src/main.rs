@@ -3,6 +3,9 @@
 //!
 //! The output is written to `FILE.gguf.tmp` next to `FILE.gguf` and renamed at the end; on an
 //! error or Ctrl-C the temporary file is removed, so a partial file never carries the final name.
+//! The input is streamed from its memory map in pieces whose pages are released once converted
+//! (memory.rs), so the resident set stays in the tens of MiB whatever the checkpoint's size.
+//! `--report` then measures the file against the source checkpoint (report.rs).
 
 mod checkpoint;
 mod memory;

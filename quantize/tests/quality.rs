@@ -211,7 +211,7 @@ fn report_on_synthetic_model_orders_presets() {
         rows.push(v);
     }
     // The q4_k_m file really holds Q4_K and Q6_K tensors here.
-    let m = GgufModel::open(&dir.path().join("q4_k_m.gguf")).unwrap();
+    let m = GgufModel::open(dir.path().join("q4_k_m.gguf")).unwrap();
     let types: Vec<DType> = m.store().tensors().iter().map(|t| t.dtype).collect();
     assert!(types.contains(&DType::Q4K) && types.contains(&DType::Q6K));
     assert!(!types.contains(&DType::Q8_0));

@@ -306,7 +306,7 @@ fn column_scales(spec: &Spec, seed: u64, outliers: &[usize]) -> Vec<f32> {
         }
         Law::Linear { .. } if !spec.name.starts_with("visual.") => {
             for (j, c) in c.iter_mut().enumerate() {
-                if mix(seed ^ j as u64) % 256 == 0 {
+                if mix(seed ^ j as u64).is_multiple_of(256) {
                     *c *= 4.0;
                 }
             }
