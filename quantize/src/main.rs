@@ -3,8 +3,13 @@
 //!
 //! The output is written to `FILE.gguf.tmp` next to `FILE.gguf` and renamed at the end; on an
 //! error or Ctrl-C the temporary file is removed, so a partial file never carries the final name.
+//! The input is streamed from its memory map in pieces whose pages are released once converted
+//! (memory.rs), so the resident set stays in the tens of MiB whatever the checkpoint's size.
+//! `--report` then measures the file against the source checkpoint (report.rs).
 
 mod checkpoint;
+mod memory;
+mod report;
 
 use anyhow::{bail, Context, Result};
 use checkpoint::Checkpoint;
@@ -43,6 +48,21 @@ struct Args {
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
+    /// After writing, compare the file with the source checkpoint on the CPU: KL divergence and
+    /// top-1 agreement of next-token distributions over a prompt set, teacher-forced along the
+    /// source's greedy continuation.
+    #[arg(long)]
+    report: bool,
+    /// Prompts for --report, one per line (default: a built-in set).
+    #[arg(long, value_name = "FILE", requires = "report")]
+    report_prompts: Option<PathBuf>,
+    /// Positions compared per prompt for --report.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "report")]
+    report_tokens: usize,
+    /// Print one JSON object on stdout at the end (conversion figures and, with --report, the
+    /// quality figures).
+    #[arg(long)]
+    json: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -108,6 +128,16 @@ fn run(args: &Args) -> Result<()> {
     if args.out.is_dir() {
         bail!("--out {}: is a directory", args.out.display());
     }
+    if args.report && args.report_tokens == 0 {
+        bail!("--report-tokens: must be at least 1");
+    }
+    let prompts = match &args.report_prompts {
+        Some(p) => report::read_prompts(p)?,
+        None => report::DEFAULT_PROMPTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             bail!(
@@ -169,20 +199,52 @@ fn run(args: &Args) -> Result<()> {
     let metadata = build_metadata(args, &ckpt, &config_v, config, tokenizer)?;
     let tmp = tmp_path(&args.out);
     let result = write_gguf(args, &ckpt, &plan, &metadata, &notes, &tmp);
-    match result {
-        Ok(()) => {
+    let summary = match result {
+        Ok(s) => {
             std::fs::rename(&tmp, &args.out)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))
                 .inspect_err(|_| {
                     let _ = std::fs::remove_file(&tmp);
                 })?;
-            Ok(())
+            s
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(e)
+            return Err(e);
         }
+    };
+    drop(ckpt);
+    let mut json = serde_json::json!({
+        "out": args.out.display().to_string(),
+        "preset": args.qtype.name(),
+        "tensors": plan.len(),
+        "input_bytes": summary.input_bytes,
+        "output_bytes": summary.output_bytes,
+        "seconds": summary.seconds,
+        "peak_rss_bytes": summary.peak_rss,
+        "peak_anon_bytes": summary.peak_anon,
+    });
+    if args.report {
+        check_interrupt()?;
+        let r = report::run(&args.model, &args.out, &prompts, args.report_tokens)?;
+        eprintln!("{}", r.describe(args.qtype.name()));
+        json["quality"] = r.to_json();
     }
+    if args.json {
+        println!("{json}");
+    }
+    Ok(())
+}
+
+/// Figures of one conversion.
+struct Summary {
+    input_bytes: u64,
+    output_bytes: u64,
+    seconds: f64,
+    /// Peak resident set (VmHWM) and the largest anonymous resident set seen, in bytes (0 where
+    /// /proc is unavailable).
+    peak_rss: u64,
+    peak_anon: u64,
 }
 
 fn build_metadata(
@@ -282,8 +344,10 @@ fn write_gguf(
     metadata: &[(String, MetaValue)],
     notes: &[String],
     tmp: &Path,
-) -> Result<()> {
+) -> Result<Summary> {
     let start = Instant::now();
+    let maps = memory::FileMaps::current();
+    let mut peak_anon = memory::rss().map_or(0, |r| r.anon);
     let total_in: u64 = ckpt.tensors.iter().map(|t| t.bytes.len() as u64).sum();
     let pb = if args.quiet {
         ProgressBar::hidden()
@@ -323,9 +387,13 @@ fn write_gguf(
             convert_rows(t.dtype, &src[r * sb..(r + n) * sb], p.dtype, row_len, piece)
                 .with_context(|| format!("converting `{}`", t.name))?;
             w.write_tensor_part(&t.name, piece)?;
+            // Done with these input pages: keep them out of the resident set.
+            maps.release(&src[r * sb..(r + n) * sb]);
+            peak_anon = peak_anon.max(memory::rss().map_or(0, |r| r.anon));
             pb.inc((n * sb) as u64);
             r += n;
         }
+        maps.release(src);
         let e = counts.entry(p.dtype.name().to_string()).or_default();
         e.0 += 1;
         e.1 += p.bytes() as u64;
@@ -349,5 +417,21 @@ fn write_gguf(
             *bytes as f64 / (1 << 20) as f64
         );
     }
-    Ok(())
+    let rss = memory::rss().unwrap_or_default();
+    let peak_anon = peak_anon.max(rss.anon);
+    if rss.peak > 0 {
+        eprintln!(
+            "  memory: peak RSS {:.1} MiB (mapped input pages included), peak anonymous {:.1} MiB; {:.1} MiB/s",
+            rss.peak as f64 / (1 << 20) as f64,
+            peak_anon as f64 / (1 << 20) as f64,
+            total_in as f64 / (1 << 20) as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(Summary {
+        input_bytes: total_in,
+        output_bytes: size,
+        seconds: secs,
+        peak_rss: rss.peak,
+        peak_anon,
+    })
 }
