@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use rayon::prelude::*;
 use reel::backend::cpu::CpuBackend;
 use reel::backend::{Backend, HostBytes, TRef};
-use reel::{DType, Shape};
+use reel::{quant, DType, Shape};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -220,13 +220,71 @@ fn bench(c: &mut Criterion) {
             g.bench_function(label, |b| b.iter(|| s.run()));
             let t = median_secs(|| s.run(), 9);
             let gbs = bytes as f64 / t / 1e9;
+            // The f32-activation dots (the numerical reference, and the previous GEMV path) on
+            // the same weights, timed in the same run for a like-for-like comparison.
+            let wq = random_quantized(dtype, n, k);
+            let x: Vec<f32> = (0..k).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
+            let mut o = vec![0f32; n];
+            let rb = dtype.bytes_for(k);
+            let t_ref = median_secs(
+                || {
+                    o.par_chunks_mut(64).enumerate().for_each(|(c, oc)| {
+                        for (i, y) in oc.iter_mut().enumerate() {
+                            let r = c * 64 + i;
+                            *y = quant::vec_dot(dtype, &wq[r * rb..(r + 1) * rb], &x).unwrap();
+                        }
+                    });
+                    black_box(&o);
+                },
+                if n > 100_000 { 3 } else { 7 },
+            );
             summary.push(format!(
-                "{group} {label:<22} {:>8.3} ms {gbs:>6.1} GB/s = {:>3.0}% of read",
+                "{group} {label:<22} {:>8.3} ms {gbs:>6.1} GB/s = {:>3.0}% of read (f32-activation dots: {:>5.1} GB/s)",
                 t * 1e3,
-                100.0 * gbs / read_gbs
+                100.0 * gbs / read_gbs,
+                bytes as f64 / t_ref / 1e9
             ));
         }
         g.finish();
+        // One thread on 64 rows that stay in L2: the kernels' compute ceiling per core.
+        let name = format!("{group}/kernel");
+        if wanted(&name) {
+            let (n, k) = (64, 3584);
+            let wq = random_quantized(dtype, n, k);
+            let rb = dtype.bytes_for(k);
+            let x: Vec<f32> = (0..k).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
+            let a = quant::quantize_activation(dtype, &x).unwrap();
+            let reps = 50;
+            let int = median_secs(
+                || {
+                    for _ in 0..reps {
+                        for r in 0..n {
+                            let w = &wq[r * rb..(r + 1) * rb];
+                            black_box(quant::vec_dot_quantized(dtype, w, &a).unwrap());
+                        }
+                    }
+                },
+                5,
+            );
+            let f = median_secs(
+                || {
+                    for _ in 0..reps {
+                        for r in 0..n {
+                            black_box(
+                                quant::vec_dot(dtype, &wq[r * rb..(r + 1) * rb], &x).unwrap(),
+                            );
+                        }
+                    }
+                },
+                5,
+            );
+            let b = (reps * wq.len()) as f64;
+            summary.push(format!(
+                "{group} kernel, 1 thread, in L2: integer dot {:>5.1} GB/s, f32-activation dot {:>5.1} GB/s",
+                b / int / 1e9,
+                b / f / 1e9
+            ));
+        }
     }
 
     let mut g = c.benchmark_group("prefill_bf16");
