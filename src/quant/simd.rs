@@ -96,9 +96,16 @@ pub unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     debug_assert!(w.len() == a.len() * q4_k::BLOCK_BYTES);
     let m4 = _mm256_set1_epi8(0xF);
+    // Byte shuffles broadcasting i16 scale j (bytes 2j, 2j + 1) over a whole vector.
+    let bcast: [__m256i; 8] =
+        std::array::from_fn(|j| _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8)));
     let mut sumf = 0.0f32;
     for (b, y) in w.chunks_exact(q4_k::BLOCK_BYTES).zip(a) {
         let (sc, mn) = q4_k::scales_mins_k4(&b[4..16]);
+        // The eight 6-bit scales as i16 in both 128-bit halves.
+        let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+            sc.as_ptr() as *const __m128i
+        )));
         let qs = b.as_ptr().add(16);
         let q8 = y.qs.as_ptr();
         let mut acc = _mm256_setzero_si256();
@@ -111,11 +118,11 @@ pub unsafe fn vec_dot_q4_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             // Nibble x int8 pair sums are at most 2 * 15 * 128: no i16 saturation.
             let p0 = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(lo, y0),
-                _mm256_set1_epi16(sc[2 * c] as i16),
+                _mm256_shuffle_epi8(sc16, bcast[2 * c]),
             );
             let p1 = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(hi, y1),
-                _mm256_set1_epi16(sc[2 * c + 1] as i16),
+                _mm256_shuffle_epi8(sc16, bcast[2 * c + 1]),
             );
             acc = _mm256_add_epi32(acc, _mm256_add_epi32(p0, p1));
         }
