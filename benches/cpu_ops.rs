@@ -1,17 +1,19 @@
-//! CPU op benchmarks: decode GEMV at the Qwen2.5-VL-7B shapes (bf16 weights) against the
-//! machine's measured memory bandwidth, and a prefill matmul in GFLOP/s.
+//! CPU op benchmarks: decode GEMV at the Qwen2.5-VL-7B shapes (bf16, Q8_0, Q4_K and Q6_K weights)
+//! against the machine's measured memory bandwidth, and a prefill matmul in GFLOP/s.
 //!
 //! Bandwidth figures: GEMV GB/s = weight bytes / time. The ceiling is a rayon-parallel copy of a
 //! 512 MiB buffer, counted as read + write bytes (2 × size / time), measured in the same run;
 //! a parallel read-only sum is printed beside it.
 //!
-//! `cargo bench --bench cpu_ops` (criterion output, then a summary table).
+//! `cargo bench --bench cpu_ops [-- FILTER]` (criterion output, then a summary table). A FILTER
+//! (a substring such as `gemv_q4_k` or `lm_head`) also limits the summary rows, whose setup is
+//! the slow part.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use rayon::prelude::*;
 use reel::backend::cpu::CpuBackend;
 use reel::backend::{Backend, HostBytes, TRef};
-use reel::{DType, Shape};
+use reel::{quant, DType, Shape};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,22 @@ const GEMV: [(&str, usize, usize); 4] = [
     ("down 3584x18944", 3584, 18944),
     ("lm_head 152064x3584", 152_064, 3584),
 ];
+
+/// The quantized GEMV rows; the down projection is left out as its byte count repeats gate/up's.
+const GEMV_Q: [(&str, usize, usize); 3] = [
+    ("qo_proj 3584x3584", 3584, 3584),
+    ("gate/up 18944x3584", 18944, 3584),
+    ("lm_head 152064x3584", 152_064, 3584),
+];
+
+/// Whether `id` ("group/label") matches the command line filters (none: everything).
+fn wanted(id: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| id.contains(f.as_str()))
+}
 
 fn median_secs(mut f: impl FnMut(), iters: usize) -> f64 {
     f();
@@ -97,6 +115,53 @@ fn setup(m: usize, n: usize, k: usize) -> Gemv {
     }
 }
 
+/// Random but well-formed blocks of a quantized `[n, k]` matrix: random quants and scale bytes,
+/// fp16 super-scales in a realistic range (quantizing real data would take minutes at lm_head size).
+fn random_quantized(dtype: DType, n: usize, k: usize) -> Vec<u8> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes = dtype.bytes_for(n * k);
+    let mut w = Vec::with_capacity(bytes + 8);
+    while w.len() < bytes {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        w.extend_from_slice(&s.to_le_bytes());
+    }
+    w.truncate(bytes);
+    let d = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    for b in w.chunks_exact_mut(dtype.block_bytes()) {
+        match dtype {
+            DType::Q8_0 => b[0..2].copy_from_slice(&d(4e-4)),
+            DType::Q4K => {
+                b[0..2].copy_from_slice(&d(2e-4));
+                b[2..4].copy_from_slice(&d(1e-4));
+            }
+            DType::Q6K => b[208..210].copy_from_slice(&d(1e-5)),
+            _ => unreachable!("quantized types only"),
+        }
+    }
+    w
+}
+
+fn setup_quantized(dtype: DType, n: usize, k: usize) -> Gemv {
+    let mut be = CpuBackend::new();
+    let wb = be
+        .load_weight(HostBytes::from_vec(random_quantized(dtype, n, k)))
+        .unwrap();
+    let xb = be.alloc(k * 2).unwrap();
+    let xs: Vec<u8> = (0..k)
+        .flat_map(|i| half::bf16::from_f32((i % 17) as f32 * 0.01 - 0.08).to_le_bytes())
+        .collect();
+    be.write(xb, 0, &xs).unwrap();
+    let ob = be.alloc(n * 2).unwrap();
+    Gemv {
+        x: TRef::new(xb, 0, DType::BF16, Shape::new(&[1, k])),
+        w: TRef::new(wb, 0, dtype, Shape::new(&[n, k])),
+        out: TRef::new(ob, 0, DType::BF16, Shape::new(&[1, n])),
+        be,
+    }
+}
+
 impl Gemv {
     fn run(&mut self) {
         self.be.matmul(self.x, self.w, None, self.out).unwrap();
@@ -116,6 +181,9 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .sample_size(10);
     for (label, n, k) in GEMV {
+        if !wanted(&format!("gemv_bf16/{label}")) {
+            continue;
+        }
         let mut s = setup(1, n, k);
         let bytes = (n * k * 2) as u64;
         g.throughput(Throughput::Bytes(bytes));
@@ -131,6 +199,94 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
+    for (group, dtype) in [
+        ("gemv_q8_0", DType::Q8_0),
+        ("gemv_q4_k", DType::Q4K),
+        ("gemv_q6_k", DType::Q6K),
+    ] {
+        let mut g = c.benchmark_group(group);
+        // Flat sampling: ten equal samples, so the slow lm_head rows stay a few seconds.
+        g.measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(300))
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10);
+        for (label, n, k) in GEMV_Q {
+            if !wanted(&format!("{group}/{label}")) {
+                continue;
+            }
+            let mut s = setup_quantized(dtype, n, k);
+            let bytes = dtype.bytes_for(n * k) as u64;
+            g.throughput(Throughput::Bytes(bytes));
+            g.bench_function(label, |b| b.iter(|| s.run()));
+            let t = median_secs(|| s.run(), 9);
+            let gbs = bytes as f64 / t / 1e9;
+            // The f32-activation dots (the numerical reference, and the previous GEMV path) on
+            // the same weights, timed in the same run for a like-for-like comparison.
+            let wq = random_quantized(dtype, n, k);
+            let x: Vec<f32> = (0..k).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
+            let mut o = vec![0f32; n];
+            let rb = dtype.bytes_for(k);
+            let t_ref = median_secs(
+                || {
+                    o.par_chunks_mut(64).enumerate().for_each(|(c, oc)| {
+                        for (i, y) in oc.iter_mut().enumerate() {
+                            let r = c * 64 + i;
+                            *y = quant::vec_dot(dtype, &wq[r * rb..(r + 1) * rb], &x).unwrap();
+                        }
+                    });
+                    black_box(&o);
+                },
+                if n > 100_000 { 3 } else { 7 },
+            );
+            summary.push(format!(
+                "{group} {label:<22} {:>8.3} ms {gbs:>6.1} GB/s = {:>3.0}% of read (f32-activation dots: {:>5.1} GB/s)",
+                t * 1e3,
+                100.0 * gbs / read_gbs,
+                bytes as f64 / t_ref / 1e9
+            ));
+        }
+        g.finish();
+        // One thread on 64 rows that stay in L2: the kernels' compute ceiling per core.
+        let name = format!("{group}/kernel");
+        if wanted(&name) {
+            let (n, k) = (64, 3584);
+            let wq = random_quantized(dtype, n, k);
+            let rb = dtype.bytes_for(k);
+            let x: Vec<f32> = (0..k).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
+            let a = quant::quantize_activation(dtype, &x).unwrap();
+            let reps = 50;
+            let int = median_secs(
+                || {
+                    for _ in 0..reps {
+                        for r in 0..n {
+                            let w = &wq[r * rb..(r + 1) * rb];
+                            black_box(quant::vec_dot_quantized(dtype, w, &a).unwrap());
+                        }
+                    }
+                },
+                5,
+            );
+            let f = median_secs(
+                || {
+                    for _ in 0..reps {
+                        for r in 0..n {
+                            black_box(
+                                quant::vec_dot(dtype, &wq[r * rb..(r + 1) * rb], &x).unwrap(),
+                            );
+                        }
+                    }
+                },
+                5,
+            );
+            let b = (reps * wq.len()) as f64;
+            summary.push(format!(
+                "{group} kernel, 1 thread, in L2: integer dot {:>5.1} GB/s, f32-activation dot {:>5.1} GB/s",
+                b / int / 1e9,
+                b / f / 1e9
+            ));
+        }
+    }
+
     let mut g = c.benchmark_group("prefill_bf16");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_millis(500))
@@ -139,6 +295,9 @@ fn bench(c: &mut Criterion) {
         ("64x3584 @ 3584x3584", 64, 3584, 3584),
         ("128x3584 @ 3584x3584", 128, 3584, 3584),
     ] {
+        if !wanted(&format!("prefill_bf16/{label}")) {
+            continue;
+        }
         let mut s = setup(m, n, k);
         let flops = 2.0 * (m * n * k) as f64;
         g.throughput(Throughput::Elements((m * n * k) as u64));

@@ -14,6 +14,18 @@
 //! out_row)`. Activations are f32 here: a bf16 activation is widened first and the f32 result
 //! rounded by the caller.
 //!
+//! Quantized activations (the products of [`matvec`] / [`matmul`]): as in llama.cpp, a Q8_0, Q4_K
+//! or Q6_K product first quantizes each f32 activation row once ([`quantize_activation`]: to
+//! [`q8_0::BlockQ8_0`] blocks of 32 for Q8_0 weights, to [`q8_k::BlockQ8K`] blocks of 256 for
+//! the K-quants, with ggml's quantize_row_q8_0 / quantize_row_q8_K formulas) and then takes exact
+//! integer dot products per block ([`vec_dot_quantized`]), scaled in f32. So these products see
+//! `x` rounded to 8 bits per block: each element moves by at most half a quantization step
+//! (`max|x_block| / 254`, plus the fp16 rounding of a Q8_0 scale), an error of order 0.4% of the
+//! block's largest value, as in llama.cpp's CPU backend. Non-finite activations do not propagate
+//! as they would through a float dot product (a NaN or infinite input gives garbage, not NaN).
+//! The f32-activation dots ([`vec_dot`], [`vec_dot_scalar`]) stay as the numerical reference.
+//! The AVX2 and scalar integer dots return the same bits.
+//!
 //! Bit-exactness: the quantizers evaluate ggml's formulas in the same order without fused
 //! multiply-adds (Rust never contracts `a * b + c`). A llama.cpp binary built with FMA
 //! contraction may differ in rare ties.
@@ -22,12 +34,16 @@ pub mod preset;
 pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
+pub mod q8_k;
 pub mod quality;
 mod simd;
 
 pub use q4_k::{dequantize_row_q4_k, get_scale_min_k4, quantize_row_q4_k, vec_dot_q4_k_scalar};
 pub use q6_k::{dequantize_row_q6_k, quantize_row_q6_k, vec_dot_q6_k_scalar};
 pub use q8_0::{dequantize_row_q8_0, quantize_row_q8_0, vec_dot_q8_0_scalar};
+pub use q8_k::{quantize_row_q8_k, BlockQ8K};
+
+use q8_0::BlockQ8_0;
 
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -240,6 +256,129 @@ fn dot_converted(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     acc
 }
 
+/// An activation row quantized for the integer dot products of one weight type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QuantizedRow {
+    /// For Q8_0 weights: blocks of 32.
+    Q8_0(Vec<BlockQ8_0>),
+    /// For Q4_K and Q6_K weights: blocks of 256.
+    Q8K(Vec<BlockQ8K>),
+}
+
+impl QuantizedRow {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            QuantizedRow::Q8_0(b) => b.len() * q8_0::QK8_0,
+            QuantizedRow::Q8K(b) => b.len() * q8_k::QK_K,
+        }
+    }
+
+    /// Whether the row has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The f32 values the quantized row stands for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.len()];
+        match self {
+            QuantizedRow::Q8_0(b) => q8_0::dequantize_row_q8_0_act(b, &mut out),
+            QuantizedRow::Q8K(b) => q8_k::dequantize_row_q8_k(b, &mut out),
+        }
+        out
+    }
+}
+
+/// Whether products with weights of `dtype` go through quantized activations.
+pub fn uses_quantized_activations(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4K | DType::Q6K)
+}
+
+/// Quantizes the activation row `x` for dot products with `dtype` weights (Q8_0 -> Q8_0 blocks,
+/// Q4_K / Q6_K -> Q8_K blocks). Errors for other types or a length that is not whole blocks.
+pub fn quantize_activation(dtype: DType, x: &[f32]) -> Result<QuantizedRow> {
+    row_bytes(dtype, x.len())?;
+    Ok(match dtype {
+        DType::Q8_0 => {
+            let mut b = vec![
+                BlockQ8_0 {
+                    d: 0,
+                    qs: [0; q8_0::QK8_0]
+                };
+                x.len() / q8_0::QK8_0
+            ];
+            q8_0::quantize_row_q8_0_act(x, &mut b);
+            QuantizedRow::Q8_0(b)
+        }
+        DType::Q4K | DType::Q6K => {
+            let mut b = vec![BlockQ8K::default(); x.len() / q8_k::QK_K];
+            quantize_row_q8_k(x, &mut b);
+            QuantizedRow::Q8K(b)
+        }
+        _ => {
+            return Err(Error::Other(format!(
+                "quant: {dtype} weights take f32 activations, not quantized ones"
+            )))
+        }
+    })
+}
+
+fn check_quantized(dtype: DType, w: &[u8], a: &QuantizedRow) -> Result<()> {
+    let fits = matches!(
+        (dtype, a),
+        (DType::Q8_0, QuantizedRow::Q8_0(_)) | (DType::Q4K | DType::Q6K, QuantizedRow::Q8K(_))
+    );
+    if !fits {
+        return Err(Error::Other(format!(
+            "quant: a {dtype} weight row does not pair with this quantized activation format"
+        )));
+    }
+    check_lens(dtype, a.len(), w.len())
+}
+
+/// `Σ w[i] * a[i]` for one stored weight row (Q8_0, Q4_K or Q6_K) and an activation row made by
+/// [`quantize_activation`] for the same type: exact integer block sums, scaled in f32 (AVX2 when
+/// available; the same bits as [`vec_dot_quantized_scalar`]).
+pub fn vec_dot_quantized(dtype: DType, w: &[u8], a: &QuantizedRow) -> Result<f32> {
+    check_quantized(dtype, w, a)?;
+    Ok(vec_dot_quantized_unchecked(dtype, w, a))
+}
+
+/// The scalar reference of [`vec_dot_quantized`].
+pub fn vec_dot_quantized_scalar(dtype: DType, w: &[u8], a: &QuantizedRow) -> Result<f32> {
+    check_quantized(dtype, w, a)?;
+    Ok(match (dtype, a) {
+        (DType::Q8_0, QuantizedRow::Q8_0(b)) => q8_0::vec_dot_q8_0_q8_0_scalar(w, b),
+        (DType::Q4K, QuantizedRow::Q8K(b)) => q4_k::vec_dot_q4_k_q8_k_scalar(w, b),
+        (DType::Q6K, QuantizedRow::Q8K(b)) => q6_k::vec_dot_q6_k_q8_k_scalar(w, b),
+        _ => unreachable!("checked by check_quantized"),
+    })
+}
+
+/// Types and lengths already checked.
+fn vec_dot_quantized_unchecked(dtype: DType, w: &[u8], a: &QuantizedRow) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2+FMA+F16C detected; lengths checked by the caller; quantize_activation
+        // keeps every activation quant in -127..=127.
+        unsafe {
+            return match (dtype, a) {
+                (DType::Q8_0, QuantizedRow::Q8_0(b)) => simd::vec_dot_q8_0_q8_0(w, b),
+                (DType::Q4K, QuantizedRow::Q8K(b)) => simd::vec_dot_q4_k_q8_k(w, b),
+                (DType::Q6K, QuantizedRow::Q8K(b)) => simd::vec_dot_q6_k_q8_k(w, b),
+                _ => unreachable!("checked by the caller"),
+            };
+        }
+    }
+    match (dtype, a) {
+        (DType::Q8_0, QuantizedRow::Q8_0(b)) => q8_0::vec_dot_q8_0_q8_0_scalar(w, b),
+        (DType::Q4K, QuantizedRow::Q8K(b)) => q4_k::vec_dot_q4_k_q8_k_scalar(w, b),
+        (DType::Q6K, QuantizedRow::Q8K(b)) => q6_k::vec_dot_q6_k_q8_k_scalar(w, b),
+        _ => unreachable!("checked by the caller"),
+    }
+}
+
 fn check_matrix(
     dtype: DType,
     w: &[u8],
@@ -270,7 +409,8 @@ fn check_matrix(
 }
 
 /// `out[r] = Σ_k w[r, k] * x[k]` for a row-major `[n_rows, k]` weight matrix stored as `dtype`
-/// (Q8_0, Q4_K, Q6_K, BF16, F16, F32). Rows are split across the rayon thread pool.
+/// (Q8_0, Q4_K, Q6_K, BF16, F16, F32). Rows are split across the rayon thread pool. For the
+/// quantized types `x` is quantized once ([`quantize_activation`]) and shared by all rows.
 pub fn matvec(
     w: &[u8],
     dtype: DType,
@@ -282,6 +422,16 @@ pub fn matvec(
     let rb = check_matrix(dtype, w, n_rows, k, x, 1, out)?;
     // ~4 tasks per thread keeps the pool busy without per-row scheduling overhead.
     let chunk = n_rows.div_ceil(rayon::current_num_threads() * 4).max(16);
+    if uses_quantized_activations(dtype) {
+        let a = quantize_activation(dtype, x)?;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+            for (i, y) in o.iter_mut().enumerate() {
+                let r = c * chunk + i;
+                *y = vec_dot_quantized_unchecked(dtype, &w[r * rb..(r + 1) * rb], &a);
+            }
+        });
+        return Ok(());
+    }
     out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
         for (i, y) in o.iter_mut().enumerate() {
             let r = c * chunk + i;
@@ -304,8 +454,10 @@ impl SendPtr {
 }
 
 /// `out[i, r] = Σ_k x[i, k] * w[r, k]`: x is `[m, k]` f32, w is `[n, k]` stored as `dtype`,
-/// out is `[m, n]` f32. For m == 1 this is [`matvec`]; otherwise each weight row is decoded once
-/// to f32 and reused for all m rows of x.
+/// out is `[m, n]` f32. For m == 1 this is [`matvec`]. Otherwise, for the quantized types, every
+/// row of x is quantized once and each task takes a few weight rows against all of them (in
+/// tiles of x rows that stay in cache); for float types each weight row is decoded once to f32
+/// and reused for all m rows of x.
 pub fn matmul(
     w: &[u8],
     dtype: DType,
@@ -319,6 +471,32 @@ pub fn matmul(
         return matvec(w, dtype, n, k, x, out);
     }
     let rb = check_matrix(dtype, w, n, k, x, m, out)?;
+    if uses_quantized_activations(dtype) {
+        let acts = x
+            .par_chunks_exact(k)
+            .map(|xr| quantize_activation(dtype, xr))
+            .collect::<Result<Vec<_>>>()?;
+        // Weight rows per task, and x rows per tile (32 x 3584 quants stay in L2).
+        const R: usize = 16;
+        const T: usize = 32;
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..n.div_ceil(R)).into_par_iter().for_each(|c| {
+            let r0 = c * R;
+            let rows = R.min(n - r0);
+            for (t, tile) in acts.chunks(T).enumerate() {
+                for r in r0..r0 + rows {
+                    let wr = &w[r * rb..(r + 1) * rb];
+                    for (ii, a) in tile.iter().enumerate() {
+                        let v = vec_dot_quantized_unchecked(dtype, wr, a);
+                        // SAFETY: element (i, r) is in bounds (checked sizes) and each task
+                        // writes only its own columns r0..r0 + rows, so writes never alias.
+                        unsafe { *out_ptr.get().add((t * T + ii) * n + r) = v };
+                    }
+                }
+            }
+        });
+        return Ok(());
+    }
     // Weight rows per task: decoded once, then reused against every row of x.
     const R: usize = 4;
     let out_ptr = SendPtr(out.as_mut_ptr());

@@ -270,3 +270,55 @@ pub fn vec_dot_q4_k_scalar(w: &[u8], x: &[f32]) -> f32 {
     }
     acc
 }
+
+/// All eight (scales, mins) of a super-block from its 12 packed bytes at once, by ggml's 32-bit
+/// word shuffle (same values as [`get_scale_min_k4`] for j = 0..8; the AVX2 path uses this).
+#[inline]
+pub(crate) fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let sc_lo = u0 & KMASK1;
+    let sc_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let mn_lo = u1 & KMASK1;
+    let mn_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let cat = |a: u32, b: u32| {
+        let mut o = [0u8; 8];
+        o[..4].copy_from_slice(&a.to_le_bytes());
+        o[4..].copy_from_slice(&b.to_le_bytes());
+        o
+    };
+    (cat(sc_lo, sc_hi), cat(mn_lo, mn_hi))
+}
+
+/// Scalar reference of the Q4_K x Q8_K dot product (ggml's vec_dot_q4_K_q8_K): per super-block
+/// the exact integers `isum = Σ_j sc_j · Σ_{i in sub-block j} q4_i · q8_i` and
+/// `imin = Σ_j m_{j/2} · bsums_j` (j over the sixteen runs of 16), then
+/// `sumf += (f16(d) · d8) · isum; sumf -= (f16(dmin) · d8) · imin`, block after block. ggml's
+/// generic code spreads `isum` over eight lanes before converting to float; one integer per block
+/// is what the AVX2 path computes, so both paths here give the same bits.
+pub fn vec_dot_q4_k_q8_k_scalar(w: &[u8], a: &[super::q8_k::BlockQ8K]) -> f32 {
+    assert!(w.len() == a.len() * BLOCK_BYTES);
+    let mut sumf = 0.0f32;
+    for (b, y) in w.chunks_exact(BLOCK_BYTES).zip(a) {
+        let qs = &b[16..BLOCK_BYTES];
+        let mut isum = 0i32;
+        let mut imin = 0i32;
+        for j in 0..8 {
+            let (sc, m) = get_scale_min_k4(j, &b[4..16]);
+            let (c, shift) = (j / 2, 4 * (j % 2));
+            let dot: i32 = (0..32)
+                .map(|l| ((qs[32 * c + l] >> shift) & 0xF) as i32 * y.qs[32 * j + l] as i32)
+                .sum();
+            isum += sc as i32 * dot;
+            imin += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() * y.d;
+        let dmin = f16::from_bits(u16::from_le_bytes([b[2], b[3]])).to_f32() * y.d;
+        sumf += d * isum as f32;
+        sumf -= dmin * imin as f32;
+    }
+    sumf
+}

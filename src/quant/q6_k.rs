@@ -195,3 +195,26 @@ pub fn vec_dot_q6_k_scalar(w: &[u8], x: &[f32]) -> f32 {
     }
     acc
 }
+
+/// Scalar reference of the Q6_K x Q8_K dot product (ggml's vec_dot_q6_K_q8_K): per super-block
+/// the exact integer `isum = Σ_j sc_j · Σ_{i in sub-block j} (q6_i - 32) · q8_i` over the sixteen
+/// sub-blocks of 16, then `sumf += (f16(d) · d8) · isum`, block after block (one integer per block,
+/// as the AVX2 path computes it, where ggml's generic code keeps eight lanes).
+pub fn vec_dot_q6_k_q8_k_scalar(w: &[u8], a: &[super::q8_k::BlockQ8K]) -> f32 {
+    assert!(w.len() == a.len() * BLOCK_BYTES);
+    let mut sumf = 0.0f32;
+    let mut q = [0i8; QK_K];
+    for (b, y) in w.chunks_exact(BLOCK_BYTES).zip(a) {
+        unpack_block(b, &mut q);
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let dot: i32 = (16 * j..16 * j + 16)
+                .map(|i| q[i] as i32 * y.qs[i] as i32)
+                .sum();
+            isum += b[192 + j] as i8 as i32 * dot;
+        }
+        let d = f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32() * y.d;
+        sumf += d * isum as f32;
+    }
+    sumf
+}
