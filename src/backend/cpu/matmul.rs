@@ -105,7 +105,8 @@ fn bias_f32(be: &CpuBackend, bias: Option<&TRef>, n: usize) -> Result<Option<Vec
     Ok(Some(v))
 }
 
-/// Quantized weights (Q8_0, Q4_K, Q6_K): the block dot products of `quant`, on f32 activations.
+/// Quantized weights (Q8_0, Q4_K, Q6_K): each activation row is quantized to int8 blocks once
+/// (Q8_0 or Q8_K, as llama.cpp does) and multiplied with integer block dot products (`quant`).
 fn quantized(be: &CpuBackend, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
     const OP: &str = "matmul";
     if w.shape.rank() != 2 || !w.is_contiguous() {
