@@ -33,6 +33,7 @@ pub enum Kernel {
     AttnVarlen,
     AttnMerge,
     KvAppend,
+    Sample,
 }
 
 impl Kernel {
@@ -57,6 +58,7 @@ impl Kernel {
         Kernel::AttnVarlen,
         Kernel::AttnMerge,
         Kernel::KvAppend,
+        Kernel::Sample,
     ];
 
     /// (module = kernels/<module>.cu, extern "C" name)
@@ -82,6 +84,7 @@ impl Kernel {
             Kernel::AttnVarlen => ("attention", "attn_varlen"),
             Kernel::AttnMerge => ("attention", "attn_merge"),
             Kernel::KvAppend => ("attention", "kv_append"),
+            Kernel::Sample => ("sampling", "sample"),
         }
     }
 
@@ -102,6 +105,7 @@ unsafe impl DeviceRepr for ReelArgmaxParams {}
 unsafe impl DeviceRepr for ReelKvAppendParams {}
 unsafe impl DeviceRepr for ReelAttnParams {}
 unsafe impl DeviceRepr for ReelAttnMergeParams {}
+unsafe impl DeviceRepr for ReelSampleParams {}
 
 /// A loaded kernel with the limits ptxas gave it.
 pub struct LoadedKernel {
