@@ -236,7 +236,10 @@ impl SampleArgs {
         if w[7] & 1 != 0 {
             w[6] as u32
         } else {
-            sample_hash((w[3] as u32 as u64) | ((w[4] as u32 as u64) << 32), w[5] as u32)
+            sample_hash(
+                (w[3] as u32 as u64) | ((w[4] as u32 as u64) << 32),
+                w[5] as u32,
+            )
         }
     }
 }
@@ -423,8 +426,9 @@ pub fn sample_on_host<B: Backend + ?Sized>(
     let (rows, cols, stride) = sample_shapes(&logits, &args, &out)?;
     let mut w = [0u8; SampleArgs::WORDS * 4];
     be.read(args.buf, args.offset, &mut w)?;
-    let words: [i32; SampleArgs::WORDS] =
-        std::array::from_fn(|i| i32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]));
+    let words: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| {
+        i32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]])
+    });
     let esz = logits.dtype.bytes_for(1);
     let mut raw = vec![0u8; cols * esz];
     let mut ids = Vec::with_capacity(rows);

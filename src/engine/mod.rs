@@ -705,6 +705,66 @@ mod tests {
         }
     }
 
+    /// A backend whose token reads complete later (like CUDA's pinned copies), so the engine
+    /// decodes with one step of lookahead; everything else is the CPU backend underneath.
+    struct Deferred {
+        inner: Box<dyn Backend>,
+        slots: Vec<i32>,
+    }
+
+    macro_rules! delegate {
+        ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+            $(fn $f(&mut self, $($a: $t),*) -> $r { self.inner.$f($($a),*) })*
+        };
+    }
+
+    impl Backend for Deferred {
+        fn name(&self) -> String {
+            format!("deferred {}", self.inner.name())
+        }
+        fn free(&mut self, buf: crate::backend::BufId) {
+            self.inner.free(buf)
+        }
+        delegate! {
+            load_weight(b: crate::backend::HostBytes) -> Result<crate::backend::BufId>;
+            alloc(n: usize) -> Result<crate::backend::BufId>;
+            write(b: crate::backend::BufId, o: usize, d: &[u8]) -> Result<()>;
+            read(b: crate::backend::BufId, o: usize, d: &mut [u8]) -> Result<()>;
+            sync() -> Result<()>;
+            embedding(t: TRef, i: TRef, o: TRef) -> Result<()>;
+            rms_norm(x: TRef, w: TRef, o: TRef, e: f32) -> Result<()>;
+            matmul(x: TRef, w: TRef, b: Option<TRef>, o: TRef) -> Result<()>;
+            add(a: TRef, b: TRef, o: TRef) -> Result<()>;
+            swiglu(g: TRef, u: TRef, o: TRef) -> Result<()>;
+            gelu(x: TRef, o: TRef) -> Result<()>;
+            rope_mrope(x: TRef, p: TRef, o: TRef, m: crate::backend::MropeParams) -> Result<()>;
+            rope_vision(x: TRef, p: TRef, o: TRef, t: f32) -> Result<()>;
+            kv_append(k: TRef, v: TRef, kv: &crate::backend::PagedKv, l: usize) -> Result<()>;
+            attention_paged(q: TRef, kv: &crate::backend::PagedKv, l: usize, o: TRef, s: f32) -> Result<()>;
+            attention_varlen(q: TRef, k: TRef, v: TRef, c: TRef, o: TRef, s: f32) -> Result<()>;
+            gather_rows(x: TRef, i: TRef, o: TRef) -> Result<()>;
+            scatter_rows(x: TRef, i: TRef, o: TRef) -> Result<()>;
+            cast(x: TRef, o: TRef) -> Result<()>;
+            argmax(x: TRef, o: TRef) -> Result<()>;
+            sample(l: TRef, a: TRef, o: TRef) -> Result<()>;
+        }
+        fn read_token_start(&mut self, t: TRef) -> Result<PendingToken> {
+            match self.inner.read_token_start(t)? {
+                PendingToken::Ready(v) => {
+                    self.slots.push(v);
+                    Ok(PendingToken::Slot(self.slots.len() - 1))
+                }
+                p => Ok(p),
+            }
+        }
+        fn read_token_wait(&mut self, p: PendingToken) -> Result<i32> {
+            match p {
+                PendingToken::Slot(s) => Ok(self.slots[s]),
+                p => self.inner.read_token_wait(p),
+            }
+        }
+    }
+
     /// `record_logits` keeps the host sampler on the read-back logits; without it the backend
     /// samples. Both follow one definition, so greedy and seeded runs give the same tokens,
     /// and a stop token leaves the cache exactly as the host path does.
@@ -740,9 +800,22 @@ mod tests {
             }
         }
         // Stop at the third greedy token: same prefix, and the cache holds every token but the
-        // last (which was never fed back).
+        // last (which was never fed back), also after the lookahead step was discarded.
         let stop = greedy_tokens[2];
         let first = greedy_tokens.iter().position(|&t| t == stop).unwrap();
+        let inner = std::mem::replace(&mut e.be, Box::new(CpuBackend::new()));
+        e.be = Box::new(Deferred {
+            inner,
+            slots: Vec::new(),
+        });
+        let ahead = e
+            .generate(&request(&ids, seeded, false, &[]), &mut |_| {})
+            .unwrap();
+        assert_eq!(e.text.kv_len(), ids.len() + 7);
+        let host = e
+            .generate(&request(&ids, seeded, true, &[]), &mut |_| {})
+            .unwrap();
+        assert_eq!(ahead.generated_tokens, host.generated_tokens);
         for host in [true, false] {
             let o = e
                 .generate(

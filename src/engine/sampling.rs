@@ -148,7 +148,10 @@ impl Sampler {
             return argmax(scores);
         }
         // transformers would fail on the NaN probabilities an infinite score produces.
-        if let Some(i) = scores.iter().position(|&s| s / p.temperature == f32::INFINITY) {
+        if let Some(i) = scores
+            .iter()
+            .position(|&s| s / p.temperature == f32::INFINITY)
+        {
             return Err(Error::Other(format!(
                 "sampling: logit {i} is infinite after temperature {}",
                 p.temperature
@@ -534,7 +537,11 @@ mod tests {
                     if hi - lo < 1e-4 {
                         continue;
                     }
-                    for u in [lo + (hi - lo) * 0.25, (lo + hi) / 2.0, lo + (hi - lo) * 0.75] {
+                    for u in [
+                        lo + (hi - lo) * 0.25,
+                        (lo + hi) / 2.0,
+                        lo + (hi - lo) * 0.75,
+                    ] {
                         let a = SampleArgs {
                             temperature: t,
                             top_k: k as u32,
@@ -588,7 +595,10 @@ mod tests {
         assert_ne!(sample_hash(42, 7), sample_hash(43, 7));
         assert_ne!(sample_hash(42, 7), sample_hash(42, 8));
         let n = 100_000u32;
-        let mean = (0..n).map(|i| sample_hash(1, i) as f64 / 4_294_967_296.0).sum::<f64>() / n as f64;
+        let mean = (0..n)
+            .map(|i| sample_hash(1, i) as f64 / 4_294_967_296.0)
+            .sum::<f64>()
+            / n as f64;
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
         // The host sampler counts draws: the n-th draw of a seed is sample_hash(seed, n).
         let mut s = Sampler::new(SamplingParams {

@@ -406,7 +406,13 @@ pub fn sample_exp(d: f32) -> f32 {
     let r = (-n).mul_add(f32::from_bits(0x3f31_7200), d);
     let r = (-n).mul_add(f32::from_bits(0x35bf_be8e), r);
     let mut p = f32::from_bits(0x3950_0d01); // 1/5040
-    for c in [0x3ab6_0b61u32, 0x3c08_8889, 0x3d2a_aaab, 0x3e2a_aaab, 0x3f00_0000] {
+    for c in [
+        0x3ab6_0b61u32,
+        0x3c08_8889,
+        0x3d2a_aaab,
+        0x3e2a_aaab,
+        0x3f00_0000,
+    ] {
         p = p.mul_add(r, f32::from_bits(c));
     }
     p = p.mul_add(r, 1.0);
