@@ -437,7 +437,8 @@ pub fn sample_row(x: &[f32], args: &[i32; 8]) -> i32 {
         return -1;
     }
     let temp = f32::from_bits(args[0] as u32);
-    if !(temp > 0.0) {
+    // NaN counts as greedy, like the kernel's !(t > 0).
+    if temp.is_nan() || temp <= 0.0 {
         let mut best = 0;
         for i in 1..x.len() {
             if x[i] > x[best] {
@@ -448,7 +449,7 @@ pub fn sample_row(x: &[f32], args: &[i32; 8]) -> i32 {
     }
     let s: Vec<f32> = x.iter().map(|&v| v / temp).collect();
     let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if m == f32::INFINITY || m == f32::NEG_INFINITY {
+    if m.is_infinite() {
         return -1;
     }
     let keys: Vec<u32> = s.iter().map(|&v| sample_key(v)).collect();
