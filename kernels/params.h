@@ -292,3 +292,20 @@ typedef struct ReelQEmbeddingParams {
 #define REEL_FA_PAD 8
 #define REEL_FA_PAGED_D 128  // head_dim of attn_paged_prefill_mma (the LLM)
 #define REEL_FA_VARLEN_D 80  // head_dim of attn_varlen_mma (the ViT)
+// ---- sampling (kernels/sampling.cu) ---------------------------------------------------------
+// One block per row of logits [rows, cols]; the sampling arguments are 8 int32 words in device
+// memory (SampleArgs in src/backend/mod.rs), so a captured graph samples with whatever the host
+// wrote before the replay. out[r] = token id, or -1 when the row cannot be sampled.
+#define REEL_SAMPLE_THREADS 512
+#define REEL_SAMPLE_ARGS 8
+
+typedef struct ReelSampleParams {
+    uint64_t x;
+    uint64_t args;
+    uint64_t out;
+    int64_t x_stride;
+    int32_t rows;
+    int32_t cols;
+    int32_t x_dt;
+    int32_t pad_;
+} ReelSampleParams;

@@ -19,7 +19,7 @@
 //! checks them against tighter bounds on a GPU.
 
 use reel::backend::cpu::{reference as rf, CpuBackend};
-use reel::backend::{Backend, HostBytes, KvLayout, MropeParams, PagedKv, TRef};
+use reel::backend::{Backend, HostBytes, KvLayout, MropeParams, PagedKv, SampleArgs, TRef};
 use reel::{DType, Shape};
 
 // ---------------------------------------------------------------------------------------------
@@ -742,6 +742,62 @@ fn cases() -> Vec<Case> {
             }),
         ));
     }
+
+    // sample: the definition in rf::sample_row is exact integer arithmetic after an f32 division
+    // and a fixed-sequence exp, so every backend must choose the same token (bound: exact).
+    // Draws are explicit uniforms (placed mid-interval by rf's own weights, though exactness
+    // needs no margin) and hashed (seed, step) draws; logits on the dtype's grid, with a planted
+    // tie at the top so lowest-index rules matter.
+    for vocab in [17usize, 1000, 152_064] {
+        let rows = if vocab > 1000 { 1 } else { 2 };
+        for (t, k, p) in [
+            (0.0f32, 0u32, 1.0f32),
+            (1.0, 0, 1.0),
+            (0.7, 50, 1.0),
+            (1.0, 0, 0.9),
+            (0.8, 40, 0.95),
+            (0.01, 0, 0.001),
+            (1.5, 1, 1.0),
+            (1.0, 0, 0.0),
+            (2.0, 5, 0.5),
+        ] {
+            c.push(case(
+                "sample",
+                format!("[{rows},{vocab}] t{t} k{k} p{p}"),
+                Bound::Exact,
+                Box::new(move |be, dt, r| {
+                    let mut x = rounded(r.vals(rows * vocab, 6.0), dt);
+                    for row in 0..rows {
+                        let (a, b) = (r.below(vocab), r.below(vocab));
+                        x[row * vocab + a] = 7.0;
+                        x[row * vocab + b] = 7.0;
+                    }
+                    let xt = put(be, &x, dt, &[rows, vocab], 0)?;
+                    let mut got = Vec::new();
+                    let mut want = Vec::new();
+                    for draw in 0..4u32 {
+                        let args = SampleArgs {
+                            temperature: t,
+                            top_k: k,
+                            top_p: p,
+                            seed: 0x5eed ^ draw as u64,
+                            step: draw,
+                            uniform: (draw < 2)
+                                .then(|| (r.below(1 << 20) as f64 + 0.5) / (1 << 20) as f64),
+                        };
+                        let w = args.to_words();
+                        let at = put_i32(be, &w, &[SampleArgs::WORDS])?;
+                        let o = put_i32(be, &vec![-7; rows], &[rows])?;
+                        be.sample(xt, at, o)?;
+                        got.extend(get_i32(be, &o)?.iter().map(|&i| i as f32));
+                        want.extend(x.chunks(vocab).map(|row| rf::sample_row(row, &w) as f32));
+                    }
+                    assert!(want.iter().all(|&t| t >= 0.0), "{want:?}");
+                    Ok((got, want))
+                }),
+            ));
+        }
+    }
     c
 }
 
@@ -948,6 +1004,14 @@ fn ops_reject_bad_inputs() {
     let oi = put_i32(be, &[0, 0], &[2]).unwrap();
     assert!(msg(be.argmax(nan, oi)).contains("NaN"));
     assert!(msg(be.argmax(nan, nan)).contains("i32"));
+    // sample: args too short, a non-i32 output, a NaN row (-1, not an error: the kernel cannot
+    // fail, the engine turns -1 into an error).
+    let args = put_i32(be, &SampleArgs::greedy().to_words(), &[8]).unwrap();
+    let short = put_i32(be, &[0; 4], &[4]).unwrap();
+    assert!(msg(be.sample(x, short, oi)).contains("args"));
+    assert!(msg(be.sample(x, args, x)).contains("out"));
+    be.sample(nan, args, oi).unwrap();
+    assert_eq!(get_i32(be, &oi).unwrap(), [-1, 1]);
     // RoPE: sections not summing to d/2; vision d not a multiple of 4.
     let xr = put(be, &[0.0; 2 * 2 * 8], f, &[2, 2, 8], 0).unwrap();
     let pos = put_i32(be, &[0; 6], &[3, 2]).unwrap();

@@ -178,6 +178,112 @@ pub struct MemStats {
     pub peak_bytes: u64,
 }
 
+/// The sampling arguments the `sample` op reads from a backend tensor (I32 [`SampleArgs::WORDS`]),
+/// so that a captured decode graph samples with whatever the host wrote before each replay.
+///
+/// Words: 0 temperature (f32 bits), 1 top_k (0: off), 2 top_p (f32 bits; >= 1: off),
+/// 3/4 seed (low/high 32 bits), 5 step, 6 an explicit 32-bit draw, 7 flags (bit 0: use word 6
+/// instead of [`sample_hash`]`(seed, step)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleArgs {
+    /// `<= 0` (or NaN): greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: u32,
+    /// `>= 1`: off.
+    pub top_p: f32,
+    pub seed: u64,
+    /// Which draw of the seed's stream this is (the engine counts generated tokens).
+    pub step: u32,
+    /// A uniform in [0, 1) to use instead of the hash of (seed, step); the draw is its 32-bit
+    /// fixed-point value `floor(u * 2^32)`.
+    pub uniform: Option<f64>,
+}
+
+impl SampleArgs {
+    pub const WORDS: usize = 8;
+
+    pub fn greedy() -> SampleArgs {
+        SampleArgs {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            step: 0,
+            uniform: None,
+        }
+    }
+
+    pub fn to_words(&self) -> [i32; SampleArgs::WORDS] {
+        let (draw, flags) = match self.uniform {
+            Some(u) => (uniform_to_u32(u), 1),
+            None => (0, 0),
+        };
+        [
+            self.temperature.to_bits() as i32,
+            self.top_k as i32,
+            self.top_p.to_bits() as i32,
+            self.seed as u32 as i32,
+            (self.seed >> 32) as u32 as i32,
+            self.step as i32,
+            draw as i32,
+            flags,
+        ]
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_words()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+
+    /// The 32-bit draw `d`: the token is the first whose cumulative weight exceeds
+    /// `floor(d * Z / 2^32)` (see `reference::sample_row`).
+    pub fn draw_from_words(w: &[i32; SampleArgs::WORDS]) -> u32 {
+        if w[7] & 1 != 0 {
+            w[6] as u32
+        } else {
+            sample_hash(
+                (w[3] as u32 as u64) | ((w[4] as u32 as u64) << 32),
+                w[5] as u32,
+            )
+        }
+    }
+}
+
+/// `floor(u * 2^32)` for u in [0, 1), clamped.
+pub fn uniform_to_u32(u: f64) -> u32 {
+    if u.is_nan() || u <= 0.0 {
+        0
+    } else {
+        (u * 4_294_967_296.0).min(4_294_967_295.0) as u32
+    }
+}
+
+/// The counter-based draw of `(seed, step)`: splitmix64's finalizer over
+/// `seed + (step + 1) * golden`, high 32 bits. The CUDA kernel computes the same bits.
+pub fn sample_hash(seed: u64, step: u32) -> u32 {
+    let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 32) as u32
+}
+
+/// A captured graph (see [`Backend::capture_begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphId(pub u32);
+
+/// A one-element I32 read in flight ([`Backend::read_token_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingToken {
+    /// Already on the host (backends without asynchronous copies).
+    Ready(i32),
+    /// In flight into the backend's host staging slot.
+    Slot(usize),
+}
+
 /// The backend interface. Each op method validates shapes it cannot handle and returns an
 /// error rather than panicking.
 pub trait Backend: Send {
@@ -255,4 +361,138 @@ pub trait Backend: Send {
     fn cast(&mut self, x: TRef, out: TRef) -> Result<()>;
     /// Index of the maximum of each row of x [R, N] into out [R] I32; ties go to the lowest index.
     fn argmax(&mut self, x: TRef, out: TRef) -> Result<()>;
+
+    /// Draws one token per row of logits [R, V] (f32, bf16 or f16) into out [R] I32, with the
+    /// arguments read from `args` (I32 [`SampleArgs::WORDS`], see [`SampleArgs`]); every row
+    /// uses the same draw. The result is exactly `cpu::reference::sample_row` on every backend
+    /// (integer weights make it independent of summation order); -1 marks a row that cannot
+    /// be sampled (a NaN, +inf after temperature, no finite logit).
+    ///
+    /// The default reads the logits back and samples on the host.
+    fn sample(&mut self, logits: TRef, args: TRef, out: TRef) -> Result<()> {
+        sample_on_host(self, logits, args, out)
+    }
+
+    // ---- graph capture (CUDA graphs); the defaults mean "unsupported, run eagerly" ----
+    /// Starts recording the ops that follow instead of running them. `Ok(false)`: this backend
+    /// cannot capture, and the caller runs the ops eagerly.
+    fn capture_begin(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends a recording begun by `capture_begin` and returns the graph; nothing recorded has
+    /// run yet.
+    fn capture_end(&mut self) -> Result<GraphId> {
+        Err(crate::Error::Other(format!(
+            "{}: graph capture is not supported",
+            self.name()
+        )))
+    }
+    /// Ends a failed recording and discards it.
+    fn capture_abort(&mut self) {}
+    /// Runs a captured graph once (in stream order with everything else).
+    fn replay(&mut self, g: GraphId) -> Result<()> {
+        Err(crate::Error::Other(format!(
+            "{}: no captured graph {}",
+            self.name(),
+            g.0
+        )))
+    }
+    fn drop_graph(&mut self, _g: GraphId) {}
+    /// Changes whenever memory that captured graphs may reference (internal scratch) moved:
+    /// graphs captured under another epoch must be captured again.
+    fn graph_epoch(&self) -> u64 {
+        0
+    }
+
+    // ---- token readback ----
+    /// Starts copying the I32 element `t` (a sampled token) to the host; the value comes from
+    /// `read_token_wait`. The default reads synchronously.
+    fn read_token_start(&mut self, t: TRef) -> Result<PendingToken> {
+        let mut b = [0u8; 4];
+        if t.dtype != DType::I32 {
+            return Err(crate::Error::Other(format!(
+                "read_token: {} tensor, not i32",
+                t.dtype
+            )));
+        }
+        self.read(t.buf, t.offset, &mut b)?;
+        Ok(PendingToken::Ready(i32::from_le_bytes(b)))
+    }
+    /// Waits for a copy begun by `read_token_start`.
+    fn read_token_wait(&mut self, p: PendingToken) -> Result<i32> {
+        match p {
+            PendingToken::Ready(v) => Ok(v),
+            PendingToken::Slot(s) => Err(crate::Error::Other(format!(
+                "read_token: no copy in flight in slot {s}"
+            ))),
+        }
+    }
+}
+
+/// `Backend::sample` on the host: reads the logits and arguments, samples with the reference,
+/// writes the ids.
+pub fn sample_on_host<B: Backend + ?Sized>(
+    be: &mut B,
+    logits: TRef,
+    args: TRef,
+    out: TRef,
+) -> Result<()> {
+    let (rows, cols, stride) = sample_shapes(&logits, &args, &out)?;
+    let mut w = [0u8; SampleArgs::WORDS * 4];
+    be.read(args.buf, args.offset, &mut w)?;
+    let words: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| {
+        i32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]])
+    });
+    let esz = logits.dtype.bytes_for(1);
+    let mut raw = vec![0u8; cols * esz];
+    let mut ids = Vec::with_capacity(rows);
+    for r in 0..rows {
+        be.read(logits.buf, logits.offset + r * stride * esz, &mut raw)?;
+        let row: Vec<f32> = raw
+            .chunks_exact(esz)
+            .map(|c| match logits.dtype {
+                DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                _ => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            })
+            .collect();
+        ids.push(cpu::reference::sample_row(&row, &words));
+    }
+    be.write(out.buf, out.offset, bytemuck::cast_slice(&ids))
+}
+
+/// Checks `sample`'s operands; returns (rows, vocabulary, row stride in elements).
+pub fn sample_shapes(logits: &TRef, args: &TRef, out: &TRef) -> Result<(usize, usize, usize)> {
+    let bad = |m: String| Err(crate::Error::Other(format!("sample: {m}")));
+    if !matches!(logits.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return bad(format!("logits are {}, not f32/bf16/f16", logits.dtype));
+    }
+    let (rows, cols) = match logits.shape.rank() {
+        1 => (1, logits.shape.dim(0)),
+        2 => (logits.shape.dim(0), logits.shape.dim(1)),
+        _ => return bad(format!("logits {:?} must be [R, V]", logits.shape)),
+    };
+    if cols == 0 || cols > i32::MAX as usize {
+        return bad(format!("a vocabulary of {cols} entries"));
+    }
+    if args.dtype != DType::I32 || args.shape.numel() < SampleArgs::WORDS {
+        return bad(format!(
+            "args {:?} {} must hold {} i32 words",
+            args.shape,
+            args.dtype,
+            SampleArgs::WORDS
+        ));
+    }
+    if out.dtype != DType::I32 || out.shape.numel() != rows || !out.is_contiguous() {
+        return bad(format!(
+            "out {:?} {} must be {rows} contiguous i32",
+            out.shape, out.dtype
+        ));
+    }
+    let stride = if logits.shape.rank() == 1 {
+        cols
+    } else {
+        logits.row_stride
+    };
+    Ok((rows, cols, stride))
 }

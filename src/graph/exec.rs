@@ -1,14 +1,92 @@
 //! The executor: binds a planned graph to a backend's arena and runs its nodes in order.
+//!
+//! A graph run many times with the same shapes (the decode step) can be captured once by the
+//! backend (a CUDA graph) and replayed: [`Executor::run_step`] runs one eager warm-up step,
+//! captures the next, and replays from then on, re-capturing when anything the captured launches
+//! point at changes (the KV pool or its page-table buffers, the backend's scratch epoch, the
+//! caller's extra tensors). Per-step values must already sit in the executor's input buffers
+//! and the KV tables when a step starts; the kernels read them from there.
 
 use super::{plan, Graph, Op, Plan, Source, ValueId};
-use crate::backend::{Backend, BufId, PagedKv, TRef};
+use crate::backend::{Backend, BufId, GraphId, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
+
+/// Everything a captured step's launches depend on besides the executor's own arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaptureKey {
+    /// KV pool buffer, pages, page size, and the CSR tables (indptr, indices, last_page_len).
+    pub kv: Option<(BufId, usize, usize, [TRef; 3])>,
+    pub epoch: u64,
+    /// Tensors the caller's tail ops use.
+    pub extra: Vec<TRef>,
+}
+
+impl CaptureKey {
+    pub fn new(kv: Option<&PagedKv>, epoch: u64, extra: &[TRef]) -> CaptureKey {
+        CaptureKey {
+            kv: kv.map(|k| {
+                (
+                    k.layout.buf,
+                    k.layout.n_pages,
+                    k.layout.page_size,
+                    [k.indptr, k.indices, k.last_page_len],
+                )
+            }),
+            epoch,
+            extra: extra.to_vec(),
+        }
+    }
+}
+
+/// What [`Executor::run_step`] does this time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepMode {
+    Eager,
+    /// Record the step (then replay it once to run it).
+    Capture,
+    Replay,
+}
+
+/// The capture decision, separate from the backend so it is testable on the host: eager when
+/// graphs are off or failed before, or for the first (warm-up) step, which also sizes every
+/// lazily grown buffer; replay when the captured key still matches; capture otherwise.
+pub fn step_mode(
+    enabled: bool,
+    failed: bool,
+    eager_runs: usize,
+    captured: Option<&CaptureKey>,
+    key: &CaptureKey,
+) -> StepMode {
+    if !enabled || failed || eager_runs == 0 {
+        StepMode::Eager
+    } else if captured == Some(key) {
+        StepMode::Replay
+    } else {
+        StepMode::Capture
+    }
+}
+
+/// `REEL_CUDA_GRAPHS=0` turns capture off (for A/B comparisons); anything else leaves it on.
+pub fn graphs_enabled() -> bool {
+    std::env::var("REEL_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0")
+}
+
+#[derive(Debug, Default)]
+struct Capture {
+    graph: Option<(GraphId, CaptureKey)>,
+    eager_runs: usize,
+    /// The backend cannot capture, or a capture failed: stay eager.
+    failed: bool,
+    captures: usize,
+}
 
 pub struct Executor {
     pub graph: Graph,
     pub plan: Plan,
     arena: BufId,
+    cap: Capture,
+    graphs_on: bool,
 }
 
 impl Executor {
@@ -16,12 +94,98 @@ impl Executor {
     pub fn new(be: &mut dyn Backend, graph: Graph) -> Result<Executor> {
         let plan = plan(&graph);
         let arena = be.alloc(plan.arena_bytes)?;
-        Ok(Executor { graph, plan, arena })
+        Ok(Executor {
+            graph,
+            plan,
+            arena,
+            cap: Capture::default(),
+            graphs_on: graphs_enabled(),
+        })
     }
 
-    /// Releases the arena.
+    /// Releases the arena and any captured graph.
     pub fn free(self, be: &mut dyn Backend) {
+        if let Some((g, _)) = self.cap.graph {
+            be.drop_graph(g);
+        }
         be.free(self.arena);
+    }
+
+    /// Overrides `REEL_CUDA_GRAPHS` for this executor.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs_on = on;
+    }
+
+    /// Whether steps are being replayed from a captured graph.
+    pub fn is_captured(&self) -> bool {
+        self.cap.graph.is_some()
+    }
+
+    /// How many times a step was captured (1 in a steady decode; more after invalidation).
+    pub fn captures(&self) -> usize {
+        self.cap.captures
+    }
+
+    /// Runs every node, then `tail` (extra ops on the same backend, e.g. sampling), as one
+    /// step, captured and replayed when the backend supports it (see the module comment).
+    /// `tail_uses` lists the tensors the tail touches, which the captured launches bake in.
+    pub fn run_step(
+        &mut self,
+        be: &mut dyn Backend,
+        kv: Option<&PagedKv>,
+        tail_uses: &[TRef],
+        tail: &mut dyn FnMut(&mut dyn Backend) -> Result<()>,
+    ) -> Result<()> {
+        let key = CaptureKey::new(kv, be.graph_epoch(), tail_uses);
+        let mode = step_mode(
+            self.graphs_on,
+            self.cap.failed,
+            self.cap.eager_runs,
+            self.cap.graph.as_ref().map(|g| &g.1),
+            &key,
+        );
+        match mode {
+            StepMode::Replay => {
+                let g = self.cap.graph.as_ref().expect("replay has a graph").0;
+                be.replay(g)
+            }
+            StepMode::Eager => {
+                self.run(be, kv)?;
+                tail(be)?;
+                self.cap.eager_runs += 1;
+                Ok(())
+            }
+            StepMode::Capture => {
+                if let Some((g, _)) = self.cap.graph.take() {
+                    be.drop_graph(g);
+                }
+                if !be.capture_begin()? {
+                    self.cap.failed = true;
+                    return self.run_step(be, kv, tail_uses, tail);
+                }
+                let recorded = self.run(be, kv).and_then(|_| tail(be));
+                let id = match recorded {
+                    Ok(()) => be.capture_end(),
+                    Err(e) => {
+                        be.capture_abort();
+                        Err(e)
+                    }
+                };
+                match id {
+                    Ok(id) => {
+                        self.cap.graph = Some((id, key));
+                        self.cap.captures += 1;
+                        // Nothing recorded has run yet: this replay is the step.
+                        be.replay(id)
+                    }
+                    Err(_) => {
+                        // Something in the step cannot be captured: run it, and stay eager.
+                        self.cap.failed = true;
+                        self.run_step(be, kv, tail_uses, tail)
+                    }
+                }
+            }
+        }
     }
 
     /// The backend tensor behind a value.
@@ -65,6 +229,11 @@ impl Executor {
         self.graph
             .find(name)
             .ok_or_else(|| Error::Other(format!("graph has no value named {name}")))
+    }
+
+    /// The backend tensor of a named value (an input or a kept output).
+    pub fn value(&self, name: &str) -> Result<TRef> {
+        Ok(self.tref(self.named(name)?))
     }
 
     /// Writes a host input (raw bytes in the value's dtype).
@@ -160,4 +329,50 @@ pub fn read_f32(be: &mut dyn Backend, t: &TRef) -> Result<Vec<f32>> {
         }
     }
     Ok(outv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Shape;
+
+    fn key(kv_buf: u32, epoch: u64, extra: u32) -> CaptureKey {
+        let t = |b: u32, n: usize| TRef::new(BufId(b), 0, DType::I32, Shape::new(&[n]));
+        CaptureKey {
+            kv: Some((BufId(kv_buf), 64, 16, [t(90, 2), t(91, 64), t(92, 1)])),
+            epoch,
+            extra: vec![t(extra, 8)],
+        }
+    }
+
+    #[test]
+    fn capture_decisions() {
+        let k = key(1, 0, 5);
+        // Off, failed, or the warm-up step: eager.
+        assert_eq!(step_mode(false, false, 3, Some(&k), &k), StepMode::Eager);
+        assert_eq!(step_mode(true, true, 3, Some(&k), &k), StepMode::Eager);
+        assert_eq!(step_mode(true, false, 0, None, &k), StepMode::Eager);
+        // After the warm-up: capture once, then replay while nothing moved.
+        assert_eq!(step_mode(true, false, 1, None, &k), StepMode::Capture);
+        assert_eq!(step_mode(true, false, 1, Some(&k), &k), StepMode::Replay);
+        // A new KV pool, a moved scratch buffer, or other tail tensors: capture again.
+        assert_eq!(
+            step_mode(true, false, 1, Some(&k), &key(2, 0, 5)),
+            StepMode::Capture
+        );
+        assert_eq!(
+            step_mode(true, false, 1, Some(&k), &key(1, 1, 5)),
+            StepMode::Capture
+        );
+        assert_eq!(
+            step_mode(true, false, 1, Some(&k), &key(1, 0, 6)),
+            StepMode::Capture
+        );
+        let mut bigger = k.clone();
+        bigger.kv.as_mut().unwrap().1 = 128;
+        assert_eq!(
+            step_mode(true, false, 1, Some(&k), &bigger),
+            StepMode::Capture
+        );
+    }
 }

@@ -408,4 +408,8 @@ impl Backend for CpuBackend {
         let s = &*self;
         s.install(|| elementwise::argmax(s, x, out))
     }
+    fn sample(&mut self, logits: TRef, args: TRef, out: TRef) -> Result<()> {
+        // The host is where the reference lives: read, sample, write.
+        super::sample_on_host(self, logits, args, out)
+    }
 }

@@ -45,6 +45,7 @@ pub enum Kernel {
     QEmbedding,
     AttnPagedPrefillMma,
     AttnVarlenMma,
+    Sample,
 }
 
 impl Kernel {
@@ -81,6 +82,7 @@ impl Kernel {
         Kernel::QEmbedding,
         Kernel::AttnPagedPrefillMma,
         Kernel::AttnVarlenMma,
+        Kernel::Sample,
     ];
 
     /// (module = kernels/<module>.cu, extern "C" name)
@@ -118,6 +120,7 @@ impl Kernel {
             Kernel::QEmbedding => ("quant", "qembedding"),
             Kernel::AttnPagedPrefillMma => ("attention_mma", "attn_paged_prefill_mma"),
             Kernel::AttnVarlenMma => ("attention_mma", "attn_varlen_mma"),
+            Kernel::Sample => ("sampling", "sample"),
         }
     }
 
@@ -140,6 +143,7 @@ unsafe impl DeviceRepr for ReelAttnParams {}
 unsafe impl DeviceRepr for ReelAttnMergeParams {}
 unsafe impl DeviceRepr for ReelQMatmulParams {}
 unsafe impl DeviceRepr for ReelQEmbeddingParams {}
+unsafe impl DeviceRepr for ReelSampleParams {}
 
 /// A loaded kernel with the limits ptxas gave it.
 pub struct LoadedKernel {
