@@ -11,13 +11,14 @@
 #
 # The lent H100/H200 machines have the CUDA 13 driver, nvcc and compute-sanitizer but no Rust
 # toolchain and no network, so the usual flow is: `prepare` here, then carry gpu-bin/ to the
-# GPU machine (it is git-ignored through .git/info/exclude; `prepare` prints its size, which
-# must stay under the 64 MiB a call may carry) and call `run` there. Release test executables
-# link only libc/libm/libgcc_s; the FFmpeg feature is left out (--no-default-features) so no
-# libav* is needed there. Set REEL_GPU_FEATURES to build with other features.
+# GPU machine packed as gpu-bin.tar.xz (git-ignored, so name it in the call's carry; `prepare`
+# prints its size, which must stay under the 64 MiB a call may carry) and call `run` there,
+# which unpacks it. Release test executables link only libc/libm/libgcc_s; the FFmpeg feature
+# is left out (--no-default-features) so no libav* is needed there. Set REEL_GPU_FEATURES to build with other features.
 #
 # Environment: NVCC (prepare; default: the setup venv), OUT (report folder; default gpu-out/),
-# REEL_BENCH_FILTER (a substring of kernel names to bench). REEL_TEST_DEVICE=cuda is exported
+# REEL_BENCH_FILTER (a substring of kernel names to bench), REEL_GPU_STEPS (groups to run:
+# tests,sanitizer,bench,e2e). REEL_TEST_DEVICE=cuda is exported
 # for every test binary (the golden tests pick the CUDA backend from it), and REEL_REQUIRE_CUDA=1
 # (the kernel tests fail rather than skip when the backend does not open). A step whose output
 # says "cuda: skipped" counts as failed.
@@ -71,7 +72,11 @@ for line in sys.stdin:
   for f in "$BIN"/*; do strip --strip-debug "$f" 2>/dev/null || true; done
   # Tests that find fixtures through CARGO_MANIFEST_DIR see this path; `run` links it.
   echo "$ROOT" > "$BIN/MANIFEST_DIR"
-  echo "gpu-bin: $(du -sh "$BIN" | cut -f1) (carry it with the call; limit 64 MiB with the tree)"
+  # The executables embed every kernel for every target (~20 MB of fatbins each), so they
+  # travel packed: xz brings ~130 MB down to ~14 MB, inside the 64 MiB a device call carries.
+  rm -f "$ROOT/gpu-bin.tar.xz"
+  tar -C "$ROOT" -cJf "$ROOT/gpu-bin.tar.xz" gpu-bin
+  echo "gpu-bin: $(du -sh "$BIN" | cut -f1), packed gpu-bin.tar.xz: $(du -sh "$ROOT/gpu-bin.tar.xz" | cut -f1) (carry gpu-bin.tar.xz with the call; limit 64 MiB with the tree)"
   set +e
 }
 
@@ -80,6 +85,12 @@ run() {
   mkdir -p "$out"
   local report="$out/gpu-report.md" log="$out/gpu-check.log"
   : > "$log"
+  if [ ! -d "$BIN" ] && [ -f "$ROOT/gpu-bin.tar.xz" ]; then
+    echo "unpacking gpu-bin.tar.xz"
+    tar -C "$ROOT" -xJf "$ROOT/gpu-bin.tar.xz" 2>/dev/null ||
+      python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$ROOT/gpu-bin.tar.xz" "$ROOT" ||
+      { echo "gpu-check run: cannot unpack gpu-bin.tar.xz (needs xz or python3)"; exit 1; }
+  fi
   [ -d "$BIN" ] || { echo "gpu-check run: $BIN is missing; run 'scripts/gpu-check.sh prepare' on a build machine"; exit 1; }
   # REEL_REQUIRE_CUDA=1: the kernel tests fail instead of skipping when no device opens.
   export REEL_TEST_DEVICE=cuda REEL_REQUIRE_CUDA=1 RUST_BACKTRACE=1
@@ -127,11 +138,14 @@ run() {
     grep -E "test result|panicked|FAIL|ERROR|error" "$out/step.log" | tail -n 5 || true
   }
   have() { [ -x "$BIN/$1" ]; }
+  # REEL_GPU_STEPS picks groups (comma-separated: tests, sanitizer, bench, e2e; default all), so
+  # the check can be split over several calls when one must stay under a time limit.
+  want() { [[ ",${REEL_GPU_STEPS:-tests,sanitizer,bench,e2e}," == *",$1,"* ]]; }
 
-  have reel-lib && step "kernel tests vs f64 (lib backend::cuda)" 180 "$BIN/reel-lib" backend::cuda --test-threads=1 --nocapture
-  have ops && step "op harness CUDA vs CPU (tests/ops.rs)" 240 "$BIN/ops" --test-threads=1 --nocapture
+  want tests && have reel-lib && step "kernel tests vs f64 (lib backend::cuda)" 180 "$BIN/reel-lib" backend::cuda --test-threads=1 --nocapture
+  want tests && have ops && step "op harness CUDA vs CPU (tests/ops.rs)" 240 "$BIN/ops" --test-threads=1 --nocapture
   for g in golden_text golden_vision vision; do
-    have "$g" || continue
+    want tests && have "$g" || continue
     # golden_vision runs the CLI, which links FFmpeg when built with the video feature.
     if [ "$g" = golden_vision ] && ldd "$ROOT/target/release/reel" 2>/dev/null | grep -q "not found"; then
       echo "| golden $g | skipped: the reel CLI needs FFmpeg libraries this machine lacks | - |" >> "$report"
@@ -139,7 +153,9 @@ run() {
     fi
     step "golden $g (REEL_TEST_DEVICE=cuda)" 240 "$BIN/$g" --test-threads=1 --nocapture
   done
-  if command -v compute-sanitizer >/dev/null 2>&1; then
+  if ! want sanitizer; then
+    :
+  elif command -v compute-sanitizer >/dev/null 2>&1; then
     have reel-lib && step "compute-sanitizer memcheck (kernel tests)" 240 \
       compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/reel-lib" backend::cuda::tests::device --test-threads=1
     have reel-lib && step "compute-sanitizer racecheck (kernel tests)" 240 \
@@ -149,7 +165,7 @@ run() {
   else
     echo "| compute-sanitizer | not installed | - |" >> "$report"
   fi
-  if have reel-lib; then
+  if want bench && have reel-lib; then
     echo "== kernel benchmarks" | tee -a "$log"
     local t0=$SECONDS
     if timeout 240 "$BIN/reel-lib" backend::cuda::bench::tests::bench_table --ignored --nocapture > "$out/bench.txt" 2>&1; then
@@ -162,7 +178,7 @@ run() {
   fi
   # End to end on synthetic weights of the real 7B shape, one run per weight preset: prefill,
   # decode at 1k/4k/16k cached tokens, and (bf16) the Video-R1 input's time to first token.
-  if [ -x "$BIN/reel-cli" ]; then
+  if want e2e && [ -x "$BIN/reel-cli" ]; then
     { echo; echo "### End to end (reel bench, synthetic 7B)"; echo; } >> "$report"
     local w extra
     for w in bf16 q8_0 q4_k_m; do
