@@ -181,7 +181,9 @@ impl CudaBackend {
             && kv.layout.dtype == DType::BF16
             && rows_16b(qp, q.row_stride)
             && rows_16b(op, out.row_stride)
-            && fa_smem_bytes(d) as u32 <= self.info.smem_optin;
+            && fa_smem_bytes(d) as u32 <= self.info.smem_optin
+            // Its row tiles go on grid.y (limit 65535); the CUDA-core kernel puts them on x.
+            && (t * g).div_ceil(REEL_FA_BM as usize) <= 65535;
         let (splits, rows_per_cta, kern) = if mma {
             (1, REEL_FA_BM as usize, Kernel::AttnPagedPrefillMma)
         } else if t == 1 {

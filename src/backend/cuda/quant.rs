@@ -165,6 +165,19 @@ impl CudaBackend {
         let aligned = p.x % 16 == 0 && xs % 8 == 0;
         let kern = pick_qmatmul(w.dtype, m, x.dtype == DType::BF16, aligned);
         let (grid, block) = qmatmul_grid(kern, m, n)?;
+        if !is_qgemm(kern) {
+            // The GEMV reads whole aligned 16-byte chunks, up to 15 bytes past the last row:
+            // load_weight pads for that, a plain alloc of an odd size does not.
+            let b = self.buf(w.buf)?;
+            let end = (wp + (n * row_bytes) as u64).next_multiple_of(16);
+            need(end <= b.ptr + b.mem.len() as u64, || {
+                format!(
+                    "matmul: the 16-byte chunk holding the last byte of the {} weight {:?} \
+                     runs past its buffer (quantized weights must come from load_weight)",
+                    w.dtype, w.shape
+                )
+            })?;
+        }
         self.launch(
             kern,
             Launch {
