@@ -41,6 +41,17 @@ pub(super) struct GraphState {
     pub(super) deferred_frees: Vec<CudaSlice<u8>>,
 }
 
+impl Drop for GraphState {
+    fn drop(&mut self) {
+        // A token copy may still be in flight (a decode that stopped on an error): the pinned
+        // memory is freed right after, so wait for each slot's last copy first. PinnedHostSlice's
+        // own event is never recorded with event tracking off, so its drop does not wait.
+        for (_, ev) in &self.slots {
+            let _ = ev.synchronize();
+        }
+    }
+}
+
 impl CudaBackend {
     pub(super) fn not_capturing(&self, what: &str) -> Result<()> {
         need(!self.graph.capturing, || {
