@@ -472,8 +472,11 @@ pub fn sample_shapes(logits: &TRef, args: &TRef, out: &TRef) -> Result<(usize, u
         2 => (logits.shape.dim(0), logits.shape.dim(1)),
         _ => return bad(format!("logits {:?} must be [R, V]", logits.shape)),
     };
-    if cols == 0 || cols > i32::MAX as usize {
-        return bad(format!("a vocabulary of {cols} entries"));
+    // Weights are at most 2^40 and their sums are u64: below 2^24 entries they cannot wrap.
+    if cols == 0 || cols >= 1 << 24 {
+        return bad(format!(
+            "a vocabulary of {cols} entries (1 to 2^24 - 1 supported)"
+        ));
     }
     if args.dtype != DType::I32 || args.shape.numel() < SampleArgs::WORDS {
         return bad(format!(
@@ -495,4 +498,20 @@ pub fn sample_shapes(logits: &TRef, args: &TRef, out: &TRef) -> Result<(usize, u
         logits.row_stride
     };
     Ok((rows, cols, stride))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_shapes_bound_the_vocabulary() {
+        let t = |dt, dims: &[usize]| TRef::new(BufId(0), 0, dt, Shape::new(dims));
+        let (args, out) = (t(DType::I32, &[8]), t(DType::I32, &[1]));
+        let ok = sample_shapes(&t(DType::F32, &[1, (1 << 24) - 1]), &args, &out);
+        assert_eq!(ok.unwrap(), (1, (1 << 24) - 1, (1 << 24) - 1));
+        // 2^24 weights of 2^40 (all-equal logits) would wrap the u64 total.
+        let e = sample_shapes(&t(DType::F32, &[1, 1 << 24]), &args, &out).unwrap_err();
+        assert!(e.to_string().contains("vocabulary"), "{e}");
+    }
 }

@@ -517,7 +517,19 @@ impl Engine {
             } else {
                 None
             };
-            let tok = token_or_error(be.read_token_wait(pending)?)?;
+            let tok = match be.read_token_wait(pending).and_then(token_or_error) {
+                Ok(t) => t,
+                Err(e) => {
+                    // The step launched ahead consumed a token that never arrived: drop its
+                    // cache entry so the cache holds exactly the accepted tokens.
+                    if let Some(n) = next {
+                        let _ = be.read_token_wait(n);
+                        let len = text.kv_len() - 1;
+                        text.truncate(be, len)?;
+                    }
+                    return Err(e);
+                }
+            };
             generated.push(tok);
             history.push(tok);
             on_token(tok);
@@ -721,7 +733,9 @@ mod tests {
     /// decodes with one step of lookahead; everything else is the CPU backend underneath.
     struct Deferred {
         inner: Box<dyn Backend>,
-        slots: Vec<i32>,
+        slots: Vec<PendingToken>,
+        /// Reads of this slot deliver -1 (a row that could not be sampled).
+        fail_slot: Option<usize>,
     }
 
     macro_rules! delegate {
@@ -761,17 +775,17 @@ mod tests {
             sample(l: TRef, a: TRef, o: TRef) -> Result<()>;
         }
         fn read_token_start(&mut self, t: TRef) -> Result<PendingToken> {
-            match self.inner.read_token_start(t)? {
-                PendingToken::Ready(v) => {
-                    self.slots.push(v);
-                    Ok(PendingToken::Slot(self.slots.len() - 1))
-                }
-                p => Ok(p),
-            }
+            // Every read becomes a slot of this wrapper (the inner backend may be another one).
+            let p = self.inner.read_token_start(t)?;
+            self.slots.push(p);
+            Ok(PendingToken::Slot(self.slots.len() - 1))
         }
         fn read_token_wait(&mut self, p: PendingToken) -> Result<i32> {
             match p {
-                PendingToken::Slot(s) => Ok(self.slots[s]),
+                PendingToken::Slot(s) => {
+                    let v = self.inner.read_token_wait(self.slots[s])?;
+                    Ok(if Some(s) == self.fail_slot { -1 } else { v })
+                }
                 p => self.inner.read_token_wait(p),
             }
         }
@@ -819,6 +833,7 @@ mod tests {
         e.be = Box::new(Deferred {
             inner,
             slots: Vec::new(),
+            fail_slot: None,
         });
         let ahead = e
             .generate(&request(&ids, seeded, false, &[]), &mut |_| {})
@@ -839,5 +854,19 @@ mod tests {
             assert_eq!(o.generated_tokens, greedy_tokens[..=first]);
             assert_eq!(e.text.kv_len(), ids.len() + first);
         }
+        // The second device token fails while the step after it is already launched: the
+        // error surfaces and the cache keeps the prompt and the two tokens fed back, not the
+        // step that consumed the failed token.
+        let inner = std::mem::replace(&mut e.be, Box::new(CpuBackend::new()));
+        e.be = Box::new(Deferred {
+            inner,
+            slots: Vec::new(),
+            fail_slot: Some(1),
+        });
+        let err = e
+            .generate(&request(&ids, seeded, false, &[]), &mut |_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains("no finite logit"), "{err}");
+        assert_eq!(e.text.kv_len(), ids.len() + 2);
     }
 }

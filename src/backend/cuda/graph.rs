@@ -16,7 +16,7 @@ use crate::backend::{GraphId, PendingToken, TRef};
 use crate::error::Result;
 use crate::tensor::DType;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaEvent, CudaGraph, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, PinnedHostSlice};
 
 /// Pinned slots for tokens in flight: the engine has at most two (the token it processes and
 /// the one the next step is computing).
@@ -37,6 +37,19 @@ pub(super) struct GraphState {
     pub(super) epoch: u64,
     slots: Vec<(PinnedHostSlice<u8>, CudaEvent)>,
     next_slot: usize,
+    /// Buffers freed during a capture, released when it ends.
+    pub(super) deferred_frees: Vec<CudaSlice<u8>>,
+}
+
+impl Drop for GraphState {
+    fn drop(&mut self) {
+        // A token copy may still be in flight (a decode that stopped on an error): the pinned
+        // memory is freed right after, so wait for each slot's last copy first. PinnedHostSlice's
+        // own event is never recorded with event tracking off, so its drop does not wait.
+        for (_, ev) in &self.slots {
+            let _ = ev.synchronize();
+        }
+    }
 }
 
 impl CudaBackend {
@@ -60,9 +73,9 @@ impl CudaBackend {
             "capture_end without capture_begin".into()
         })?;
         self.graph.capturing = false;
-        let g = self
-            .stream
-            .end_capture(CUgraphInstantiate_flags(0))
+        let g = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        self.graph.deferred_frees.clear();
+        let g = g
             .map_err(|e| err(format!("ending a graph capture: {e}")))?
             .ok_or_else(|| err("the graph capture recorded nothing"))?;
         // Moves the instantiation's one-time setup out of the first replay.
@@ -77,6 +90,7 @@ impl CudaBackend {
             self.graph.capturing = false;
             // An invalidated capture reports an error here; either way it is over.
             let _ = self.stream.end_capture(CUgraphInstantiate_flags(0));
+            self.graph.deferred_frees.clear();
         }
     }
 

@@ -328,11 +328,16 @@ impl Backend for CudaBackend {
     }
 
     fn free(&mut self, buf: BufId) {
-        let len = match self.bufs.get_mut(buf.0 as usize).and_then(|b| b.take()) {
-            Some(b) => b.len,
+        let b = match self.bufs.get_mut(buf.0 as usize).and_then(|b| b.take()) {
+            Some(b) => b,
             None => return,
         };
-        self.mem_freed(len.max(1));
+        self.mem_freed(b.len.max(1));
+        if self.graph.capturing {
+            // Dropping issues cuMemFreeAsync, which a capture would record (or be invalidated
+            // by) instead of running: release it once the capture is over.
+            self.graph.deferred_frees.push(b.mem);
+        }
     }
 
     fn memory_stats(&self) -> Option<MemStats> {
