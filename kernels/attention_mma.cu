@@ -52,31 +52,11 @@
 // caps them at 255, and 2 x 128 x 235 fits the 64K register file.
 // CPU twins: src/backend/cpu (attention_paged, attention_varlen).
 #include "common.cuh"
+#include "mma.cuh"
 
 #define BM REEL_FA_BM
 #define BN REEL_FA_BN
 #define NT REEL_FA_THREADS
-
-__device__ __forceinline__ void fa_cp16(void* smem, const void* gmem, bool valid) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int n = valid ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-#endif
-}
-
-__device__ __forceinline__ void fa_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void fa_wait() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
 
 __device__ __forceinline__ void fa_ldsm(const void* smem, uint32_t (&r)[4]) {
 #if __CUDA_ARCH__ >= 800
@@ -187,9 +167,9 @@ __device__ __forceinline__ void fa_cta(const ReelAttnParams& p, const Keys& keys
     for (int it = 0; it < BM * CH / NT; ++it) {
         const int i = tid + it * NT;
         const int r = fa_chunk_row(i, D), c = fa_chunk_col(i, D);
-        fa_cp16(Qs + r * LDS + c, q + rows.off(r, p.q_stride) + c, rows.valid(r));
+        cp_async16(Qs + r * LDS + c, q + rows.off(r, p.q_stride) + c, rows.valid(r));
     }
-    fa_commit();
+    cp_async_commit();
 
     const int ntiles = fa_kv_tiles(kb, kend_max, BN);
     // K/V tile starting at key j0 into stage st; keys >= kend_max are zero-filled (they are
@@ -202,13 +182,13 @@ __device__ __forceinline__ void fa_cta(const ReelAttnParams& p, const Keys& keys
             const int j = j0 + r;
             const bool ok = j < kend_max;
             const int jj = ok ? j : kb;  // a valid address even when nothing is read
-            fa_cp16(Ks + (st * BN + r) * LDS + c, keys.template row<D>(jj, 0) + c, ok);
-            fa_cp16(Vs + (st * BN + r) * LDS + c, keys.template row<D>(jj, 1) + c, ok);
+            cp_async16(Ks + (st * BN + r) * LDS + c, keys.template row<D>(jj, 0) + c, ok);
+            cp_async16(Vs + (st * BN + r) * LDS + c, keys.template row<D>(jj, 1) + c, ok);
         }
     };
     if (ntiles > 0) load_kv(0, kb);
-    fa_commit();
-    fa_wait<0>();
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
 
     // Q fragments for the warp's 16 rows, all D / 16 k-steps.
@@ -232,10 +212,10 @@ __device__ __forceinline__ void fa_cta(const ReelAttnParams& p, const Keys& keys
         if (nb + 1 < ntiles) {
             // Stage st ^ 1 was last read in iteration nb - 1, which ended with a barrier.
             load_kv(st ^ 1, j0 + BN);
-            fa_commit();
-            fa_wait<1>();  // tile nb has landed; nb + 1 may still be in flight
+            cp_async_commit();
+            cp_async_wait<1>();  // tile nb has landed; nb + 1 may still be in flight
         } else {
-            fa_wait<0>();
+            cp_async_wait<0>();
         }
         __syncthreads();
         const __nv_bfloat16* Kt = Ks + st * BN * LDS;

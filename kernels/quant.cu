@@ -38,6 +38,7 @@
 // Register/spill budget (ptxas -v, sm_80 and sm_90a, CUDA 13.0): no kernel spills; the
 // figures are in the launcher's module docs.
 #include "common.cuh"
+#include "mma.cuh"
 #include "quant_decode.h"
 
 // ---------------------------------------------------------------------------------------------
@@ -187,47 +188,6 @@ QGEMV(qgemv_q6_k_f32, REEL_QT_Q6_K, float)
 #define BK REEL_GEMM_BK
 #define LDS REEL_GEMM_LDS
 
-__device__ __forceinline__ void q_cp_async16(void* smem, const void* gmem, bool valid) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int n = valid ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-#endif
-}
-
-__device__ __forceinline__ void q_cp_async_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void q_cp_async_wait() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
-__device__ __forceinline__ void q_ldsm_x4(const void* smem, uint32_t& r0, uint32_t& r1,
-                                          uint32_t& r2, uint32_t& r3) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(s));
-#endif
-}
-
-__device__ __forceinline__ void q_mma_bf16(float* c, const uint32_t* a, const uint32_t* b) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-
 // x tile (BM x BK bf16) by cp.async; rows >= M zero-filled (K tiles are always full).
 __device__ __forceinline__ void q_load_x_tile(__nv_bfloat16 (*dst)[LDS], const ReelQMatmulParams& p,
                                               int row0, int k0) {
@@ -238,7 +198,7 @@ __device__ __forceinline__ void q_load_x_tile(__nv_bfloat16 (*dst)[LDS], const R
         const int r = gemm_chunk_row(i), c = gemm_chunk_col(i);
         const bool valid = row0 + r < p.M;
         const __nv_bfloat16* g = valid ? x + (int64_t)(row0 + r) * p.x_stride + k0 + c : x;
-        q_cp_async16(&dst[r][c], g, valid);
+        cp_async16(&dst[r][c], g, valid);
     }
 }
 
@@ -289,7 +249,7 @@ __device__ __forceinline__ void qgemm(const ReelQMatmulParams& p) {
 
     const int ktiles = p.K / BK;  // K % 32 == 0 (launcher)
     q_load_x_tile(As[0], p, m_blk, 0);
-    q_cp_async_commit();
+    cp_async_commit();
     q_dequant_w_tile<QT>(Bs[0], p, n_blk, 0);
 
     for (int kt = 0; kt < ktiles; ++kt) {
@@ -297,11 +257,11 @@ __device__ __forceinline__ void qgemm(const ReelQMatmulParams& p) {
         if (kt + 1 < ktiles) {
             // The other stage was last read in iteration kt - 1, which ended with a barrier.
             q_load_x_tile(As[st ^ 1], p, m_blk, (kt + 1) * BK);
-            q_cp_async_commit();
+            cp_async_commit();
             q_dequant_w_tile<QT>(Bs[st ^ 1], p, n_blk, (kt + 1) * BK);
-            q_cp_async_wait<1>();  // x tile kt has landed; kt + 1 may still be in flight
+            cp_async_wait<1>();  // x tile kt has landed; kt + 1 may still be in flight
         } else {
-            q_cp_async_wait<0>();
+            cp_async_wait<0>();
         }
         __syncthreads();  // x tile kt (cp.async) and w tile kt (plain stores) visible to all
 #pragma unroll
@@ -310,18 +270,18 @@ __device__ __forceinline__ void qgemm(const ReelQMatmulParams& p) {
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi) {
                 const int r = wm * REEL_GEMM_WARP_M + mi * 16 + ldsm_a_row(lane);
-                q_ldsm_x4(&As[st][r][kk + ldsm_a_col(lane)], a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
+                ldsm_x4(&As[st][r][kk + ldsm_a_col(lane)], a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
             }
 #pragma unroll
             for (int nj = 0; nj < 2; ++nj) {
                 const int r = wn * REEL_GEMM_WARP_N + nj * 16 + ldsm_b_row(lane);
-                q_ldsm_x4(&Bs[st][r][kk + ldsm_b_col(lane)], b[2 * nj][0], b[2 * nj][1],
+                ldsm_x4(&Bs[st][r][kk + ldsm_b_col(lane)], b[2 * nj][0], b[2 * nj][1],
                           b[2 * nj + 1][0], b[2 * nj + 1][1]);
             }
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-                for (int ni = 0; ni < 4; ++ni) q_mma_bf16(acc[mi][ni], a[mi], b[ni]);
+                for (int ni = 0; ni < 4; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
         }
         __syncthreads();
     }
