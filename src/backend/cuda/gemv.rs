@@ -3,7 +3,7 @@
 //! cannot take (K % 8 != 0, unaligned rows).
 
 use super::launch::{Kernel, Launch};
-use super::params::{ReelMatmulParams, REEL_DT_NONE};
+use super::params::ReelMatmulParams;
 use super::{dt_code, err, last_dim_rows, need, CudaBackend};
 use crate::backend::TRef;
 use crate::error::Result;
@@ -70,21 +70,7 @@ impl CudaBackend {
             m <= i32::MAX as usize && n <= i32::MAX as usize && k <= i32::MAX as usize,
             || "matmul: too large".into(),
         )?;
-        let (bias_ptr, bias_dt) = match &bias {
-            Some(b) => {
-                need(b.shape.numel() == n, || {
-                    format!("matmul: bias {:?} for N = {n}", b.shape)
-                })?;
-                need(b.dtype.is_float(), || {
-                    format!("matmul: bias type {}", b.dtype)
-                })?;
-                (
-                    self.ptr(b, "matmul bias")?,
-                    dt_code(b.dtype, "matmul bias")?,
-                )
-            }
-            None => (0, REEL_DT_NONE),
-        };
+        let (bias_ptr, bias_dt) = self.matmul_bias(bias.as_ref(), n)?;
         if m == 0 || n == 0 {
             return Ok(());
         }

@@ -246,6 +246,24 @@ impl CudaBackend {
     }
 
     /// Blocks per grid for grid-stride kernels over `total` items with `block` threads.
+    /// The optional matmul bias as (device pointer, REEL_DT_* code): a float tensor of N
+    /// elements, or (0, REEL_DT_NONE).
+    pub(crate) fn matmul_bias(&self, bias: Option<&TRef>, n: usize) -> Result<(u64, i32)> {
+        let Some(b) = bias else {
+            return Ok((0, params::REEL_DT_NONE));
+        };
+        need(b.shape.numel() == n, || {
+            format!("matmul: bias {:?} for N = {n}", b.shape)
+        })?;
+        need(b.dtype.is_float(), || {
+            format!("matmul: bias type {}", b.dtype)
+        })?;
+        Ok((
+            self.ptr(b, "matmul bias")?,
+            dt_code(b.dtype, "matmul bias")?,
+        ))
+    }
+
     fn stride_grid(&self, total: usize, block: usize) -> u32 {
         let want = total.div_ceil(block).max(1);
         want.min(self.info.sms as usize * 16) as u32

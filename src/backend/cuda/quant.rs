@@ -12,8 +12,8 @@
 
 use super::launch::{Kernel, Launch};
 use super::params::{
-    ReelQEmbeddingParams, ReelQMatmulParams, REEL_DT_NONE, REEL_GEMM_BM, REEL_GEMM_BN,
-    REEL_GEMM_THREADS, REEL_QGEMV_ROWS, REEL_QGEMV_WARPS, REEL_QT_Q4_K, REEL_QT_Q6_K, REEL_QT_Q8_0,
+    ReelQEmbeddingParams, ReelQMatmulParams, REEL_GEMM_BM, REEL_GEMM_BN, REEL_GEMM_THREADS,
+    REEL_QGEMV_ROWS, REEL_QGEMV_WARPS, REEL_QT_Q4_K, REEL_QT_Q6_K, REEL_QT_Q8_0,
 };
 use super::{dt_code, last_dim_rows, need, CudaBackend};
 use crate::backend::TRef;
@@ -125,18 +125,7 @@ impl CudaBackend {
             m <= i32::MAX as usize && n <= i32::MAX as usize && k <= i32::MAX as usize,
             || "matmul: too large".into(),
         )?;
-        let (bias_ptr, bias_dt) = match &bias {
-            Some(b) => {
-                need(b.shape.numel() == n, || {
-                    format!("matmul: bias {:?} for N = {n}", b.shape)
-                })?;
-                (
-                    self.ptr(b, "matmul bias")?,
-                    dt_code(b.dtype, "matmul bias")?,
-                )
-            }
-            None => (0, REEL_DT_NONE),
-        };
+        let (bias_ptr, bias_dt) = self.matmul_bias(bias.as_ref(), n)?;
         let wp = self.ptr(&w, "matmul w")?;
         // Decoders read fp16 scales and quant pairs with 16-bit loads.
         need(wp % 2 == 0, || {
