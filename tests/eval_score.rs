@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use reel::eval::data::{self, Entry, LoadOptions};
 use reel::eval::report::{union_length, Generation, ResultLine, Summary, Timings};
-use reel::eval::resume::{done_ids, read_results, ResultWriter};
+use reel::eval::resume::{done_ids, entry_key, read_results, ResultWriter};
 use reel::eval::{metrics, prompt, score, shard, Shard};
 use reel::prompt::video_r1::ProblemType;
 use reel::prompt::{ChatTemplate, RenderOptions, Tokenizer};
@@ -402,8 +402,13 @@ fn killed_run_resumes_and_shards_merge() {
     // Resume: the partial line is cut, the rest of the shard is appended.
     let (mut w, existing) = ResultWriter::resume(&out0).unwrap();
     assert_eq!(existing.lines.len(), 2);
-    for l in shard0.iter().filter(|l| !done.contains(&l.key())) {
-        w.write(l).unwrap();
+    let todo: Vec<&&Entry> = sel
+        .iter()
+        .filter(|e| !done.contains(&entry_key(&ds.name, e)))
+        .collect();
+    assert_eq!(todo.len(), sel.len() - 2);
+    for e in todo {
+        w.write(&lines[e.index()]).unwrap();
     }
     drop(w);
     let back = read_results(&out0).unwrap();
@@ -419,8 +424,26 @@ fn killed_run_resumes_and_shards_merge() {
     drop(w);
 
     let merged = reel::eval::merge(&[&out1, &out0]).unwrap();
-    assert_eq!(merged, lines, "merge gives every line once, in file order");
-    assert_eq!(Summary::from_lines(&merged), Summary::from_lines(&lines));
+    assert_eq!(
+        merged.lines, lines,
+        "merge gives every line once, in file order"
+    );
+    assert!(merged.cut_off.is_empty());
+    assert_eq!(
+        Summary::from_lines(&merged.lines),
+        Summary::from_lines(&lines)
+    );
+
+    // A shard killed mid-line merges without its cut-off line, and says so.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&out1)
+        .unwrap();
+    f.write_all(b"{\"dataset\": \"eval_fi").unwrap();
+    drop(f);
+    let merged = reel::eval::merge(&[&out0, &out1]).unwrap();
+    assert_eq!(merged.lines.len(), lines.len());
+    assert_eq!(merged.cut_off, [out1.clone()]);
 
     // Merging a shard twice is an error naming the file.
     let err = reel::eval::merge(&[&out0, &out0]).unwrap_err().to_string();

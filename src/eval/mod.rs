@@ -30,18 +30,30 @@ pub use report::{Generation, ResultLine, Summary, Timings};
 pub use score::{score, Score};
 pub use shard::Shard;
 
-/// The lines of several results files (the shards of a run), ordered by dataset and item
-/// index. A cut-off last line (a killed shard) is left out. The same item in two places is an
-/// error naming both.
-pub fn merge<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<ResultLine>> {
+/// Several results files read as one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    /// Ordered by dataset and item index.
+    pub lines: Vec<ResultLine>,
+    /// Files whose cut-off last line (a killed run) was left out.
+    pub cut_off: Vec<PathBuf>,
+}
+
+/// Reads the results files of the shards of a run. The same item in two places is an error
+/// naming both.
+pub fn merge<P: AsRef<Path>>(paths: &[P]) -> Result<Merged> {
     if paths.is_empty() {
         return Err(Error::flag("--merge", "no results files given"));
     }
     let mut seen: HashMap<(String, String), (PathBuf, usize)> = HashMap::new();
     let mut all = Vec::new();
+    let mut cut_off = Vec::new();
     for p in paths {
         let p = p.as_ref();
         let existing = resume::read_results(p)?;
+        if existing.dropped_partial {
+            cut_off.push(p.to_path_buf());
+        }
         for (i, line) in existing.lines.into_iter().enumerate() {
             if let Some((first, j)) = seen.insert(line.key(), (p.to_path_buf(), i + 1)) {
                 return Err(Error::file(
@@ -59,5 +71,8 @@ pub fn merge<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<ResultLine>> {
         }
     }
     all.sort_by(|a, b| (&a.dataset, a.index).cmp(&(&b.dataset, b.index)));
-    Ok(all)
+    Ok(Merged {
+        lines: all,
+        cut_off,
+    })
 }

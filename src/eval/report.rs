@@ -1,6 +1,7 @@
 //! Results: one JSON line per item ([`ResultLine`]) and the summary over them ([`Summary`]).
 //!
-//! The summary has a row per data source and problem type, a row per data source over all
+//! The summary has a row per data source (an item without `data_source` is filed under its
+//! data file's name) and problem type, a row per data source over all
 //! types, and one over everything. Video-R1's columns are `mean_acc` (mean score of the
 //! non-regression items) and `mean_mra` (mean score of the regression items). As in the
 //! reference, where a failed batch is scored from `<answer>error</answer>`, an item that failed
@@ -440,5 +441,85 @@ impl Summary {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(
+        source: Option<&str>,
+        ptype: &str,
+        score: f64,
+        wer: Option<f64>,
+        err: bool,
+    ) -> ResultLine {
+        ResultLine {
+            dataset: "d.json".into(),
+            index: 0,
+            problem_id: Value::from(1),
+            data_source: source.map(String::from),
+            problem_type: Some(ptype.into()),
+            data_type: None,
+            path: None,
+            prompt_tokens: 5,
+            generated_tokens: 3,
+            text: String::new(),
+            think: String::new(),
+            answer: String::new(),
+            ground_truth: String::new(),
+            score,
+            correct: score == 1.0,
+            wer,
+            rouge_l: None,
+            error: err.then(|| "boom".to_string()),
+            timings: None,
+            extra: Map::new(),
+        }
+    }
+
+    #[test]
+    fn errors_count_as_zero_in_the_means_but_not_in_wer() {
+        let lines = [
+            line(Some("s"), "multiple choice", 1.0, None, false),
+            line(Some("s"), "multiple choice", 0.0, None, true),
+            line(Some("s"), "regression", 0.5, None, false),
+            line(Some("s"), "OCR", 0.0, Some(0.25), false),
+            line(Some("s"), "OCR", 0.0, None, true),
+            line(None, "free-form", 0.0, None, false),
+        ];
+        let s = Summary::from_lines(&lines);
+        let names: Vec<(&str, &str)> = s
+            .groups
+            .iter()
+            .map(|g| (g.data_source.as_str(), g.problem_type.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("d.json", "free-form"),
+                ("s", "multiple choice"),
+                ("s", "regression"),
+                ("s", "OCR")
+            ]
+        );
+        let src = &s.sources[1];
+        assert_eq!(
+            (src.count, src.errors, src.acc_count, src.mra_count),
+            (5, 2, 4, 1)
+        );
+        assert_eq!(src.mean_acc, Some(0.25));
+        assert_eq!(src.mean_mra, Some(0.5));
+        assert_eq!((src.wer, src.wer_count), (Some(0.25), 1));
+        assert_eq!(s.total.generated_tokens, 18);
+        assert_eq!((s.total.wall_s, s.total.tokens_per_s), (0.0, None));
+        let table = s.render_table();
+        let rows: Vec<&str> = table.lines().collect();
+        // header, rule, 1 + 1 rows and a rule for d.json, 3 + 1 rows and a rule for s, total.
+        assert_eq!(rows.len(), 2 + 3 + 5 + 1, "{table}");
+        assert!(rows[0].starts_with("data source") && rows[0].ends_with("wall s"));
+        assert!(rows.last().unwrap().starts_with("all"), "{table}");
+        assert!(table.contains("25.0"), "{table}");
     }
 }

@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::data::Entry;
 use super::report::ResultLine;
 use crate::error::{Error, Result};
 
@@ -77,6 +78,12 @@ pub fn read_results(path: impl AsRef<Path>) -> Result<Existing> {
         pos = next;
     }
     Ok(out)
+}
+
+/// The key of an entry of `dataset` in a results file (what [`ResultLine::key`] gives for
+/// its line).
+pub fn entry_key(dataset: &str, entry: &Entry) -> (String, String) {
+    (dataset.to_string(), entry.key())
 }
 
 /// Keys ([`ResultLine::key`]) of the items already in a results file; empty when the file does
