@@ -443,7 +443,7 @@ fn killed_run_resumes_and_shards_merge() {
     drop(f);
     let merged = reel::eval::merge(&[&out0, &out1]).unwrap();
     assert_eq!(merged.lines.len(), lines.len());
-    assert_eq!(merged.cut_off, [out1.clone()]);
+    assert_eq!(merged.cut_off, vec![out1]);
 
     // Merging a shard twice is an error naming the file.
     let err = reel::eval::merge(&[&out0, &out0]).unwrap_err().to_string();
