@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod kv;
 pub mod media;
