@@ -303,3 +303,19 @@ fn sha256_known_answers() {
         "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
     );
 }
+
+#[test]
+fn jpeg_reaches_the_model_as_pillows_pixels() {
+    // fetch_image on the JPEG and on Pillow's decoded pixels (as a PNG) give the same resized
+    // frame, so the vision tower sees identical input and produces identical logits.
+    let p = reel::media::Preset::video_r1();
+    let req = reel::media::ImageRequest::default();
+    for name in ["jpeg_grace_hopper_orig", "jpeg_420", "jpeg_ycck"] {
+        let case = &index()["cases"][name];
+        let from_jpeg = reel::media::load_image(&input(case), &p, &req).unwrap();
+        let gold = dir().join(case["golden"].as_str().unwrap());
+        let from_png = reel::media::load_image(&gold, &p, &req).unwrap();
+        assert_eq!(from_jpeg.original, from_png.original, "{name}");
+        assert_eq!(from_jpeg.frames, from_png.frames, "{name}");
+    }
+}
