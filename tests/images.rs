@@ -319,3 +319,52 @@ fn jpeg_reaches_the_model_as_pillows_pixels() {
         assert_eq!(from_jpeg.frames, from_png.frames, "{name}");
     }
 }
+
+#[test]
+fn jpeg_size_limits_apply_before_decoding() {
+    let bytes = std::fs::read(dir().join("inputs/jpeg_420_progressive.jpg")).unwrap();
+    let small = ImageLimits {
+        max_pixels: 203 * 157 - 1,
+        ..Default::default()
+    };
+    let e = decode_rgb_with(&bytes, &small, JpegDecoder::Turbo).unwrap_err();
+    assert!(
+        e.contains("203x157") && e.contains("decompression bomb"),
+        "{e}"
+    );
+    let tight = ImageLimits {
+        max_alloc: 203 * 157 * 3 * 2,
+        ..Default::default()
+    };
+    let e = decode_rgb_with(&bytes, &tight, JpegDecoder::Turbo).unwrap_err();
+    assert!(e.contains("over the limit"), "{e}");
+    let ok = ImageLimits {
+        max_alloc: 203 * 157 * 3 * 3,
+        ..Default::default()
+    };
+    assert!(decode_rgb_with(&bytes, &ok, JpegDecoder::Turbo).is_ok());
+}
+
+#[test]
+fn unsupported_formats_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    for (name, bytes, want) in [
+        (
+            "a.tif",
+            &b"II*\0\x08\0\0\0"[..],
+            "TIFF images are not supported",
+        ),
+        ("a.avif", &b"\0\0\0\x1cftypavif\0\0\0\0"[..], "HEIF/AVIF"),
+        (
+            "a.txt",
+            &b"hello world, not an image"[..],
+            "not a recognized image format",
+        ),
+        ("a.gif", &b"GIF89a\x01\0"[..], "cannot decode GIF"),
+    ] {
+        let p = d.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = read_rgb(&p, &Default::default()).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains(name), "{name}: {e}");
+    }
+}

@@ -14,7 +14,8 @@
 //! at run time rather than linking keeps the build independent of the library: a binary built
 //! anywhere decodes exactly where the library is installed, and elsewhere falls back to the
 //! pure-Rust decoder of the `image` crate (zune-jpeg) with a one-line warning. That decoder
-//! differs from libjpeg-turbo by a few levels (up to 9 on 4:2:0 chroma edges).
+//! differs from libjpeg-turbo by a few levels (up to 4 on the goldens, mostly at 4:2:0 chroma
+//! edges) and has no arithmetic decoding.
 //! `REEL_JPEG=image` forces the fallback; `REEL_JPEG=turbo` makes a missing library an error.
 
 use std::ffi::{c_char, c_int, c_uchar, c_ulong, c_void, CStr};
@@ -267,6 +268,15 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits, which: JpegDecoder) -> Result<
         return Err(format!(
             "image claims {}x{} = {pixels} pixels, over the limit of {} (possible decompression bomb)",
             h.width, h.height, limits.max_pixels
+        ));
+    }
+    // Output buffer, plus the whole-image coefficient buffers libjpeg keeps for progressive
+    // and multi-scan files (2 bytes per sample).
+    let need = pixels * (h.components as u64) * if h.process & 3 == 2 { 3 } else { 1 };
+    if need > limits.max_alloc {
+        return Err(format!(
+            "decoding this {}x{} JPEG needs about {need} bytes, over the limit of {}",
+            h.width, h.height, limits.max_alloc
         ));
     }
     let turbo = match which {
