@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing reel needs; safe to run again (each step checks first).
-#  - Debian packages: FFmpeg development files (video decoding), clang/libclang (bindgen), pkg-config.
+#  - Debian packages: FFmpeg development files (video decoding), clang/libclang (bindgen), pkg-config,
+#    libturbojpeg0 (libjpeg-turbo's TurboJPEG library, loaded at run time to decode JPEG as Pillow does).
 #  - A Python venv with the CUDA 13.0 compiler wheels (nvcc, ptxas, fatbinary); no GPU is needed to compile.
 #  - A Python venv with the `gguf` package for the GGUF cross-check test.
 # Prints the NVCC path to use; .ci/run exports it.
@@ -13,12 +14,13 @@ need_apt=0
 pkg-config --exists libavcodec libavformat libavutil libswscale 2>/dev/null || need_apt=1
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt=1
 command -v ffmpeg >/dev/null 2>&1 || need_apt=1
+ls /usr/lib/*/libturbojpeg.so.0 >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends pkg-config clang libclang-dev \
     libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev \
-    ffmpeg >/dev/null
+    ffmpeg libturbojpeg0 >/dev/null
 fi
 
 NVCC_BIN="$(ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -1 || true)"

@@ -19,7 +19,9 @@
 pub mod bench;
 #[cfg(feature = "video")]
 pub mod decode;
+mod gif_frame;
 pub mod image;
+pub mod jpeg;
 pub mod pixels;
 pub mod resize_pil;
 pub mod resize_tv;
