@@ -1,9 +1,10 @@
 //! reel: a Qwen2.5-VL / Video-R1 inference engine.
 //!
-//! Layout (see DESIGN notes in the README): `store` reads checkpoint files, `model` describes
-//! Qwen2.5-VL as graphs of generic ops, `graph` plans and executes them on a `backend`, `kv`
-//! holds the paged KV cache, `prompt` turns conversations into token ids, `media` turns files
-//! into pixel rows, `quant` holds the quantized block formats, and `engine` runs a generation.
+//! Layout (see docs/ARCHITECTURE.md): `store` reads checkpoint files, `model` describes each
+//! architecture (one folder each, Qwen2.5-VL today) as graphs of generic ops, `graph` plans and
+//! executes them on a `backend`, `kv` holds the paged KV cache, `prompt` turns conversations
+//! into token ids, `media` turns files into pixel rows, `quant` holds the quantized block
+//! formats, and `engine` runs a generation.
 
 pub mod backend;
 pub mod engine;

@@ -1,9 +1,9 @@
 //! The `reel` command line: parses flags, then calls the library.
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use reel::engine::inputs::{prepare, MediaOptions, VideoTime};
 use reel::engine::sampling::SamplingParams;
 use reel::engine::{Device, Engine, EngineOptions, Output, Request};
+use reel::model::inputs::{MediaOptions, VideoTime};
 use reel::model::Model;
 use reel::prompt::messages::{load_messages, ContentItem, ImageItem, Message, VideoItem};
 use reel::prompt::{video_r1, ProblemType};
@@ -383,7 +383,7 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
         },
         ..MediaOptions::default()
     };
-    let prepared = prepare(&model, &messages, a.system.as_deref(), &media_opts)?;
+    let prepared = model.prepare(&messages, a.system.as_deref(), &media_opts)?;
     let mut engine = Engine::new(model, opts)?;
     let sampling = SamplingParams {
         temperature: a.temperature.or(gen.temperature).unwrap_or(0.0),
@@ -393,7 +393,6 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
         repetition_penalty: a.repetition_penalty,
     };
     let json = a.json;
-    let merge = engine.model.config.vision.spatial_merge_size;
     let vision_report: serde_json::Value = prepared
         .vision
         .iter()
@@ -405,7 +404,7 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
                 "height": v.size.0,
                 "width": v.size.1,
                 "grid_thw": v.rows.grid_thw,
-                "tokens": v.n_tokens(merge),
+                "tokens": v.tokens,
                 "second_per_grid_t": v.second_per_grid_t,
             })
         })
@@ -422,7 +421,7 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
                 v.path.display(),
                 v.size.1,
                 v.size.0,
-                v.n_tokens(engine.model.config.vision.spatial_merge_size)
+                v.tokens
             );
         }
     }
@@ -589,7 +588,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.media {
         let dir = std::env::temp_dir().join(format!("reel-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let res = reel::engine::inputs::bench_media(&dir);
+        let res = reel::model::inputs::bench_media(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         println!("{}", res?);
         return Ok(());

@@ -1,11 +1,13 @@
 //! Checkpoint loading: config.json in both layouts, safetensors shards, the tensor inventory,
 //! and one clear error (naming the culprit) for each kind of bad input.
 
-use reel::model::config::{GenerationConfig, ModelConfig, PreprocessorConfig, VisionConfig};
-use reel::model::weights::{
-    self, alternate_name, expected, resolve, validate, Part, TextWeights, VisionWeights,
+use reel::model::config::{GenerationConfig, PreprocessorConfig};
+use reel::model::qwen2_5_vl::inventory::expected;
+use reel::model::qwen2_5_vl::weights::{
+    self, alternate_name, resolve, validate, Part, TextWeights, VisionWeights,
 };
-use reel::store::{open_model, SafetensorsStore};
+use reel::model::qwen2_5_vl::{open_model, ModelConfig, VisionConfig};
+use reel::store::SafetensorsStore;
 use reel::DType;
 use safetensors::{Dtype, View};
 use serde_json::{json, Value};

@@ -1,6 +1,7 @@
 //! GGUF v3: writer/reader round trip, validation errors, and a cross-check against the `gguf`
 //! Python package (reader, dequantizers and the quantizers it implements).
 
+use reel::model::qwen2_5_vl::GgufModelConfig;
 use reel::quant::{self, preset::convert_rows, row_bytes};
 use reel::store::gguf::{self, GgufModel, GgufStore, GgufWriter, MetaValue, TensorPlan, ValueType};
 use reel::DType;

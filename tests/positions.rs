@@ -1,7 +1,7 @@
 //! 3-D position ids and rope_delta against transformers 4.49's get_rope_index, for every
 //! golden case of the fixture (text, images, videos at s = 1.0 and 1.25, image + video).
 
-use reel::model::positions::{rope_index, VisionKind, VisionSpan};
+use reel::model::qwen2_5_vl::positions::{rope_index, VisionKind, VisionSpan};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 

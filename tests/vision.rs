@@ -4,11 +4,11 @@
 
 use reel::backend::cpu::CpuBackend;
 use reel::backend::Backend;
-use reel::model::config::{ModelConfig, VisionConfig};
-use reel::model::vision::{
+use reel::model::qwen2_5_vl::vision::{
     cu_seqlens, inverse_permutation, rot_pos_ids, run_vision, tap_names, window_index,
     VisionLayout, VisionWeightRefs,
 };
+use reel::model::qwen2_5_vl::{ModelConfig, VisionConfig};
 use reel::store::SafetensorsStore;
 use reel::DType;
 use safetensors::{Dtype, SafeTensors};
@@ -366,7 +366,8 @@ fn graph_selects_full_attention_blocks() {
     let layout = VisionLayout::new(&cfg, &[[2, 4, 6], [1, 10, 10]]).unwrap();
     assert_eq!(layout.tokens_per_item(), [12, 25]);
     let mut g = Graph::new(DType::F32);
-    let vg = reel::model::vision::build_vision_graph(&mut g, &w, &cfg, &layout, false).unwrap();
+    let vg = reel::model::qwen2_5_vl::vision::build_vision_graph(&mut g, &w, &cfg, &layout, false)
+        .unwrap();
     let cus: Vec<_> = g
         .nodes
         .iter()
@@ -389,6 +390,7 @@ fn graph_selects_full_attention_blocks() {
         ..tiny_cfg()
     };
     let mut g = Graph::new(DType::F32);
-    let e = reel::model::vision::build_vision_graph(&mut g, &w, &bad, &layout, false).unwrap_err();
+    let e = reel::model::qwen2_5_vl::vision::build_vision_graph(&mut g, &w, &bad, &layout, false)
+        .unwrap_err();
     assert!(e.to_string().contains("fullatt_block_indexes"), "{e}");
 }

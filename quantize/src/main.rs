@@ -15,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use checkpoint::Checkpoint;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use reel::quant::preset::{choose_type, convert_rows, layer_index, ModelFacts, Preset};
+use reel::model::classify_tensor;
+use reel::model::inventory::{Role, TensorClass, Tower};
+use reel::quant::preset::{choose_type, convert_rows, ModelFacts, Preset};
 use reel::quant::row_bytes;
 use reel::store::gguf::{self, GgufWriter, MetaValue, TensorPlan};
 use std::collections::BTreeMap;
@@ -156,17 +158,23 @@ fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("--model {}: missing tokenizer.json", args.model.display()))?;
     let config_v: serde_json::Value = serde_json::from_str(&config)?;
 
-    let n_layers = ckpt
+    // The presets select by role and layer; names are classified against the inventories.
+    let classes: Vec<TensorClass> = ckpt
         .tensors
         .iter()
-        .filter_map(|t| layer_index(&t.name))
+        .map(|t| classify_tensor(&t.name))
+        .collect();
+    let n_layers = classes
+        .iter()
+        .filter(|c| c.tower == Tower::Text)
+        .filter_map(|c| c.layer)
         .max()
         .map_or(0, |m| m + 1);
     let tied = config_v
         .get("tie_word_embeddings")
         .and_then(|v| v.as_bool())
         .unwrap_or(false)
-        || !ckpt.tensors.iter().any(|t| t.name == "lm_head.weight");
+        || !classes.iter().any(|c| c.role == Role::LmHead);
     let facts = ModelFacts {
         n_layers,
         tied_embeddings: tied,
@@ -175,10 +183,10 @@ fn run(args: &Args) -> Result<()> {
     // Plan every tensor before writing: the header holds all offsets.
     let mut plan = Vec::new();
     let mut notes = Vec::new();
-    for t in &ckpt.tensors {
+    for (t, class) in ckpt.tensors.iter().zip(&classes) {
         let c = choose_type(
             args.qtype,
-            &t.name,
+            *class,
             &t.shape,
             t.dtype,
             facts,

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use reel::engine::sampling::argmax;
 use reel::engine::{Device, Engine, EngineOptions};
-use reel::model::{positions, Model};
+use reel::model::Model;
 use reel::quant::quality::{Accumulator, LogitStats};
 use reel::DType;
 use std::path::Path;
@@ -108,7 +108,7 @@ fn walk(
     for step in 0..n {
         let tok = next(step, &l)?;
         if step + 1 < n {
-            let p = positions::decode_positions(ids.len() + step, 0);
+            let p = e.model.arch.decode_positions(ids.len() + step, 0);
             l = e.text.forward(e.be.as_mut(), &[tok], &p, None)?;
         }
     }

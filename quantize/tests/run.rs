@@ -3,7 +3,8 @@
 //! positions of 8 greedy steps on the fixture prompts (teacher-forced on the bf16 tokens).
 
 use reel::engine::{Device, Engine, EngineOptions};
-use reel::model::{positions, Model};
+use reel::model::qwen2_5_vl::positions;
+use reel::model::Model;
 use reel::quant::quality::compare_logits;
 use reel::DType;
 use std::path::{Path, PathBuf};

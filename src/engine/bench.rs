@@ -9,9 +9,11 @@
 //!   (256·28·28 px), prefill of its 4096 visual + ~150 text tokens with the vision rows
 //!   scattered in, and the first sampled token, i.e. time to first token split by stage.
 //!
-//! Weights are deterministic pseudo-random values in the preset's per-tensor storage types
-//! ([`choose_type`], the rule `reel-quantize` applies), quantized in memory; each tensor repeats
-//! a block of 64 distinct rows, which keeps generating 7B-sized weights quick. Ceilings: on the CPU
+//! Weights are the model's tensor inventory filled with deterministic pseudo-random values in
+//! the preset's per-tensor storage types ([`choose_type`], the rule `reel-quantize` applies),
+//! quantized in memory and loaded through the same checks and uploads as a checkpoint
+//! ([`SyntheticStore`]); each tensor repeats a block of 64 distinct rows, which keeps
+//! generating 7B-sized weights quick. Ceilings: on the CPU
 //! the host read bandwidth measured in the same run; on CUDA the datasheet DRAM bandwidth and
 //! dense bf16 tensor throughput of the device (see [`crate::backend::cuda::bench::device_peaks`]).
 //! Runs with fewer layers or blocks than the model also print full-depth figures, extrapolated
@@ -19,14 +21,18 @@
 
 use super::sampling::{Sampler, SamplingParams};
 use super::{open_backend, EngineOptions, TextRunner};
-use crate::backend::{Backend, HostBytes, MemStats, TRef};
+use crate::backend::{Backend, HostBytes, MemStats};
 use crate::error::{Error, Result};
-use crate::model::config::{TextConfig, VisionConfig};
-use crate::model::positions::{self, VisionKind, VisionSpan};
-use crate::model::text::{LayerRefs, TextRefs};
-use crate::model::vision::{VisionBlockWeights, VisionWeightRefs};
+use crate::model::config::TextConfig;
+use crate::model::inventory::{Part, Role, TensorSpec};
+use crate::model::qwen2_5_vl::inventory::expected;
+use crate::model::qwen2_5_vl::positions::{self, VisionKind, VisionSpan};
+use crate::model::qwen2_5_vl::vision::{self, VisionWeightRefs};
+use crate::model::qwen2_5_vl::weights::TextRefs;
+use crate::model::qwen2_5_vl::{self as qwen, ModelConfig, VisionConfig};
 use crate::quant::preset::{choose_type, convert_rows, ModelFacts, Preset};
-use crate::tensor::{DType, Shape};
+use crate::store::{TensorInfo, WeightStore};
+use crate::tensor::DType;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -36,29 +42,24 @@ use std::time::Instant;
 /// The Qwen2.5-VL-7B language model with `layers` decoder layers.
 pub fn text_config_7b(layers: usize) -> TextConfig {
     TextConfig {
-        hidden_size: 3584,
         num_hidden_layers: layers,
-        num_attention_heads: 28,
-        num_key_value_heads: 4,
-        head_dim: 128,
-        intermediate_size: 18944,
-        vocab_size: 152064,
-        rms_norm_eps: 1e-6,
-        rope_theta: 1_000_000.0,
-        mrope_section: [16, 24, 24],
-        max_position_embeddings: 128000,
-        tie_word_embeddings: false,
+        ..ModelConfig::qwen2_5_vl_7b().text
     }
 }
 
-/// The Qwen2.5-VL-7B vision tower with `depth` blocks.
+/// The Qwen2.5-VL-7B vision tower with `depth` blocks (the full-attention blocks past the
+/// depth dropped).
 pub fn vision_config_7b(depth: usize) -> VisionConfig {
+    let full = ModelConfig::qwen2_5_vl_7b().vision;
     VisionConfig {
         depth,
-        hidden_size: 1280,
-        fullatt_block_indexes: [7, 15, 23, 31].into_iter().filter(|&i| i < depth).collect(),
-        tokens_per_second: 2.0,
-        ..VisionConfig::default()
+        fullatt_block_indexes: full
+            .fullatt_block_indexes
+            .iter()
+            .copied()
+            .filter(|&i| i < depth)
+            .collect(),
+        ..full
     }
 }
 
@@ -151,118 +152,157 @@ fn synthetic_bf16(n: usize, scale: f32, center: f32, seed: u64) -> Vec<u8> {
 /// values, and copying keeps generating (and quantizing) 7B-sized tensors at memcpy speed.
 const DISTINCT_ROWS: usize = 64;
 
-/// A synthetic tensor of `shape` stored as `dtype`: matrices uniform with the variance of
-/// randn/sqrt(fan_in), norm weights around 1, biases around 0; rows repeat every
-/// [`DISTINCT_ROWS`].
-fn synthetic_tensor(
-    be: &mut dyn Backend,
-    name: &str,
-    shape: &[usize],
-    dtype: DType,
-    seed: u64,
-) -> Result<TRef> {
-    let n: usize = shape.iter().product();
-    let row = *shape.last().unwrap();
-    let rows = n / row;
-    let (scale, center) = if shape.len() >= 2 {
-        ((3.0 / row as f32).sqrt(), 0.0)
-    } else if name.ends_with("norm.weight") || name.ends_with("norm1") || name.ends_with("norm2") {
-        (0.1, 1.0)
-    } else {
-        (0.1, 0.0)
-    };
-    let distinct = rows.min(DISTINCT_ROWS);
-    let bf = synthetic_bf16(distinct * row, scale, center, seed);
-    let rb = crate::quant::row_bytes(dtype, row)?;
-    let block = if dtype == DType::BF16 {
-        bf
-    } else {
-        let mut out = vec![0u8; distinct * rb];
-        convert_rows(DType::BF16, &bf, dtype, row, &mut out)?;
-        out
-    };
-    let mut bytes = vec![0u8; rows * rb];
-    bytes
-        .par_chunks_mut(block.len())
-        .for_each(|c| c.copy_from_slice(&block[..c.len()]));
-    let buf = be.load_weight(HostBytes::from_vec(bytes))?;
-    Ok(TRef::new(buf, 0, dtype, Shape::new(shape)))
-}
-
-/// One language-model tensor: its Hugging Face name, shape and storage type under a preset.
+/// One synthetic tensor: an inventory entry and the type the preset stores it in.
 #[derive(Clone, Debug)]
-pub struct TensorSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
+pub struct SyntheticTensor {
+    pub spec: TensorSpec,
     pub dtype: DType,
 }
 
-impl TensorSpec {
+impl SyntheticTensor {
     pub fn bytes(&self) -> usize {
-        let n: usize = self.shape.iter().product();
-        self.dtype.bytes_for(n)
+        self.dtype.bytes_for(self.spec.numel())
+    }
+
+    /// The tensor's bytes: matrices uniform with the variance of randn/sqrt(fan_in), norm
+    /// weights around 1, biases around 0; rows repeat every [`DISTINCT_ROWS`].
+    fn generate(&self, seed: u64) -> Result<Vec<u8>> {
+        let shape = &self.spec.shape;
+        // Rows as the model reads them (the patch embedding's Conv3d kernel as a matrix).
+        let row: usize = if shape.len() >= 2 {
+            shape[1..].iter().product()
+        } else {
+            shape[0]
+        };
+        let rows = self.spec.numel() / row;
+        let norm = matches!(
+            self.spec.role,
+            Role::AttnNorm
+                | Role::MlpNorm
+                | Role::FinalNorm
+                | Role::VisionNorm1
+                | Role::VisionNorm2
+                | Role::MergerNorm
+        );
+        let (scale, center) = match (shape.len(), norm) {
+            (1, true) => (0.1, 1.0),
+            (1, false) => (0.1, 0.0),
+            _ => ((3.0 / row as f32).sqrt(), 0.0),
+        };
+        let distinct = rows.min(DISTINCT_ROWS);
+        let bf = synthetic_bf16(distinct * row, scale, center, seed);
+        let rb = crate::quant::row_bytes(self.dtype, row)?;
+        let block = if self.dtype == DType::BF16 {
+            bf
+        } else {
+            let mut out = vec![0u8; distinct * rb];
+            convert_rows(DType::BF16, &bf, self.dtype, row, &mut out)?;
+            out
+        };
+        let mut bytes = vec![0u8; rows * rb];
+        bytes
+            .par_chunks_mut(block.len())
+            .for_each(|c| c.copy_from_slice(&block[..c.len()]));
+        Ok(bytes)
     }
 }
 
-const LAYER_PARTS: [&str; 12] = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.q_proj.bias",
-    "self_attn.k_proj.weight",
-    "self_attn.k_proj.bias",
-    "self_attn.v_proj.weight",
-    "self_attn.v_proj.bias",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-];
+/// The inventory tensors of `part` of `cfg`, each in the type `preset` gives it in a model of
+/// `full_layers` decoder layers (the layers that get more bits depend on the full depth). The
+/// vision tower keeps the types reel-quantize gives it by default.
+pub fn synthetic_specs(
+    cfg: &ModelConfig,
+    part: Part,
+    full_layers: usize,
+    preset: Preset,
+) -> Vec<SyntheticTensor> {
+    let facts = ModelFacts {
+        n_layers: full_layers,
+        tied_embeddings: cfg.text.tie_word_embeddings,
+    };
+    expected(cfg, part)
+        .into_iter()
+        .map(|spec| {
+            let dtype = choose_type(preset, spec.class(), &spec.shape, DType::BF16, facts, false);
+            SyntheticTensor {
+                dtype: dtype.dtype,
+                spec,
+            }
+        })
+        .collect()
+}
+
+/// Synthetic weights as a checkpoint: each tensor is generated when the loader asks for it,
+/// so they go through the same checks and uploads as a real checkpoint's, one at a time.
+pub struct SyntheticStore {
+    tensors: HashMap<String, (u64, SyntheticTensor)>,
+}
+
+impl SyntheticStore {
+    pub fn new(tensors: &[SyntheticTensor]) -> SyntheticStore {
+        let tensors = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.spec.name.clone(), (1000 + i as u64, t.clone())))
+            .collect();
+        SyntheticStore { tensors }
+    }
+}
+
+impl WeightStore for SyntheticStore {
+    fn get(&self, name: &str) -> Option<TensorInfo> {
+        self.lookup(name).ok().flatten()
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<TensorInfo>> {
+        let Some((seed, t)) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        Ok(Some(TensorInfo {
+            name: name.to_string(),
+            dtype: t.dtype,
+            shape: t.spec.shape.clone(),
+            bytes: HostBytes::from_vec(t.generate(*seed)?),
+        }))
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn describe(&self) -> String {
+        format!("synthetic weights ({} tensors)", self.tensors.len())
+    }
+}
 
 /// Every tensor of the first `layers` of the `full` language model (plus embedding, final norm
 /// and lm_head), with the storage type `preset` gives it in the full model.
-pub fn text_specs(full: &TextConfig, layers: usize, preset: Preset) -> Vec<TensorSpec> {
-    let (d, kvd, f, v) = (
-        full.hidden_size,
-        full.num_key_value_heads * full.head_dim,
-        full.intermediate_size,
-        full.vocab_size,
-    );
-    let facts = ModelFacts {
-        n_layers: full.num_hidden_layers,
-        tied_embeddings: false,
-    };
-    let spec = |name: String, shape: Vec<usize>| {
-        let dtype = choose_type(preset, &name, &shape, DType::BF16, facts, false).dtype;
-        TensorSpec { name, shape, dtype }
-    };
-    let mut out = vec![spec("model.embed_tokens.weight".into(), vec![v, d])];
-    for i in 0..layers {
-        for part in LAYER_PARTS {
-            let shape = match part {
-                "self_attn.q_proj.weight" | "self_attn.o_proj.weight" => vec![d, d],
-                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kvd, d],
-                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kvd],
-                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![f, d],
-                "mlp.down_proj.weight" => vec![d, f],
-                _ => vec![d],
-            };
-            out.push(spec(format!("model.layers.{i}.{part}"), shape));
-        }
+pub fn text_specs(full: &TextConfig, layers: usize, preset: Preset) -> Vec<SyntheticTensor> {
+    let cfg = first_layers(full, layers);
+    synthetic_specs(&cfg, Part::Text, full.num_hidden_layers, preset)
+}
+
+/// A configuration whose language model is the first `layers` of `full`.
+fn first_layers(full: &TextConfig, layers: usize) -> ModelConfig {
+    ModelConfig {
+        text: TextConfig {
+            num_hidden_layers: layers,
+            ..full.clone()
+        },
+        ..ModelConfig::qwen2_5_vl_7b()
     }
-    out.push(spec("model.norm.weight".into(), vec![d]));
-    out.push(spec("lm_head.weight".into(), vec![v, d]));
-    out
 }
 
 /// Weight bytes one decode step reads: everything but the embedding table, of which it reads
 /// one row.
-pub fn decode_weight_bytes(specs: &[TensorSpec]) -> usize {
+pub fn decode_weight_bytes(specs: &[SyntheticTensor]) -> usize {
     specs
         .iter()
         .map(|s| {
-            if s.name == "model.embed_tokens.weight" {
-                s.dtype.bytes_for(s.shape[1])
+            if s.spec.role == Role::Embed {
+                s.dtype.bytes_for(s.spec.shape[1])
             } else {
                 s.bytes()
             }
@@ -297,79 +337,22 @@ pub fn synthetic_text(
     full: &TextConfig,
     layers: usize,
     preset: Preset,
-) -> Result<(TextRefs, Vec<TensorSpec>)> {
+) -> Result<(TextRefs, Vec<SyntheticTensor>)> {
     let specs = text_specs(full, layers, preset);
-    let mut made: HashMap<&str, TRef> = HashMap::new();
-    for (i, s) in specs.iter().enumerate() {
-        let t = synthetic_tensor(be, &s.name, &s.shape, s.dtype, 1000 + i as u64)?;
-        made.insert(&s.name, t);
-    }
-    let get = |name: &str| made[name];
-    let layer_refs = (0..layers)
-        .map(|i| {
-            let g = |part: &str| get(&format!("model.layers.{i}.{part}"));
-            LayerRefs {
-                input_norm: g("input_layernorm.weight"),
-                q: g("self_attn.q_proj.weight"),
-                q_bias: g("self_attn.q_proj.bias"),
-                k: g("self_attn.k_proj.weight"),
-                k_bias: g("self_attn.k_proj.bias"),
-                v: g("self_attn.v_proj.weight"),
-                v_bias: g("self_attn.v_proj.bias"),
-                o: g("self_attn.o_proj.weight"),
-                post_norm: g("post_attention_layernorm.weight"),
-                gate: g("mlp.gate_proj.weight"),
-                up: g("mlp.up_proj.weight"),
-                down: g("mlp.down_proj.weight"),
-            }
-        })
-        .collect();
-    let refs = TextRefs {
-        embed: get("model.embed_tokens.weight"),
-        layers: layer_refs,
-        norm: get("model.norm.weight"),
-        lm_head: get("lm_head.weight"),
-    };
+    let cfg = first_layers(full, layers);
+    let refs = TextRefs::load(be, &SyntheticStore::new(&specs), &cfg)?;
     Ok((refs, specs))
 }
 
-fn bf16_tensor(be: &mut dyn Backend, name: &str, shape: &[usize], seed: u64) -> Result<TRef> {
-    synthetic_tensor(be, name, shape, DType::BF16, seed)
-}
-
-/// Synthetic vision-tower weights of `cfg`'s shape on `be` (bf16, as every preset keeps them).
+/// Synthetic vision-tower weights of `cfg`'s shape on `be`, in the types every preset keeps
+/// them in (bf16 matrices, f32 vectors).
 pub fn synthetic_vision(be: &mut dyn Backend, cfg: &VisionConfig) -> Result<VisionWeightRefs> {
-    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
-    let row = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
-    let merged = d * cfg.spatial_merge_size * cfg.spatial_merge_size;
-    let mut blocks = Vec::new();
-    for i in 0..cfg.depth {
-        let s = 50_000 + 100 * i as u64;
-        let mut t = |name: &str, shape: &[usize], k: u64| bf16_tensor(be, name, shape, s + k);
-        blocks.push(VisionBlockWeights {
-            norm1: t("norm1", &[d], 1)?,
-            qkv_w: t("qkv", &[3 * d, d], 2)?,
-            qkv_b: t("qkv.bias", &[3 * d], 3)?,
-            proj_w: t("proj", &[d, d], 4)?,
-            proj_b: t("proj.bias", &[d], 5)?,
-            norm2: t("norm2", &[d], 6)?,
-            gate_w: t("gate", &[f, d], 7)?,
-            gate_b: t("gate.bias", &[f], 8)?,
-            up_w: t("up", &[f, d], 9)?,
-            up_b: t("up.bias", &[f], 10)?,
-            down_w: t("down", &[d, f], 11)?,
-            down_b: t("down.bias", &[d], 12)?,
-        });
-    }
-    Ok(VisionWeightRefs {
-        patch_embed: bf16_tensor(be, "patch_embed", &[d, row], 41)?,
-        blocks,
-        ln_q: bf16_tensor(be, "ln_q.norm.weight", &[d], 42)?,
-        merger_fc1_w: bf16_tensor(be, "fc1", &[merged, merged], 43)?,
-        merger_fc1_b: bf16_tensor(be, "fc1.bias", &[merged], 44)?,
-        merger_fc2_w: bf16_tensor(be, "fc2", &[cfg.out_hidden_size, merged], 45)?,
-        merger_fc2_b: bf16_tensor(be, "fc2.bias", &[cfg.out_hidden_size], 46)?,
-    })
+    let mc = ModelConfig {
+        vision: cfg.clone(),
+        ..ModelConfig::qwen2_5_vl_7b()
+    };
+    let specs = synthetic_specs(&mc, Part::Vision, 0, Preset::Bf16);
+    VisionWeightRefs::load(be, &SyntheticStore::new(&specs), &mc)
 }
 
 /// FLOPs of the vision tower with `depth` blocks over one grid (t, h, w patches): patch
@@ -379,7 +362,7 @@ pub fn vision_flops(cfg: &VisionConfig, grid: [usize; 3], depth: usize) -> Resul
     let n = (grid[0] * grid[1] * grid[2]) as f64;
     let (d, f) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
     let row = (cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size) as f64;
-    let (_, cu_win) = crate::model::vision::window_index(
+    let (_, cu_win) = vision::window_index(
         &[grid],
         cfg.spatial_merge_size,
         cfg.window_size,
@@ -558,7 +541,7 @@ pub struct VideoR1Report {
     pub vision_full_layers: usize,
     pub text_layers: usize,
     pub text_full_layers: usize,
-    /// Vision tower, including the copy of its output back to the device for the prefill.
+    /// Vision tower (its output stays on the device for the prefill).
     pub vision_s: f64,
     pub prefill_s: f64,
     /// Sampling the first token from the prefill's logits.
@@ -959,10 +942,13 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
         num_hidden_layers: layers,
         ..shape.text.clone()
     };
+    let text_model = qwen::Text {
+        cfg: text_cfg.clone(),
+        weights: refs,
+    };
     let mut runner = TextRunner::new(
         be.as_mut(),
-        text_cfg.clone(),
-        refs,
+        Box::new(text_model),
         opts.act,
         ctx,
         opts.page_size,
@@ -973,6 +959,7 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
         Some((vcfg, w)) => Some(run_video_r1(
             be.as_mut(),
             &mut runner,
+            &text_cfg,
             &shape,
             vcfg,
             w,
@@ -1077,6 +1064,7 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
 fn run_video_r1(
     be: &mut dyn Backend,
     runner: &mut TextRunner,
+    text_cfg: &TextConfig,
     shape: &SyntheticShape,
     vcfg: &VisionConfig,
     vw: &VisionWeightRefs,
@@ -1126,24 +1114,13 @@ fn run_video_r1(
 
     runner.reset(be)?;
     let tv = Instant::now();
-    let embeds = crate::model::vision::encode(be, vw, vcfg, &pixels, &[grid], act)?;
-    let hidden = shape.text.hidden_size;
-    let bytes: Vec<u8> = match act {
-        DType::F32 => bytemuck::cast_slice(&embeds).to_vec(),
-        _ => embeds
-            .par_iter()
-            .flat_map_iter(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
-            .collect(),
-    };
-    let buf = be.alloc(bytes.len())?;
-    be.write(buf, 0, &bytes)?;
+    let t = vision::encode(be, vw, vcfg, &pixels, &[grid], act)?;
     be.sync()?;
     let vision_s = tv.elapsed().as_secs_f64();
-    let t = TRef::new(buf, 0, act, Shape::new(&[visual, hidden]));
 
     let tp = Instant::now();
     let logits = runner.forward(be, &ids, &pos, Some((t, pads.as_slice())));
-    be.free(buf);
+    be.free(t.buf);
     let logits = logits?;
     let prefill_s = tp.elapsed().as_secs_f64();
 
@@ -1152,11 +1129,11 @@ fn run_video_r1(
     std::hint::black_box(sampler.sample(&logits, &ids)?);
     let first_token_s = tf.elapsed().as_secs_f64();
 
-    let layers = runner.cfg.num_hidden_layers;
+    let layers = text_cfg.num_hidden_layers;
     let full_layers = shape.text.num_hidden_layers;
     let vflops = vision_flops(vcfg, grid, vcfg.depth)?;
     let vflops_full = vision_flops(&shape.vision, grid, shape.vision.depth)?;
-    let pflops = prefill_flops(&runner.cfg, layers, ids.len());
+    let pflops = prefill_flops(text_cfg, layers, ids.len());
     let pflops_full = prefill_flops(&shape.text, full_layers, ids.len());
     let full_vision_s = vision_s * vflops_full / vflops;
     let full_prefill_s = prefill_s * pflops_full / pflops;
@@ -1227,10 +1204,11 @@ pub fn run_vision_synthetic(
         .map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
         .collect();
     let t = Instant::now();
-    let out = crate::model::vision::encode(be.as_mut(), &w, &cfg, &rows, &[grid], opts.act)?;
+    let out = vision::encode(be.as_mut(), &w, &cfg, &rows, &[grid], opts.act)?;
     be.sync()?;
     let s = t.elapsed().as_secs_f64();
-    let tokens = out.len() / cfg.out_hidden_size;
+    be.free(out.buf);
+    let tokens = out.shape.rows();
     let full = s * 32.0 / depth as f64;
     let flops_per_patch_block = 2.0 * (4.0 * 1280.0 * 1280.0 + 3.0 * 1280.0 * 3420.0);
     let flops = flops_per_patch_block * n as f64 * depth as f64;

@@ -1,20 +1,17 @@
 //! A generation session: media -> vision -> prefill -> decode, sampling, streaming, timings.
 
 pub mod bench;
-pub mod inputs;
 pub mod sampling;
 
 use crate::backend::{cpu::CpuBackend, Backend, BufId, PendingToken, SampleArgs, TRef};
 use crate::error::{Error, Result};
 use crate::graph::Executor;
-use crate::kv::{KvCache, KvSpec};
-use crate::model::config::{GenerationConfig, ModelConfig, TextConfig};
-use crate::model::text::{self, TextPass, TextRefs};
-use crate::model::vision::{self, VisionWeightRefs};
-use crate::model::weights::TextWeights;
-use crate::model::{positions, Model};
+use crate::kv::{KvCache, DEFAULT_PAGE_SIZE};
+use crate::model::config::{Config, GenerationConfig};
+use crate::model::inputs::VisionInput;
+use crate::model::text::{self, TextPass};
+use crate::model::{Model, TextModel, VisionModel};
 use crate::prompt::Tokenizer;
-use crate::store::TensorInfo;
 use crate::tensor::{DType, Shape};
 use sampling::{token_or_error, Sampler, SamplingParams};
 use std::time::Instant;
@@ -44,7 +41,7 @@ impl Default for EngineOptions {
             device: Device::Auto,
             act: DType::BF16,
             ctx: 8192,
-            page_size: 16,
+            page_size: DEFAULT_PAGE_SIZE,
         }
     }
 }
@@ -86,7 +83,7 @@ pub struct Request {
     /// Keep every step's logits (for --logits-out).
     pub record_logits: bool,
     /// Images and videos in prompt order; their pads in `prompt_tokens` are already expanded.
-    pub vision: Vec<inputs::VisionInput>,
+    pub vision: Vec<VisionInput>,
     /// Media decode and preprocess times, reported in the timings.
     pub media_decode_s: f64,
     pub preprocess_s: f64,
@@ -115,9 +112,8 @@ const DEV_BYTES: usize = 64;
 
 /// The language model on a backend: its weights, KV cache and the decode-step graph.
 pub struct TextRunner {
-    pub cfg: TextConfig,
     pub act: DType,
-    refs: TextRefs,
+    model: Box<dyn TextModel>,
     kv: KvCache,
     decode: Option<Executor>,
     /// The on-device sampling buffer (DEV_*), allocated on first use.
@@ -127,23 +123,15 @@ pub struct TextRunner {
 impl TextRunner {
     pub fn new(
         be: &mut dyn Backend,
-        cfg: TextConfig,
-        refs: TextRefs,
+        model: Box<dyn TextModel>,
         act: DType,
         ctx: usize,
         page_size: usize,
     ) -> Result<TextRunner> {
-        let spec = KvSpec {
-            n_layers: cfg.num_hidden_layers,
-            n_kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-            dtype: act,
-        };
-        let kv = KvCache::new(be, spec, ctx, page_size)?;
+        let kv = KvCache::new(be, model.kv_spec(act), ctx, page_size)?;
         Ok(TextRunner {
-            cfg,
             act,
-            refs,
+            model,
             kv,
             decode: None,
             dev: None,
@@ -164,7 +152,7 @@ impl TextRunner {
                 vision: None,
                 taps: false,
             };
-            let g = text::build(&self.cfg, &self.refs, &pass, self.act);
+            let g = self.model.build(&pass, self.act);
             self.decode = Some(Executor::new(be, g)?);
         }
         Ok(self.decode.as_mut().expect("built above"))
@@ -284,7 +272,7 @@ impl TextRunner {
                 vision: vision.map(|v| v.0),
                 taps: !taps.is_empty(),
             };
-            let g = text::build(&self.cfg, &self.refs, &pass, self.act);
+            let g = self.model.build(&pass, self.act);
             Some(Executor::new(be, g)?)
         };
         let exec = fresh
@@ -323,7 +311,7 @@ pub struct Engine {
     pub model: Model,
     pub opts: EngineOptions,
     pub text: TextRunner,
-    vision: Option<VisionWeightRefs>,
+    vision: Option<Box<dyn VisionModel>>,
     pub load_s: f64,
 }
 
@@ -336,38 +324,6 @@ pub fn open_backend(device: Device) -> Result<Box<dyn Backend>> {
             Ok(crate::backend::cuda::open(0).unwrap_or_else(|_| Box::new(CpuBackend::new())))
         }
     }
-}
-
-fn upload(be: &mut dyn Backend, t: &TensorInfo) -> Result<TRef> {
-    let buf = be.load_weight(t.bytes.clone())?;
-    Ok(TRef::new(buf, 0, t.dtype, Shape::new(&t.shape)))
-}
-
-/// Uploads the language model's weights.
-pub fn upload_text(be: &mut dyn Backend, w: &TextWeights) -> Result<TextRefs> {
-    let mut layers = Vec::with_capacity(w.layers.len());
-    for l in &w.layers {
-        layers.push(text::LayerRefs {
-            input_norm: upload(be, &l.input_norm)?,
-            q: upload(be, &l.q)?,
-            q_bias: upload(be, &l.q_bias)?,
-            k: upload(be, &l.k)?,
-            k_bias: upload(be, &l.k_bias)?,
-            v: upload(be, &l.v)?,
-            v_bias: upload(be, &l.v_bias)?,
-            o: upload(be, &l.o)?,
-            post_norm: upload(be, &l.post_norm)?,
-            gate: upload(be, &l.gate)?,
-            up: upload(be, &l.up)?,
-            down: upload(be, &l.down)?,
-        });
-    }
-    Ok(TextRefs {
-        embed: upload(be, &w.embed)?,
-        layers,
-        norm: upload(be, &w.norm)?,
-        lm_head: upload(be, &w.lm_head)?,
-    })
 }
 
 impl Engine {
@@ -384,16 +340,8 @@ impl Engine {
             ));
         }
         let mut be = open_backend(opts.device)?;
-        let weights = TextWeights::load(model.store.as_ref(), &model.config)?;
-        let text_refs = upload_text(be.as_mut(), &weights)?;
-        let text = TextRunner::new(
-            be.as_mut(),
-            model.config.text.clone(),
-            text_refs,
-            opts.act,
-            opts.ctx,
-            opts.page_size,
-        )?;
+        let text_model = model.arch.load_text(be.as_mut(), model.store.as_ref())?;
+        let text = TextRunner::new(be.as_mut(), text_model, opts.act, opts.ctx, opts.page_size)?;
         let load_s = t0.elapsed().as_secs_f64();
         Ok(Engine {
             be,
@@ -405,7 +353,7 @@ impl Engine {
         })
     }
 
-    pub fn config(&self) -> &ModelConfig {
+    pub fn config(&self) -> &Config {
         &self.model.config
     }
 
@@ -417,51 +365,21 @@ impl Engine {
         &self.model.generation
     }
 
-    /// Runs the vision tower over every item and returns the merged embeddings [n, hidden] as a
-    /// backend tensor in the activation type (None when there is nothing to encode).
-    fn encode_vision(&mut self, items: &[inputs::VisionInput]) -> Result<Option<TRef>> {
+    /// Runs the vision tower over every item and returns its embeddings [n, hidden] as a
+    /// backend tensor in the activation type (None when there is nothing to encode); the caller
+    /// frees it after the prefill.
+    fn encode_vision(&mut self, items: &[VisionInput]) -> Result<Option<TRef>> {
         if items.is_empty() {
             return Ok(None);
         }
         if self.vision.is_none() {
-            let w = VisionWeightRefs::load(
-                self.be.as_mut(),
-                self.model.store.as_ref(),
-                &self.model.config,
-            )?;
-            self.vision = Some(w);
+            let store = self.model.store.as_ref();
+            self.vision = Some(self.model.arch.load_vision(self.be.as_mut(), store)?);
         }
-        let w = self.vision.as_ref().unwrap();
-        let grids: Vec<[usize; 3]> = items.iter().map(|v| v.rows.grid_thw).collect();
-        let mut rows = Vec::new();
-        for v in items {
-            rows.extend_from_slice(&v.rows.rows);
-        }
-        let embeds = vision::encode(
-            self.be.as_mut(),
-            w,
-            &self.model.config.vision,
-            &rows,
-            &grids,
-            self.opts.act,
-        )?;
-        let hidden = self.model.config.text.hidden_size;
-        let n = embeds.len() / hidden;
-        let bytes: Vec<u8> = match self.opts.act {
-            DType::F32 => bytemuck::cast_slice(&embeds).to_vec(),
-            _ => embeds
-                .iter()
-                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
-                .collect(),
-        };
-        let buf = self.be.alloc(bytes.len())?;
-        self.be.write(buf, 0, &bytes)?;
-        Ok(Some(TRef::new(
-            buf,
-            0,
-            self.opts.act,
-            Shape::new(&[n, hidden]),
-        )))
+        let vision = self.vision.as_ref().expect("loaded above");
+        vision
+            .encode(self.be.as_mut(), items, self.opts.act)
+            .map(Some)
     }
 
     /// The decode loop with sampling on the backend. Each step's sampled token stays on the
@@ -491,6 +409,7 @@ impl Engine {
         };
         let be = self.be.as_mut();
         let text = &mut self.text;
+        let arch = self.model.arch.as_ref();
         generated.push(first);
         history.push(first);
         on_token(first);
@@ -503,7 +422,7 @@ impl Engine {
         if history.len() > ctx {
             return Err(cap_err());
         }
-        let p = positions::decode_positions(history.len() - 1, rope_delta);
+        let p = arch.decode_positions(history.len() - 1, rope_delta);
         let mut pending = text.decode_start(be, Some(first), &p, &sampler.next_args())?;
         let lookahead = !matches!(pending, PendingToken::Ready(_));
         loop {
@@ -512,7 +431,7 @@ impl Engine {
             // another token may be needed.
             let more = generated.len() + 1 < req.max_new_tokens && history.len() < ctx;
             let next = if lookahead && more {
-                let p = positions::decode_positions(history.len(), rope_delta);
+                let p = arch.decode_positions(history.len(), rope_delta);
                 Some(text.decode_start(be, None, &p, &sampler.next_args())?)
             } else {
                 None
@@ -549,7 +468,7 @@ impl Engine {
                 Some(n) => n,
                 None if history.len() > ctx => return Err(cap_err()),
                 None => {
-                    let p = positions::decode_positions(history.len() - 1, rope_delta);
+                    let p = arch.decode_positions(history.len() - 1, rope_delta);
                     text.decode_start(be, None, &p, &sampler.next_args())?
                 }
             };
@@ -573,18 +492,11 @@ impl Engine {
         self.text.reset(self.be.as_mut())?;
         let mut sampler = Sampler::new(req.sampling)?;
         let t0 = Instant::now();
-        let spans: Vec<_> = req.vision.iter().map(|v| v.span()).collect();
-        let toks = self.model.config.tokens.clone();
-        let (rows, rope_delta) = positions::rope_index(
-            &req.prompt_tokens,
-            &spans,
-            toks.image_pad,
-            toks.video_pad,
-            self.model.config.vision.spatial_merge_size,
-            self.model.config.vision.tokens_per_second,
-            false,
-        )?;
-        let pos = positions::to_row_major(&rows);
+        let layout = self
+            .model
+            .arch
+            .prompt_layout(&req.prompt_tokens, &req.vision)?;
+        let (pos, rope_delta, pads) = (layout.positions, layout.rope_delta, layout.vision_rows);
         let tv = Instant::now();
         let embeds = self.encode_vision(&req.vision)?;
         let vision_s = tv.elapsed().as_secs_f64();
@@ -593,13 +505,6 @@ impl Engine {
                 .text
                 .forward(self.be.as_mut(), &req.prompt_tokens, &pos, None)?,
             Some(t) => {
-                let pads: Vec<i32> = req
-                    .prompt_tokens
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &id)| id == toks.image_pad || id == toks.video_pad)
-                    .map(|(i, _)| i as i32)
-                    .collect();
                 let res = if pads.len() == t.shape.rows() {
                     self.text
                         .forward(self.be.as_mut(), &req.prompt_tokens, &pos, Some((t, &pads)))
@@ -664,7 +569,10 @@ impl Engine {
                 if history.len() > self.opts.ctx {
                     return Err(cap_err(self.opts.ctx));
                 }
-                let p = positions::decode_positions(history.len() - 1, rope_delta);
+                let p = self
+                    .model
+                    .arch
+                    .decode_positions(history.len() - 1, rope_delta);
                 logits = self.text.forward(self.be.as_mut(), &[tok], &p, None)?;
             }
         }

@@ -10,7 +10,7 @@ use crate::backend::{Backend, BufId, KvLayout, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape};
 
-/// Tokens per page unless the user asks otherwise (the kernels are tuned for 16).
+/// Tokens per page: `EngineOptions::page_size`'s default (the kernels are tuned for 16).
 pub const DEFAULT_PAGE_SIZE: usize = 16;
 
 /// Pages needed to hold `ctx_tokens` tokens.

@@ -1,5 +1,7 @@
-//! Qwen2.5-VL configuration: config.json (flat 4.x keys or nested text_config/vision_config),
-//! generation_config.json and preprocessor_config.json.
+//! Configuration every architecture shares: the language model's shape and the special tokens
+//! (filled by each architecture's config.json parser), generation_config.json and
+//! preprocessor_config.json, and the JSON field access the parsers use (every error names the
+//! file and the field as it appears there).
 
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -23,26 +25,6 @@ pub struct TextConfig {
     pub tie_word_embeddings: bool,
 }
 
-/// The vision tower. Fields missing from the file take the `Qwen2_5_VLVisionConfig` defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VisionConfig {
-    pub depth: usize,
-    pub hidden_size: usize,
-    pub num_heads: usize,
-    pub intermediate_size: usize,
-    pub patch_size: usize,
-    pub temporal_patch_size: usize,
-    pub spatial_merge_size: usize,
-    pub in_channels: usize,
-    pub out_hidden_size: usize,
-    /// Window side in pixels (112 → 8×8 patches → 4×4 merged units).
-    pub window_size: usize,
-    pub fullatt_block_indexes: Vec<usize>,
-    pub tokens_per_second: f32,
-    pub rms_norm_eps: f32,
-    pub rope_theta: f32,
-}
-
 /// Special token ids.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenIds {
@@ -55,13 +37,11 @@ pub struct TokenIds {
     pub vision_end: u32,
 }
 
+/// What every architecture reports about itself: the language model and the special tokens.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ModelConfig {
+pub struct Config {
     pub text: TextConfig,
-    pub vision: VisionConfig,
     pub tokens: TokenIds,
-    /// `torch_dtype` from the file (informational; weights carry their own dtype).
-    pub torch_dtype: String,
 }
 
 /// Sampling defaults from generation_config.json.
@@ -101,35 +81,6 @@ impl Default for PreprocessorConfig {
     }
 }
 
-impl Default for VisionConfig {
-    /// `Qwen2_5_VLVisionConfig`'s class defaults. Note hidden_size 3584 and tokens_per_second 4:
-    /// both differ from the 7B checkpoints, whose files must override them.
-    fn default() -> Self {
-        VisionConfig {
-            depth: 32,
-            hidden_size: 3584,
-            num_heads: 16,
-            intermediate_size: 3420,
-            patch_size: 14,
-            temporal_patch_size: 2,
-            spatial_merge_size: 2,
-            in_channels: 3,
-            out_hidden_size: 3584,
-            window_size: 112,
-            fullatt_block_indexes: vec![7, 15, 23, 31],
-            tokens_per_second: 4.0,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-        }
-    }
-}
-
-impl VisionConfig {
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_heads
-    }
-}
-
 impl TextConfig {
     /// Query heads per KV head.
     pub fn group_size(&self) -> usize {
@@ -138,20 +89,14 @@ impl TextConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parsing. config.json is read as a JSON tree rather than through derived structs: the same
-// field may live at the top level (4.x files) or under `text_config` (≥ 4.52 files), the vision
-// keys have aliases, and every error must name the file and the field.
+// JSON access. config files are read as JSON trees rather than through derived structs: the
+// same field may live at the top level (4.x files) or under `text_config` (>= 4.52 files), keys
+// have aliases, and every error must name the file and the field.
 
-type Obj = serde_json::Map<String, Value>;
-
-/// Default special-token ids of the Qwen2.5-VL vocabulary.
-const DEFAULT_IMAGE_TOKEN: u32 = 151655;
-const DEFAULT_VIDEO_TOKEN: u32 = 151656;
-const DEFAULT_VISION_START: u32 = 151652;
-const DEFAULT_VISION_END: u32 = 151653;
+pub(crate) type Obj = serde_json::Map<String, Value>;
 
 /// Reads a whole JSON file into an object, naming the path in every failure.
-fn parse_json_object(text: &str, path: &Path) -> Result<Obj> {
+pub(crate) fn parse_json_object(text: &str, path: &Path) -> Result<Obj> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| Error::config(path, format!("malformed JSON: {e}")))?;
     match v {
@@ -179,42 +124,42 @@ fn kind(v: &Value) -> &'static str {
 
 /// Typed field access on one JSON object; `prefix` is how the object is reached from the top
 /// (e.g. `vision_config.`), so messages name the field as it appears in the file.
-struct Fields<'a> {
-    path: &'a Path,
-    obj: &'a Obj,
-    prefix: &'a str,
+pub(crate) struct Fields<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) obj: &'a Obj,
+    pub(crate) prefix: &'a str,
 }
 
 impl<'a> Fields<'a> {
-    fn new(path: &'a Path, obj: &'a Obj, prefix: &'a str) -> Self {
+    pub(crate) fn new(path: &'a Path, obj: &'a Obj, prefix: &'a str) -> Self {
         Fields { path, obj, prefix }
     }
 
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
+    pub(crate) fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
         Error::config(self.path, format!("field `{}{}`: {msg}", self.prefix, key))
     }
 
-    fn wrong(&self, key: &str, want: &str, v: &Value) -> Error {
+    pub(crate) fn wrong(&self, key: &str, want: &str, v: &Value) -> Error {
         self.err(key, format!("expected {want}, found {} ({v})", kind(v)))
     }
 
     /// The value under `key`; JSON null counts as absent (HF writes nulls for unset fields).
-    fn raw(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn raw(&self, key: &str) -> Option<&'a Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.raw(key).is_some()
     }
 
-    fn usize(&self, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn usize(&self, key: &str) -> Result<Option<usize>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
         self.to_usize(key, v).map(Some)
     }
 
-    fn to_usize(&self, key: &str, v: &Value) -> Result<usize> {
+    pub(crate) fn to_usize(&self, key: &str, v: &Value) -> Result<usize> {
         if let Some(n) = v.as_u64() {
             return usize::try_from(n).map_err(|_| self.err(key, format!("{n} is too large")));
         }
@@ -227,7 +172,7 @@ impl<'a> Fields<'a> {
         Err(self.wrong(key, "a non-negative integer", v))
     }
 
-    fn u32(&self, key: &str) -> Result<Option<u32>> {
+    pub(crate) fn u32(&self, key: &str) -> Result<Option<u32>> {
         match self.usize(key)? {
             None => Ok(None),
             Some(n) => u32::try_from(n)
@@ -236,7 +181,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn f32(&self, key: &str) -> Result<Option<f32>> {
+    pub(crate) fn f32(&self, key: &str) -> Result<Option<f32>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -246,7 +191,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -256,7 +201,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn str(&self, key: &str) -> Result<Option<&'a str>> {
+    pub(crate) fn str(&self, key: &str) -> Result<Option<&'a str>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -266,7 +211,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn object(&self, key: &str) -> Result<Option<&'a Obj>> {
+    pub(crate) fn object(&self, key: &str) -> Result<Option<&'a Obj>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -276,7 +221,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn usize_list(&self, key: &str) -> Result<Option<Vec<usize>>> {
+    pub(crate) fn usize_list(&self, key: &str) -> Result<Option<Vec<usize>>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -291,7 +236,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer or a list of integers (eos_token_id takes both forms).
-    fn id_list(&self, key: &str) -> Result<Option<Vec<u32>>> {
+    pub(crate) fn id_list(&self, key: &str) -> Result<Option<Vec<u32>>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -308,7 +253,7 @@ impl<'a> Fields<'a> {
             .map(Some)
     }
 
-    fn f32_triple(&self, key: &str) -> Result<Option<[f32; 3]>> {
+    pub(crate) fn f32_triple(&self, key: &str) -> Result<Option<[f32; 3]>> {
         let Some(v) = self.raw(key) else {
             return Ok(None);
         };
@@ -326,419 +271,8 @@ impl<'a> Fields<'a> {
 }
 
 /// Looks a key up in the first object that has it (e.g. `text_config`, then the top level).
-fn first_with<'a>(srcs: &'a [Fields<'a>], key: &str) -> &'a Fields<'a> {
+pub(crate) fn first_with<'a>(srcs: &'a [Fields<'a>], key: &str) -> &'a Fields<'a> {
     srcs.iter().find(|f| f.has(key)).unwrap_or(&srcs[0])
-}
-
-impl ModelConfig {
-    /// Reads and validates `config.json`.
-    pub fn from_file(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        ModelConfig::from_json(&text, path)
-    }
-
-    /// Parses and validates config.json text; `path` only names the file in errors.
-    pub fn from_json(text: &str, path: &Path) -> Result<ModelConfig> {
-        let top_obj = parse_json_object(text, path)?;
-        let top = Fields::new(path, &top_obj, "");
-
-        check_model_type(&top)?;
-
-        let empty = Obj::new();
-        let text_obj = top.object("text_config")?;
-        let tf = Fields::new(path, text_obj.unwrap_or(&empty), "text_config.");
-        // Text fields: text_config first (≥ 4.52 layout), then the top level (4.x layout).
-        let text_srcs: Vec<Fields> = match text_obj {
-            Some(_) => vec![tf, Fields::new(path, &top_obj, "")],
-            None => vec![Fields::new(path, &top_obj, "")],
-        };
-        let text = parse_text(&text_srcs)?;
-
-        let vision_obj = top.object("vision_config")?;
-        let vf = Fields::new(path, vision_obj.unwrap_or(&empty), "vision_config.");
-        let vision = parse_vision(&vf)?;
-
-        // Token ids: the top level first (where 4.x and ≥ 4.52 both put the media ids), then
-        // text_config (where ≥ 4.52 puts bos/eos).
-        let tok_srcs: Vec<Fields> = match text_obj {
-            Some(t) => vec![
-                Fields::new(path, &top_obj, ""),
-                Fields::new(path, t, "text_config."),
-            ],
-            None => vec![Fields::new(path, &top_obj, "")],
-        };
-        let tokens = parse_tokens(&tok_srcs)?;
-
-        let torch_dtype = match first_with(&text_srcs, "torch_dtype").str("torch_dtype")? {
-            Some(s) => s.to_string(),
-            None => first_with(&text_srcs, "dtype")
-                .str("dtype")?
-                .unwrap_or("bfloat16")
-                .to_string(),
-        };
-
-        let cfg = ModelConfig {
-            text,
-            vision,
-            tokens,
-            torch_dtype,
-        };
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    /// Cross-field checks; each error names the file and the field.
-    fn validate(&self, path: &Path) -> Result<()> {
-        let e = |m: String| Err(Error::config(path, m));
-        let t = &self.text;
-        let v = &self.vision;
-        if v.out_hidden_size != t.hidden_size {
-            return e(format!(
-                "field `vision_config.out_hidden_size` is {} but the text hidden_size is {}; \
-                 the vision merger must output the text width",
-                v.out_hidden_size, t.hidden_size
-            ));
-        }
-        for (name, id) in [
-            ("image_token_id", self.tokens.image_pad),
-            ("video_token_id", self.tokens.video_pad),
-            ("vision_start_token_id", self.tokens.vision_start),
-            ("vision_end_token_id", self.tokens.vision_end),
-        ] {
-            if id as usize >= t.vocab_size {
-                return e(format!(
-                    "field `{name}` is {id}, outside the vocabulary (vocab_size {})",
-                    t.vocab_size
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A few lines for `reel info`.
-    pub fn summary(&self) -> String {
-        let t = &self.text;
-        let v = &self.vision;
-        format!(
-            "text: {} layers, hidden {}, heads {} (kv {}, head_dim {}), intermediate {}, vocab {}, \
-             rope_theta {}, mrope_section {:?}, tie_word_embeddings {}\n\
-             vision: depth {}, hidden {}, heads {}, intermediate {}, patch {}x{} (temporal {}), \
-             merge {}, window {} px, full-attention blocks {:?}, tokens_per_second {}, out {}\n\
-             tokens: image {}, video {}, vision_start {}, vision_end {}, bos {:?}, eos {:?}; dtype {}",
-            t.num_hidden_layers,
-            t.hidden_size,
-            t.num_attention_heads,
-            t.num_key_value_heads,
-            t.head_dim,
-            t.intermediate_size,
-            t.vocab_size,
-            t.rope_theta,
-            t.mrope_section,
-            t.tie_word_embeddings,
-            v.depth,
-            v.hidden_size,
-            v.num_heads,
-            v.intermediate_size,
-            v.patch_size,
-            v.patch_size,
-            v.temporal_patch_size,
-            v.spatial_merge_size,
-            v.window_size,
-            v.fullatt_block_indexes,
-            v.tokens_per_second,
-            v.out_hidden_size,
-            self.tokens.image_pad,
-            self.tokens.video_pad,
-            self.tokens.vision_start,
-            self.tokens.vision_end,
-            self.tokens.bos,
-            self.tokens.eos,
-            self.torch_dtype,
-        )
-    }
-}
-
-fn check_model_type(top: &Fields) -> Result<()> {
-    let model_type = top.str("model_type")?;
-    let archs: Vec<&str> = match top.raw("architectures") {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).collect(),
-        Some(v) => return Err(top.wrong("architectures", "an array of strings", v)),
-        None => Vec::new(),
-    };
-    let arch_ok = archs.contains(&"Qwen2_5_VLForConditionalGeneration");
-    match model_type {
-        Some("qwen2_5_vl") => Ok(()),
-        None if arch_ok => Ok(()),
-        Some(other) => Err(top.err(
-            "model_type",
-            format!(
-                "unsupported model type {other:?}; reel runs qwen2_5_vl (Qwen2.5-VL) checkpoints"
-            ),
-        )),
-        None => Err(top.err(
-            "model_type",
-            "missing, and `architectures` does not name Qwen2_5_VLForConditionalGeneration",
-        )),
-    }
-}
-
-fn parse_text(srcs: &[Fields]) -> Result<TextConfig> {
-    let req = |key: &str| -> Result<usize> {
-        let f = first_with(srcs, key);
-        f.usize(key)?
-            .ok_or_else(|| f.err(key, "missing (required)"))
-    };
-    let hidden_size = req("hidden_size")?;
-    let num_hidden_layers = req("num_hidden_layers")?;
-    let num_attention_heads = req("num_attention_heads")?;
-    let num_key_value_heads = req("num_key_value_heads")?;
-    let intermediate_size = req("intermediate_size")?;
-    let vocab_size = req("vocab_size")?;
-
-    let f = |key: &str| first_with(srcs, key);
-    let head_dim_given = f("head_dim").usize("head_dim")?;
-    let rms_norm_eps = f("rms_norm_eps").f32("rms_norm_eps")?.unwrap_or(1e-6);
-    let max_position_embeddings = f("max_position_embeddings")
-        .usize("max_position_embeddings")?
-        .unwrap_or(32_768);
-    let tie_word_embeddings = f("tie_word_embeddings")
-        .bool("tie_word_embeddings")?
-        .unwrap_or(false);
-
-    let act_f = f("hidden_act");
-    if let Some(act) = act_f.str("hidden_act")? {
-        if act != "silu" {
-            return Err(act_f.err("hidden_act", format!("{act:?} is unsupported (only silu)")));
-        }
-    }
-    let sw = f("use_sliding_window");
-    if sw.bool("use_sliding_window")? == Some(true) {
-        return Err(sw.err(
-            "use_sliding_window",
-            "sliding-window attention is unsupported",
-        ));
-    }
-
-    // Rope: `rope_scaling` (4.x), or `rope_parameters` (newer files, which may also hold theta).
-    let (rope_f, rope_key) = if f("rope_scaling").has("rope_scaling") {
-        (f("rope_scaling"), "rope_scaling")
-    } else {
-        (f("rope_parameters"), "rope_parameters")
-    };
-    let rope_obj = rope_f.object(rope_key)?;
-    let rope_prefix = format!("{}{}.", rope_f.prefix, rope_key);
-    let empty = Obj::new();
-    let rf = Fields::new(rope_f.path, rope_obj.unwrap_or(&empty), &rope_prefix);
-    for key in ["rope_type", "type"] {
-        if let Some(kind) = rf.str(key)? {
-            if kind != "default" && kind != "mrope" {
-                return Err(rf.err(key, format!("{kind:?} rope scaling is unsupported")));
-            }
-        }
-    }
-    let rope_theta = match f("rope_theta").f32("rope_theta")? {
-        Some(t) => t,
-        None => rf.f32("rope_theta")?.unwrap_or(1_000_000.0),
-    };
-    let sec = rf.usize_list("mrope_section")?.ok_or_else(|| {
-        rf.err(
-            "mrope_section",
-            "missing (Qwen2.5-VL needs the M-RoPE sections, e.g. [16, 24, 24])",
-        )
-    })?;
-    let mrope_section: [usize; 3] = sec.as_slice().try_into().map_err(|_| {
-        rf.err(
-            "mrope_section",
-            format!("expected 3 sections, found {sec:?}"),
-        )
-    })?;
-
-    // Structural checks.
-    let e = |key: &str, msg: String| Err(f(key).err(key, msg));
-    if hidden_size == 0 || num_hidden_layers == 0 || intermediate_size == 0 || vocab_size == 0 {
-        let key = [
-            ("hidden_size", hidden_size),
-            ("num_hidden_layers", num_hidden_layers),
-            ("intermediate_size", intermediate_size),
-            ("vocab_size", vocab_size),
-        ]
-        .into_iter()
-        .find(|(_, v)| *v == 0)
-        .map(|(k, _)| k)
-        .unwrap_or("hidden_size");
-        return e(key, "must be positive".into());
-    }
-    if num_attention_heads == 0 {
-        return e("num_attention_heads", "must be positive".into());
-    }
-    if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-        return e(
-            "num_key_value_heads",
-            format!(
-                "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
-            ),
-        );
-    }
-    let head_dim = match head_dim_given {
-        Some(d) => d,
-        None => {
-            if hidden_size % num_attention_heads != 0 {
-                return e(
-                    "num_attention_heads",
-                    format!("{num_attention_heads} does not divide hidden_size {hidden_size}"),
-                );
-            }
-            hidden_size / num_attention_heads
-        }
-    };
-    if head_dim == 0 || head_dim % 2 != 0 {
-        return e(
-            "head_dim",
-            format!("head_dim {head_dim} must be positive and even"),
-        );
-    }
-    let sum: usize = mrope_section.iter().sum();
-    if sum * 2 != head_dim {
-        return Err(rf.err(
-            "mrope_section",
-            format!(
-                "{mrope_section:?} sums to {sum}, but must sum to head_dim / 2 = {}",
-                head_dim / 2
-            ),
-        ));
-    }
-
-    Ok(TextConfig {
-        hidden_size,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        intermediate_size,
-        vocab_size,
-        rms_norm_eps,
-        rope_theta,
-        mrope_section,
-        max_position_embeddings,
-        tie_word_embeddings,
-    })
-}
-
-fn parse_vision(vf: &Fields) -> Result<VisionConfig> {
-    let d = VisionConfig::default();
-    // The first alias present wins; a missing field takes the class default.
-    let pick = |keys: &[&str], default: usize| -> Result<usize> {
-        for k in keys {
-            if let Some(v) = vf.usize(k)? {
-                return Ok(v);
-            }
-        }
-        Ok(default)
-    };
-    let depth = pick(&["depth"], d.depth)?;
-    let hidden_size = pick(&["hidden_size", "embed_dim"], d.hidden_size)?;
-    let num_heads = pick(&["num_heads"], d.num_heads)?;
-    let intermediate_size = pick(&["intermediate_size"], d.intermediate_size)?;
-    let patch_size = pick(&["patch_size", "spatial_patch_size"], d.patch_size)?;
-    let temporal_patch_size = pick(&["temporal_patch_size"], d.temporal_patch_size)?;
-    let spatial_merge_size = pick(&["spatial_merge_size"], d.spatial_merge_size)?;
-    let in_channels = pick(&["in_channels", "in_chans"], d.in_channels)?;
-    let out_hidden_size = pick(&["out_hidden_size"], d.out_hidden_size)?;
-    let window_size = pick(&["window_size"], d.window_size)?;
-    let fullatt_block_indexes = vf
-        .usize_list("fullatt_block_indexes")?
-        .unwrap_or(d.fullatt_block_indexes.clone());
-    let tokens_per_second = vf.f32("tokens_per_second")?.unwrap_or(d.tokens_per_second);
-    let rms_norm_eps = vf.f32("rms_norm_eps")?.unwrap_or(d.rms_norm_eps);
-    let rope_theta = vf.f32("rope_theta")?.unwrap_or(d.rope_theta);
-
-    if let Some(act) = vf.str("hidden_act")? {
-        if act != "silu" {
-            return Err(vf.err("hidden_act", format!("{act:?} is unsupported (only silu)")));
-        }
-    }
-    let pos = |key: &str, v: usize| -> Result<()> {
-        if v == 0 {
-            Err(vf.err(key, "must be positive"))
-        } else {
-            Ok(())
-        }
-    };
-    pos("depth", depth)?;
-    pos("hidden_size", hidden_size)?;
-    pos("num_heads", num_heads)?;
-    pos("intermediate_size", intermediate_size)?;
-    pos("patch_size", patch_size)?;
-    pos("temporal_patch_size", temporal_patch_size)?;
-    pos("spatial_merge_size", spatial_merge_size)?;
-    pos("in_channels", in_channels)?;
-    pos("window_size", window_size)?;
-    if hidden_size % num_heads != 0 {
-        return Err(vf.err(
-            "num_heads",
-            format!("{num_heads} does not divide vision hidden_size {hidden_size}"),
-        ));
-    }
-    // The 2-D rotary splits each head into row and column halves of rotated pairs.
-    if (hidden_size / num_heads) % 4 != 0 {
-        return Err(vf.err(
-            "num_heads",
-            format!(
-                "vision head_dim {} must be a multiple of 4",
-                hidden_size / num_heads
-            ),
-        ));
-    }
-    let unit = patch_size * spatial_merge_size;
-    if window_size % unit != 0 {
-        return Err(vf.err(
-            "window_size",
-            format!(
-                "{window_size} px is not a multiple of patch_size × spatial_merge_size = {unit}"
-            ),
-        ));
-    }
-    if let Some(&bad) = fullatt_block_indexes.iter().find(|&&i| i >= depth) {
-        return Err(vf.err(
-            "fullatt_block_indexes",
-            format!("index {bad} is not below depth {depth}"),
-        ));
-    }
-    if tokens_per_second.is_nan() || tokens_per_second <= 0.0 {
-        return Err(vf.err("tokens_per_second", "must be positive"));
-    }
-    Ok(VisionConfig {
-        depth,
-        hidden_size,
-        num_heads,
-        intermediate_size,
-        patch_size,
-        temporal_patch_size,
-        spatial_merge_size,
-        in_channels,
-        out_hidden_size,
-        window_size,
-        fullatt_block_indexes,
-        tokens_per_second,
-        rms_norm_eps,
-        rope_theta,
-    })
-}
-
-fn parse_tokens(srcs: &[Fields]) -> Result<TokenIds> {
-    let id = |key: &str, default: u32| -> Result<u32> {
-        Ok(first_with(srcs, key).u32(key)?.unwrap_or(default))
-    };
-    Ok(TokenIds {
-        bos: first_with(srcs, "bos_token_id").u32("bos_token_id")?,
-        eos: first_with(srcs, "eos_token_id")
-            .id_list("eos_token_id")?
-            .unwrap_or_default(),
-        image_pad: id("image_token_id", DEFAULT_IMAGE_TOKEN)?,
-        video_pad: id("video_token_id", DEFAULT_VIDEO_TOKEN)?,
-        vision_start: id("vision_start_token_id", DEFAULT_VISION_START)?,
-        vision_end: id("vision_end_token_id", DEFAULT_VISION_END)?,
-    })
 }
 
 impl GenerationConfig {

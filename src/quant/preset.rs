@@ -1,22 +1,25 @@
 //! Quantization presets for whole checkpoints (what reel-quantize applies): which storage type
 //! each tensor gets, and the row-parallel conversion of one tensor.
 //!
-//! Rules, following llama.cpp's llama-quant.cpp where it has one:
+//! Tensors are told apart by their role in the model and their layer (`model::inventory`), not
+//! by name. Rules, following llama.cpp's llama-quant.cpp where it has one:
 //! - Tensors of rank 1 (norm weights, biases) stay F32 in every preset, as in llama.cpp.
 //! - `bf16`: every other float tensor is stored BF16 (lossless for a bf16 checkpoint).
 //! - `q8_0`: every other float tensor is Q8_0, the token embedding and lm_head included.
-//! - `q4_k_m`: Q4_K by default (token embedding included); Q6_K for `lm_head` (llama.cpp's output
-//!   tensor, or the embedding when tied) and for `v_proj` and `down_proj` of the layers chosen by
-//!   llama.cpp's `use_more_bits` rule: the first and last eighth of the layers and every third
-//!   layer in between.
-//! - The vision tower (`visual.*`) stays BF16 unless `quantize_vision` is set, then it follows the
-//!   same preset (without the per-layer bumps, which concern the language model).
+//! - `q4_k_m`: Q4_K by default (token embedding included); Q6_K for the output head
+//!   ([`Role::LmHead`], or the embedding when tied) and for the attention value and MLP down
+//!   projections ([`Role::AttnV`], [`Role::MlpDown`]) of the decoder layers chosen by llama.cpp's
+//!   `use_more_bits` rule: the first and last eighth of the layers and every third layer in
+//!   between.
+//! - The vision tower stays BF16 unless `quantize_vision` is set, then it follows the same
+//!   preset (without the per-layer bumps, which concern the language model).
 //! - A row whose length does not fill whole blocks falls back: K-quant -> Q8_0 if the row is a
 //!   multiple of 32, else BF16 (llama.cpp goes to Q5_0/Q8_0 then F16; reel has no Q5_0 and keeps
 //!   bf16 checkpoints lossless). The vision MLP's 3420-wide rows hit this.
 
 use super::{dequantize_row, quantize_row, row_bytes};
 use crate::error::{Error, Result};
+use crate::model::inventory::{Role, TensorClass, Tower};
 use crate::tensor::DType;
 use rayon::prelude::*;
 use std::fmt;
@@ -75,12 +78,6 @@ pub fn use_more_bits(i_layer: usize, n_layers: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// The decoder layer index of a `model.layers.N.` tensor.
-pub fn layer_index(name: &str) -> Option<usize> {
-    let rest = name.strip_prefix("model.layers.")?;
-    rest.split('.').next()?.parse().ok()
-}
-
 /// What a tensor will be stored as, and why if it is not the preset's first choice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Choice {
@@ -98,10 +95,11 @@ pub struct ModelFacts {
     pub tied_embeddings: bool,
 }
 
-/// Storage type for tensor `name` of HF shape `shape` stored in the checkpoint as `src`.
+/// Storage type for a tensor of class `class` and HF shape `shape`, stored in the checkpoint as
+/// `src`.
 pub fn choose_type(
     preset: Preset,
-    name: &str,
+    class: TensorClass,
     shape: &[usize],
     src: DType,
     facts: ModelFacts,
@@ -120,18 +118,19 @@ pub fn choose_type(
             fallback: None,
         };
     }
-    let vision = name.starts_with("visual.");
+    let vision = class.tower == Tower::Vision;
     let want = match preset {
         Preset::Bf16 => DType::BF16,
         _ if vision && !quantize_vision => DType::BF16,
         Preset::Q8_0 => DType::Q8_0,
         Preset::Q4KM => {
-            let is_output = name == "lm_head.weight"
-                || (facts.tied_embeddings && name == "model.embed_tokens.weight");
+            let is_output =
+                class.role == Role::LmHead || (facts.tied_embeddings && class.role == Role::Embed);
             let bumped = !vision
-                && (name.ends_with(".self_attn.v_proj.weight")
-                    || name.ends_with(".mlp.down_proj.weight"))
-                && layer_index(name).is_some_and(|i| use_more_bits(i, facts.n_layers));
+                && matches!(class.role, Role::AttnV | Role::MlpDown)
+                && class
+                    .layer
+                    .is_some_and(|i| use_more_bits(i, facts.n_layers));
             if is_output || bumped {
                 DType::Q6K
             } else {
@@ -200,6 +199,7 @@ pub fn convert_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::classify_tensor as class;
 
     const FACTS: ModelFacts = ModelFacts {
         n_layers: 28,
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn q4_k_m_mix() {
         let c = |name: &str, shape: &[usize]| {
-            choose_type(Preset::Q4KM, name, shape, DType::BF16, FACTS, false)
+            choose_type(Preset::Q4KM, class(name), shape, DType::BF16, FACTS, false)
         };
         assert_eq!(c("lm_head.weight", &[152064, 3584]).dtype, DType::Q6K);
         assert_eq!(
@@ -254,7 +254,7 @@ mod tests {
             DType::BF16
         );
         let v = |name: &str, shape: &[usize]| {
-            choose_type(Preset::Q4KM, name, shape, DType::BF16, FACTS, true)
+            choose_type(Preset::Q4KM, class(name), shape, DType::BF16, FACTS, true)
         };
         assert_eq!(
             v("visual.blocks.0.attn.qkv.weight", &[3840, 1280]).dtype,
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(
             choose_type(
                 Preset::Q4KM,
-                "model.embed_tokens.weight",
+                class("model.embed_tokens.weight"),
                 &[1000, 256],
                 DType::BF16,
                 tied,
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn q8_0_and_bf16_presets() {
         let q = |name: &str, shape: &[usize]| {
-            choose_type(Preset::Q8_0, name, shape, DType::BF16, FACTS, false)
+            choose_type(Preset::Q8_0, class(name), shape, DType::BF16, FACTS, false)
         };
         assert_eq!(
             q("model.embed_tokens.weight", &[152064, 3584]).dtype,
@@ -311,18 +311,112 @@ mod tests {
             DType::BF16
         );
         let b = |name: &str, shape: &[usize]| {
-            choose_type(Preset::Bf16, name, shape, DType::F32, FACTS, false)
+            choose_type(Preset::Bf16, class(name), shape, DType::F32, FACTS, false)
         };
         assert_eq!(b("lm_head.weight", &[152064, 3584]).dtype, DType::BF16);
         assert_eq!(b("model.norm.weight", &[3584]).dtype, DType::F32);
         // Integer tensors are kept as they are.
         assert_eq!(q("x", &[4, 4]).dtype, DType::BF16);
         assert_eq!(
-            choose_type(Preset::Q8_0, "ids", &[4, 32], DType::I32, FACTS, false).dtype,
+            choose_type(
+                Preset::Q8_0,
+                class("ids"),
+                &[4, 32],
+                DType::I32,
+                FACTS,
+                false
+            )
+            .dtype,
             DType::I32
         );
         assert_eq!("Q4_K_M".parse::<Preset>().unwrap(), Preset::Q4KM);
         assert!("q5_k".parse::<Preset>().unwrap_err().contains("q5_k"));
+    }
+
+    /// The storage type the README documents for a tensor, stated on names so that it does not
+    /// share the role table it checks: 1-D tensors F32; `bf16` BF16; the vision tower
+    /// (`visual.*`) BF16 unless quantized on request; `q8_0` Q8_0; `q4_k_m` Q6_K for
+    /// `lm_head.weight` (the embedding when tied) and for `v_proj` / `down_proj` of llama.cpp's
+    /// layers (for 28 layers: 0-2, 24-27 and every third from 5), else Q4_K; a row that fills no
+    /// block falls back K-quant -> Q8_0 -> BF16.
+    fn documented(preset: Preset, name: &str, shape: &[usize], tied: bool, vision: bool) -> DType {
+        const MORE_BITS_28: [usize; 14] = [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 24, 25, 26, 27];
+        if shape.len() == 1 {
+            return DType::F32;
+        }
+        let want = match preset {
+            Preset::Bf16 => DType::BF16,
+            _ if name.starts_with("visual.") && !vision => DType::BF16,
+            Preset::Q8_0 => DType::Q8_0,
+            Preset::Q4KM => {
+                let layer = name
+                    .strip_prefix("model.layers.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+                let bumped = (name.ends_with(".self_attn.v_proj.weight")
+                    || name.ends_with(".mlp.down_proj.weight"))
+                    && layer.is_some_and(|l| MORE_BITS_28.contains(&l));
+                let output =
+                    name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
+                if output || bumped {
+                    DType::Q6K
+                } else {
+                    DType::Q4K
+                }
+            }
+        };
+        let row = *shape.last().unwrap();
+        if row % want.block_len() == 0 {
+            want
+        } else if matches!(want, DType::Q4K | DType::Q6K) && row % 32 == 0 {
+            DType::Q8_0
+        } else {
+            DType::BF16
+        }
+    }
+
+    /// Every tensor of the Qwen2.5-VL-7B inventory (both name spellings, tied or not) gets the
+    /// documented type from the role rules, in every preset.
+    #[test]
+    fn role_rules_give_the_documented_types_on_7b() {
+        use crate::model::qwen2_5_vl::inventory::{alternate_name, expected, Part};
+        use crate::model::qwen2_5_vl::ModelConfig;
+        let mut seen = std::collections::BTreeMap::new();
+        for tied in [false, true] {
+            let mut cfg = ModelConfig::qwen2_5_vl_7b();
+            cfg.text.tie_word_embeddings = tied;
+            let facts = ModelFacts {
+                n_layers: 28,
+                tied_embeddings: tied,
+            };
+            let specs = expected(&cfg, Part::Both);
+            assert_eq!(specs.len(), 3 + 28 * 12 + 6 + 32 * 12 - tied as usize);
+            for preset in [Preset::Bf16, Preset::Q8_0, Preset::Q4KM] {
+                for vision in [false, true] {
+                    for t in &specs {
+                        let want = documented(preset, &t.name, &t.shape, tied, vision);
+                        let names = [Some(t.name.clone()), alternate_name(&t.name)];
+                        for name in names.iter().flatten() {
+                            let got = choose_type(
+                                preset,
+                                class(name),
+                                &t.shape,
+                                DType::BF16,
+                                facts,
+                                vision,
+                            );
+                            assert_eq!(
+                                got.dtype, want,
+                                "{preset} {name} tied {tied} vision {vision}"
+                            );
+                        }
+                        *seen.entry((preset.name(), want.name())).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        // 14 bumped layers x (v_proj, down_proj) + the output head, per (tied, vision) pair.
+        assert_eq!(seen[&("q4_k_m", "q6_k")], 2 * 2 * (28 + 1));
     }
 
     #[test]

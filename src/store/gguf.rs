@@ -1031,12 +1031,3 @@ pub fn ggml_type_name(dtype: DType) -> &'static str {
         DType::Q6K => "Q6_K",
     }
 }
-
-impl GgufModel {
-    /// The model configuration parsed from the embedded config.json (errors name the GGUF file
-    /// and the metadata key).
-    pub fn model_config(&self) -> Result<crate::model::config::ModelConfig> {
-        let origin = PathBuf::from(format!("{}:{KEY_CONFIG_JSON}", self.path().display()));
-        crate::model::config::ModelConfig::from_json(self.config_json(), &origin)
-    }
-}

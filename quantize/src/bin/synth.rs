@@ -39,6 +39,9 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rayon::prelude::*;
+use reel::model::inventory::{Part, Role, Tower};
+use reel::model::qwen2_5_vl::inventory::expected;
+use reel::model::qwen2_5_vl::ModelConfig;
 use reel::quant::quantize_row;
 use reel::DType;
 use std::io::{BufWriter, Write};
@@ -136,100 +139,41 @@ enum Law {
 struct Spec {
     name: String,
     shape: Vec<usize>,
+    tower: Tower,
     law: Law,
 }
 
-fn specs(d: &Dims, vision: bool, lm_gain: f32) -> Vec<Spec> {
-    let mut v = Vec::new();
-    let mut push = |name: String, shape: &[usize], law: Law| {
-        v.push(Spec {
-            name,
-            shape: shape.to_vec(),
-            law,
+/// How each role's values are drawn (see the module comment).
+fn law(role: Role, lm_gain: f32) -> Law {
+    use Role::*;
+    match role {
+        Embed => Law::Embed,
+        LmHead => Law::Linear { gain: lm_gain },
+        FinalNorm => Law::Norm { center: 2.0 },
+        AttnNorm | MlpNorm | VisionNorm1 | VisionNorm2 | MergerNorm => Law::Norm { center: 1.0 },
+        AttnQBias | AttnKBias => Law::Bias { scale: 0.5 },
+        AttnVBias => Law::Bias { scale: 0.05 },
+        VisionQkvBias | VisionProjBias | VisionGateBias | VisionUpBias | VisionDownBias
+        | MergerFc1Bias | MergerFc2Bias => Law::Bias { scale: 0.02 },
+        AttnQ | AttnK | AttnV | AttnO | MlpGate | MlpUp | MlpDown | VisionPatchEmbed
+        | VisionQkv | VisionProj | VisionGate | VisionUp | VisionDown | MergerFc1 | MergerFc2
+        | Other => Law::Linear { gain: 1.0 },
+    }
+}
+
+/// Every tensor of the checkpoint `cfg` describes (the vision tower unless `vision` is off),
+/// sorted by name as the file stores them.
+fn specs(cfg: &ModelConfig, vision: bool, lm_gain: f32) -> Vec<Spec> {
+    let part = if vision { Part::Both } else { Part::Text };
+    let mut v: Vec<Spec> = expected(cfg, part)
+        .into_iter()
+        .map(|t| Spec {
+            law: law(t.role, lm_gain),
+            name: t.name,
+            shape: t.shape,
+            tower: t.tower,
         })
-    };
-    let lin = Law::Linear { gain: 1.0 };
-    let (h, kvd) = (d.hidden, d.kv_heads * (d.hidden / d.heads));
-    push(
-        "model.embed_tokens.weight".into(),
-        &[d.vocab, h],
-        Law::Embed,
-    );
-    push(
-        "lm_head.weight".into(),
-        &[d.vocab, h],
-        Law::Linear { gain: lm_gain },
-    );
-    push("model.norm.weight".into(), &[h], Law::Norm { center: 2.0 });
-    for l in 0..d.layers {
-        let p = format!("model.layers.{l}.");
-        push(
-            format!("{p}input_layernorm.weight"),
-            &[h],
-            Law::Norm { center: 1.0 },
-        );
-        push(
-            format!("{p}post_attention_layernorm.weight"),
-            &[h],
-            Law::Norm { center: 1.0 },
-        );
-        push(format!("{p}self_attn.q_proj.weight"), &[h, h], lin);
-        push(format!("{p}self_attn.k_proj.weight"), &[kvd, h], lin);
-        push(format!("{p}self_attn.v_proj.weight"), &[kvd, h], lin);
-        push(format!("{p}self_attn.o_proj.weight"), &[h, h], lin);
-        push(
-            format!("{p}self_attn.q_proj.bias"),
-            &[h],
-            Law::Bias { scale: 0.5 },
-        );
-        push(
-            format!("{p}self_attn.k_proj.bias"),
-            &[kvd],
-            Law::Bias { scale: 0.5 },
-        );
-        push(
-            format!("{p}self_attn.v_proj.bias"),
-            &[kvd],
-            Law::Bias { scale: 0.05 },
-        );
-        push(format!("{p}mlp.gate_proj.weight"), &[d.inter, h], lin);
-        push(format!("{p}mlp.up_proj.weight"), &[d.inter, h], lin);
-        push(format!("{p}mlp.down_proj.weight"), &[h, d.inter], lin);
-    }
-    if vision {
-        let (vh, vi) = (d.v_hidden, d.v_inter);
-        let small = Law::Bias { scale: 0.02 };
-        push(
-            "visual.patch_embed.proj.weight".into(),
-            &[vh, 3, 2, 14, 14],
-            lin,
-        );
-        for b in 0..d.v_depth {
-            let p = format!("visual.blocks.{b}.");
-            push(format!("{p}norm1.weight"), &[vh], Law::Norm { center: 1.0 });
-            push(format!("{p}norm2.weight"), &[vh], Law::Norm { center: 1.0 });
-            push(format!("{p}attn.qkv.weight"), &[3 * vh, vh], lin);
-            push(format!("{p}attn.qkv.bias"), &[3 * vh], small);
-            push(format!("{p}attn.proj.weight"), &[vh, vh], lin);
-            push(format!("{p}attn.proj.bias"), &[vh], small);
-            push(format!("{p}mlp.gate_proj.weight"), &[vi, vh], lin);
-            push(format!("{p}mlp.gate_proj.bias"), &[vi], small);
-            push(format!("{p}mlp.up_proj.weight"), &[vi, vh], lin);
-            push(format!("{p}mlp.up_proj.bias"), &[vi], small);
-            push(format!("{p}mlp.down_proj.weight"), &[vh, vi], lin);
-            push(format!("{p}mlp.down_proj.bias"), &[vh], small);
-        }
-        let m = 4 * vh;
-        push(
-            "visual.merger.ln_q.weight".into(),
-            &[vh],
-            Law::Norm { center: 1.0 },
-        );
-        push("visual.merger.mlp.0.weight".into(), &[m, m], lin);
-        push("visual.merger.mlp.0.bias".into(), &[m], small);
-        push("visual.merger.mlp.2.weight".into(), &[d.hidden, m], lin);
-        push("visual.merger.mlp.2.bias".into(), &[d.hidden], small);
-    }
+        .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
 }
@@ -304,7 +248,7 @@ fn column_scales(spec: &Spec, seed: u64, outliers: &[usize]) -> Vec<f32> {
                 c[j] *= 8.0;
             }
         }
-        Law::Linear { .. } if !spec.name.starts_with("visual.") => {
+        Law::Linear { .. } if spec.tower == Tower::Text => {
             for (j, c) in c.iter_mut().enumerate() {
                 if mix(seed ^ j as u64).is_multiple_of(256) {
                     *c *= 4.0;
@@ -427,6 +371,8 @@ fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("--out {}: cannot create", args.out.display()))?;
     write_config(&template, &d, &args.out)?;
+    // The tensors follow from the config just written, through reel's own reading of it.
+    let cfg = ModelConfig::from_file(&args.out.join("config.json"))?;
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -444,7 +390,7 @@ fn run(args: &Args) -> Result<()> {
     // Logit std ~ gain * rms(final norm ~2) * rms(row and column scales ~1.2): 1.6 gives about
     // 4 (measured 4-5 on `small`, with per-position entropies of 0.1-2.5 nats).
     let lm_gain = 1.6;
-    let specs = specs(&d, !args.no_vision, lm_gain);
+    let specs = specs(&cfg, !args.no_vision, lm_gain);
     // Residual-stream outlier channels: ~0.4% of the hidden dimensions, at least one.
     let n_out = (d.hidden / 256).max(1);
     let outliers: Vec<usize> = (0..n_out)

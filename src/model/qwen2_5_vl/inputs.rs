@@ -1,89 +1,15 @@
-//! From a conversation to model inputs: media files are decoded, sampled, resized and cut into
-//! patch rows exactly as qwen-vl-utils + the transformers processor do, the chat template is
-//! rendered, and each vision pad is expanded to the item's merged-token count.
+//! From a conversation to Qwen2.5-VL inputs: media files are decoded, sampled, resized and cut
+//! into patch rows exactly as qwen-vl-utils + the transformers processor do, the chat template
+//! is rendered, and each vision pad is expanded to the item's merged-token count.
 
+use super::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::media::{self, PatchParams, PixelRows, Preset};
-use crate::model::positions::{VisionKind as SpanKind, VisionSpan};
+use crate::media::{self, PatchParams};
+use crate::model::inputs::{MediaOptions, Prepared, VideoTime, VisionInput};
 use crate::model::Model;
 use crate::prompt::messages::{ContentItem, Message};
 use crate::prompt::{encode_prompt, expand_pads, PadIds, RenderOptions, VisionKind};
-use std::path::PathBuf;
 use std::time::Instant;
-
-/// How a video's temporal M-RoPE step is derived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VideoTime {
-    /// `s = temporal_patch_size / sample_fps`: what Video-R1's evaluation passes (fps=[sample_fps]).
-    Sampled,
-    /// `s = 1.0`: what its training saw (the processor's default fps 2.0).
-    Fixed,
-}
-
-#[derive(Clone, Debug)]
-pub struct MediaOptions {
-    /// qwen-vl-utils constants (defaults: Video-R1's evaluation settings).
-    pub preset: Preset,
-    pub video_time: VideoTime,
-}
-
-impl Default for MediaOptions {
-    /// Video-R1's evaluation settings: frames up to 256·28·28 pixels, fps 2, up to 32 frames;
-    /// images up to 256·28·28 pixels.
-    fn default() -> Self {
-        let mut preset = Preset::video_r1();
-        preset.video_max_pixels = 256.0 * 784.0;
-        preset.fps_max_frames = 32;
-        MediaOptions {
-            preset,
-            video_time: VideoTime::Sampled,
-        }
-    }
-}
-
-/// One image or video, ready for the vision tower.
-#[derive(Clone, Debug)]
-pub struct VisionInput {
-    pub kind: VisionKind,
-    pub path: PathBuf,
-    pub rows: PixelRows,
-    /// Seconds per temporal patch (0 for images).
-    pub second_per_grid_t: f32,
-    /// Frames sampled from a video (None for images).
-    pub frames_sampled: Option<usize>,
-    /// Frame size fed to the patcher (height, width).
-    pub size: (usize, usize),
-}
-
-impl VisionInput {
-    /// Tokens this item occupies in the prompt (t·h·w / merge²).
-    pub fn n_tokens(&self, merge: usize) -> usize {
-        let [t, h, w] = self.rows.grid_thw;
-        t * (h / merge) * (w / merge)
-    }
-
-    pub fn span(&self) -> VisionSpan {
-        VisionSpan {
-            kind: match self.kind {
-                VisionKind::Image => SpanKind::Image,
-                VisionKind::Video => SpanKind::Video,
-            },
-            grid_thw: self.rows.grid_thw,
-            second_per_grid_t: self.second_per_grid_t,
-        }
-    }
-}
-
-/// A tokenized prompt with its vision inputs in prompt order.
-#[derive(Clone, Debug)]
-pub struct Prepared {
-    pub prompt_tokens: Vec<u32>,
-    pub vision: Vec<VisionInput>,
-    /// Reading and decoding the files, frame sampling and resizing.
-    pub decode_s: f64,
-    /// Normalizing and patchifying, rendering and tokenizing the prompt.
-    pub preprocess_s: f64,
-}
 
 fn opt_f64(v: Option<u64>) -> Option<f64> {
     v.map(|x| x as f64)
@@ -103,6 +29,7 @@ fn patch_params(model: &Model) -> PatchParams {
 
 /// Loads every image and video of `messages` and tokenizes the conversation.
 pub fn prepare(
+    cfg: &ModelConfig,
     model: &Model,
     messages: &[Message],
     system: Option<&str>,
@@ -111,7 +38,12 @@ pub fn prepare(
     let mut decode_s = 0.0;
     let t0 = Instant::now();
     let params = patch_params(model);
-    let merge = model.config.vision.spatial_merge_size;
+    let merge = cfg.vision.spatial_merge_size;
+    // t·h·w / merge² tokens per item.
+    let tokens = |rows: &media::PixelRows| {
+        let [t, h, w] = rows.grid_thw;
+        t * (h / merge) * (w / merge)
+    };
     let mut vision = Vec::new();
     for msg in messages {
         for item in &msg.content {
@@ -134,6 +66,7 @@ pub fn prepare(
                     vision.push(VisionInput {
                         kind: VisionKind::Image,
                         path: im.path.clone(),
+                        tokens: tokens(&rows),
                         rows,
                         second_per_grid_t: 0.0,
                         frames_sampled: None,
@@ -174,6 +107,7 @@ pub fn prepare(
                     vision.push(VisionInput {
                         kind: VisionKind::Video,
                         path: v.path.clone(),
+                        tokens: tokens(&rows),
                         rows,
                         second_per_grid_t: s,
                         frames_sampled: Some(n),
@@ -190,11 +124,10 @@ pub fn prepare(
         &messages,
         &RenderOptions::default(),
     )?;
-    let counts: Vec<(VisionKind, usize)> =
-        vision.iter().map(|v| (v.kind, v.n_tokens(merge))).collect();
+    let counts: Vec<(VisionKind, usize)> = vision.iter().map(|v| (v.kind, v.tokens)).collect();
     let pads = PadIds {
-        image_pad: model.config.tokens.image_pad,
-        video_pad: model.config.tokens.video_pad,
+        image_pad: cfg.tokens.image_pad,
+        video_pad: cfg.tokens.video_pad,
     };
     let prompt_tokens = if counts.is_empty() {
         enc.ids
@@ -210,33 +143,4 @@ pub fn prepare(
         decode_s,
         preprocess_s: t0.elapsed().as_secs_f64() - decode_s,
     })
-}
-
-/// Decode + preprocess time of a 1-minute 720p 30 fps H.264 clip (generated in `dir` with the
-/// ffmpeg CLI) at the default (Video-R1 evaluation) settings, as a printable line.
-#[cfg(not(feature = "video"))]
-pub fn bench_media(dir: &std::path::Path) -> Result<String> {
-    Err(Error::media(
-        dir,
-        "this build has no video support (cargo feature `video` is off)",
-    ))
-}
-
-/// Decode + preprocess time of a 1-minute 720p 30 fps H.264 clip (generated in `dir` with the
-/// ffmpeg CLI) at the default (Video-R1 evaluation) settings, as a printable line.
-#[cfg(feature = "video")]
-pub fn bench_media(dir: &std::path::Path) -> Result<String> {
-    let t = media::bench::bench_720p_minute(dir, &MediaOptions::default().preset)?;
-    Ok(format!(
-        "media: 60 s 1280x720 30 fps H.264 ({} frames) -> {} sampled frames at {}x{} ({} patch rows): decode {:.3} s, resize {:.3} s, patchify {:.3} s, total {:.3} s",
-        t.frames_total,
-        t.frames_sampled,
-        t.resized_size.1,
-        t.resized_size.0,
-        t.rows,
-        t.probe_and_decode_s,
-        t.resize_s,
-        t.patchify_s,
-        t.total_s()
-    ))
 }

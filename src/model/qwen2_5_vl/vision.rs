@@ -9,13 +9,13 @@
 //!
 //! The host computes the index tables ([`VisionLayout`]); the graph only gathers rows.
 
+use super::config::VisionConfig;
 use crate::backend::{Backend, TRef};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, Graph, ValueId};
-use crate::model::config::{ModelConfig, VisionConfig};
-use crate::model::weights::VisionWeights;
-use crate::store::{TensorInfo, WeightStore};
-use crate::tensor::{DType, Shape, MAX_RANK};
+use crate::tensor::{DType, Shape};
+
+pub use super::weights::VisionWeightRefs;
 
 fn err(msg: impl Into<String>) -> Error {
     Error::Other(format!("vision: {}", msg.into()))
@@ -208,89 +208,6 @@ impl VisionLayout {
     }
 }
 
-/// Weights of one ViT block.
-#[derive(Clone, Copy, Debug)]
-pub struct VisionBlockWeights {
-    pub norm1: TRef,
-    pub qkv_w: TRef,
-    pub qkv_b: TRef,
-    pub proj_w: TRef,
-    pub proj_b: TRef,
-    pub norm2: TRef,
-    pub gate_w: TRef,
-    pub gate_b: TRef,
-    pub up_w: TRef,
-    pub up_b: TRef,
-    pub down_w: TRef,
-    pub down_b: TRef,
-}
-
-/// The vision tower's weights as backend tensors.
-#[derive(Clone, Debug)]
-pub struct VisionWeightRefs {
-    /// The Conv3d kernel `[hidden, C, T, P, P]` viewed as a `[hidden, C·T·P·P]` matrix (same bytes).
-    pub patch_embed: TRef,
-    pub blocks: Vec<VisionBlockWeights>,
-    pub ln_q: TRef,
-    pub merger_fc1_w: TRef,
-    pub merger_fc1_b: TRef,
-    pub merger_fc2_w: TRef,
-    pub merger_fc2_b: TRef,
-}
-
-impl VisionWeightRefs {
-    /// Makes the checked checkpoint tensors available to `be` (zero copy on the CPU backend,
-    /// one upload on a device).
-    pub fn upload(be: &mut dyn Backend, w: &VisionWeights) -> Result<VisionWeightRefs> {
-        let mut up = |t: &TensorInfo| -> Result<TRef> {
-            if t.shape.is_empty() || t.shape.len() > MAX_RANK {
-                return Err(Error::Checkpoint(format!(
-                    "{}: unsupported rank {}",
-                    t.name,
-                    t.shape.len()
-                )));
-            }
-            let buf = be.load_weight(t.bytes.clone())?;
-            Ok(TRef::new(buf, 0, t.dtype, Shape::new(&t.shape)))
-        };
-        let mut blocks = Vec::with_capacity(w.blocks.len());
-        for b in &w.blocks {
-            blocks.push(VisionBlockWeights {
-                norm1: up(&b.norm1)?,
-                qkv_w: up(&b.qkv)?,
-                qkv_b: up(&b.qkv_bias)?,
-                proj_w: up(&b.proj)?,
-                proj_b: up(&b.proj_bias)?,
-                norm2: up(&b.norm2)?,
-                gate_w: up(&b.gate)?,
-                gate_b: up(&b.gate_bias)?,
-                up_w: up(&b.up)?,
-                up_b: up(&b.up_bias)?,
-                down_w: up(&b.down)?,
-                down_b: up(&b.down_bias)?,
-            });
-        }
-        Ok(VisionWeightRefs {
-            patch_embed: up(&w.patch_embed)?,
-            blocks,
-            ln_q: up(&w.merger_ln)?,
-            merger_fc1_w: up(&w.merger_fc1)?,
-            merger_fc1_b: up(&w.merger_fc1_bias)?,
-            merger_fc2_w: up(&w.merger_fc2)?,
-            merger_fc2_b: up(&w.merger_fc2_bias)?,
-        })
-    }
-
-    /// Reads, checks ([`VisionWeights::load`]) and uploads the vision tower of a checkpoint.
-    pub fn load(
-        be: &mut dyn Backend,
-        store: &dyn WeightStore,
-        cfg: &ModelConfig,
-    ) -> Result<VisionWeightRefs> {
-        VisionWeightRefs::upload(be, &VisionWeights::load(store, cfg)?)
-    }
-}
-
 /// The value ids of a vision tower inside a graph: inputs to fill before each run, and the
 /// output `[N/merge², out_hidden]` in processor order.
 #[derive(Clone, Copy, Debug)]
@@ -326,6 +243,21 @@ pub fn build_vision_graph(
     cfg: &VisionConfig,
     layout: &VisionLayout,
     taps: bool,
+) -> Result<VisionGraph> {
+    build(g, w, cfg, layout, taps, None)
+}
+
+/// The tower; with `into`, the un-permuted merger output is written into that tensor (owned by
+/// the caller, `[N/merge², out_hidden]` in the activation type) instead of the arena, so it
+/// outlives the graph: `out[window_index[i]] = windowed[i]` is the same row copy as
+/// `out[i] = windowed[inverse_index[i]]`.
+fn build(
+    g: &mut Graph,
+    w: &VisionWeightRefs,
+    cfg: &VisionConfig,
+    layout: &VisionLayout,
+    taps: bool,
+    into: Option<TRef>,
 ) -> Result<VisionGraph> {
     let d = cfg.hidden_size;
     let heads = cfg.num_heads;
@@ -393,7 +325,7 @@ pub fn build_vision_graph(
             let nw = ext(g, b.norm1);
             g.rms_norm(x, nw, eps)
         };
-        let (qw, qb) = (ext(g, b.qkv_w), ext(g, b.qkv_b));
+        let (qw, qb) = (ext(g, b.qkv), ext(g, b.qkv_bias));
         let qkv = g.matmul(h, qw, Some(qb));
         let q = g.cols(qkv, 0, d);
         let k = g.cols(qkv, d, d);
@@ -405,15 +337,15 @@ pub fn build_vision_graph(
         let k = g.rope_vision(k, positions, cfg.rope_theta);
         let a = g.attention_varlen(q, k, v, cu, scale);
         let a = g.reshape(a, &[n, d]);
-        let (pw, pb) = (ext(g, b.proj_w), ext(g, b.proj_b));
+        let (pw, pb) = (ext(g, b.proj), ext(g, b.proj_bias));
         let a = g.matmul(a, pw, Some(pb));
         x = g.add(x, a);
 
         let nw = ext(g, b.norm2);
         let h = g.rms_norm(x, nw, eps);
-        let (gw, gb) = (ext(g, b.gate_w), ext(g, b.gate_b));
-        let (uw, ub) = (ext(g, b.up_w), ext(g, b.up_b));
-        let (dw, db) = (ext(g, b.down_w), ext(g, b.down_b));
+        let (gw, gb) = (ext(g, b.gate), ext(g, b.gate_bias));
+        let (uw, ub) = (ext(g, b.up), ext(g, b.up_bias));
+        let (dw, db) = (ext(g, b.down), ext(g, b.down_bias));
         let gate = g.matmul(h, gw, Some(gb));
         let up = g.matmul(h, uw, Some(ub));
         let s = g.swiglu(gate, up);
@@ -424,21 +356,37 @@ pub fn build_vision_graph(
         }
     }
 
-    let lnw = ext(g, w.ln_q);
+    let lnw = ext(g, w.merger_ln);
     let h = g.rms_norm(x, lnw, eps);
     let h = g.reshape(h, &[nu, unit * d]);
-    let (w1, b1) = (ext(g, w.merger_fc1_w), ext(g, w.merger_fc1_b));
-    let (w2, b2) = (ext(g, w.merger_fc2_w), ext(g, w.merger_fc2_b));
+    let (w1, b1) = (ext(g, w.merger_fc1), ext(g, w.merger_fc1_bias));
+    let (w2, b2) = (ext(g, w.merger_fc2), ext(g, w.merger_fc2_bias));
     let h = g.matmul(h, w1, Some(b1));
     let h = g.gelu(h);
     let h = g.matmul(h, w2, Some(b2));
     if taps {
         g.keep(h, "vision.merger_windowed");
     }
-    let out = g.gather_rows(h, inverse_index);
-    if taps {
-        g.keep(out, "vision.merger_out");
-    }
+    let out = match into {
+        Some(t) => {
+            if t.shape.dims() != [nu, cfg.out_hidden_size] || t.dtype != g.act {
+                return Err(err(format!(
+                    "output tensor {:?} {} does not hold [{nu}, {}] {}",
+                    t.shape, t.dtype, cfg.out_hidden_size, g.act
+                )));
+            }
+            let out = g.external(t);
+            g.scatter_rows(h, window_index, out);
+            out
+        }
+        None => {
+            let out = g.gather_rows(h, inverse_index);
+            if taps {
+                g.keep(out, "vision.merger_out");
+            }
+            out
+        }
+    };
     Ok(VisionGraph {
         pixels,
         positions,
@@ -564,7 +512,9 @@ pub fn run_vision(
     result
 }
 
-/// Runs the tower and returns only the merged embeddings `[N/merge², out_hidden]`.
+/// Runs the tower and leaves the merged embeddings `[N/merge², out_hidden]` (processor order,
+/// in `act`) in a buffer of their own on `be`, ready to be the prefill graph's external input;
+/// nothing crosses to the host. The caller frees the buffer.
 pub fn encode(
     be: &mut dyn Backend,
     weights: &VisionWeightRefs,
@@ -572,6 +522,72 @@ pub fn encode(
     pixel_rows: &[f32],
     grids: &[[usize; 3]],
     act: DType,
-) -> Result<Vec<f32>> {
-    Ok(run_vision(be, weights, cfg, pixel_rows, grids, act, false)?.embeds)
+) -> Result<TRef> {
+    if !matches!(act, DType::F32 | DType::BF16) {
+        return Err(err(format!("activation type {act} is not f32 or bf16")));
+    }
+    let layout = VisionLayout::new(cfg, grids)?;
+    let shape = Shape::new(&[layout.n_merged(), cfg.out_hidden_size]);
+    let buf = be.alloc(act.bytes_for(shape.numel()))?;
+    let out = TRef::new(buf, 0, act, shape);
+    let res = (|| {
+        let mut g = Graph::new(act);
+        let vg = build(&mut g, weights, cfg, &layout, false, Some(out))?;
+        let exec = Executor::new(be, g)?;
+        let ran = vg
+            .write_inputs(&exec, be, &layout, pixel_rows)
+            .and_then(|_| exec.run(be, None));
+        exec.free(be);
+        ran
+    })();
+    match res {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            be.free(buf);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::qwen2_5_vl::ModelConfig;
+    use crate::store::SafetensorsStore;
+
+    fn fixture() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model")
+    }
+
+    /// The device-resident output (scattered into its own buffer) holds exactly the bytes of
+    /// the graph's un-permuted merger output, in f32 and in bf16, for grids whose window
+    /// permutation is not an involution; the buffer outlives the graph's arena.
+    #[test]
+    fn encode_on_device_matches_the_graph_output_bit_for_bit() {
+        let cfg = ModelConfig::from_file(&fixture().join("config.json")).unwrap();
+        let store = SafetensorsStore::open_dir(&fixture()).unwrap();
+        let mut be = CpuBackend::new();
+        let w = VisionWeightRefs::load(&mut be, &store, &cfg).unwrap();
+        let v = &cfg.vision;
+        let grids = [[2, 4, 12], [1, 10, 6]];
+        let row = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
+        let pixels: Vec<f32> = (0..n_patches(&grids) * row)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 400.0)
+            .collect();
+        for act in [DType::F32, DType::BF16] {
+            let want = run_vision(&mut be, &w, v, &pixels, &grids, act, false).unwrap();
+            let t = encode(&mut be, &w, v, &pixels, &grids, act).unwrap();
+            assert_eq!(t.dtype, act);
+            assert_eq!(t.shape.dims(), [want.n_tokens, v.out_hidden_size]);
+            let mut got = vec![0u8; t.span_bytes()];
+            be.read(t.buf, t.offset, &mut got).unwrap();
+            // The graph's output converted back from f32 is exact (bf16 widens losslessly).
+            assert!(got == act_bytes(&want.embeds, act).unwrap(), "{act}");
+            be.free(t.buf);
+        }
+        // A bad pixel count is an error.
+        let e = encode(&mut be, &w, v, &pixels[1..], &grids, DType::F32).unwrap_err();
+        assert!(e.to_string().contains("pixel values"), "{e}");
+    }
 }

@@ -9,12 +9,9 @@
 //! `<|vision_start|>` and `<|vision_end|>` are ordinary text.
 
 use crate::error::{Error, Result};
+use crate::model::inputs::VisionInput;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VisionKind {
-    Image,
-    Video,
-}
+pub use crate::prompt::VisionKind;
 
 /// One image or video of the prompt, in order of appearance.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,6 +30,18 @@ impl VisionSpan {
         let [t, h, w] = self.grid_thw;
         t * (h / merge.max(1)) * (w / merge.max(1))
     }
+}
+
+/// The spans of preprocessed media, in prompt order.
+pub fn spans(media: &[VisionInput]) -> Vec<VisionSpan> {
+    media
+        .iter()
+        .map(|v| VisionSpan {
+            kind: v.kind,
+            grid_thw: v.rows.grid_thw,
+            second_per_grid_t: v.second_per_grid_t,
+        })
+        .collect()
 }
 
 fn prompt_err(msg: String) -> Error {
