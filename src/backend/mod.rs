@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod host;
 pub mod sample;
 
 pub use sample::{sample_hash, sample_on_host, uniform_to_u32, SampleArgs};

@@ -4,9 +4,8 @@
 //! the host implementation of `Backend::sample` ([`sample_on_host`]) and the one host argmax.
 
 use super::check::{self, SampleDims};
-use super::{Backend, TRef};
+use super::{host, Backend, TRef};
 use crate::error::Result;
-use crate::tensor::DType;
 
 /// Index of the largest value, the lowest index on ties (as torch.argmax); `Err(i)` when
 /// `x[i]` is the first NaN. An empty slice gives `Ok(0)`.
@@ -116,7 +115,7 @@ pub fn sample_hash(seed: u64, step: u32) -> u32 {
     (z >> 32) as u32
 }
 
-/// `Backend::sample` on the host: reads the logits and arguments, samples with the reference,
+/// `Backend::sample` on the host: reads the logits and arguments, samples with [`sample_row`],
 /// writes the ids.
 pub fn sample_on_host<B: Backend + ?Sized>(
     be: &mut B,
@@ -124,32 +123,12 @@ pub fn sample_on_host<B: Backend + ?Sized>(
     args: TRef,
     out: TRef,
 ) -> Result<()> {
-    let SampleDims {
-        rows,
-        vocab: cols,
-        stride,
-    } = check::sample(&logits, &args, &out)?;
-    let mut w = [0u8; SampleArgs::WORDS * 4];
-    be.read(args.buf, args.offset, &mut w)?;
-    let words: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| {
-        i32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]])
-    });
-    let esz = logits.dtype.bytes_for(1);
-    let mut raw = vec![0u8; cols * esz];
-    let mut ids = Vec::with_capacity(rows);
-    for r in 0..rows {
-        be.read(logits.buf, logits.offset + r * stride * esz, &mut raw)?;
-        let row: Vec<f32> = raw
-            .chunks_exact(esz)
-            .map(|c| match logits.dtype {
-                DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                _ => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-            })
-            .collect();
-        ids.push(sample_row(&row, &words));
-    }
-    be.write(out.buf, out.offset, bytemuck::cast_slice(&ids))
+    let SampleDims { vocab, .. } = check::sample(&logits, &args, &out)?;
+    let words = host::read_i32(be, &args)?;
+    let words: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| words[i]);
+    let x = host::read_f32(be, &logits)?;
+    let ids: Vec<i32> = x.chunks(vocab).map(|row| sample_row(row, &words)).collect();
+    host::write_i32(be, &out, &ids)
 }
 
 // The definition every backend reproduces bit for bit (kernels/sampling.cu):

@@ -235,7 +235,7 @@ impl CudaBackend {
         need(k.dtype == v.dtype, || {
             format!("attention_varlen: k is {} but v is {}", k.dtype, v.dtype)
         })?;
-        need(d <= ATTN_DMAX, || {
+        need(d > 0 && d <= ATTN_DMAX, || {
             format!("attention_varlen: head_dim {d} must be in 1..={ATTN_DMAX}")
         })?;
         need(h <= 65535 && segs <= 65535, || {
