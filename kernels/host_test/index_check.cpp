@@ -8,18 +8,7 @@
 #include <cmath>
 #include <vector>
 #include "../index_math.h"
-
-static int fails = 0;
-#define CHECK(cond, ...)                      \
-    do {                                      \
-        if (!(cond)) {                        \
-            if (fails < 10) {                 \
-                std::printf("FAIL: " __VA_ARGS__); \
-                std::printf("\n");            \
-            }                                 \
-            ++fails;                          \
-        }                                     \
-    } while (0)
+#include "check.h"
 
 // ---- host model of attention_mma.cu's CTA loop ----
 // Replays fa_cta for one CTA lane by lane with the same index functions: ldmatrix (plain and

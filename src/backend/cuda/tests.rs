@@ -545,6 +545,31 @@ mod device {
         TRef::new(b, 0, DType::BF16, Shape::new(dims))
     }
 
+    fn upload_f32(be: &mut dyn Backend, v: &[f32], dims: &[usize]) -> TRef {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let b = be.alloc(bytes.len()).unwrap();
+        be.write(b, 0, &bytes).unwrap();
+        TRef::new(b, 0, DType::F32, Shape::new(dims))
+    }
+
+    /// `x[m, k] @ w[n, k]^T (+ bias)` in f64.
+    fn matmul_ref(
+        x: &[f64],
+        w: &[f64],
+        bias: Option<&[f64]>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f64> {
+        (0..m * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                let dot: f64 = (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum();
+                dot + bias.map_or(0.0, |b| b[c])
+            })
+            .collect()
+    }
+
     fn upload_i32(be: &mut dyn Backend, v: &[i32]) -> TRef {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let b = be.alloc(bytes.len().max(4)).unwrap();
@@ -618,13 +643,7 @@ mod device {
             let out = poisoned(be, DType::BF16, &[m, n]);
             be.matmul(xt, wt, Some(bt), out).unwrap();
             let got = read_bf16(be, &out);
-            let (xf, wf, bf) = (f(&x), f(&w), f(&bias));
-            let reference: Vec<f64> = (0..m * n)
-                .map(|i| {
-                    let (r, c) = (i / n, i % n);
-                    (0..k).map(|j| xf[r * k + j] * wf[c * k + j]).sum::<f64>() + bf[c]
-                })
-                .collect();
+            let reference = matmul_ref(&f(&x), &f(&w), Some(&f(&bias)), m, n, k);
             let e = rel_err(&got, &reference);
             assert!(e < 8e-3, "matmul {m}x{n}x{k}: rel err {e}");
         }
@@ -639,21 +658,13 @@ mod device {
         let (m, n, k) = (20, 33, 48);
         let x: Vec<f32> = (0..m * k).map(|_| rng.next()).collect();
         let w = rng.bf16s(n * k);
-        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let xb = be.alloc(bytes.len()).unwrap();
-        be.write(xb, 0, &bytes).unwrap();
-        let xt = TRef::new(xb, 0, DType::F32, Shape::new(&[m, k]));
+        let xt = upload_f32(be, &x, &[m, k]);
         let wt = upload_bf16(be, &w, &[n, k]);
         let out = poisoned(be, DType::BF16, &[m, n]);
         be.matmul(xt, wt, None, out).unwrap();
         let got = read_bf16(be, &out);
-        let reference: Vec<f64> = (0..m * n)
-            .map(|i| {
-                (0..k)
-                    .map(|j| x[(i / n) * k + j] as f64 * w[(i % n) * k + j].to_f64())
-                    .sum()
-            })
-            .collect();
+        let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let reference = matmul_ref(&xf, &f(&w), None, m, n, k);
         let e = rel_err(&got, &reference);
         assert!(e < 8e-3, "f32 matmul rel err {e}");
     }
@@ -998,10 +1009,7 @@ mod device {
                     let xv: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
                     upload_bf16(be, &xv, &[m, k])
                 } else {
-                    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    let b = be.alloc(bytes.len()).unwrap();
-                    be.write(b, 0, &bytes).unwrap();
-                    TRef::new(b, 0, DType::F32, Shape::new(&[m, k]))
+                    upload_f32(be, &x, &[m, k])
                 };
                 let out = poisoned(be, DType::F32, &[m, n]);
                 be.matmul(xt, wt, Some(bt), out).unwrap();
@@ -1011,15 +1019,8 @@ mod device {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                let reference: Vec<f64> = (0..m * n)
-                    .map(|i| {
-                        let (r, c) = (i / n, i % n);
-                        (0..k)
-                            .map(|j| x[r * k + j] as f64 * wq[c * k + j] as f64)
-                            .sum::<f64>()
-                            + bias[c].to_f64()
-                    })
-                    .collect();
+                let as64 = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<_>>();
+                let reference = matmul_ref(&as64(&x), &as64(&wq), Some(&f(&bias)), m, n, k);
                 let e = rel_err(&got, &reference);
                 let gemm = m > 8 && xb;
                 let bound = if gemm { 4e-3 } else { 1e-5 };
