@@ -217,7 +217,9 @@ pub enum PendingToken {
 }
 
 /// The backend interface. Each op method validates its operands against the op's contract
-/// ([`check`]) and returns an error rather than panicking.
+/// ([`check`]) and returns an error rather than panicking. An op method may have a default
+/// body that runs the op's reference on the host ([`host`], as `sample` does), which every
+/// backend inherits until it implements the op itself.
 pub trait Backend: Send {
     /// Human-readable name, e.g. `cpu (8 threads, avx2)` or `cuda:0 NVIDIA H100`.
     fn name(&self) -> String;
