@@ -1,6 +1,6 @@
 //! Compiles `kernels/*.cu` into fatbins embedded in the binary, and generates the Rust side of
 //! the kernel parameter structs (`kernels/params.h`) with bindgen so host and device agree on
-//! layouts by construction.
+//! layouts by construction (each one launchable: `DeviceRepr`).
 //!
 //! nvcc is looked up in `$NVCC`, `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, `PATH`, then the setup venv
 //! (`$CUDA_PIP_VENV`, default `.venv-cuda`). Without nvcc the build succeeds with no kernels and a
@@ -180,7 +180,23 @@ fn bind_params(kdir: &Path, out_dir: &Path) {
         .layout_tests(false)
         .generate()
         .expect("bindgen failed on kernels/params.h");
-    bindings.write_to_file(out_dir.join("params.rs")).unwrap();
+    // Every struct may be a launch's by-value argument: plain C data, so DeviceRepr holds.
+    let mut code = bindings.to_string();
+    let structs: Vec<String> = code
+        .split("pub struct ")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next()
+        })
+        .map(str::to_string)
+        .collect();
+    for name in structs {
+        code.push_str(&format!(
+            "unsafe impl cudarc::driver::DeviceRepr for {name} {{}}\n"
+        ));
+    }
+    std::fs::write(out_dir.join("params.rs"), code).unwrap();
 }
 
 fn find_nvcc(manifest: &Path) -> Option<PathBuf> {

@@ -1,16 +1,16 @@
 // Attention on CUDA cores (correct first; an mma.sync version is the next step): any float
 // q/k/v/out types (bf16 with 16-byte staging loads, f32/f16 with scalar ones), K/V tiles and
 // all math in f32, online softmax in the log2 domain (scores pre-scaled by scale * log2 e).
-//  - attn_paged_*: causal GQA attention of q [T, Hq, d] (the last T positions of sequence 0)
+//  - attention_paged_*: causal GQA attention of q [T, Hq, d] (the last T positions of sequence 0)
 //    over the paged pool, bottom-right causal mask. A CTA owns BM rows r = t * G + g of one KV
 //    head (G = Hq / Hkv), so K/V tiles staged in smem serve all heads of the group: decode
 //    (T = 1, G = 7) is one CTA per (KV head, split) with rows 0..6 live and row 7 padding.
 //    Decode splits the KV range into REEL_DECODE_SPLITS fixed chunks (ceil(kv_len / S), read
 //    at run time from the page table, so a captured graph stays valid as the sequence grows);
-//    each split writes normalized fp32 (o, lse2) and attn_merge combines them.
-//  - attn_varlen: non-causal attention inside segments [cu[s], cu[s+1]) (ViT windows and
+//    each split writes normalized fp32 (o, lse2) and attention_merge combines them.
+//  - attention_varlen: non-causal attention inside segments [cu[s], cu[s+1]) (ViT windows and
 //    frames), grid (q tiles, segment, head).
-//  - attn_merge: o = sum_s w_s o_s / sum_s w_s, w_s = exp2(lse_s - max lse).
+//  - attention_merge: o = sum_s w_s o_s / sum_s w_s, w_s = exp2(lse_s - max lse).
 //  - kv_append: scatter new k/v rows into their page slots.
 // Shapes: head_dim <= 128 (128 for the LLM, 80 for the ViT).
 // CPU twins: src/backend/cpu (attention_paged, attention_varlen, kv_append).
@@ -56,7 +56,7 @@ struct DenseSrc {
 // The shared flash loop. Keys [kb, ke) in tiles of 32; lane = key for Q.K, lane = dim for
 // P.V (lane owns dims lane + 32 i). Each warp owns RPW rows; rows[] are this warp's rows.
 template <int RPW, typename Src>
-__device__ __forceinline__ void flash_loop(const ReelAttnParams& p, const Src& src, int kb, int ke,
+__device__ __forceinline__ void flash_loop(const ReelAttentionParams& p, const Src& src, int kb, int ke,
                                            const RowInfo (&rows)[RPW], int split) {
     __shared__ float q_s[NWARPS * RPW][DMAX];
     __shared__ float k_s[TILE][KW];
@@ -183,7 +183,7 @@ __device__ __forceinline__ void flash_loop(const ReelAttnParams& p, const Src& s
 
 // grid = (ceil(T * G / BM), Hkv, splits); block = 128.
 template <int RPW>
-__device__ __forceinline__ void attn_paged_impl(const ReelAttnParams& p) {
+__device__ __forceinline__ void attention_paged_impl(const ReelAttentionParams& p) {
     const int BMR = NWARPS * RPW;
     const int warp = threadIdx.x / 32;
     const int kvh = blockIdx.y, split = blockIdx.z;
@@ -197,33 +197,33 @@ __device__ __forceinline__ void attn_paged_impl(const ReelAttnParams& p) {
     // The CTA's last live row bounds the keys any of its rows can see.
     const int r0 = blockIdx.x * BMR;
     const int rlast = min(r0 + BMR, R) - 1;
-    ke = min(ke, attn_causal_end(kv_len, T, attn_row_token(rlast, G)));
+    ke = min(ke, attention_causal_end(kv_len, T, attention_row_token(rlast, G)));
 
     RowInfo rows[RPW];
 #pragma unroll
     for (int rr = 0; rr < RPW; ++rr) {
         const int r = r0 + warp * RPW + rr;
-        const int t = attn_row_token(r, G), qh = attn_row_qhead(r, G, kvh);
+        const int t = attention_row_token(r, G), qh = attention_row_qhead(r, G, kvh);
         rows[rr].valid = r < R;
         rows[rr].q_off = (int64_t)t * p.q_stride + (int64_t)qh * p.head_dim;
         rows[rr].o_off = (int64_t)t * p.out_stride + (int64_t)qh * p.head_dim;
         rows[rr].part = (int64_t)t * p.q_heads + qh;
-        rows[rr].kend = attn_causal_end(kv_len, T, t);
+        rows[rr].kend = attention_causal_end(kv_len, T, t);
     }
     PagedSrc src{p.kv.pool, reinterpret_cast<const int*>(p.kv.indices) + pbeg,
                  p.kv.n_pages, p.kv.page_size, p.kv.kv_heads, p.kv.head_dim, p.kv.layer, kvh};
     flash_loop<RPW>(p, src, kb, max(ke, kb), rows, split);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_paged_decode(ReelAttnParams p) {
-    attn_paged_impl<2>(p);
+extern "C" __global__ void __launch_bounds__(128) attention_paged_decode(ReelAttentionParams p) {
+    attention_paged_impl<2>(p);
 }
-extern "C" __global__ void __launch_bounds__(128, 1) attn_paged_prefill(ReelAttnParams p) {
-    attn_paged_impl<4>(p);
+extern "C" __global__ void __launch_bounds__(128, 1) attention_paged_prefill(ReelAttentionParams p) {
+    attention_paged_impl<4>(p);
 }
 
 // grid = (ceil(max_seqlen / 16), segments, heads); block = 128.
-extern "C" __global__ void __launch_bounds__(128, 1) attn_varlen(ReelAttnParams p) {
+extern "C" __global__ void __launch_bounds__(128, 1) attention_varlen(ReelAttentionParams p) {
     const int RPW = 4, BMR = NWARPS * RPW;
     const int warp = threadIdx.x / 32;
     const int seg = blockIdx.y, head = blockIdx.z;
@@ -246,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) attn_varlen(ReelAttnParams 
 }
 
 // grid = T * Hq rows; block = 128. Partials are [splits][T * Hq][d] and [splits][T * Hq].
-extern "C" __global__ void __launch_bounds__(128) attn_merge(ReelAttnMergeParams p) {
+extern "C" __global__ void __launch_bounds__(128) attention_merge(ReelAttentionMergeParams p) {
     const int row = blockIdx.x;
     if (row >= p.rows) return;
     const float* lse = reinterpret_cast<const float*>(p.part_lse);

@@ -1,9 +1,9 @@
 // Flash attention on tensor cores (bf16 q/k/v/out, f32 accumulation and softmax), sm_80+:
-//  - attn_paged_prefill_mma: causal GQA prefill of q [T, Hq, 128] (the last T positions of
+//  - attention_paged_prefill_mma: causal GQA prefill of q [T, Hq, 128] (the last T positions of
 //    sequence 0) over the paged pool, bottom-right mask. A CTA owns 64 rows r = t * G + g of
-//    one KV head (G = Hq / Hkv, as attn_paged_* in attention.cu), so each K/V tile staged in
+//    one KV head (G = Hq / Hkv, as attention_paged_* in attention.cu), so each K/V tile staged in
 //    smem serves the whole group; heavy (late) row tiles are scheduled first.
-//  - attn_varlen_mma: non-causal attention inside segments [cu[s], cu[s+1]) of q, k, v
+//  - attention_varlen_mma: non-causal attention inside segments [cu[s], cu[s+1]) of q, k, v
 //    [N, H, 80] (ViT windows and full-attention slices), grid (q tiles, segment, head).
 // The f32/f16 paths and other head dims stay on the CUDA-core kernels in attention.cu.
 //
@@ -125,12 +125,12 @@ struct FaPagedRows {
     __device__ __forceinline__ bool valid(int i) const { return r0 + i < rows; }
     __device__ __forceinline__ int64_t off(int i, int64_t stride) const {
         const int r = min(r0 + i, rows - 1);
-        return (int64_t)attn_row_token(r, group) * stride +
-               (int64_t)attn_row_qhead(r, group, kv_head) * (REEL_FA_PAGED_D);
+        return (int64_t)attention_row_token(r, group) * stride +
+               (int64_t)attention_row_qhead(r, group, kv_head) * (REEL_FA_PAGED_D);
     }
     // Rows past the end take the last row's bound, so they stay finite and unmasked enough.
     __device__ __forceinline__ int kend(int i) const {
-        return attn_causal_end(kv_len, tokens, attn_row_token(min(r0 + i, rows - 1), group));
+        return attention_causal_end(kv_len, tokens, attention_row_token(min(r0 + i, rows - 1), group));
     }
 };
 
@@ -148,7 +148,7 @@ struct FaSegRows {
 // The flash loop for one CTA: keys [kb, kend_max) in tiles of BN; row i sees keys < kend(i);
 // kend_min is the smallest bound over the CTA's rows.
 template <int D, typename Keys, typename Rows>
-__device__ __forceinline__ void fa_cta(const ReelAttnParams& p, const Keys& keys, const Rows& rows,
+__device__ __forceinline__ void fa_cta(const ReelAttentionParams& p, const Keys& keys, const Rows& rows,
                                        int kb, int kend_min, int kend_max) {
     constexpr int LDS = D + REEL_FA_PAD;
     constexpr int CH = D / 8;  // 16-byte chunks per row
@@ -326,7 +326,7 @@ __device__ __forceinline__ void fa_cta(const ReelAttnParams& p, const Keys& keys
 // grid = (Hkv, ceil(T * G / 64)); block = 128; dyn smem = (64 + 4 * 64) * 136 * 2 B.
 // x (fastest in launch order) is the KV head, so the heavy-first order of the row tiles holds
 // across all heads: the last wave is the light (early-token) tiles of every head.
-extern "C" __global__ void __launch_bounds__(NT, 2) attn_paged_prefill_mma(ReelAttnParams p) {
+extern "C" __global__ void __launch_bounds__(NT, 2) attention_paged_prefill_mma(ReelAttentionParams p) {
     const int kvh = blockIdx.x;
     const int G = p.q_heads / p.kv_heads, T = p.tokens, R = T * G;
     const int* indptr = reinterpret_cast<const int*>(p.kv.indptr);
@@ -343,7 +343,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) attn_paged_prefill_mma(ReelA
 }
 
 // grid = (ceil(max_seqlen / 64), segments, heads); block = 128; dyn smem = 320 * 88 * 2 B.
-extern "C" __global__ void __launch_bounds__(NT, 2) attn_varlen_mma(ReelAttnParams p) {
+extern "C" __global__ void __launch_bounds__(NT, 2) attention_varlen_mma(ReelAttentionParams p) {
     const int seg = blockIdx.y, head = blockIdx.z;
     const int* cu = reinterpret_cast<const int*>(p.cu_seqlens);
     const int cb = cu[seg], ce = cu[seg + 1];

@@ -20,6 +20,19 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// The warp totals of R per-lane partial sums (one per row of x in the GEMVs); lane m < R gets
+// row m's. Selects rather than indexing acc[lane]: a run-time index would go to local memory.
+template <int R>
+__device__ __forceinline__ float warp_sum_rows(const float (&acc)[R], int lane) {
+    float mine = 0.0f;
+#pragma unroll
+    for (int m = 0; m < R; ++m) {
+        const float s = warp_sum(acc[m]);
+        if (lane == m) mine = s;
+    }
+    return mine;
+}
+
 // Block-wide sum; every thread gets the result. `scratch` holds one float per warp.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
     const int lane = threadIdx.x % REEL_WARP, warp = threadIdx.x / REEL_WARP;

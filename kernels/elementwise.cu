@@ -57,14 +57,15 @@ extern "C" __global__ void embedding(ReelEmbeddingParams p) {
     }
 }
 
+// gather_rows (dst row i <- src row idx[i]) and scatter_rows (dst row idx[i] <- src row i):
 // grid = n_idx; one block copies one row in units of U bytes (the launcher picks the widest
 // unit that divides the row length, both strides and both base addresses).
-template <typename U>
-__device__ __forceinline__ void copy_rows_impl(const ReelCopyRowsParams& p) {
+template <typename U, bool SCATTER>
+__device__ __forceinline__ void index_rows(const ReelRowsParams& p) {
     const int i = blockIdx.x;
     if (i >= p.n_idx) return;
     const int64_t j = reinterpret_cast<const int*>(p.idx)[i];
-    const int64_t sr = p.scatter ? i : j, dr = p.scatter ? j : i;
+    const int64_t sr = SCATTER ? i : j, dr = SCATTER ? j : i;
     if (sr < 0 || sr >= p.src_rows || dr < 0 || dr >= p.dst_rows) return;
     const U* s = reinterpret_cast<const U*>(p.src + sr * p.src_stride_bytes);
     U* d = reinterpret_cast<U*>(p.dst + dr * p.dst_stride_bytes);
@@ -72,6 +73,9 @@ __device__ __forceinline__ void copy_rows_impl(const ReelCopyRowsParams& p) {
     for (int64_t c = threadIdx.x; c < n; c += blockDim.x) d[c] = s[c];
 }
 
-extern "C" __global__ void copy_rows_16(ReelCopyRowsParams p) { copy_rows_impl<uint4>(p); }
-extern "C" __global__ void copy_rows_4(ReelCopyRowsParams p) { copy_rows_impl<uint32_t>(p); }
-extern "C" __global__ void copy_rows_1(ReelCopyRowsParams p) { copy_rows_impl<uint8_t>(p); }
+extern "C" __global__ void gather_rows_16(ReelRowsParams p) { index_rows<uint4, false>(p); }
+extern "C" __global__ void gather_rows_4(ReelRowsParams p) { index_rows<uint32_t, false>(p); }
+extern "C" __global__ void gather_rows_1(ReelRowsParams p) { index_rows<uint8_t, false>(p); }
+extern "C" __global__ void scatter_rows_16(ReelRowsParams p) { index_rows<uint4, true>(p); }
+extern "C" __global__ void scatter_rows_4(ReelRowsParams p) { index_rows<uint32_t, true>(p); }
+extern "C" __global__ void scatter_rows_1(ReelRowsParams p) { index_rows<uint8_t, true>(p); }

@@ -58,12 +58,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_v16(ReelMatmulParams
             }
         }
     }
-    float mine = 0.0f;
-#pragma unroll
-    for (int m = 0; m < GEMV_ROWS; ++m) {
-        const float s = warp_sum(acc[m]);
-        if (lane == m) mine = s;  // select, not acc[lane]: a run-time index would go to local memory
-    }
+    const float mine = warp_sum_rows(acc, lane);
     if (lane < mc) gemv_store(p, m0 + lane, n, mine);
 }
 
@@ -85,11 +80,6 @@ extern "C" __global__ void __launch_bounds__(256) gemv_scalar(ReelMatmulParams p
         for (int m = 0; m < GEMV_ROWS; ++m)
             if (m < mc) acc[m] = fmaf(wk, load_f(p.x, xo + (int64_t)m * p.x_stride + k, p.x_dt), acc[m]);
     }
-    float mine = 0.0f;
-#pragma unroll
-    for (int m = 0; m < GEMV_ROWS; ++m) {
-        const float s = warp_sum(acc[m]);
-        if (lane == m) mine = s;
-    }
+    const float mine = warp_sum_rows(acc, lane);
     if (lane < mc) gemv_store(p, m0 + lane, n, mine);
 }

@@ -48,9 +48,9 @@ REEL_HD void split_range(int kv_len, int splits, int s, int* beg, int* end) {
 // A paged-attention CTA owns rows r = t * group + g of one KV head: token t, q head
 // kv_head * group + g. Query token t sits at position kv_len - T + t (bottom-right causal), so
 // it sees keys [0, kv_len - T + t].
-REEL_HD int attn_row_token(int r, int group) { return r / group; }
-REEL_HD int attn_row_qhead(int r, int group, int kv_head) { return kv_head * group + r % group; }
-REEL_HD int attn_causal_end(int kv_len, int tokens, int t) { return kv_len - tokens + t + 1; }
+REEL_HD int attention_row_token(int r, int group) { return r / group; }
+REEL_HD int attention_row_qhead(int r, int group, int kv_head) { return kv_head * group + r % group; }
+REEL_HD int attention_causal_end(int kv_len, int tokens, int t) { return kv_len - tokens + t + 1; }
 
 // ---- mma.sync.m16n8k16 (bf16 in, f32 accumulate) fragment maps, from the PTX ISA ----
 // g = lane / 4, c = lane % 4.

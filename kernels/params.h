@@ -16,7 +16,8 @@
 #define REEL_ATTN_TILE 32
 #define REEL_DECODE_SPLITS 64
 
-// GEMM tile geometry (gemm.cu; warps are 2 (m) x 4 (n), each 64 x 32).
+// GEMM tile geometry (mma.cuh's gemm_block, for gemm.cu and quant.cu; warps are 2 (m) x 4 (n),
+// each 64 x 32).
 #define REEL_GEMM_BM 128
 #define REEL_GEMM_BN 128
 #define REEL_GEMM_BK 32
@@ -45,15 +46,17 @@ typedef struct ReelRmsNormParams {
     int32_t pad_;
 } ReelRmsNormParams;
 
-// M-RoPE on x [T, H, d]; pos [3, T] int32 (row stride pos_stride); sections in frequency pairs.
-typedef struct ReelMropeParams {
+// Rotary embeddings on x [T, H, d] (rows x_stride / out_stride apart): rope_mrope with pos
+// [3, T] int32 and sections in frequency pairs; rope_vision with pos [T, 2] int32 (row, col).
+// pos rows are pos_stride apart.
+typedef struct ReelRopeParams {
     uint64_t x;
     uint64_t pos;
     uint64_t out;
     int32_t tokens;
     int32_t heads;
     int32_t head_dim;
-    int32_t sec_t;
+    int32_t sec_t;  // rope_mrope only
     int32_t sec_h;
     int32_t sec_w;
     int64_t x_stride;
@@ -62,23 +65,7 @@ typedef struct ReelMropeParams {
     float theta;
     int32_t x_dt;
     int32_t out_dt;
-} ReelMropeParams;
-
-// Vision 2-D RoPE on x [N, H, d]; pos [N, 2] int32 (row, col), row stride pos_stride.
-typedef struct ReelRopeVisionParams {
-    uint64_t x;
-    uint64_t pos;
-    uint64_t out;
-    int32_t tokens;
-    int32_t heads;
-    int32_t head_dim;
-    int32_t x_dt;
-    int64_t x_stride;
-    int64_t out_stride;
-    int64_t pos_stride;
-    float theta;
-    int32_t out_dt;
-} ReelRopeVisionParams;
+} ReelRopeParams;
 
 // Elementwise ops over [rows, cols] views (add, swiglu, gelu, cast). b unused by unary ops.
 typedef struct ReelEltParams {
@@ -111,23 +98,24 @@ typedef struct ReelEmbeddingParams {
     int32_t pad_;
 } ReelEmbeddingParams;
 
-// Row copies through an index: gather (dst row i <- src row idx[i]) or scatter
-// (dst row idx[i] <- src row i). Strides and row length in bytes; indices out of range skip.
-typedef struct ReelCopyRowsParams {
+// Row copies through an index (gather_rows_*: dst row i <- src row idx[i]; scatter_rows_*:
+// dst row idx[i] <- src row i). Strides and row length in bytes; indices out of range skip.
+typedef struct ReelRowsParams {
     uint64_t src;
     uint64_t idx;
     uint64_t dst;
     int32_t n_idx;
-    int32_t scatter;
+    int32_t pad_;
     int64_t row_bytes;
     int64_t src_stride_bytes;
     int64_t dst_stride_bytes;
     int64_t src_rows;
     int64_t dst_rows;
-} ReelCopyRowsParams;
+} ReelRowsParams;
 
-// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), f32 accumulation. The 16-byte GEMV and the
-// GEMM take bf16 x and w; the scalar GEMV takes any float types (x_dt, w_dt).
+// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), f32 accumulation, rounded once: every matmul
+// kernel (gemv.cu, gemm.cu, quant.cu). The 16-byte GEMV and the GEMM take bf16 x and w; the
+// scalar GEMV takes any float types (x_dt, w_dt); the quantized kernels take a REEL_QT_* weight.
 typedef struct ReelMatmulParams {
     uint64_t x;
     uint64_t w;
@@ -136,13 +124,13 @@ typedef struct ReelMatmulParams {
     int32_t M;
     int32_t N;
     int32_t K;
-    int32_t bias_dt;  // REEL_DT_NONE, REEL_DT_BF16 or REEL_DT_F32
+    int32_t bias_dt;  // REEL_DT_NONE, REEL_DT_BF16, REEL_DT_F16 or REEL_DT_F32
     int64_t x_stride;
-    int64_t w_stride;
+    int64_t w_stride;  // float w: elements between rows; quantized w: bytes (rows are contiguous)
     int64_t out_stride;
     int32_t out_dt;   // REEL_DT_BF16 or REEL_DT_F32
-    int32_t x_dt;
-    int32_t w_dt;
+    int32_t x_dt;     // qgemv_*_f32 kernels: REEL_DT_F32 or REEL_DT_F16
+    int32_t w_dt;     // REEL_DT_* (float w) or REEL_QT_* (quantized w)
     int32_t pad_;
 } ReelMatmulParams;
 
@@ -189,7 +177,7 @@ typedef struct ReelKvAppendParams {
 // Varlen: q, k, v [N, H, d], non-causal inside segments [cu[s], cu[s+1]).
 // With splits > 1 each split writes normalized fp32 partials (o, lse2) that the merge kernel
 // combines; with splits == 1 the kernel writes out directly.
-typedef struct ReelAttnParams {
+typedef struct ReelAttentionParams {
     uint64_t q;
     uint64_t k;           // varlen only
     uint64_t v;           // varlen only
@@ -214,10 +202,10 @@ typedef struct ReelAttnParams {
     int32_t out_dt;
     int32_t vec16;        // K/V rows are bf16, 16-byte aligned, head_dim % 8 == 0
     int32_t pad_;
-} ReelAttnParams;
+} ReelAttentionParams;
 
 // Merges split partials: one block per (token, q head) row.
-typedef struct ReelAttnMergeParams {
+typedef struct ReelAttentionMergeParams {
     uint64_t part_o;
     uint64_t part_lse;
     uint64_t out;
@@ -228,12 +216,13 @@ typedef struct ReelAttnMergeParams {
     int64_t out_stride;
     int32_t out_dt;
     int32_t pad_;
-} ReelAttnMergeParams;
+} ReelAttentionMergeParams;
 
-// ---- Quantized weights: kernels/quant.cu, launcher src/backend/cuda/quant.rs ----------------
+// ---- Quantized weights: kernels/quant.cu, launchers src/backend/cuda/matmul.rs, elementwise.rs -
 // Weight types (ggml block layouts, fp16 scales): Q8_0 34 B / 32 weights, Q4_K 144 B / 256,
-// Q6_K 210 B / 256. Rows are row_bytes apart; the base must be 2-byte aligned and the buffer
-// padded to a multiple of 16 B (the GEMV reads whole aligned 16-byte chunks around each row).
+// Q6_K 210 B / 256 (ReelMatmulParams::w_dt). Rows are w_stride bytes apart; the base must be
+// 2-byte aligned and the buffer padded to a multiple of 16 B (the GEMV reads whole aligned
+// 16-byte chunks around each row).
 #define REEL_QT_Q8_0 1
 #define REEL_QT_Q4_K 2
 #define REEL_QT_Q6_K 3
@@ -244,30 +233,11 @@ typedef struct ReelAttnMergeParams {
 #define REEL_QGEMV_WARPS 8
 #define REEL_QGEMV_WIN_BYTES 2048
 #define REEL_QGEMV_X_BYTES 24576
-// Prefill GEMM (M > QGEMV_ROWS, bf16 x): gemm.cu's 128 x 128 x 32 tiling, with the weight tile
-// dequantized to bf16 in smem instead of copied.
-
-// out[M, N] = x[M, K] @ dequant(w)[N, K]^T (+ bias[N]), f32 accumulation, rounded once.
-typedef struct ReelQMatmulParams {
-    uint64_t x;
-    uint64_t w;
-    uint64_t bias;
-    uint64_t out;
-    int32_t M;
-    int32_t N;
-    int32_t K;
-    int32_t bias_dt;  // REEL_DT_NONE, REEL_DT_BF16, REEL_DT_F16 or REEL_DT_F32
-    int64_t x_stride;
-    int64_t w_row_bytes;
-    int64_t out_stride;
-    int32_t out_dt;   // REEL_DT_BF16 or REEL_DT_F32
-    int32_t x_dt;     // bf16 kernels: REEL_DT_BF16; f32 kernels: REEL_DT_F32 or REEL_DT_F16
-    int32_t qtype;    // REEL_QT_*
-    int32_t pad_;
-} ReelQMatmulParams;
+// Prefill GEMM (M > QGEMV_ROWS, bf16 x): mma.cuh's 128 x 128 x 32 block GEMM, with the weight
+// tile dequantized to bf16 in smem instead of copied.
 
 // out[t, :] = dequant(table[ids[t], :]); ids outside [0, vocab) write zeros.
-typedef struct ReelQEmbeddingParams {
+typedef struct ReelEmbeddingQuantParams {
     uint64_t table;
     uint64_t ids;
     uint64_t out;
@@ -279,10 +249,10 @@ typedef struct ReelQEmbeddingParams {
     int32_t qtype;
     int32_t out_dt;
     int32_t pad_;
-} ReelQEmbeddingParams;
+} ReelEmbeddingQuantParams;
 
 // ---- Tensor-core flash attention (kernels/attention_mma.cu) ----
-// bf16 q/k/v/out, ReelAttnParams. A CTA of REEL_FA_THREADS threads (4 warps x 16 rows) owns
+// bf16 q/k/v/out, ReelAttentionParams. A CTA of REEL_FA_THREADS threads (4 warps x 16 rows) owns
 // REEL_FA_BM query rows and walks the keys in tiles of REEL_FA_BN; smem rows are head_dim + 8
 // bf16 (an odd number of 16-byte chunks for head_dim 80 and 128, so ldmatrix is conflict-free).
 // Dynamic smem: Q tile + 2 stages of K and V tiles = (BM + 4 BN) * (head_dim + 8) * 2 bytes.
@@ -290,8 +260,8 @@ typedef struct ReelQEmbeddingParams {
 #define REEL_FA_BN 64
 #define REEL_FA_THREADS 128
 #define REEL_FA_PAD 8
-#define REEL_FA_PAGED_D 128  // head_dim of attn_paged_prefill_mma (the LLM)
-#define REEL_FA_VARLEN_D 80  // head_dim of attn_varlen_mma (the ViT)
+#define REEL_FA_PAGED_D 128  // head_dim of attention_paged_prefill_mma (the LLM)
+#define REEL_FA_VARLEN_D 80  // head_dim of attention_varlen_mma (the ViT)
 // ---- sampling (kernels/sampling.cu) ---------------------------------------------------------
 // One block per row of logits [rows, cols]; the sampling arguments are 8 int32 words in device
 // memory (SampleArgs in src/backend/mod.rs), so a captured graph samples with whatever the host

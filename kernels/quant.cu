@@ -2,7 +2,8 @@
 // out[M, N] = x[M, K] @ dequant(w)[N, K]^T (+ bias), f32 accumulation, rounded once at the store.
 // Weights are decoded exactly as the CPU dequantizers do (quant_decode.h), so the GEMV equals
 // "dequantize, then an f32 matmul" up to the order of the f32 sums. CPU twins: src/backend/cpu
-// (matmul, embedding) through src/quant. Launcher: src/backend/cuda/quant.rs.
+// (matmul, embedding) through src/quant. Launchers: src/backend/cuda/matmul.rs (matmul),
+// src/backend/cuda/elementwise.rs (embedding_quant).
 //
 // Decode GEMV (M <= 8): qgemv_<type>_<x type>. One warp per output column n (weight row n),
 // 8 warps per block; grid = (ceil(N / 8), ceil(M / 8)), block = 256.
@@ -27,16 +28,16 @@
 //    Q6_K rows are 2940 B for K = 3584: row 5 starts at byte 14700 = 918·16 + 12, so off = 12
 //    and the first window (9 units, 1890 B) copies ceil((12 + 1890) / 16) = 119 chunks.
 //
-// Prefill GEMM (M > 8, bf16 x): qgemm_<type>. gemm.cu's design (CTA 128 x 128 x 32, 8 warps as
-// 2 (m) x 4 (n) of 64 x 32, mma.sync m16n8k16 bf16, ldmatrix, padded smem rows of 40 bf16),
-// with x copied by 2-stage cp.async and the weight tile dequantized by the threads into smem as
+// Prefill GEMM (M > 8, bf16 x): qgemm_<type>. The block GEMM of gemm.cu (mma.cuh's gemm_block:
+// CTA 128 x 128 x 32, 8 warps as 2 (m) x 4 (n) of 64 x 32, mma.sync m16n8k16 bf16, ldmatrix,
+// padded smem rows of 40 bf16), with x copied by 2-stage cp.async and the weight tile dequantized by the threads into smem as
 // bf16 (one rounding per weight, the tensor-core operand type). Thread t of a tile decodes 16
 // weights: row t / 2 of the tile, k = k0 + 16·(t % 2) .. +15 (one Q8_0 half-block, one Q4_K
 // half sub-block, one Q6_K scale group). K is a multiple of 32, so K tiles are always full.
 // grid = (ceil(N / 128), ceil(M / 128)); block = 256; static smem 40 KB.
 //
 // Register/spill budget (ptxas -v, sm_80 and sm_90a, CUDA 13.0): no kernel spills; the
-// figures are in the launcher's module docs.
+// figures are in the module docs of src/backend/cuda/matmul.rs.
 #include "common.cuh"
 #include "mma.cuh"
 #include "quant_decode.h"
@@ -50,7 +51,7 @@ struct XStage;
 template <>
 struct XStage<__nv_bfloat16> {
     // Copies element i of x (bf16 bits, exact).
-    static __device__ __forceinline__ __nv_bfloat16 load(const ReelQMatmulParams& p, int64_t i) {
+    static __device__ __forceinline__ __nv_bfloat16 load(const ReelMatmulParams& p, int64_t i) {
         return reinterpret_cast<const __nv_bfloat16*>(p.x)[i];
     }
     static __device__ __forceinline__ void read8(const __nv_bfloat16* s, float* f) {
@@ -60,7 +61,7 @@ struct XStage<__nv_bfloat16> {
 
 template <>
 struct XStage<float> {
-    static __device__ __forceinline__ float load(const ReelQMatmulParams& p, int64_t i) {
+    static __device__ __forceinline__ float load(const ReelMatmulParams& p, int64_t i) {
         return load_f(p.x, i, p.x_dt);
     }
     static __device__ __forceinline__ void read8(const float* s, float* f) {
@@ -72,7 +73,7 @@ struct XStage<float> {
 };
 
 template <int QT, typename XT>
-__device__ __forceinline__ void qgemv(const ReelQMatmulParams& p) {
+__device__ __forceinline__ void qgemv(const ReelMatmulParams& p) {
     constexpr int WU = qgemv_window_units(QT), UB = qt_unit_bytes(QT);
     __shared__ __align__(16) uint8_t wbuf[REEL_QGEMV_WARPS][REEL_QGEMV_WIN_BYTES];
     __shared__ __align__(16) XT xs[REEL_QGEMV_X_BYTES / sizeof(XT)];
@@ -86,7 +87,7 @@ __device__ __forceinline__ void qgemv(const ReelQMatmulParams& p) {
     const int KC = qgemv_chunk(mc, (int)sizeof(XT));
     const int chunk_units = KC / 256;
     const int units = (p.K + 255) / 256;
-    const uint64_t row = p.w + (uint64_t)(active ? n : 0) * (uint64_t)p.w_row_bytes;
+    const uint64_t row = p.w + (uint64_t)(active ? n : 0) * (uint64_t)p.w_stride;
     uint8_t* wb = wbuf[warp];
 
     float acc[REEL_QGEMV_ROWS];
@@ -159,12 +160,7 @@ __device__ __forceinline__ void qgemv(const ReelQMatmulParams& p) {
         }
     }
 
-    float mine = 0.0f;
-#pragma unroll
-    for (int m = 0; m < REEL_QGEMV_ROWS; ++m) {
-        const float s = warp_sum(acc[m]);
-        if (lane == m) mine = s;  // select, not acc[lane]: a run-time index would go to local memory
-    }
+    float mine = warp_sum_rows(acc, lane);
     if (active && lane < mc) {
         if (p.bias_dt != REEL_DT_NONE) mine += load_f(p.bias, n, p.bias_dt);
         store_f(p.out, (int64_t)(m0 + lane) * p.out_stride + n, p.out_dt, mine);
@@ -172,7 +168,7 @@ __device__ __forceinline__ void qgemv(const ReelQMatmulParams& p) {
 }
 
 #define QGEMV(name, QT, XT)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256, 2) name(ReelQMatmulParams p) { qgemv<QT, XT>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) name(ReelMatmulParams p) { qgemv<QT, XT>(p); }
 QGEMV(qgemv_q8_0_bf16, REEL_QT_Q8_0, __nv_bfloat16)
 QGEMV(qgemv_q8_0_f32, REEL_QT_Q8_0, float)
 QGEMV(qgemv_q4_k_bf16, REEL_QT_Q4_K, __nv_bfloat16)
@@ -183,36 +179,17 @@ QGEMV(qgemv_q6_k_f32, REEL_QT_Q6_K, float)
 // ---------------------------------------------------------------------------------------------
 // Prefill GEMM
 
-#define BM REEL_GEMM_BM
-#define BN REEL_GEMM_BN
-#define BK REEL_GEMM_BK
-#define LDS REEL_GEMM_LDS
-
-// x tile (BM x BK bf16) by cp.async; rows >= M zero-filled (K tiles are always full).
-__device__ __forceinline__ void q_load_x_tile(__nv_bfloat16 (*dst)[LDS], const ReelQMatmulParams& p,
-                                              int row0, int k0) {
-    const __nv_bfloat16* x = reinterpret_cast<const __nv_bfloat16*>(p.x);
-#pragma unroll
-    for (int it = 0; it < (BM * BK / 8) / REEL_GEMM_THREADS; ++it) {
-        const int i = threadIdx.x + it * REEL_GEMM_THREADS;
-        const int r = gemm_chunk_row(i), c = gemm_chunk_col(i);
-        const bool valid = row0 + r < p.M;
-        const __nv_bfloat16* g = valid ? x + (int64_t)(row0 + r) * p.x_stride + k0 + c : x;
-        cp_async16(&dst[r][c], g, valid);
-    }
-}
-
-// Weight tile (BN x BK) dequantized to bf16: thread t decodes row t / 2, k0 + 16 (t % 2) .. +15.
+// Weight tile (128 x 32) dequantized to bf16: thread t decodes row t / 2, k0 + 16 (t % 2) .. +15.
 // Rows >= N are zero-filled.
 template <int QT>
-__device__ __forceinline__ void q_dequant_w_tile(__nv_bfloat16 (*dst)[LDS], const ReelQMatmulParams& p,
-                                                 int n0, int k0) {
+__device__ __forceinline__ void q_dequant_w_tile(GemmTile& dst, const ReelMatmulParams& p, int n0,
+                                                 int k0) {
     constexpr int UB = qt_unit_bytes(QT);
     const int r = threadIdx.x >> 1, kh = (threadIdx.x & 1) * 16;
     const int n = n0 + r, k = k0 + kh;
     float w[16];
     if (n < p.N) {
-        const uint8_t* u = reinterpret_cast<const uint8_t*>(p.w) + (int64_t)n * p.w_row_bytes +
+        const uint8_t* u = reinterpret_cast<const uint8_t*>(p.w) + (int64_t)n * p.w_stride +
                            (int64_t)(k >> 8) * UB;
         q_decode<QT, 16>(u, k & 255, w);
     } else {
@@ -231,87 +208,32 @@ __device__ __forceinline__ void q_dequant_w_tile(__nv_bfloat16 (*dst)[LDS], cons
     d[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
 }
 
+// A stage: the x tile by cp.async (its group committed first, so the copy overlaps the
+// decoding), then the weight tile dequantized by the threads with plain stores.
 template <int QT>
-__device__ __forceinline__ void qgemm(const ReelQMatmulParams& p) {
-    __shared__ __align__(16) __nv_bfloat16 As[2][BM][LDS];
-    __shared__ __align__(16) __nv_bfloat16 Bs[2][BN][LDS];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = warp / 4, wn = warp % 4;
-    const int m_blk = blockIdx.y * BM, n_blk = blockIdx.x * BN;
-
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-    const int ktiles = p.K / BK;  // K % 32 == 0 (launcher)
-    q_load_x_tile(As[0], p, m_blk, 0);
-    cp_async_commit();
-    q_dequant_w_tile<QT>(Bs[0], p, n_blk, 0);
-
-    for (int kt = 0; kt < ktiles; ++kt) {
-        const int st = kt & 1;
-        if (kt + 1 < ktiles) {
-            // The other stage was last read in iteration kt - 1, which ended with a barrier.
-            q_load_x_tile(As[st ^ 1], p, m_blk, (kt + 1) * BK);
-            cp_async_commit();
-            q_dequant_w_tile<QT>(Bs[st ^ 1], p, n_blk, (kt + 1) * BK);
-            cp_async_wait<1>();  // x tile kt has landed; kt + 1 may still be in flight
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // x tile kt (cp.async) and w tile kt (plain stores) visible to all
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t a[4][4], b[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi) {
-                const int r = wm * REEL_GEMM_WARP_M + mi * 16 + ldsm_a_row(lane);
-                ldsm_x4(&As[st][r][kk + ldsm_a_col(lane)], a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
-            }
-#pragma unroll
-            for (int nj = 0; nj < 2; ++nj) {
-                const int r = wn * REEL_GEMM_WARP_N + nj * 16 + ldsm_b_row(lane);
-                ldsm_x4(&Bs[st][r][kk + ldsm_b_col(lane)], b[2 * nj][0], b[2 * nj][1],
-                          b[2 * nj + 1][0], b[2 * nj + 1][1]);
-            }
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
-        }
-        __syncthreads();
+struct QuantTiles {
+    const ReelMatmulParams& p;
+    __device__ __forceinline__ void operator()(GemmTile& a, GemmTile& b, int m_blk, int n_blk,
+                                               int k0) const {
+        gemm_load_tile(a, reinterpret_cast<const __nv_bfloat16*>(p.x), p.x_stride, m_blk, p.M, k0, p.K);
+        cp_async_commit();
+        q_dequant_w_tile<QT>(b, p, n_blk, k0);
     }
+};
 
-    // Epilogue: bias in f32, one rounding, guarded scalar stores (tails in M and N).
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi) {
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = m_blk + wm * REEL_GEMM_WARP_M + mi * 16 + mma_c_row(lane, e);
-                const int col = n_blk + wn * REEL_GEMM_WARP_N + ni * 8 + mma_c_col(lane, e);
-                if (row < p.M && col < p.N) {
-                    float v = acc[mi][ni][e];
-                    if (p.bias_dt != REEL_DT_NONE) v += load_f(p.bias, col, p.bias_dt);
-                    store_f(p.out, (int64_t)row * p.out_stride + col, p.out_dt, v);
-                }
-            }
-        }
-    }
+// K % 32 == 0 (launcher), so K tiles are always full.
+template <int QT>
+__device__ __forceinline__ void qgemm(const ReelMatmulParams& p) {
+    gemm_block(p, QuantTiles<QT>{p}, p.K / REEL_GEMM_BK);
 }
 
-extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q8_0(ReelQMatmulParams p) {
+extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q8_0(ReelMatmulParams p) {
     qgemm<REEL_QT_Q8_0>(p);
 }
-extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q4_k(ReelQMatmulParams p) {
+extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q4_k(ReelMatmulParams p) {
     qgemm<REEL_QT_Q4_K>(p);
 }
-extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q6_k(ReelQMatmulParams p) {
+extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q6_k(ReelMatmulParams p) {
     qgemm<REEL_QT_Q6_K>(p);
 }
 
@@ -320,12 +242,12 @@ extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) qgemm_q6_k(ReelQ
 // 8(i + 256) ..), D a multiple of 32.
 
 template <int QT>
-__device__ __forceinline__ void qembed_row(const uint8_t* row, int e0, float* w) {
+__device__ __forceinline__ void embedding_quant_row(const uint8_t* row, int e0, float* w) {
     constexpr int UB = qt_unit_bytes(QT);
     q_decode<QT, 8>(row + (int64_t)(e0 >> 8) * UB, e0 & 255, w);
 }
 
-extern "C" __global__ void __launch_bounds__(256) qembedding(ReelQEmbeddingParams p) {
+extern "C" __global__ void __launch_bounds__(256) embedding_quant(ReelEmbeddingQuantParams p) {
     const int t = blockIdx.x;
     if (t >= p.tokens) return;
     const int id = reinterpret_cast<const int*>(p.ids)[t];
@@ -338,11 +260,11 @@ extern "C" __global__ void __launch_bounds__(256) qembedding(ReelQEmbeddingParam
 #pragma unroll
             for (int i = 0; i < 8; ++i) w[i] = 0.0f;
         } else if (p.qtype == REEL_QT_Q8_0) {
-            qembed_row<REEL_QT_Q8_0>(row, e0, w);
+            embedding_quant_row<REEL_QT_Q8_0>(row, e0, w);
         } else if (p.qtype == REEL_QT_Q4_K) {
-            qembed_row<REEL_QT_Q4_K>(row, e0, w);
+            embedding_quant_row<REEL_QT_Q4_K>(row, e0, w);
         } else {
-            qembed_row<REEL_QT_Q6_K>(row, e0, w);
+            embedding_quant_row<REEL_QT_Q6_K>(row, e0, w);
         }
 #pragma unroll
         for (int i = 0; i < 8; ++i) store_f(p.out, dst + e0 + i, p.out_dt, w[i]);

@@ -28,7 +28,7 @@ __device__ __forceinline__ void rope_sincos(float pos, float inv, float* s, floa
 // Qwen2.5-VL M-RoPE (chunked [t|h|w] sections, NeoX half split, global inv_freq ladder).
 // cos/sin rounded to the output type, then out = round(round(x * cos) + round(rot(x) * sin)).
 // grid = (tokens, heads); block = head_dim / 2 threads, one frequency pair each.
-extern "C" __global__ void rope_mrope(ReelMropeParams p) {
+extern "C" __global__ void rope_mrope(ReelRopeParams p) {
     const int t = blockIdx.x, h = blockIdx.y, j = threadIdx.x;
     const int half = p.head_dim / 2;
     if (t >= p.tokens || h >= p.heads || j >= half) return;
@@ -52,7 +52,7 @@ extern "C" __global__ void rope_mrope(ReelMropeParams p) {
 // row position and inv_freq[j], d/4 <= j < d/2 with the column and inv_freq[j - d/4]; the
 // ladder is theta^(-2k/(d/2)). All math in f32, one rounding at the store.
 // grid = (tokens, heads); block = head_dim / 2 threads.
-extern "C" __global__ void rope_vision(ReelRopeVisionParams p) {
+extern "C" __global__ void rope_vision(ReelRopeParams p) {
     const int t = blockIdx.x, h = blockIdx.y, j = threadIdx.x;
     const int half = p.head_dim / 2, quarter = p.head_dim / 4;
     if (t >= p.tokens || h >= p.heads || j >= half) return;

@@ -1,5 +1,5 @@
 // Token sampling on the device: greedy argmax, or temperature -> top-k -> top-p -> draw, exactly
-// as src/backend/cpu/reference.rs (sample_row) defines it. Weights are integers
+// as src/backend/sample.rs (sample_row) defines it. Weights are integers
 // (floor(exp(s - m) * 2^40), with an exp written as explicit round-to-nearest multiplies and
 // fmas), so every sum is exact and the token equals the CPU twin's bit for bit, whatever the
 // reduction order.
@@ -33,7 +33,7 @@ __device__ __forceinline__ bool below(u64 v, int shift, Thr t) {
 #define S_NW (S_NT / 32)
 #define S_FULL 0xffffffffu
 
-// Order-preserving image of an f32 (reference::sample_key).
+// Order-preserving image of an f32 (sample::sample_key).
 __device__ __forceinline__ unsigned s_key(float s) {
     const unsigned b = __float_as_uint(s);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
@@ -43,7 +43,7 @@ __device__ __forceinline__ float s_unkey(unsigned k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-// exp(d) for d in [-28, 0] with the operation sequence of reference::sample_exp.
+// exp(d) for d in [-28, 0] with the operation sequence of sample::sample_exp.
 __device__ __forceinline__ float s_exp(float d) {
     const float n = rintf(__fmul_rn(d, __uint_as_float(0x3fb8aa3bu)));
     float r = fmaf(-n, __uint_as_float(0x3f317200u), d);
@@ -91,6 +91,19 @@ __device__ __forceinline__ u64 warp_sum_u64(u64 v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(S_FULL, v, o);
     return v;
+}
+
+// Warp-wide (max, lowest index among equal maxima); every lane gets the pair.
+__device__ __forceinline__ void warp_argmax(float& best, int& bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(S_FULL, best, o);
+        const int j = __shfl_xor_sync(S_FULL, bi, o);
+        if (w > best || (w == best && j < bi)) {
+            best = w;
+            bi = j;
+        }
+    }
 }
 
 __device__ __forceinline__ unsigned warp_sum_u32(unsigned v) {
@@ -270,15 +283,7 @@ extern "C" __global__ void __launch_bounds__(S_NT, 1) sample(ReelSampleParams p)
             bi = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float w = __shfl_xor_sync(S_FULL, best, o);
-        const int j = __shfl_xor_sync(S_FULL, bi, o);
-        if (w > best || (w == best && j < bi)) {
-            best = w;
-            bi = j;
-        }
-    }
+    warp_argmax(best, bi);
     if (lane == 0) {
         sm.red_v[warp] = best;
         sm.red_i[warp] = bi;
@@ -288,15 +293,7 @@ extern "C" __global__ void __launch_bounds__(S_NT, 1) sample(ReelSampleParams p)
     if (warp == 0) {
         best = lane < S_NW ? sm.red_v[lane] : -INFINITY;
         bi = lane < S_NW ? sm.red_i[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float w = __shfl_xor_sync(S_FULL, best, o);
-            const int j = __shfl_xor_sync(S_FULL, bi, o);
-            if (w > best || (w == best && j < bi)) {
-                best = w;
-                bi = j;
-            }
-        }
+        warp_argmax(best, bi);
         if (lane == 0) {
             sm.red_v[0] = best;
             sm.red_i[0] = bi;

@@ -19,7 +19,7 @@
 //! checks them against tighter bounds on a GPU.
 
 use reel::backend::cpu::{reference as rf, CpuBackend};
-use reel::backend::{Backend, HostBytes, KvLayout, MropeParams, PagedKv, SampleArgs, TRef};
+use reel::backend::{sample, Backend, HostBytes, KvLayout, MropeParams, PagedKv, SampleArgs, TRef};
 use reel::{DType, Shape};
 
 // ---------------------------------------------------------------------------------------------
@@ -743,7 +743,7 @@ fn cases() -> Vec<Case> {
         ));
     }
 
-    // sample: the definition in rf::sample_row is exact integer arithmetic after an f32 division
+    // sample: the definition in sample::sample_row is exact integer arithmetic after an f32 division
     // and a fixed-sequence exp, so every backend must choose the same token (bound: exact).
     // Draws are explicit uniforms (placed mid-interval by rf's own weights, though exactness
     // needs no margin) and hashed (seed, step) draws; logits on the dtype's grid, with a planted
@@ -790,7 +790,10 @@ fn cases() -> Vec<Case> {
                         let o = put_i32(be, &vec![-7; rows], &[rows])?;
                         be.sample(xt, at, o)?;
                         got.extend(get_i32(be, &o)?.iter().map(|&i| i as f32));
-                        want.extend(x.chunks(vocab).map(|row| rf::sample_row(row, &w) as f32));
+                        want.extend(
+                            x.chunks(vocab)
+                                .map(|row| sample::sample_row(row, &w) as f32),
+                        );
                     }
                     assert!(want.iter().all(|&t| t >= 0.0), "{want:?}");
                     Ok((got, want))

@@ -8,18 +8,7 @@
 #include <cmath>
 #include <vector>
 #include "../index_math.h"
-
-static int fails = 0;
-#define CHECK(cond, ...)                      \
-    do {                                      \
-        if (!(cond)) {                        \
-            if (fails < 10) {                 \
-                std::printf("FAIL: " __VA_ARGS__); \
-                std::printf("\n");            \
-            }                                 \
-            ++fails;                          \
-        }                                     \
-    } while (0)
+#include "check.h"
 
 // ---- host model of attention_mma.cu's CTA loop ----
 // Replays fa_cta for one CTA lane by lane with the same index functions: ldmatrix (plain and
@@ -224,8 +213,8 @@ static void check_attention_model() {
             for (int bx = 0; bx < nblk; ++bx) {
                 const int r0 = fa_mblock(bx, nblk) * REEL_FA_BM;
                 auto rowc = [&](int i) { return std::min(r0 + i, R - 1); };
-                auto qoff = [&](int i) { return (size_t)attn_row_token(rowc(i), G) * hq * D + (size_t)attn_row_qhead(rowc(i), G, kvh) * D; };
-                auto kend = [&](int i) { return attn_causal_end(kv_len, T, attn_row_token(rowc(i), G)); };
+                auto qoff = [&](int i) { return (size_t)attention_row_token(rowc(i), G) * hq * D + (size_t)attention_row_qhead(rowc(i), G, kvh) * D; };
+                auto kend = [&](int i) { return attention_causal_end(kv_len, T, attention_row_token(rowc(i), G)); };
                 emu_cta<D>(sl2, 0, kend(0), kend(REEL_FA_BM - 1), [&](int i) { return r0 + i < R; },
                            [&](int i) { return &q[qoff(i)]; }, kend,
                            [&](int j) { return &pool[paged_row_elem(pages.data(), j, 1, 0, kvh, n_pages, ps, hkv, D)]; },
@@ -339,14 +328,14 @@ int main() {
                 static int cnt[64][64];
                 std::memset(cnt, 0, sizeof(cnt));
                 for (int r = 0; r < T * G; ++r) {
-                    const int t = attn_row_token(r, G), qh = attn_row_qhead(r, G, h);
+                    const int t = attention_row_token(r, G), qh = attention_row_qhead(r, G, h);
                     CHECK(qh / G == h, "row %d maps to q head %d outside group of kv head %d", r, qh, h);
                     cnt[t][qh]++;
                 }
                 for (int t = 0; t < T; ++t)
                     for (int g = 0; g < G; ++g) CHECK(cnt[t][h * G + g] == 1, "row map G %d T %d", G, T);
                 for (int kv = T; kv < T + 20; ++kv)
-                    CHECK(attn_causal_end(kv, T, T - 1) == kv && attn_causal_end(kv, T, 0) == kv - T + 1,
+                    CHECK(attention_causal_end(kv, T, T - 1) == kv && attention_causal_end(kv, T, 0) == kv - T + 1,
                           "causal end kv %d T %d", kv, T);
             }
     // mma m16n8k16 fragments: C (16x8), A (16x16), B (16x8) each owned exactly once per warp.
@@ -483,7 +472,7 @@ int main() {
                         const int r0 = fa_mblock(bx, nblk) * REEL_FA_BM;
                         auto kend = [&](int i) {
                             const int r = r0 + i < R ? r0 + i : R - 1;
-                            return attn_causal_end(kv, T, attn_row_token(r, G));
+                            return attention_causal_end(kv, T, attention_row_token(r, G));
                         };
                         const int kmin = kend(0), kmax = kend(REEL_FA_BM - 1);
                         const int nt = fa_kv_tiles(0, kmax, REEL_FA_BN);

@@ -15,18 +15,7 @@
 #include <cstring>
 #include <vector>
 #include "../quant_decode.h"
-
-static int fails = 0;
-#define CHECK(cond, ...)                           \
-    do {                                           \
-        if (!(cond)) {                             \
-            if (fails < 10) {                      \
-                std::printf("FAIL: " __VA_ARGS__); \
-                std::printf("\n");                 \
-            }                                      \
-            ++fails;                               \
-        }                                          \
-    } while (0)
+#include "check.h"
 
 template <int QT>
 static void decode8(const uint8_t* u, int e, float* w) { q_decode<QT, 8>(u, e, w); }

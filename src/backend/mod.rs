@@ -1,7 +1,8 @@
 //! The compute interface. `model/` builds graphs of generic ops; a backend implements each op
 //! and owns its memory. Nothing here knows it is running Qwen.
 //!
-//! Conventions every backend follows (the CPU backend is the reference):
+//! Conventions every backend follows (the CPU backend is the reference; [`check`] holds each
+//! op's contract, [`sample`] the sampling definition):
 //! - Tensors are row-major. A [`TRef`] may have a first-dimension stride (`row_stride`, in
 //!   elements) larger than its row length, to view a column block of a wider matrix (e.g. q, k or
 //!   v inside a packed qkv projection); everything below the first dimension is contiguous.
@@ -11,12 +12,36 @@
 //!   checkpoint.
 //! - Integer inputs (token ids, positions, page tables, cu_seqlens) are `I32`.
 
+pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod host;
+pub mod sample;
+
+pub use sample::{sample_hash, sample_on_host, uniform_to_u32, SampleArgs};
 
 use crate::error::Result;
 use crate::tensor::{DType, Shape};
 use std::sync::Arc;
+
+/// Which backend runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// CUDA when a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// Opens the backend a device choice names. `Cuda(i)` fails with the reason when device i
+/// cannot be used; `Auto` falls back to the CPU.
+pub fn open(device: Device) -> Result<Box<dyn Backend>> {
+    match device {
+        Device::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+        Device::Cuda(i) => cuda::open(i),
+        Device::Auto => Ok(cuda::open(0).unwrap_or_else(|_| Box::new(cpu::CpuBackend::new()))),
+    }
+}
 
 /// A buffer owned by a backend (a weight, the activation arena, the KV pool, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -178,99 +203,6 @@ pub struct MemStats {
     pub peak_bytes: u64,
 }
 
-/// The sampling arguments the `sample` op reads from a backend tensor (I32 [`SampleArgs::WORDS`]),
-/// so that a captured decode graph samples with whatever the host wrote before each replay.
-///
-/// Words: 0 temperature (f32 bits), 1 top_k (0: off), 2 top_p (f32 bits; >= 1: off),
-/// 3/4 seed (low/high 32 bits), 5 step, 6 an explicit 32-bit draw, 7 flags (bit 0: use word 6
-/// instead of [`sample_hash`]`(seed, step)`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SampleArgs {
-    /// `<= 0` (or NaN): greedy.
-    pub temperature: f32,
-    /// 0: off.
-    pub top_k: u32,
-    /// `>= 1`: off.
-    pub top_p: f32,
-    pub seed: u64,
-    /// Which draw of the seed's stream this is (the engine counts generated tokens).
-    pub step: u32,
-    /// A uniform in [0, 1) to use instead of the hash of (seed, step); the draw is its 32-bit
-    /// fixed-point value `floor(u * 2^32)`.
-    pub uniform: Option<f64>,
-}
-
-impl SampleArgs {
-    pub const WORDS: usize = 8;
-
-    pub fn greedy() -> SampleArgs {
-        SampleArgs {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-            step: 0,
-            uniform: None,
-        }
-    }
-
-    pub fn to_words(&self) -> [i32; SampleArgs::WORDS] {
-        let (draw, flags) = match self.uniform {
-            Some(u) => (uniform_to_u32(u), 1),
-            None => (0, 0),
-        };
-        [
-            self.temperature.to_bits() as i32,
-            self.top_k as i32,
-            self.top_p.to_bits() as i32,
-            self.seed as u32 as i32,
-            (self.seed >> 32) as u32 as i32,
-            self.step as i32,
-            draw as i32,
-            flags,
-        ]
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.to_words()
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
-    }
-
-    /// The 32-bit draw `d`: the token is the first whose cumulative weight exceeds
-    /// `floor(d * Z / 2^32)` (see `reference::sample_row`).
-    pub fn draw_from_words(w: &[i32; SampleArgs::WORDS]) -> u32 {
-        if w[7] & 1 != 0 {
-            w[6] as u32
-        } else {
-            sample_hash(
-                (w[3] as u32 as u64) | ((w[4] as u32 as u64) << 32),
-                w[5] as u32,
-            )
-        }
-    }
-}
-
-/// `floor(u * 2^32)` for u in [0, 1), clamped.
-pub fn uniform_to_u32(u: f64) -> u32 {
-    if u.is_nan() || u <= 0.0 {
-        0
-    } else {
-        (u * 4_294_967_296.0).min(4_294_967_295.0) as u32
-    }
-}
-
-/// The counter-based draw of `(seed, step)`: splitmix64's finalizer over
-/// `seed + (step + 1) * golden`, high 32 bits. The CUDA kernel computes the same bits.
-pub fn sample_hash(seed: u64, step: u32) -> u32 {
-    let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 32) as u32
-}
-
 /// A captured graph (see [`Backend::capture_begin`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GraphId(pub u32);
@@ -284,8 +216,10 @@ pub enum PendingToken {
     Slot(usize),
 }
 
-/// The backend interface. Each op method validates shapes it cannot handle and returns an
-/// error rather than panicking.
+/// The backend interface. Each op method validates its operands against the op's contract
+/// ([`check`]) and returns an error rather than panicking. An op method may have a default
+/// body that runs the op's reference on the host ([`host`], as `sample` does), which every
+/// backend inherits until it implements the op itself.
 pub trait Backend: Send {
     /// Human-readable name, e.g. `cpu (8 threads, avx2)` or `cuda:0 NVIDIA H100`.
     fn name(&self) -> String;
@@ -364,7 +298,7 @@ pub trait Backend: Send {
 
     /// Draws one token per row of logits [R, V] (f32, bf16 or f16) into out [R] I32, with the
     /// arguments read from `args` (I32 [`SampleArgs::WORDS`], see [`SampleArgs`]); every row
-    /// uses the same draw. The result is exactly `cpu::reference::sample_row` on every backend
+    /// uses the same draw. The result is exactly [`sample::sample_row`] on every backend
     /// (integer weights make it independent of summation order); -1 marks a row that cannot
     /// be sampled (a NaN, +inf after temperature, no finite logit).
     ///
@@ -426,92 +360,5 @@ pub trait Backend: Send {
                 "read_token: no copy in flight in slot {s}"
             ))),
         }
-    }
-}
-
-/// `Backend::sample` on the host: reads the logits and arguments, samples with the reference,
-/// writes the ids.
-pub fn sample_on_host<B: Backend + ?Sized>(
-    be: &mut B,
-    logits: TRef,
-    args: TRef,
-    out: TRef,
-) -> Result<()> {
-    let (rows, cols, stride) = sample_shapes(&logits, &args, &out)?;
-    let mut w = [0u8; SampleArgs::WORDS * 4];
-    be.read(args.buf, args.offset, &mut w)?;
-    let words: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| {
-        i32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]])
-    });
-    let esz = logits.dtype.bytes_for(1);
-    let mut raw = vec![0u8; cols * esz];
-    let mut ids = Vec::with_capacity(rows);
-    for r in 0..rows {
-        be.read(logits.buf, logits.offset + r * stride * esz, &mut raw)?;
-        let row: Vec<f32> = raw
-            .chunks_exact(esz)
-            .map(|c| match logits.dtype {
-                DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                _ => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-            })
-            .collect();
-        ids.push(cpu::reference::sample_row(&row, &words));
-    }
-    be.write(out.buf, out.offset, bytemuck::cast_slice(&ids))
-}
-
-/// Checks `sample`'s operands; returns (rows, vocabulary, row stride in elements).
-pub fn sample_shapes(logits: &TRef, args: &TRef, out: &TRef) -> Result<(usize, usize, usize)> {
-    let bad = |m: String| Err(crate::Error::Other(format!("sample: {m}")));
-    if !matches!(logits.dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return bad(format!("logits are {}, not f32/bf16/f16", logits.dtype));
-    }
-    let (rows, cols) = match logits.shape.rank() {
-        1 => (1, logits.shape.dim(0)),
-        2 => (logits.shape.dim(0), logits.shape.dim(1)),
-        _ => return bad(format!("logits {:?} must be [R, V]", logits.shape)),
-    };
-    // Weights are at most 2^40 and their sums are u64: below 2^24 entries they cannot wrap.
-    if cols == 0 || cols >= 1 << 24 {
-        return bad(format!(
-            "a vocabulary of {cols} entries (1 to 2^24 - 1 supported)"
-        ));
-    }
-    if args.dtype != DType::I32 || args.shape.numel() < SampleArgs::WORDS {
-        return bad(format!(
-            "args {:?} {} must hold {} i32 words",
-            args.shape,
-            args.dtype,
-            SampleArgs::WORDS
-        ));
-    }
-    if out.dtype != DType::I32 || out.shape.numel() != rows || !out.is_contiguous() {
-        return bad(format!(
-            "out {:?} {} must be {rows} contiguous i32",
-            out.shape, out.dtype
-        ));
-    }
-    let stride = if logits.shape.rank() == 1 {
-        cols
-    } else {
-        logits.row_stride
-    };
-    Ok((rows, cols, stride))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sample_shapes_bound_the_vocabulary() {
-        let t = |dt, dims: &[usize]| TRef::new(BufId(0), 0, dt, Shape::new(dims));
-        let (args, out) = (t(DType::I32, &[8]), t(DType::I32, &[1]));
-        let ok = sample_shapes(&t(DType::F32, &[1, (1 << 24) - 1]), &args, &out);
-        assert_eq!(ok.unwrap(), (1, (1 << 24) - 1, (1 << 24) - 1));
-        // 2^24 weights of 2^40 (all-equal logits) would wrap the u64 total.
-        let e = sample_shapes(&t(DType::F32, &[1, 1 << 24]), &args, &out).unwrap_err();
-        assert!(e.to_string().contains("vocabulary"), "{e}");
     }
 }

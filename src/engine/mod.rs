@@ -3,7 +3,7 @@
 pub mod bench;
 pub mod sampling;
 
-use crate::backend::{cpu::CpuBackend, Backend, BufId, PendingToken, SampleArgs, TRef};
+use crate::backend::{Backend, BufId, PendingToken, SampleArgs, TRef};
 use crate::error::{Error, Result};
 use crate::graph::Executor;
 use crate::kv::{KvCache, DEFAULT_PAGE_SIZE};
@@ -16,14 +16,7 @@ use crate::tensor::{DType, Shape};
 use sampling::{token_or_error, Sampler, SamplingParams};
 use std::time::Instant;
 
-/// Which backend runs the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    /// CUDA when a GPU is present, else the CPU.
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
+pub use crate::backend::Device;
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -317,13 +310,7 @@ pub struct Engine {
 
 /// Opens the backend a device choice names.
 pub fn open_backend(device: Device) -> Result<Box<dyn Backend>> {
-    match device {
-        Device::Cpu => Ok(Box::new(CpuBackend::new())),
-        Device::Cuda(i) => crate::backend::cuda::open(i),
-        Device::Auto => {
-            Ok(crate::backend::cuda::open(0).unwrap_or_else(|_| Box::new(CpuBackend::new())))
-        }
-    }
+    crate::backend::open(device)
 }
 
 impl Engine {
@@ -737,7 +724,7 @@ mod tests {
         // last (which was never fed back), also after the lookahead step was discarded.
         let stop = greedy_tokens[2];
         let first = greedy_tokens.iter().position(|&t| t == stop).unwrap();
-        let inner = std::mem::replace(&mut e.be, Box::new(CpuBackend::new()));
+        let inner = std::mem::replace(&mut e.be, crate::backend::open(Device::Cpu).unwrap());
         e.be = Box::new(Deferred {
             inner,
             slots: Vec::new(),
@@ -765,7 +752,7 @@ mod tests {
         // The second device token fails while the step after it is already launched: the
         // error surfaces and the cache keeps the prompt and the two tokens fed back, not the
         // step that consumed the failed token.
-        let inner = std::mem::replace(&mut e.be, Box::new(CpuBackend::new()));
+        let inner = std::mem::replace(&mut e.be, crate::backend::open(Device::Cpu).unwrap());
         e.be = Box::new(Deferred {
             inner,
             slots: Vec::new(),

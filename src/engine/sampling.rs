@@ -2,12 +2,12 @@
 //! top-k -> top-p -> softmax -> draw) with a seeded, counter-based draw.
 //!
 //! Everything after the repetition penalty is `Backend::sample`'s definition
-//! (`backend::cpu::reference::sample_row`), so the host path here and the on-device path the
+//! (`backend::sample::sample_row`), so the host path here and the on-device path the
 //! engine uses when the penalty is off choose the same token from the same logits. Draw n of a
 //! seed is `sample_hash(seed, n)`; the draw cannot reproduce torch's RNG, but the candidate
 //! set and the probabilities follow transformers' logits processors.
 
-use crate::backend::cpu::reference::sample_row;
+use crate::backend::sample::{self, sample_row};
 use crate::backend::SampleArgs;
 use crate::error::{Error, Result};
 
@@ -196,19 +196,12 @@ fn repetition_penalty(
 
 /// Index of the largest score; ties go to the lowest index (torch.argmax); NaN is an error.
 pub fn argmax(scores: &[f32]) -> Result<u32> {
-    let mut best = 0;
-    for (i, &x) in scores.iter().enumerate() {
-        if x.is_nan() {
-            return Err(Error::Other(format!("sampling: logit {i} is NaN")));
-        }
-        if x > scores[best] {
-            best = i;
-        }
-    }
+    let i =
+        sample::argmax(scores).map_err(|i| Error::Other(format!("sampling: logit {i} is NaN")))?;
     if scores.is_empty() {
         return Err(Error::Other("sampling: empty logits".into()));
     }
-    Ok(best as u32)
+    Ok(i as u32)
 }
 
 #[cfg(test)]

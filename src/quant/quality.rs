@@ -21,14 +21,9 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64 - lse).collect()
 }
 
+/// The host argmax; for a row holding NaN (whose KL is NaN too), the first NaN's index.
 fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
+    crate::backend::sample::argmax(x).unwrap_or_else(|i| i)
 }
 
 /// KL(softmax(reference) || softmax(candidate)) in nats for one position.

@@ -6,10 +6,10 @@
 //! output is rounded once.
 
 use super::simd::{load, store};
-use super::{check_act, op_err, CpuBackend, SPtr};
-use crate::backend::{KvLayout, PagedKv, TRef};
+use super::{op_err, CpuBackend, SPtr};
+use crate::backend::{check, KvLayout, PagedKv, TRef};
 use crate::error::Result;
-use crate::tensor::{DType, Shape};
+use crate::tensor::Shape;
 use rayon::prelude::*;
 
 /// Sequence 0's pages and length, validated against the pool.
@@ -18,40 +18,16 @@ pub(crate) struct SeqPages {
     pub kv_len: usize,
 }
 
-pub(crate) fn read_pages(
-    be: &CpuBackend,
-    op: &str,
-    kv: &PagedKv,
-    layer: usize,
-) -> Result<(SeqPages, SPtr)> {
+/// Reads sequence 0's page list (the layout is checked by the op's `check`) and validates it
+/// against the pool; returns it with the pool's base pointer.
+pub(crate) fn read_pages(be: &CpuBackend, op: &str, kv: &PagedKv) -> Result<(SeqPages, SPtr)> {
     let l: &KvLayout = &kv.layout;
-    if !matches!(l.dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(op_err(
-            op,
-            format!("KV pool must be f32 or bf16, got {}", l.dtype),
-        ));
-    }
-    if layer >= l.n_layers {
-        return Err(op_err(
-            op,
-            format!("layer {layer} out of range (pool has {})", l.n_layers),
-        ));
-    }
-    if l.page_size == 0 || l.n_kv_heads == 0 || l.head_dim == 0 {
-        return Err(op_err(op, "KV layout has a zero dimension"));
-    }
     let total = l.n_layers * 2 * l.n_pages * l.page_elems();
     let pool = TRef::new(l.buf, 0, l.dtype, Shape::new(&[total.max(1)]));
     let base = be.view_mut(&pool)?.p;
     let indptr = be.read_i32(op, "indptr", &kv.indptr)?;
     let indices = be.read_i32(op, "indices", &kv.indices)?;
     let last = be.read_i32(op, "last_page_len", &kv.last_page_len)?;
-    if indptr.len() < 2 || last.is_empty() {
-        return Err(op_err(
-            op,
-            "page table needs indptr of >= 2 entries and last_page_len of >= 1",
-        ));
-    }
     let (a, b) = (indptr[0], indptr[1]);
     if a < 0 || b < a || b as usize > indices.len() {
         return Err(op_err(
@@ -91,29 +67,6 @@ pub(crate) fn read_pages(
     Ok((SeqPages { pages, kv_len }, base))
 }
 
-fn check_heads(
-    op: &str,
-    name: &str,
-    t: &TRef,
-    rows: Option<usize>,
-    heads: usize,
-    d: usize,
-) -> Result<()> {
-    check_act(op, name, t)?;
-    let dims = t.shape.dims();
-    if dims.len() != 3 || dims[1] != heads || dims[2] != d || rows.is_some_and(|r| r != dims[0]) {
-        let want = match rows {
-            Some(r) => format!("[{r}, {heads}, {d}]"),
-            None => format!("[T, {heads}, {d}]"),
-        };
-        return Err(op_err(
-            op,
-            format!("{name} has shape {:?}, expected {want}", t.shape),
-        ));
-    }
-    Ok(())
-}
-
 pub(super) fn kv_append(
     be: &CpuBackend,
     k: TRef,
@@ -123,10 +76,8 @@ pub(super) fn kv_append(
 ) -> Result<()> {
     const OP: &str = "kv_append";
     let l = kv.layout;
-    check_heads(OP, "k", &k, None, l.n_kv_heads, l.head_dim)?;
-    let t = k.shape.dim(0);
-    check_heads(OP, "v", &v, Some(t), l.n_kv_heads, l.head_dim)?;
-    let (sp, base) = read_pages(be, OP, kv, layer)?;
+    let t = check::kv_append(&k, &v, kv, layer)?;
+    let (sp, base) = read_pages(be, OP, kv)?;
     if t > sp.kv_len {
         return Err(op_err(
             OP,
@@ -229,25 +180,9 @@ pub(super) fn paged(
 ) -> Result<()> {
     const OP: &str = "attention_paged";
     let l = kv.layout;
-    let d = l.head_dim;
-    check_act(OP, "q", &q)?;
-    let dims = q.shape.dims();
-    if dims.len() != 3 || dims[2] != d {
-        return Err(op_err(
-            OP,
-            format!("q has shape {:?}, expected [T, Hq, {d}]", q.shape),
-        ));
-    }
-    let (t, hq) = (dims[0], dims[1]);
-    let hkv = l.n_kv_heads;
-    if hq == 0 || hq % hkv != 0 {
-        return Err(op_err(
-            OP,
-            format!("{hq} query heads are not a multiple of {hkv} KV heads"),
-        ));
-    }
-    check_heads(OP, "out", &out, Some(t), hq, d)?;
-    let (sp, base) = read_pages(be, OP, kv, layer)?;
+    let pd = check::attention_paged(&q, kv, layer, &out)?;
+    let (t, hq, hkv, d) = (pd.tokens, pd.q_heads, pd.kv_heads, pd.head_dim);
+    let (sp, base) = read_pages(be, OP, kv)?;
     if t > sp.kv_len {
         return Err(op_err(
             OP,
@@ -301,28 +236,10 @@ pub(super) fn varlen(
     _simd: bool,
 ) -> Result<()> {
     const OP: &str = "attention_varlen";
-    check_act(OP, "q", &q)?;
-    if q.shape.rank() != 3 {
-        return Err(op_err(
-            OP,
-            format!("q must be [N, H, d], got {:?}", q.shape),
-        ));
-    }
-    let (n, h, d) = (q.shape.dim(0), q.shape.dim(1), q.shape.dim(2));
-    check_heads(OP, "k", &k, Some(n), h, d)?;
-    check_heads(OP, "v", &v, Some(n), h, d)?;
-    check_heads(OP, "out", &out, Some(n), h, d)?;
+    let vd = check::attention_varlen(&q, &k, &v, &cu, &out)?;
+    let (n, h, d) = (vd.tokens, vd.heads, vd.head_dim);
     let cuv = be.read_i32(OP, "cu_seqlens", &cu)?;
-    if cuv.len() < 2
-        || cuv[0] != 0
-        || *cuv.last().unwrap() as usize != n
-        || cuv.windows(2).any(|w| w[1] < w[0])
-    {
-        return Err(op_err(
-            OP,
-            format!("cu_seqlens {cuv:?} must rise from 0 to N = {n}"),
-        ));
-    }
+    check::cu_seqlens(&cuv, n)?;
     let (qv, kv_, vv, ov) = (be.view(&q)?, be.view(&k)?, be.view(&v)?, be.view_mut(&out)?);
     // Units: (segment, head, block of QB queries).
     let mut units = Vec::new();

@@ -1,40 +1,24 @@
 //! Row-wise ops: add, swiglu, gelu, cast, embedding, gather/scatter, argmax (fast paths).
 
 use super::simd::{load, store};
-use super::{check_act, check_dims, check_weight, op_err, CpuBackend, View};
-use crate::backend::TRef;
+use super::{op_err, CpuBackend, View};
+use crate::backend::{check, sample, TRef};
 use crate::error::Result;
-use crate::tensor::DType;
 use rayon::prelude::*;
 
 /// Elements per work unit: long rows are split so scratch stays in L1/L2 and both cores work.
 const CHUNK: usize = 4096;
 
 /// Applies `f` to matching chunks of every input row, writing the output row. Inputs and the
-/// output share one shape; each chunk is read fully before it is written, so `out` may alias an
-/// input exactly.
+/// output share one shape (the op's `check` has seen to it); each chunk is read fully before it
+/// is written, so `out` may alias an input exactly.
 fn map_rows(
     be: &CpuBackend,
-    op: &str,
     ins: &[TRef],
     out: TRef,
     f: impl Fn(&[Vec<f32>], &mut [f32]) + Sync,
 ) -> Result<()> {
-    check_act(op, "out", &out)?;
-    let mut views = Vec::with_capacity(ins.len());
-    for (i, t) in ins.iter().enumerate() {
-        check_act(op, &format!("input {i}"), t)?;
-        if t.shape != out.shape {
-            return Err(op_err(
-                op,
-                format!(
-                    "input {i} shape {:?} differs from out {:?}",
-                    t.shape, out.shape
-                ),
-            ));
-        }
-        views.push(be.view(t)?);
-    }
+    let views = ins.iter().map(|t| be.view(t)).collect::<Result<Vec<_>>>()?;
     let o = be.view_mut(&out)?;
     let chunks = o.row_len.div_ceil(CHUNK).max(1);
     (0..o.rows * chunks).into_par_iter().for_each_init(
@@ -56,7 +40,8 @@ fn map_rows(
 }
 
 pub(super) fn add(be: &CpuBackend, a: TRef, b: TRef, out: TRef) -> Result<()> {
-    map_rows(be, "add", &[a, b], out, |i, o| {
+    check::add(&a, &b, &out)?;
+    map_rows(be, &[a, b], out, |i, o| {
         for ((o, &x), &y) in o.iter_mut().zip(&i[0]).zip(&i[1]) {
             *o = x + y;
         }
@@ -64,8 +49,9 @@ pub(super) fn add(be: &CpuBackend, a: TRef, b: TRef, out: TRef) -> Result<()> {
 }
 
 pub(super) fn swiglu(be: &CpuBackend, gate: TRef, up: TRef, out: TRef) -> Result<()> {
+    check::swiglu(&gate, &up, &out)?;
     let dt = out.dtype;
-    map_rows(be, "swiglu", &[gate, up], out, |i, o| {
+    map_rows(be, &[gate, up], out, |i, o| {
         for ((o, &g), &u) in o.iter_mut().zip(&i[0]).zip(&i[1]) {
             let s = super::simd::round_to(g / (1.0 + (-g).exp()), dt);
             *o = s * u;
@@ -96,7 +82,8 @@ fn erfc_fast(x: f64) -> f64 {
 }
 
 pub(super) fn gelu(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
-    map_rows(be, "gelu", &[x], out, |i, o| {
+    check::gelu(&x, &out)?;
+    map_rows(be, &[x], out, |i, o| {
         for (o, &x) in o.iter_mut().zip(&i[0]) {
             // 0.5·x·(1 + erf(x/√2)) = 0.5·x·erfc(-x/√2)
             let v = x as f64;
@@ -106,34 +93,15 @@ pub(super) fn gelu(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
 }
 
 pub(super) fn cast(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
-    if x.shape.dims() != out.shape.dims() {
-        return Err(op_err(
-            "cast",
-            format!("x {:?} and out {:?} differ in shape", x.shape, out.shape),
-        ));
-    }
-    // map_rows requires equal TRef shapes, which holds; the element types may differ.
-    map_rows(be, "cast", &[x], out, |i, o| o.copy_from_slice(&i[0]))
+    check::cast(&x, &out)?;
+    map_rows(be, &[x], out, |i, o| o.copy_from_slice(&i[0]))
 }
 
 pub(super) fn embedding(be: &CpuBackend, table: TRef, ids: TRef, out: TRef) -> Result<()> {
     const OP: &str = "embedding";
-    if !table.dtype.is_quantized() {
-        check_weight(OP, "table", &table)?;
-    }
-    check_act(OP, "out", &out)?;
-    if table.shape.rank() != 2 {
-        return Err(op_err(
-            OP,
-            format!("table must be [V, D], got {:?}", table.shape),
-        ));
-    }
-    let (v, d) = (table.shape.dim(0), table.shape.dim(1));
+    let ed = check::embedding(&table, &ids, &out)?;
+    let (v, d) = (ed.vocab, ed.dim);
     let ids_v = be.read_i32(OP, "ids", &ids)?;
-    if ids.shape.rank() != 1 {
-        return Err(op_err(OP, format!("ids must be [T], got {:?}", ids.shape)));
-    }
-    check_dims(OP, "out", &out, &[ids_v.len(), d])?;
     if let Some((t, &id)) = ids_v
         .iter()
         .enumerate()
@@ -146,8 +114,7 @@ pub(super) fn embedding(be: &CpuBackend, table: TRef, ids: TRef, out: TRef) -> R
     }
     let o = be.view_mut(&out)?;
     let mut row = vec![0f32; d];
-    if table.dtype.is_quantized() {
-        let rb = table.dtype.bytes_for(d);
+    if let Some(rb) = ed.quant_row_bytes {
         let base = be.ptr(&table)?;
         for (t, &id) in ids_v.iter().enumerate() {
             let src = unsafe { std::slice::from_raw_parts(base.add(id as usize * rb), rb) };
@@ -166,7 +133,9 @@ pub(super) fn embedding(be: &CpuBackend, table: TRef, ids: TRef, out: TRef) -> R
     Ok(())
 }
 
-/// Validates a row-index op: `rows` is the indexed tensor, `dense` the one read/written in order.
+/// Views of a row-index op (checked by `check::gather_rows` / `check::scatter_rows`) and its
+/// indices, each inside the indexed tensor: `rows` is the indexed tensor, `dense` the one read
+/// or written in order.
 fn index_views(
     be: &CpuBackend,
     op: &str,
@@ -175,32 +144,7 @@ fn index_views(
     idx: &TRef,
     rows_writable: bool,
 ) -> Result<(View, View, Vec<i32>)> {
-    if rows.dtype != dense.dtype || rows.dtype.is_quantized() {
-        return Err(op_err(
-            op,
-            format!(
-                "element types {} and {} must match (plain types)",
-                rows.dtype, dense.dtype
-            ),
-        ));
-    }
-    if rows.shape.row_len() != dense.shape.row_len() {
-        return Err(op_err(
-            op,
-            format!("row shapes differ: {:?} vs {:?}", rows.shape, dense.shape),
-        ));
-    }
     let ix = be.read_i32(op, "idx", idx)?;
-    if ix.len() != dense.shape.rows() {
-        return Err(op_err(
-            op,
-            format!(
-                "idx has {} entries for {} rows",
-                ix.len(),
-                dense.shape.rows()
-            ),
-        ));
-    }
     let n = rows.shape.rows();
     if let Some((i, &r)) = ix
         .iter()
@@ -218,6 +162,7 @@ fn index_views(
 }
 
 pub(super) fn gather_rows(be: &CpuBackend, x: TRef, idx: TRef, out: TRef) -> Result<()> {
+    check::gather_rows(&x, &idx, &out)?;
     let (xv, ov, ix) = index_views(be, "gather_rows", &x, &out, &idx, false)?;
     let bytes = xv.dt.bytes_for(xv.row_len);
     for (i, &r) in ix.iter().enumerate() {
@@ -227,6 +172,7 @@ pub(super) fn gather_rows(be: &CpuBackend, x: TRef, idx: TRef, out: TRef) -> Res
 }
 
 pub(super) fn scatter_rows(be: &CpuBackend, src: TRef, idx: TRef, dst: TRef) -> Result<()> {
+    check::scatter_rows(&src, &idx, &dst)?;
     let (dv, sv, ix) = index_views(be, "scatter_rows", &dst, &src, &idx, true)?;
     let bytes = sv.dt.bytes_for(sv.row_len);
     for (i, &r) in ix.iter().enumerate() {
@@ -236,42 +182,20 @@ pub(super) fn scatter_rows(be: &CpuBackend, src: TRef, idx: TRef, dst: TRef) -> 
 }
 
 pub(super) fn argmax(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
-    const OP: &str = "argmax";
-    check_act(OP, "x", &x)?;
-    if x.shape.rank() != 2 {
-        return Err(op_err(OP, format!("x must be [R, N], got {:?}", x.shape)));
-    }
-    let (r, n) = (x.shape.dim(0), x.shape.dim(1));
-    if n == 0 {
-        return Err(op_err(OP, "x has empty rows"));
-    }
-    if out.dtype != DType::I32 {
-        return Err(op_err(OP, format!("out must be i32, got {}", out.dtype)));
-    }
-    check_dims(OP, "out", &out, &[r])?;
+    let check::ArgmaxDims { rows, cols } = check::argmax(&x, &out)?;
     let xv = be.view(&x)?;
     let ov = be.view_mut(&out)?;
-    let res: Vec<Option<i32>> = (0..r)
+    let res: Vec<Result<usize, usize>> = (0..rows)
         .into_par_iter()
         .map(|row| {
-            let mut buf = vec![0f32; n];
+            let mut buf = vec![0f32; cols];
             unsafe { load(xv.at(row, 0), xv.dt, &mut buf) };
-            let (mut best, mut bi) = (f32::NEG_INFINITY, 0usize);
-            for (i, &v) in buf.iter().enumerate() {
-                if v.is_nan() {
-                    return None;
-                }
-                if v > best {
-                    best = v;
-                    bi = i;
-                }
-            }
-            Some(bi as i32)
+            sample::argmax(&buf)
         })
         .collect();
     for (row, v) in res.into_iter().enumerate() {
-        let v = v.ok_or_else(|| op_err(OP, format!("row {row} contains NaN")))?;
-        unsafe { *(ov.at(row, 0) as *mut i32) = v };
+        let v = v.map_err(|_| op_err("argmax", format!("row {row} contains NaN")))?;
+        unsafe { *(ov.at(row, 0) as *mut i32) = v as i32 };
     }
     Ok(())
 }

@@ -7,8 +7,8 @@
 //! K dimension is blocked so the active part of x and of the weight tile stay in L2.
 
 use super::simd::{self, load, store};
-use super::{check_act, check_weight, op_err, CpuBackend, SPtr, View};
-use crate::backend::TRef;
+use super::{CpuBackend, SPtr, View};
+use crate::backend::{check, TRef};
 use crate::error::Result;
 use crate::tensor::DType;
 use rayon::prelude::*;
@@ -28,30 +28,11 @@ pub(super) fn matmul(
     out: TRef,
     simd_on: bool,
 ) -> Result<()> {
-    const OP: &str = "matmul";
-    check_act(OP, "x", &x)?;
-    check_act(OP, "out", &out)?;
-    if w.dtype.is_quantized() {
-        return quantized(be, x, w, bias, out);
+    let d = check::matmul(&x, &w, bias.as_ref(), &out)?;
+    if d.quant_row_bytes.is_some() {
+        return quantized(be, x, w, bias, out, d);
     }
-    check_weight(OP, "w", &w)?;
-    if w.shape.rank() != 2 {
-        return Err(op_err(OP, format!("w must be [N, K], got {:?}", w.shape)));
-    }
-    let (n, k) = (w.shape.dim(0), w.shape.dim(1));
-    let m = x.shape.rows();
-    if x.shape.row_len() != k || x.shape.dim(-1) != k {
-        return Err(op_err(
-            OP,
-            format!(
-                "x {:?} does not have rows of K = {k} (w {:?})",
-                x.shape, w.shape
-            ),
-        ));
-    }
-    if out.shape.rows() != m || out.shape.row_len() != n || out.shape.dim(-1) != n {
-        return Err(op_err(OP, format!("out {:?} is not [{m}, {n}]", out.shape)));
-    }
+    let (m, n, k) = (d.m, d.n, d.k);
     let bias_f = bias_f32(be, bias.as_ref(), n)?;
     let (xv, wv, ov) = (be.view(&x)?, be.view(&w)?, be.view_mut(&out)?);
     if m == 0 || n == 0 {
@@ -91,14 +72,9 @@ pub(super) fn matmul(
     Ok(())
 }
 
-/// The bias widened to f32, after checking it is a float [n] vector.
+/// The bias (a float [n] vector: `check::matmul`) widened to f32.
 fn bias_f32(be: &CpuBackend, bias: Option<&TRef>, n: usize) -> Result<Option<Vec<f32>>> {
-    const OP: &str = "matmul";
     let Some(b) = bias else { return Ok(None) };
-    check_weight(OP, "bias", b)?;
-    if b.shape.dims() != [n] {
-        return Err(op_err(OP, format!("bias {:?} is not [{n}]", b.shape)));
-    }
     let bv = be.view(b)?;
     let mut v = vec![0f32; n];
     unsafe { load(bv.at(0, 0), bv.dt, &mut v) };
@@ -107,30 +83,15 @@ fn bias_f32(be: &CpuBackend, bias: Option<&TRef>, n: usize) -> Result<Option<Vec
 
 /// Quantized weights (Q8_0, Q4_K, Q6_K): each activation row is quantized to int8 blocks once
 /// (Q8_0 or Q8_K, as llama.cpp does) and multiplied with integer block dot products (`quant`).
-fn quantized(be: &CpuBackend, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
-    const OP: &str = "matmul";
-    if w.shape.rank() != 2 || !w.is_contiguous() {
-        return Err(op_err(
-            OP,
-            format!("w must be a contiguous [N, K], got {:?}", w.shape),
-        ));
-    }
-    let (n, k, m) = (w.shape.dim(0), w.shape.dim(1), x.shape.rows());
-    if k % w.dtype.block_len() != 0 {
-        return Err(op_err(
-            OP,
-            format!("K = {k} is not a multiple of the {} block", w.dtype),
-        ));
-    }
-    if x.shape.row_len() != k || out.shape.rows() != m || out.shape.row_len() != n {
-        return Err(op_err(
-            OP,
-            format!(
-                "x {:?} / out {:?} do not fit w {:?}",
-                x.shape, out.shape, w.shape
-            ),
-        ));
-    }
+fn quantized(
+    be: &CpuBackend,
+    x: TRef,
+    w: TRef,
+    bias: Option<TRef>,
+    out: TRef,
+    d: check::MatmulDims,
+) -> Result<()> {
+    let (n, k, m) = (d.n, d.k, d.m);
     let xv = be.view(&x)?;
     let mut xf = vec![0f32; m * k];
     for (r, row) in xf.chunks_mut(k.max(1)).enumerate() {

@@ -7,10 +7,12 @@
 //! written).
 //!
 //! Layout: `elementwise.rs` (add, swiglu, gelu, cast, embedding, gather/scatter, argmax),
-//! `norm.rs`, `matmul.rs` (threaded SIMD GEMV/GEMM), `rope.rs`, `attention.rs`, `simd.rs`
-//! (feature detection, bf16 rounding), and `reference.rs`: plain scalar versions of every op on
-//! host slices, the truth the op harness (tests/ops.rs) compares against. The fast paths share
-//! no code with the reference.
+//! `norm.rs`, `matmul.rs` (threaded SIMD GEMV/GEMM for float weights; quantized weights through
+//! `quant`'s integer block dot products), `rope.rs`, `attention.rs`, `simd.rs` (feature
+//! detection, bf16 rounding), and `reference.rs`: plain scalar versions of every op on host
+//! slices, the truth the op harness (tests/ops.rs) compares against. The fast paths share no
+//! code with the reference. Operand checks are each op's contract in `backend::check`;
+//! sampling runs on the host with `backend::sample`.
 //!
 //! Threads: ops run on rayon; [`CpuBackend::with_threads`] gives the backend its own pool,
 //! otherwise rayon's global pool is used (sized by `RAYON_NUM_THREADS`).
@@ -85,52 +87,6 @@ impl View {
 
 pub(crate) fn op_err(op: &str, msg: impl std::fmt::Display) -> Error {
     Error::backend("cpu", format!("{op}: {msg}"))
-}
-
-/// Activations: F32, BF16 (and F16, which the element converters also handle).
-pub(crate) fn check_act(op: &str, name: &str, t: &TRef) -> Result<()> {
-    if matches!(t.dtype, DType::F32 | DType::BF16 | DType::F16) {
-        Ok(())
-    } else {
-        Err(op_err(
-            op,
-            format!("{name} must be f32 or bf16, got {}", t.dtype),
-        ))
-    }
-}
-
-/// Weights: BF16, F16, F32; quantized block types are not handled here yet.
-pub(crate) fn check_weight(op: &str, name: &str, t: &TRef) -> Result<()> {
-    match t.dtype {
-        DType::F32 | DType::BF16 | DType::F16 => Ok(()),
-        d if d.is_quantized() => Err(op_err(
-            op,
-            format!("{name}: {d} weights are unsupported on cpu yet"),
-        )),
-        d => Err(op_err(
-            op,
-            format!("{name} must be a float weight type, got {d}"),
-        )),
-    }
-}
-
-pub(crate) fn check_i32(op: &str, name: &str, t: &TRef) -> Result<()> {
-    if t.dtype == DType::I32 {
-        Ok(())
-    } else {
-        Err(op_err(op, format!("{name} must be i32, got {}", t.dtype)))
-    }
-}
-
-pub(crate) fn check_dims(op: &str, name: &str, t: &TRef, want: &[usize]) -> Result<()> {
-    if t.shape.dims() == want {
-        Ok(())
-    } else {
-        Err(op_err(
-            op,
-            format!("{name} has shape {:?}, expected {want:?}", t.shape),
-        ))
-    }
 }
 
 impl CpuBackend {
@@ -269,7 +225,10 @@ impl CpuBackend {
 
     /// Reads a small I32 tensor (ids, positions, page tables) into a vector, row by row.
     pub(crate) fn read_i32(&self, op: &str, name: &str, t: &TRef) -> Result<Vec<i32>> {
-        check_i32(op, name, t)?;
+        // The op's check has seen to the type; the reads below rely on it.
+        if t.dtype != DType::I32 {
+            return Err(op_err(op, format!("{name} must be i32, got {}", t.dtype)));
+        }
         let v = self.view(t)?;
         let mut out = Vec::with_capacity(v.rows * v.row_len);
         for r in 0..v.rows {
@@ -409,7 +368,7 @@ impl Backend for CpuBackend {
         s.install(|| elementwise::argmax(s, x, out))
     }
     fn sample(&mut self, logits: TRef, args: TRef, out: TRef) -> Result<()> {
-        // The host is where the reference lives: read, sample, write.
+        // The host is where the definition lives: read, sample, write.
         super::sample_on_host(self, logits, args, out)
     }
 }

@@ -1,13 +1,13 @@
 //! RMSNorm fast path (threaded over rows).
 
 use super::simd::{load, round_to, store};
-use super::{check_act, check_weight, op_err, CpuBackend};
-use crate::backend::TRef;
+use super::CpuBackend;
+use crate::backend::{check, TRef};
 use crate::error::Result;
 use rayon::prelude::*;
 
-/// Qwen2RMSNorm over the last dimension (size D = w's length) of x, which may be [rows, D] or
-/// [rows, .., D]; out has x's shape.
+/// Qwen2RMSNorm over the last dimension (size D = w's length) of x, which may be [D], [rows, D]
+/// or [rows, .., D]; out has x's shape.
 pub(super) fn rms_norm(
     be: &CpuBackend,
     x: TRef,
@@ -16,32 +16,14 @@ pub(super) fn rms_norm(
     eps: f32,
     _simd: bool,
 ) -> Result<()> {
-    const OP: &str = "rms_norm";
-    check_act(OP, "x", &x)?;
-    check_act(OP, "out", &out)?;
-    check_weight(OP, "w", &w)?;
-    if w.shape.rank() != 1 {
-        return Err(op_err(OP, format!("w must be [D], got {:?}", w.shape)));
-    }
-    let d = w.shape.dim(0);
-    if x.shape.dim(-1) != d || d == 0 {
-        return Err(op_err(
-            OP,
-            format!("x {:?} does not end in D = {d}", x.shape),
-        ));
-    }
-    if x.shape != out.shape {
-        return Err(op_err(
-            OP,
-            format!("out {:?} differs from x {:?}", out.shape, x.shape),
-        ));
-    }
+    let nd = check::rms_norm(&x, &w, &out)?;
+    let d = nd.d;
     let (xv, wv, ov) = (be.view(&x)?, be.view(&w)?, be.view_mut(&out)?);
     let mut wf = vec![0f32; d];
     unsafe { load(wv.at(0, 0), wv.dt, &mut wf) };
-    let per_row = xv.row_len / d;
+    let per_row = nd.per_slice;
     let odt = ov.dt;
-    (0..xv.rows * per_row)
+    (0..nd.vectors())
         .into_par_iter()
         .with_min_len(4)
         .for_each_init(

@@ -1,7 +1,8 @@
 //! Plain scalar versions of every op on host slices: the truth the op harness (tests/ops.rs)
 //! compares each backend against. Written for obviousness, not speed: one loop per formula,
 //! f64 accumulation for reductions, rounding steps exactly where the `Backend` docs put them.
-//! Shares no code with the fast paths (conversions come from the `half` crate).
+//! Shares no code with the fast paths (conversions come from the `half` crate). Sampling's
+//! definition (`sample_row`) and the host argmax live in the neutral `backend::sample`.
 //!
 //! Tensors are row-major `Vec<f32>` holding values already representable in their dtype; `out`
 //! is the output dtype each result is rounded to.
@@ -331,22 +332,17 @@ pub fn attention_varlen(
     o
 }
 
-/// Row-wise argmax of x [R, N], lowest index on ties; `Err(row)` when a row holds NaN.
+/// Row-wise argmax of x [R, N] (the host argmax, `sample::argmax`); `Err(row)` when a row holds
+/// NaN.
 pub fn argmax(x: &[f32], n: usize) -> Result<Vec<i32>, usize> {
-    let mut o = Vec::new();
-    for (r, row) in x.chunks(n).enumerate() {
-        if row.iter().any(|v| v.is_nan()) {
-            return Err(r);
-        }
-        let mut best = 0;
-        for i in 1..n {
-            if row[i] > row[best] {
-                best = i;
-            }
-        }
-        o.push(best as i32);
-    }
-    Ok(o)
+    x.chunks(n)
+        .enumerate()
+        .map(|(r, row)| {
+            crate::backend::sample::argmax(row)
+                .map(|i| i as i32)
+                .map_err(|_| r)
+        })
+        .collect()
 }
 
 /// `out[i] = x[idx[i]]` over rows of length `d`.
@@ -361,144 +357,6 @@ pub fn scatter_rows(src: &[f32], d: usize, idx: &[i32], dst: &mut [f32]) {
     for (i, &r) in idx.iter().enumerate() {
         dst[r as usize * d..(r as usize + 1) * d].copy_from_slice(&src[i * d..(i + 1) * d]);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sampling. The definition every backend reproduces bit for bit (kernels/sampling.cu):
-// - greedy (temperature <= 0 or NaN): argmax, lowest index on ties;
-// - otherwise s_i = f32(x_i) / temperature (IEEE division) and m = max s_i;
-// - top-k (0 < k < V): keep every token whose s is >= the k-th largest s (ties with it stay,
-//   as transformers' TopKLogitsWarper does);
-// - weights w_i = floor(sample_exp(s_i - m) * 2^40) as integers (0 when s_i - m < -28, where
-//   exp < 2^-40), so every sum below is exact and order-free;
-// - top-p (top_p < 1): rank the kept tokens by (s desc, index asc) and keep those whose
-//   weight ranked strictly before them, A, satisfies A * 2^32 < max(floor(top_p * 2^32) * Z, 1)
-//   (Z: total kept weight). This is transformers' "drop the ascending prefix whose cumulative
-//   probability is <= 1 - top_p" with the best token always kept;
-// - draw: with d the 32-bit draw and Z' the kept total, the token is the first index (in
-//   vocabulary order) whose cumulative kept weight exceeds floor(d * Z' / 2^32).
-// The only approximations against real-valued softmax sampling are the polynomial exp (< 2e-7
-// relative), weights below 2^-40 of the maximum dropped, and 32-bit draw/top_p resolution.
-
-/// Order-preserving u32 image of an f32 (larger float, larger key; -0 just below +0).
-pub fn sample_key(s: f32) -> u32 {
-    let b = s.to_bits();
-    if b & 0x8000_0000 != 0 {
-        !b
-    } else {
-        b | 0x8000_0000
-    }
-}
-
-/// Inverse of [`sample_key`].
-pub fn sample_unkey(k: u32) -> f32 {
-    f32::from_bits(if k & 0x8000_0000 != 0 {
-        k & 0x7fff_ffff
-    } else {
-        !k
-    })
-}
-
-/// `exp(d)` for d in [-28, 0]: Cody-Waite reduction by ln 2 and a degree-7 Taylor polynomial,
-/// written as explicit f32 multiplies and fmas so that the CUDA kernel computes the same bits.
-pub fn sample_exp(d: f32) -> f32 {
-    let n = (d * f32::from_bits(0x3fb8_aa3b)).round_ties_even();
-    let r = (-n).mul_add(f32::from_bits(0x3f31_7200), d);
-    let r = (-n).mul_add(f32::from_bits(0x35bf_be8e), r);
-    let mut p = f32::from_bits(0x3950_0d01); // 1/5040
-    for c in [
-        0x3ab6_0b61u32,
-        0x3c08_8889,
-        0x3d2a_aaab,
-        0x3e2a_aaab,
-        0x3f00_0000,
-    ] {
-        p = p.mul_add(r, f32::from_bits(c));
-    }
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// Integer weight of score `s` under maximum `m`: `floor(exp(s - m) * 2^40)`.
-pub fn sample_weight(s: f32, m: f32) -> u64 {
-    let d = s - m;
-    if d >= -28.0 {
-        (sample_exp(d) * 1_099_511_627_776.0) as u64
-    } else {
-        0
-    }
-}
-
-/// One row of `Backend::sample` (see the definition above); -1 for a row that cannot be
-/// sampled (a NaN logit, +inf after temperature, or no finite logit).
-pub fn sample_row(x: &[f32], args: &[i32; 8]) -> i32 {
-    if x.is_empty() || x.iter().any(|v| v.is_nan()) {
-        return -1;
-    }
-    let temp = f32::from_bits(args[0] as u32);
-    // NaN counts as greedy, like the kernel's !(t > 0).
-    if temp.is_nan() || temp <= 0.0 {
-        let mut best = 0;
-        for i in 1..x.len() {
-            if x[i] > x[best] {
-                best = i;
-            }
-        }
-        return best as i32;
-    }
-    let s: Vec<f32> = x.iter().map(|&v| v / temp).collect();
-    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if m.is_infinite() {
-        return -1;
-    }
-    let keys: Vec<u32> = s.iter().map(|&v| sample_key(v)).collect();
-    let top_k = args[1] as u32 as usize;
-    let top_p = f32::from_bits(args[2] as u32);
-    // The ranking (s desc, index asc); only top-k and top-p need it.
-    let mut order: Vec<usize> = Vec::new();
-    if (top_k > 0 && top_k < x.len()) || top_p < 1.0 {
-        order = (0..x.len()).collect();
-        order.sort_by(|&a, &b| keys[b].cmp(&keys[a]).then(a.cmp(&b)));
-    }
-    let kth = if top_k > 0 && top_k < x.len() {
-        keys[order[top_k - 1]]
-    } else {
-        0
-    };
-    let w: Vec<u64> = (0..x.len())
-        .map(|i| {
-            if keys[i] >= kth {
-                sample_weight(s[i], m)
-            } else {
-                0
-            }
-        })
-        .collect();
-    let mut kept: Vec<bool> = keys.iter().map(|&k| k >= kth).collect();
-    if top_p < 1.0 {
-        let z: u64 = w.iter().sum();
-        let p32 = (top_p.max(0.0) * 4_294_967_296.0) as u64;
-        let thr = (p32 as u128 * z as u128).max(1);
-        let mut above = 0u64;
-        for &i in order.iter().filter(|&&i| keys[i] >= kth) {
-            kept[i] = ((above as u128) << 32) < thr;
-            above += w[i];
-        }
-    }
-    let total: u64 = (0..x.len()).filter(|&i| kept[i]).map(|i| w[i]).sum();
-    let draw = crate::backend::SampleArgs::draw_from_words(args);
-    let target = ((draw as u128 * total as u128) >> 32) as u64;
-    let mut cum = 0u64;
-    for i in 0..x.len() {
-        if kept[i] {
-            cum += w[i];
-            if cum > target {
-                return i as i32;
-            }
-        }
-    }
-    -1
 }
 
 #[cfg(test)]

@@ -5,10 +5,9 @@
 //! even for angles of 1e4+ radians.
 
 use super::simd::{load, round_to, store};
-use super::{check_act, op_err, CpuBackend};
-use crate::backend::{MropeParams, TRef};
+use super::CpuBackend;
+use crate::backend::{check, MropeParams, TRef};
 use crate::error::Result;
-use crate::tensor::DType;
 use rayon::prelude::*;
 
 /// `1 / theta^(2i/dim)` for i < dim/2, with each step in f32 like
@@ -22,44 +21,14 @@ fn inv_freq(theta: f32, dim: usize) -> Vec<f32> {
         .collect()
 }
 
-fn check_xo(op: &str, x: &TRef, out: &TRef) -> Result<(usize, usize, usize)> {
-    check_act(op, "x", x)?;
-    check_act(op, "out", out)?;
-    if x.shape.rank() != 3 {
-        return Err(op_err(
-            op,
-            format!("x must be [T, H, d], got {:?}", x.shape),
-        ));
-    }
-    if out.shape != x.shape {
-        return Err(op_err(
-            op,
-            format!("out {:?} differs from x {:?}", out.shape, x.shape),
-        ));
-    }
-    Ok((x.shape.dim(0), x.shape.dim(1), x.shape.dim(2)))
-}
-
 pub(super) fn mrope(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, p: MropeParams) -> Result<()> {
     const OP: &str = "rope_mrope";
-    let (t, h, d) = check_xo(OP, &x, &out)?;
+    let check::RopeDims {
+        tokens: t,
+        heads: h,
+        head_dim: d,
+    } = check::rope_mrope(&x, &pos, &out, p.sections)?;
     let half = d / 2;
-    if d % 2 != 0 || p.sections.iter().sum::<usize>() != half {
-        return Err(op_err(
-            OP,
-            format!(
-                "sections {:?} must sum to head_dim/2 = {}",
-                p.sections,
-                d / 2
-            ),
-        ));
-    }
-    if pos.shape.dims() != [3, t] {
-        return Err(op_err(
-            OP,
-            format!("pos must be [3, {t}], got {:?}", pos.shape),
-        ));
-    }
     let pv = be.read_i32(OP, "pos", &pos)?;
     let inv = inv_freq(p.theta, d);
     // Position row of each channel pair: t, h, w over contiguous sections of the global index.
@@ -101,19 +70,11 @@ pub(super) fn mrope(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, p: MropePara
 
 pub(super) fn vision(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, theta: f32) -> Result<()> {
     const OP: &str = "rope_vision";
-    let (n, h, d) = check_xo(OP, &x, &out)?;
-    if d % 4 != 0 {
-        return Err(op_err(OP, format!("head_dim {d} must be a multiple of 4")));
-    }
-    if pos.shape.dims() != [n, 2] {
-        return Err(op_err(
-            OP,
-            format!("pos must be [{n}, 2], got {:?}", pos.shape),
-        ));
-    }
-    if pos.dtype != DType::I32 {
-        return Err(op_err(OP, format!("pos must be i32, got {}", pos.dtype)));
-    }
+    let check::RopeDims {
+        tokens: n,
+        heads: h,
+        head_dim: d,
+    } = check::rope_vision(&x, &pos, &out)?;
     let pv = be.read_i32(OP, "pos", &pos)?;
     let (half, q) = (d / 2, d / 4);
     let inv = inv_freq(theta, half);

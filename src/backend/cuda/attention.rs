@@ -1,16 +1,28 @@
 //! Launchers for kernels/attention.cu: paged decode (split-KV + merge), paged prefill, varlen
 //! (ViT) attention and kv_append; and for kernels/attention_mma.cu, the tensor-core paged prefill
 //! (bf16, head_dim 128) and varlen attention (bf16, head_dim 80) that take over those shapes.
+//! cp.async and the 16-byte staging loads need rows that start on 16-byte boundaries.
 
-use super::launch::{Kernel, Launch};
+use super::launch::{kernels, Launch};
 use super::params::{
-    ReelAttnMergeParams, ReelAttnParams, ReelKvAppendParams, ReelPagedKv, REEL_DECODE_SPLITS,
-    REEL_FA_BM, REEL_FA_BN, REEL_FA_PAD, REEL_FA_PAGED_D, REEL_FA_THREADS, REEL_FA_VARLEN_D,
+    ReelAttentionMergeParams, ReelAttentionParams, ReelKvAppendParams, ReelPagedKv,
+    REEL_DECODE_SPLITS, REEL_FA_BM, REEL_FA_BN, REEL_FA_PAD, REEL_FA_PAGED_D, REEL_FA_THREADS,
+    REEL_FA_VARLEN_D,
 };
-use super::{dt_code, need, CudaBackend};
-use crate::backend::{Backend, PagedKv, TRef};
+use super::{dt_code, fits_i32, need, rows_16b, CudaBackend};
+use crate::backend::{check, Backend, PagedKv, TRef};
 use crate::error::Result;
 use crate::tensor::DType;
+
+kernels! {
+    KV_APPEND = "attention" / "kv_append";
+    ATTENTION_PAGED_DECODE = "attention" / "attention_paged_decode";
+    ATTENTION_PAGED_PREFILL = "attention" / "attention_paged_prefill";
+    ATTENTION_VARLEN = "attention" / "attention_varlen";
+    ATTENTION_MERGE = "attention" / "attention_merge";
+    ATTENTION_PAGED_PREFILL_MMA = "attention_mma" / "attention_paged_prefill_mma";
+    ATTENTION_VARLEN_MMA = "attention_mma" / "attention_varlen_mma";
+}
 
 /// Largest head_dim the attention kernels stage in shared memory (DMAX in attention.cu).
 pub(crate) const ATTN_DMAX: usize = 128;
@@ -24,38 +36,19 @@ pub(crate) fn fa_smem_bytes(d: usize) -> usize {
     (REEL_FA_BM as usize + 4 * REEL_FA_BN as usize) * (d + REEL_FA_PAD as usize) * 2
 }
 
-/// cp.async copies 16-byte chunks: the base and every row must be 16-byte aligned.
-fn rows_16b(ptr: u64, row_stride: usize) -> bool {
-    ptr % 16 == 0 && row_stride % 8 == 0
-}
-
 /// Bytes of split partials: o [splits][rows][d] f32 then lse [splits][rows] f32.
 pub(crate) fn partial_bytes(splits: usize, rows: usize, d: usize) -> (usize, usize) {
     let o = splits * rows * d * 4;
     (o, o + splits * rows * 4)
 }
 
-fn check_i32(t: &TRef, what: &str, min: usize) -> Result<()> {
-    need(t.dtype == DType::I32 && t.shape.numel() >= min, || {
-        format!(
-            "{what}: {:?} {} must be i32 with at least {min} element(s)",
-            t.shape, t.dtype
-        )
-    })
-}
-
 impl CudaBackend {
+    /// The pool and page table of a paged op whose `check` has passed.
     fn paged_params(&self, kv: &PagedKv, layer: usize, what: &str) -> Result<ReelPagedKv> {
         let l = &kv.layout;
         let dt = dt_code(l.dtype, &format!("{what} KV pool"))?;
-        need(layer < l.n_layers, || {
-            format!("{what}: layer {layer} of {}", l.n_layers)
-        })?;
-        need(l.head_dim > 0 && l.head_dim <= ATTN_DMAX, || {
+        need(l.head_dim <= ATTN_DMAX, || {
             format!("{what}: head_dim {} must be in 1..={ATTN_DMAX}", l.head_dim)
-        })?;
-        need(l.page_size > 0 && l.n_kv_heads > 0, || {
-            format!("{what}: empty page geometry")
         })?;
         let pool = self.buf(l.buf)?;
         need(pool.len >= l.total_bytes(), || {
@@ -65,12 +58,7 @@ impl CudaBackend {
                 l.total_bytes()
             )
         })?;
-        check_i32(&kv.indptr, &format!("{what} indptr"), 2)?;
-        check_i32(&kv.indices, &format!("{what} indices"), 0)?;
-        check_i32(&kv.last_page_len, &format!("{what} last_page_len"), 1)?;
-        need(l.n_pages <= i32::MAX as usize, || {
-            format!("{what}: {} pages", l.n_pages)
-        })?;
+        fits_i32(what, &[l.n_pages, l.page_size, l.n_kv_heads, layer])?;
         Ok(ReelPagedKv {
             pool: pool.ptr,
             indptr: self.ptr(&kv.indptr, what)?,
@@ -96,23 +84,9 @@ impl CudaBackend {
         kv: &PagedKv,
         layer: usize,
     ) -> Result<()> {
+        let t = check::kv_append(&k, &v, kv, layer)?;
         let pk = self.paged_params(kv, layer, "kv_append")?;
-        let (hkv, d) = (kv.layout.n_kv_heads, kv.layout.head_dim);
-        for (t, name) in [(&k, "k"), (&v, "v")] {
-            need(
-                t.dtype.is_float() && t.shape.rank() == 3 && t.shape.dims()[1..] == [hkv, d],
-                || {
-                    format!(
-                        "kv_append: {name} {:?} {} must be [T, {hkv}, {d}]",
-                        t.shape, t.dtype
-                    )
-                },
-            )?;
-        }
-        need(k.shape == v.shape, || {
-            format!("kv_append: k {:?} and v {:?} differ", k.shape, v.shape)
-        })?;
-        let t = k.shape.dim(0);
+        let hkv = kv.layout.n_kv_heads;
         if t == 0 {
             return Ok(());
         }
@@ -132,7 +106,7 @@ impl CudaBackend {
             block: 128,
             dyn_smem: 0,
         };
-        self.launch(Kernel::KvAppend, l, &p)
+        self.launch(KV_APPEND, l, &p)
     }
 
     pub(super) fn op_attention_paged(
@@ -143,27 +117,9 @@ impl CudaBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
+        let pd = check::attention_paged(&q, kv, layer, &out)?;
         let pk = self.paged_params(kv, layer, "attention_paged")?;
-        let (hkv, d) = (kv.layout.n_kv_heads, kv.layout.head_dim);
-        need(
-            q.dtype.is_float() && q.shape.rank() == 3 && q.shape.dim(2) == d,
-            || {
-                format!(
-                    "attention_paged: q {:?} {} must be [T, Hq, {d}]",
-                    q.shape, q.dtype
-                )
-            },
-        )?;
-        need(out.shape == q.shape && out.dtype.is_float(), || {
-            format!(
-                "attention_paged: out {:?} {} must match q {:?}",
-                out.shape, out.dtype, q.shape
-            )
-        })?;
-        let (t, hq) = (q.shape.dim(0), q.shape.dim(1));
-        need(hq % hkv == 0 && hq > 0, || {
-            format!("attention_paged: {hq} q heads is not a multiple of {hkv} KV heads")
-        })?;
+        let (t, hq, hkv, d) = (pd.tokens, pd.q_heads, pd.kv_heads, pd.head_dim);
         if t == 0 {
             return Ok(());
         }
@@ -179,26 +135,26 @@ impl CudaBackend {
             && q.dtype == DType::BF16
             && out.dtype == DType::BF16
             && kv.layout.dtype == DType::BF16
-            && rows_16b(qp, q.row_stride)
-            && rows_16b(op, out.row_stride)
+            && rows_16b(qp, q.row_stride, q.dtype)
+            && rows_16b(op, out.row_stride, out.dtype)
             && fa_smem_bytes(d) as u32 <= self.info.smem_optin
             // Its row tiles go on grid.y (limit 65535); the CUDA-core kernel puts them on x.
             && (t * g).div_ceil(REEL_FA_BM as usize) <= 65535;
         let (splits, rows_per_cta, kern) = if mma {
-            (1, REEL_FA_BM as usize, Kernel::AttnPagedPrefillMma)
+            (1, REEL_FA_BM as usize, ATTENTION_PAGED_PREFILL_MMA)
         } else if t == 1 {
             (
                 REEL_DECODE_SPLITS as usize,
                 DECODE_ROWS,
-                Kernel::AttnPagedDecode,
+                ATTENTION_PAGED_DECODE,
             )
         } else {
-            (1, PREFILL_ROWS, Kernel::AttnPagedPrefill)
+            (1, PREFILL_ROWS, ATTENTION_PAGED_PREFILL)
         };
         let rows = t * hq;
         let (lse_off, total) = partial_bytes(splits, rows, d);
         let part = if splits > 1 { self.scratch(total)? } else { 0 };
-        let p = ReelAttnParams {
+        let p = ReelAttentionParams {
             q: qp,
             k: 0,
             v: 0,
@@ -242,7 +198,7 @@ impl CudaBackend {
         };
         self.launch(kern, l, &p)?;
         if splits > 1 {
-            let mp = ReelAttnMergeParams {
+            let mp = ReelAttentionMergeParams {
                 part_o: p.part_o,
                 part_lse: p.part_lse,
                 out: p.out,
@@ -259,7 +215,7 @@ impl CudaBackend {
                 block: 128,
                 dyn_smem: 0,
             };
-            self.launch(Kernel::AttnMerge, l, &mp)?;
+            self.launch(ATTENTION_MERGE, l, &mp)?;
         }
         Ok(())
     }
@@ -273,30 +229,17 @@ impl CudaBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
-        for (t, name) in [(&q, "q"), (&k, "k"), (&v, "v"), (&out, "out")] {
-            need(
-                t.dtype.is_float() && t.shape.rank() == 3 && t.shape == q.shape,
-                || {
-                    format!(
-                        "attention_varlen: {name} {:?} {} must be [N, H, d] like q {:?}",
-                        t.shape, t.dtype, q.shape
-                    )
-                },
-            )?;
-        }
+        let vd = check::attention_varlen(&q, &k, &v, &cu, &out)?;
+        let (n, h, d, segs) = (vd.tokens, vd.heads, vd.head_dim, vd.segments);
+        // One kv_dt code covers k and v in the kernels.
         need(k.dtype == v.dtype, || {
             format!("attention_varlen: k is {} but v is {}", k.dtype, v.dtype)
         })?;
-        let (n, h, d) = (q.shape.dim(0), q.shape.dim(1), q.shape.dim(2));
         need(d > 0 && d <= ATTN_DMAX, || {
             format!("attention_varlen: head_dim {d} must be in 1..={ATTN_DMAX}")
         })?;
-        need(h <= 65535, || format!("attention_varlen: {h} heads"))?;
-        need(cu.dtype == DType::I32 && cu.shape.numel() >= 1, || {
-            format!(
-                "attention_varlen: cu_seqlens {:?} {} must be [S+1] i32",
-                cu.shape, cu.dtype
-            )
+        need(h <= 65535 && segs <= 65535, || {
+            format!("attention_varlen: {h} heads and {segs} segments (limit 65535 each)")
         })?;
         let (kp, vp) = (
             self.ptr(&k, "attention_varlen k")?,
@@ -305,35 +248,19 @@ impl CudaBackend {
         // 16-byte staging loads need bf16 rows that are 16-byte aligned.
         let vec16 = k.dtype == DType::BF16
             && d % 8 == 0
-            && kp % 16 == 0
-            && vp % 16 == 0
-            && k.row_stride % 8 == 0
-            && v.row_stride % 8 == 0;
+            && rows_16b(kp, k.row_stride, k.dtype)
+            && rows_16b(vp, v.row_stride, v.dtype);
         // The grid needs the longest segment: read the (small) boundary list back.
-        let segs = cu.shape.numel() - 1;
         let mut raw = vec![0u8; (segs + 1) * 4];
         self.read(cu.buf, cu.offset, &mut raw)?;
         let bounds: Vec<i32> = raw
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        need(bounds[0] == 0 && bounds[segs] as usize == n, || {
-            format!("attention_varlen: cu_seqlens {bounds:?} must run from 0 to N = {n}")
-        })?;
-        let mut max_len = 0usize;
-        for s in 0..segs {
-            let (a, b) = (bounds[s], bounds[s + 1]);
-            need(a <= b, || {
-                format!("attention_varlen: cu_seqlens {bounds:?} is not non-decreasing")
-            })?;
-            max_len = max_len.max((b - a) as usize);
-        }
+        let max_len = check::cu_seqlens(&bounds, n)?;
         if segs == 0 || max_len == 0 || h == 0 {
             return Ok(());
         }
-        need(segs <= 65535, || {
-            format!("attention_varlen: {segs} segments (limit 65535)")
-        })?;
         let (qp, op) = (
             self.ptr(&q, "attention_varlen q")?,
             self.ptr_mut(&out, "attention_varlen out")?,
@@ -341,12 +268,12 @@ impl CudaBackend {
         // bf16 at the ViT's head_dim goes to tensor cores.
         let mma = d == REEL_FA_VARLEN_D as usize
             && [&q, &k, &v, &out].iter().all(|t| t.dtype == DType::BF16)
-            && rows_16b(qp, q.row_stride)
-            && rows_16b(kp, k.row_stride)
-            && rows_16b(vp, v.row_stride)
-            && rows_16b(op, out.row_stride)
+            && rows_16b(qp, q.row_stride, q.dtype)
+            && rows_16b(kp, k.row_stride, k.dtype)
+            && rows_16b(vp, v.row_stride, v.dtype)
+            && rows_16b(op, out.row_stride, out.dtype)
             && fa_smem_bytes(d) as u32 <= self.info.smem_optin;
-        let p = ReelAttnParams {
+        let p = ReelAttentionParams {
             q: qp,
             k: kp,
             v: vp,
@@ -375,12 +302,12 @@ impl CudaBackend {
         let (rows_per_cta, kern, block, dyn_smem) = if mma {
             (
                 REEL_FA_BM as usize,
-                Kernel::AttnVarlenMma,
+                ATTENTION_VARLEN_MMA,
                 REEL_FA_THREADS,
                 fa_smem_bytes(d) as u32,
             )
         } else {
-            (PREFILL_ROWS, Kernel::AttnVarlen, 128, 0)
+            (PREFILL_ROWS, ATTENTION_VARLEN, 128, 0)
         };
         let gx = max_len.div_ceil(rows_per_cta) as u32;
         let l = Launch {

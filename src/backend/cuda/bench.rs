@@ -390,7 +390,7 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
     // Decode at 4k and 16k context; prefill of the Video-R1 input (T = 4250 tokens, all of them
     // in the cache: a ragged last page and T * 7 rows not a multiple of the 64-row tile).
     for kv_len in [4096usize, 16384, 4250] {
-        if !(want("attn_paged_decode") || want("attn_paged_prefill")) {
+        if !(want("attention_paged_decode") || want("attention_paged_prefill")) {
             break;
         }
         let npages = kv_len.div_ceil(ps);
@@ -416,25 +416,25 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
             last_page_len: b.i32s(&[(kv_len - (npages - 1) * ps) as i32])?,
         };
         let scale = 1.0 / (d as f32).sqrt();
-        if want("attn_paged_decode") && kv_len != 4250 {
+        if want("attention_paged_decode") && kv_len != 4250 {
             let (q, out) = (b.bf16(&[1, hq, d])?, b.bf16(&[1, hq, d])?);
             let bytes = (kv_len * 2 * hkv * d * 2) as f64;
             b.time(
-                "attn_paged_decode+merge",
+                "attention_paged_decode+merge",
                 format!("kv_len={kv_len} Hq=28 Hkv=4 d=128"),
                 bytes,
                 0.0,
                 |be, _| be.attention_paged(q, &kv, 0, out, scale),
             )?;
         }
-        if want("attn_paged_prefill") && kv_len == 4250 {
+        if want("attention_paged_prefill") && kv_len == 4250 {
             let t = kv_len;
             let (q, out) = (b.bf16(&[t, hq, d])?, b.bf16(&[t, hq, d])?);
             // Useful causal work: QK^T and PV over the t (t + 1) / 2 visible pairs per head
             // (the kernel's second P V mma for the low half of P is not counted).
             let flops = 4.0 * (t * (t + 1) / 2) as f64 * (d * hq) as f64;
             b.time(
-                "attn_paged_prefill",
+                "attention_paged_prefill",
                 format!("T={t} over {kv_len} cached, causal Hq=28 Hkv=4 d=128 page=16"),
                 0.0,
                 flops,
@@ -442,7 +442,7 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
             )?;
         }
     }
-    if want("attn_varlen") {
+    if want("attention_varlen") {
         // ViT attention over 16,384 patches: 64-patch windows (28 of 32 blocks), full-attention
         // slices of 2,048 patches (a video's frame pairs) and one slice of 16,384 (an image).
         let (n, h, dv) = (16384usize, 16usize, 80usize);
@@ -463,7 +463,7 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
             let cu = b.i32s(&cu)?;
             let flops = 4.0 * (n * seg * dv * h) as f64;
             b.time(
-                "attn_varlen",
+                "attention_varlen",
                 format!("N={n} {what}, H=16 d=80"),
                 0.0,
                 flops,

@@ -1,11 +1,28 @@
-//! Launchers for kernels/elementwise.cu: add, swiglu, gelu, cast, embedding, gather/scatter.
+//! Launchers for kernels/elementwise.cu (add, swiglu, gelu, cast, embedding, gather_rows,
+//! scatter_rows) and for the quantized-table embedding of kernels/quant.cu.
 
-use super::launch::{Kernel, Launch};
-use super::params::{ReelCopyRowsParams, ReelEltParams, ReelEmbeddingParams};
-use super::{dt_code, need, CudaBackend};
+use super::launch::{kernels, Kernel, Launch};
+use super::matmul::qtype_code;
+use super::params::{ReelEltParams, ReelEmbeddingParams, ReelEmbeddingQuantParams, ReelRowsParams};
+use super::{dt_code, fits_i32, need, CudaBackend};
+use crate::backend::check::{self, MapDims, RowsDims};
 use crate::backend::TRef;
 use crate::error::Result;
-use crate::tensor::DType;
+
+kernels! {
+    ADD = "elementwise" / "add";
+    SWIGLU = "elementwise" / "swiglu";
+    GELU = "elementwise" / "gelu";
+    CAST = "elementwise" / "cast";
+    EMBEDDING = "elementwise" / "embedding";
+    EMBEDDING_QUANT = "quant" / "embedding_quant";
+    GATHER_ROWS_16 = "elementwise" / "gather_rows_16";
+    GATHER_ROWS_4 = "elementwise" / "gather_rows_4";
+    GATHER_ROWS_1 = "elementwise" / "gather_rows_1";
+    SCATTER_ROWS_16 = "elementwise" / "scatter_rows_16";
+    SCATTER_ROWS_4 = "elementwise" / "scatter_rows_4";
+    SCATTER_ROWS_1 = "elementwise" / "scatter_rows_1";
+}
 
 /// The widest copy unit (16, 4 or 1 bytes) dividing every length, stride and address.
 pub(crate) fn copy_unit(values: &[u64]) -> u64 {
@@ -16,47 +33,57 @@ pub(crate) fn copy_unit(values: &[u64]) -> u64 {
 }
 
 impl CudaBackend {
-    /// add / swiglu (binary) and gelu / cast (unary) over same-shaped [rows, row_len] views.
-    pub(super) fn op_eltwise(
+    pub(super) fn op_add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
+        let d = check::add(&a, &b, &out)?;
+        self.launch_map(ADD, d, a, Some(b), out)
+    }
+
+    pub(super) fn op_swiglu(&mut self, gate: TRef, up: TRef, out: TRef) -> Result<()> {
+        let d = check::swiglu(&gate, &up, &out)?;
+        self.launch_map(SWIGLU, d, gate, Some(up), out)
+    }
+
+    pub(super) fn op_gelu(&mut self, x: TRef, out: TRef) -> Result<()> {
+        let d = check::gelu(&x, &out)?;
+        self.launch_map(GELU, d, x, None, out)
+    }
+
+    pub(super) fn op_cast(&mut self, x: TRef, out: TRef) -> Result<()> {
+        let d = check::cast(&x, &out)?;
+        self.launch_map(CAST, d, x, None, out)
+    }
+
+    /// A binary (add, swiglu) or unary (gelu, cast) map over [rows, cols] views.
+    fn launch_map(
         &mut self,
         k: Kernel,
-        what: &str,
+        d: MapDims,
         a: TRef,
         b: Option<TRef>,
         out: TRef,
     ) -> Result<()> {
-        need(a.shape == out.shape, || {
-            format!("{what}: input {:?} but out {:?}", a.shape, out.shape)
-        })?;
-        if let Some(b) = &b {
-            need(b.shape == a.shape, || {
-                format!("{what}: inputs {:?} and {:?} differ", a.shape, b.shape)
-            })?;
-        }
-        let rows = a.shape.rows();
-        let cols = a.shape.row_len();
-        let total = rows * cols;
+        let total = d.rows * d.cols;
         if total == 0 {
             return Ok(());
         }
         let p = ReelEltParams {
-            a: self.ptr(&a, what)?,
+            a: self.ptr(&a, k.name)?,
             b: match &b {
-                Some(b) => self.ptr(b, what)?,
+                Some(b) => self.ptr(b, k.name)?,
                 None => 0,
             },
-            out: self.ptr_mut(&out, what)?,
-            rows: rows as i64,
-            cols: cols as i64,
+            out: self.ptr_mut(&out, k.name)?,
+            rows: d.rows as i64,
+            cols: d.cols as i64,
             a_stride: a.row_stride as i64,
             b_stride: b.map_or(0, |b| b.row_stride as i64),
             out_stride: out.row_stride as i64,
-            a_dt: dt_code(a.dtype, what)?,
+            a_dt: dt_code(a.dtype, k.name)?,
             b_dt: match &b {
-                Some(b) => dt_code(b.dtype, what)?,
+                Some(b) => dt_code(b.dtype, k.name)?,
                 None => 0,
             },
-            out_dt: dt_code(out.dtype, what)?,
+            out_dt: dt_code(out.dtype, k.name)?,
             pad_: 0,
         };
         let grid = self.stride_grid(total, 256);
@@ -71,109 +98,132 @@ impl CudaBackend {
         )
     }
 
+    /// Float tables copy (and convert) rows; quantized tables are decoded (quant.cu). Ids
+    /// outside the table write zeros.
     pub(super) fn op_embedding(&mut self, table: TRef, ids: TRef, out: TRef) -> Result<()> {
-        need(table.shape.rank() == 2, || {
-            format!("embedding: table {:?} must be [V, D]", table.shape)
-        })?;
-        let (v, d) = (table.shape.dim(0), table.shape.dim(1));
-        let t = ids.shape.numel();
-        need(ids.dtype == DType::I32, || {
-            format!("embedding: ids are {}, not i32", ids.dtype)
-        })?;
-        need(out.shape.rank() == 2 && out.shape.dims() == [t, d], || {
-            format!("embedding: out {:?} must be [{t}, {d}]", out.shape)
-        })?;
-        need(v <= i32::MAX as usize && d <= i32::MAX as usize, || {
-            "embedding: table too large".into()
-        })?;
-        if t == 0 || d == 0 {
+        const OP: &str = "embedding";
+        let d = check::embedding(&table, &ids, &out)?;
+        fits_i32(OP, &[d.vocab, d.dim, d.tokens])?;
+        let tp = self.ptr(&table, "embedding table")?;
+        let ip = self.ptr(&ids, "embedding ids")?;
+        let op = self.ptr_mut(&out, "embedding out")?;
+        if d.tokens == 0 || d.dim == 0 {
             return Ok(());
         }
-        let p = ReelEmbeddingParams {
-            table: self.ptr(&table, "embedding table")?,
-            ids: self.ptr(&ids, "embedding ids")?,
-            out: self.ptr_mut(&out, "embedding out")?,
-            tokens: t as i32,
-            dim: d as i32,
-            vocab: v as i32,
-            table_dt: dt_code(table.dtype, "embedding table")?,
-            table_stride: table.row_stride as i64,
+        let l = Launch {
+            grid: (d.tokens as u32, 1, 1),
+            block: 256,
+            dyn_smem: 0,
+        };
+        let out_dt = dt_code(out.dtype, "embedding out")?;
+        let Some(row_bytes) = d.quant_row_bytes else {
+            let p = ReelEmbeddingParams {
+                table: tp,
+                ids: ip,
+                out: op,
+                tokens: d.tokens as i32,
+                dim: d.dim as i32,
+                vocab: d.vocab as i32,
+                table_dt: dt_code(table.dtype, "embedding table")?,
+                table_stride: table.row_stride as i64,
+                out_stride: out.row_stride as i64,
+                out_dt,
+                pad_: 0,
+            };
+            return self.launch(EMBEDDING, l, &p);
+        };
+        // Decoders read fp16 scales and quant pairs with 16-bit loads.
+        need(tp % 2 == 0, || "embedding: table at an odd address".into())?;
+        let p = ReelEmbeddingQuantParams {
+            table: tp,
+            ids: ip,
+            out: op,
+            row_bytes: row_bytes as i64,
             out_stride: out.row_stride as i64,
-            out_dt: dt_code(out.dtype, "embedding out")?,
+            tokens: d.tokens as i32,
+            dim: d.dim as i32,
+            vocab: d.vocab as i32,
+            qtype: qtype_code(table.dtype)?,
+            out_dt,
             pad_: 0,
         };
-        self.launch(
-            Kernel::Embedding,
-            Launch {
-                grid: (t as u32, 1, 1),
-                block: 256,
-                dyn_smem: 0,
-            },
-            &p,
+        self.launch(EMBEDDING_QUANT, l, &p)
+    }
+
+    /// `out[i] = x[idx[i]]`, whole rows; indices outside x skip their row.
+    pub(super) fn op_gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()> {
+        let d = check::gather_rows(&x, &idx, &out)?;
+        let kernels = [GATHER_ROWS_16, GATHER_ROWS_4, GATHER_ROWS_1];
+        self.launch_rows(
+            "gather_rows",
+            kernels,
+            d,
+            x,
+            idx,
+            out,
+            (d.indexed_rows, d.n_idx),
         )
     }
 
-    /// gather (dst[i] = src[idx[i]]) or scatter (dst[idx[i]] = src[i]) of whole rows.
-    pub(super) fn op_copy_rows(
+    /// `dst[idx[i]] = src[i]`, whole rows; indices outside dst skip their row.
+    pub(super) fn op_scatter_rows(&mut self, src: TRef, idx: TRef, dst: TRef) -> Result<()> {
+        let d = check::scatter_rows(&src, &idx, &dst)?;
+        let kernels = [SCATTER_ROWS_16, SCATTER_ROWS_4, SCATTER_ROWS_1];
+        self.launch_rows(
+            "scatter_rows",
+            kernels,
+            d,
+            src,
+            idx,
+            dst,
+            (d.n_idx, d.indexed_rows),
+        )
+    }
+
+    /// One block per index, copying in the widest unit (16, 4 or 1 bytes: `kernels` in that
+    /// order) that divides the row length, both strides and both addresses. `rows`: the rows
+    /// of src and of dst (indices past them skip).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_rows(
         &mut self,
+        what: &str,
+        kernels: [Kernel; 3],
+        d: RowsDims,
         src: TRef,
         idx: TRef,
         dst: TRef,
-        scatter: bool,
+        (src_rows, dst_rows): (usize, usize),
     ) -> Result<()> {
-        let what = if scatter {
-            "scatter_rows"
-        } else {
-            "gather_rows"
-        };
-        need(idx.dtype == DType::I32, || {
-            format!("{what}: indices are {}, not i32", idx.dtype)
-        })?;
-        need(src.dtype == dst.dtype, || {
-            format!("{what}: {} rows into {}", src.dtype, dst.dtype)
-        })?;
-        need(src.shape.row_len() == dst.shape.row_len(), || {
-            format!("{what}: rows of {:?} and {:?} differ", src.shape, dst.shape)
-        })?;
-        let n = idx.shape.numel();
-        let (idx_rows, other_rows) = if scatter {
-            (src.shape.rows(), dst.shape.rows())
-        } else {
-            (dst.shape.rows(), src.shape.rows())
-        };
-        need(n == idx_rows, || {
-            format!("{what}: {n} indices for {idx_rows} rows")
-        })?;
-        if n == 0 {
+        if d.n_idx == 0 {
             return Ok(());
         }
-        let row_bytes = src.dtype.bytes_for(src.shape.row_len()) as u64;
+        fits_i32(what, &[d.n_idx])?;
+        let row_bytes = src.dtype.bytes_for(d.row_len) as u64;
         let ss = src.dtype.bytes_for(src.row_stride) as u64;
         let ds = dst.dtype.bytes_for(dst.row_stride) as u64;
         let sp = self.ptr(&src, what)?;
         let dp = self.ptr_mut(&dst, what)?;
-        let unit = copy_unit(&[row_bytes, ss, ds, sp, dp]);
-        let k = match unit {
-            16 => Kernel::CopyRows16,
-            4 => Kernel::CopyRows4,
-            _ => Kernel::CopyRows1,
+        let k = match copy_unit(&[row_bytes, ss, ds, sp, dp]) {
+            16 => kernels[0],
+            4 => kernels[1],
+            _ => kernels[2],
         };
-        let p = ReelCopyRowsParams {
+        let p = ReelRowsParams {
             src: sp,
             idx: self.ptr(&idx, what)?,
             dst: dp,
-            n_idx: n as i32,
-            scatter: scatter as i32,
+            n_idx: d.n_idx as i32,
+            pad_: 0,
             row_bytes: row_bytes as i64,
             src_stride_bytes: ss as i64,
             dst_stride_bytes: ds as i64,
-            src_rows: (if scatter { idx_rows } else { other_rows }) as i64,
-            dst_rows: (if scatter { other_rows } else { idx_rows }) as i64,
+            src_rows: src_rows as i64,
+            dst_rows: dst_rows as i64,
         };
         self.launch(
             k,
             Launch {
-                grid: (n as u32, 1, 1),
+                grid: (d.n_idx as u32, 1, 1),
                 block: 128,
                 dyn_smem: 0,
             },

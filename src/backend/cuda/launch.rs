@@ -1,149 +1,42 @@
-//! The kernel registry (every kernel the launchers may name, and the module it lives in) and
-//! the checked launch path: grid/block/shared-memory limits are asserted on the host before
-//! every launch, so a bad shape is an error naming the kernel, not a device fault.
+//! The kernel registry and the checked launch path: grid/block/shared-memory limits are
+//! asserted on the host before every launch, so a bad shape is an error naming the kernel, not
+//! a device fault.
+//!
+//! Each launcher file declares the kernels it launches once, with [`kernels!`]: a const per
+//! kernel (what its launches name) and the file's `KERNELS` table; `super::KERNEL_TABLES` joins
+//! the tables into the registry, which [`Kernels::load`] resolves in the embedded modules and
+//! the `kernel_names_in_fatbins` test holds against the fatbins (both ways).
 
-use super::params::*;
 use cudarc::driver::sys::CUfunction_attribute as FuncAttr;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, DeviceRepr, LaunchConfig, PushKernelArg,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Every kernel the launchers use. Launchers can only name kernels through this enum, and the
-/// `kernel_names_in_fatbins` test checks each one is present in its embedded module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    RmsNorm,
-    RopeMrope,
-    RopeVision,
-    Add,
-    Swiglu,
-    Gelu,
-    Cast,
-    Embedding,
-    CopyRows16,
-    CopyRows4,
-    CopyRows1,
-    Argmax,
-    GemvV16,
-    GemvScalar,
-    GemmMma,
-    AttnPagedDecode,
-    AttnPagedPrefill,
-    AttnVarlen,
-    AttnMerge,
-    KvAppend,
-    QgemvQ8_0Bf16,
-    QgemvQ8_0F32,
-    QgemvQ4kBf16,
-    QgemvQ4kF32,
-    QgemvQ6kBf16,
-    QgemvQ6kF32,
-    QgemmQ8_0,
-    QgemmQ4k,
-    QgemmQ6k,
-    QEmbedding,
-    AttnPagedPrefillMma,
-    AttnVarlenMma,
-    Sample,
+/// A kernel: its module (kernels/<module>.cu) and its extern "C" name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub module: &'static str,
+    pub name: &'static str,
 }
 
-impl Kernel {
-    pub const ALL: &'static [Kernel] = &[
-        Kernel::RmsNorm,
-        Kernel::RopeMrope,
-        Kernel::RopeVision,
-        Kernel::Add,
-        Kernel::Swiglu,
-        Kernel::Gelu,
-        Kernel::Cast,
-        Kernel::Embedding,
-        Kernel::CopyRows16,
-        Kernel::CopyRows4,
-        Kernel::CopyRows1,
-        Kernel::Argmax,
-        Kernel::GemvV16,
-        Kernel::GemvScalar,
-        Kernel::GemmMma,
-        Kernel::AttnPagedDecode,
-        Kernel::AttnPagedPrefill,
-        Kernel::AttnVarlen,
-        Kernel::AttnMerge,
-        Kernel::KvAppend,
-        Kernel::QgemvQ8_0Bf16,
-        Kernel::QgemvQ8_0F32,
-        Kernel::QgemvQ4kBf16,
-        Kernel::QgemvQ4kF32,
-        Kernel::QgemvQ6kBf16,
-        Kernel::QgemvQ6kF32,
-        Kernel::QgemmQ8_0,
-        Kernel::QgemmQ4k,
-        Kernel::QgemmQ6k,
-        Kernel::QEmbedding,
-        Kernel::AttnPagedPrefillMma,
-        Kernel::AttnVarlenMma,
-        Kernel::Sample,
-    ];
-
-    /// (module = kernels/<module>.cu, extern "C" name)
-    pub const fn id(self) -> (&'static str, &'static str) {
-        match self {
-            Kernel::RmsNorm => ("norm", "rms_norm"),
-            Kernel::RopeMrope => ("rope", "rope_mrope"),
-            Kernel::RopeVision => ("rope", "rope_vision"),
-            Kernel::Add => ("elementwise", "add"),
-            Kernel::Swiglu => ("elementwise", "swiglu"),
-            Kernel::Gelu => ("elementwise", "gelu"),
-            Kernel::Cast => ("elementwise", "cast"),
-            Kernel::Embedding => ("elementwise", "embedding"),
-            Kernel::CopyRows16 => ("elementwise", "copy_rows_16"),
-            Kernel::CopyRows4 => ("elementwise", "copy_rows_4"),
-            Kernel::CopyRows1 => ("elementwise", "copy_rows_1"),
-            Kernel::Argmax => ("argmax", "argmax"),
-            Kernel::GemvV16 => ("gemv", "gemv_bf16_v16"),
-            Kernel::GemvScalar => ("gemv", "gemv_scalar"),
-            Kernel::GemmMma => ("gemm", "gemm_bf16_mma"),
-            Kernel::AttnPagedDecode => ("attention", "attn_paged_decode"),
-            Kernel::AttnPagedPrefill => ("attention", "attn_paged_prefill"),
-            Kernel::AttnVarlen => ("attention", "attn_varlen"),
-            Kernel::AttnMerge => ("attention", "attn_merge"),
-            Kernel::KvAppend => ("attention", "kv_append"),
-            Kernel::QgemvQ8_0Bf16 => ("quant", "qgemv_q8_0_bf16"),
-            Kernel::QgemvQ8_0F32 => ("quant", "qgemv_q8_0_f32"),
-            Kernel::QgemvQ4kBf16 => ("quant", "qgemv_q4_k_bf16"),
-            Kernel::QgemvQ4kF32 => ("quant", "qgemv_q4_k_f32"),
-            Kernel::QgemvQ6kBf16 => ("quant", "qgemv_q6_k_bf16"),
-            Kernel::QgemvQ6kF32 => ("quant", "qgemv_q6_k_f32"),
-            Kernel::QgemmQ8_0 => ("quant", "qgemm_q8_0"),
-            Kernel::QgemmQ4k => ("quant", "qgemm_q4_k"),
-            Kernel::QgemmQ6k => ("quant", "qgemm_q6_k"),
-            Kernel::QEmbedding => ("quant", "qembedding"),
-            Kernel::AttnPagedPrefillMma => ("attention_mma", "attn_paged_prefill_mma"),
-            Kernel::AttnVarlenMma => ("attention_mma", "attn_varlen_mma"),
-            Kernel::Sample => ("sampling", "sample"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        self.id().1
-    }
+/// `kernels! { NAME = "module" / "entry"; ... }` declares `pub(crate) const NAME: Kernel` for
+/// each kernel and `pub(crate) const KERNELS: &[Kernel]` listing them, in a launcher file.
+macro_rules! kernels {
+    ($($(#[$doc:meta])* $id:ident = $module:literal / $name:literal;)+) => {
+        $($(#[$doc])* pub(crate) const $id: $crate::backend::cuda::launch::Kernel =
+            $crate::backend::cuda::launch::Kernel { module: $module, name: $name };)+
+        /// Every kernel this file launches (its part of the registry).
+        pub(crate) const KERNELS: &[$crate::backend::cuda::launch::Kernel] = &[$($id),+];
+    };
 }
+pub(crate) use kernels;
 
-// Each launch passes exactly one of these structs by value; they are plain C data.
-unsafe impl DeviceRepr for ReelRmsNormParams {}
-unsafe impl DeviceRepr for ReelMropeParams {}
-unsafe impl DeviceRepr for ReelRopeVisionParams {}
-unsafe impl DeviceRepr for ReelEltParams {}
-unsafe impl DeviceRepr for ReelEmbeddingParams {}
-unsafe impl DeviceRepr for ReelCopyRowsParams {}
-unsafe impl DeviceRepr for ReelMatmulParams {}
-unsafe impl DeviceRepr for ReelArgmaxParams {}
-unsafe impl DeviceRepr for ReelKvAppendParams {}
-unsafe impl DeviceRepr for ReelAttnParams {}
-unsafe impl DeviceRepr for ReelAttnMergeParams {}
-unsafe impl DeviceRepr for ReelQMatmulParams {}
-unsafe impl DeviceRepr for ReelQEmbeddingParams {}
-unsafe impl DeviceRepr for ReelSampleParams {}
+/// Every kernel of every launcher file.
+pub fn all() -> impl Iterator<Item = Kernel> {
+    super::KERNEL_TABLES.iter().flat_map(|t| t.iter().copied())
+}
 
 /// A loaded kernel with the limits ptxas gave it.
 pub struct LoadedKernel {
@@ -157,7 +50,7 @@ pub struct LoadedKernel {
 }
 
 pub struct Kernels {
-    pub loaded: Vec<LoadedKernel>,
+    loaded: HashMap<&'static str, LoadedKernel>,
     _modules: Vec<Arc<CudaModule>>,
 }
 
@@ -167,7 +60,7 @@ fn fattr(f: &CudaFunction, a: FuncAttr) -> Result<i32, String> {
 }
 
 impl Kernels {
-    /// Loads every embedded module and looks up every kernel in [`Kernel::ALL`]; a missing one
+    /// Loads every embedded module and looks up every kernel of the registry; a missing one
     /// is an error naming it (the build and the launchers disagree).
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, String> {
         let mut modules: Vec<(&str, Arc<CudaModule>)> = Vec::new();
@@ -177,17 +70,16 @@ impl Kernels {
                 .map_err(|e| format!("loading module {stem}: {e}"))?;
             modules.push((stem, m));
         }
-        let mut loaded = Vec::new();
-        for k in Kernel::ALL {
-            let (module, name) = k.id();
+        let mut loaded = HashMap::new();
+        for k in all() {
             let m = modules
                 .iter()
-                .find(|(s, _)| *s == module)
-                .ok_or_else(|| format!("kernel module {module}.cu is not in this build"))?;
+                .find(|(s, _)| *s == k.module)
+                .ok_or_else(|| format!("kernel module {}.cu is not in this build", k.module))?;
             let func =
-                m.1.load_function(name)
-                    .map_err(|e| format!("kernel {name} in {module}.cu: {e}"))?;
-            loaded.push(LoadedKernel {
+                m.1.load_function(k.name)
+                    .map_err(|e| format!("kernel {} in {}.cu: {e}", k.name, k.module))?;
+            let lk = LoadedKernel {
                 max_threads: fattr(&func, FuncAttr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
                     as u32,
                 static_smem: fattr(&func, FuncAttr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)? as u32,
@@ -195,7 +87,10 @@ impl Kernels {
                 local_bytes: fattr(&func, FuncAttr::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)? as u32,
                 dyn_smem_optin: 48 * 1024,
                 func,
-            });
+            };
+            if loaded.insert(k.name, lk).is_some() {
+                return Err(format!("kernel {} is registered twice", k.name));
+            }
         }
         Ok(Kernels {
             loaded,
@@ -203,20 +98,9 @@ impl Kernels {
         })
     }
 
-    pub fn get(&self, k: Kernel) -> &LoadedKernel {
-        let i = Kernel::ALL
-            .iter()
-            .position(|x| *x == k)
-            .expect("Kernel::ALL lists every kernel");
-        &self.loaded[i]
-    }
-
-    fn get_mut(&mut self, k: Kernel) -> &mut LoadedKernel {
-        let i = Kernel::ALL
-            .iter()
-            .position(|x| *x == k)
-            .expect("Kernel::ALL lists every kernel");
-        &mut self.loaded[i]
+    /// A loaded kernel; None for one whose file's table is missing from `KERNEL_TABLES`.
+    pub fn get(&self, k: Kernel) -> Option<&LoadedKernel> {
+        self.loaded.get(k.name)
     }
 }
 
@@ -243,7 +127,7 @@ pub fn check_launch(
     static_smem: u32,
     lim: &Limits,
 ) -> Result<(), String> {
-    let name = k.name();
+    let name = k.name;
     let (gx, gy, gz) = l.grid;
     if gx == 0 || gy == 0 || gz == 0 {
         return Err(format!("{name}: empty grid {:?}", l.grid));
@@ -287,13 +171,14 @@ impl super::CudaBackend {
         let lim = Limits {
             smem_optin: self.info.smem_optin,
         };
-        let lk = self.kernels.get(k);
+        let unknown = || super::err(format!("{}: kernel not in the registry", k.name));
+        let lk = self.kernels.get(k).ok_or_else(unknown)?;
         check_launch(k, &l, lk.max_threads, lk.static_smem, &lim).map_err(super::err)?;
         if l.dyn_smem > lk.dyn_smem_optin {
             // A raw driver call: make this context current on the calling thread first.
             self.ctx
                 .bind_to_thread()
-                .map_err(|e| super::err(format!("{}: binding the context: {e}", k.name())))?;
+                .map_err(|e| super::err(format!("{}: binding the context: {e}", k.name)))?;
             // Above 48 KB the function must be opted in (cudaFuncSetAttribute) first.
             unsafe {
                 cudarc::driver::result::function::set_function_attribute(
@@ -302,15 +187,12 @@ impl super::CudaBackend {
                     l.dyn_smem as i32,
                 )
             }
-            .map_err(|e| {
-                super::err(format!(
-                    "{}: raising the shared-memory limit: {e}",
-                    k.name()
-                ))
-            })?;
-            self.kernels.get_mut(k).dyn_smem_optin = l.dyn_smem;
+            .map_err(|e| super::err(format!("{}: raising the shared-memory limit: {e}", k.name)))?;
+            if let Some(lk) = self.kernels.loaded.get_mut(k.name) {
+                lk.dyn_smem_optin = l.dyn_smem;
+            }
         }
-        let lk = self.kernels.get(k);
+        let lk = self.kernels.get(k).ok_or_else(unknown)?;
         let cfg = LaunchConfig {
             grid_dim: l.grid,
             block_dim: (l.block, 1, 1),
@@ -318,7 +200,7 @@ impl super::CudaBackend {
         };
         let mut b = self.stream.launch_builder(&lk.func);
         b.arg(params);
-        unsafe { b.launch(cfg) }.map_err(|e| super::err(format!("launching {}: {e}", k.name())))?;
+        unsafe { b.launch(cfg) }.map_err(|e| super::err(format!("launching {}: {e}", k.name)))?;
         Ok(())
     }
 }

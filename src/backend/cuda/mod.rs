@@ -1,5 +1,9 @@
 //! The CUDA backend: a cudarc context with one stream, the embedded kernel modules, and one
-//! launcher file per kernel file (kernels/<name>.cu <-> src/backend/cuda/<name>.rs).
+//! launcher file per op family, named after the ops (`matmul.rs` launches gemv.cu, gemm.cu and
+//! quant.cu's matmul kernels; `attention.rs` attention.cu and attention_mma.cu; the other files
+//! share their kernel file's name). Each op first checks its operands against the op's
+//! contract (`backend::check`); a launcher adds only what is the device's own (alignment for
+//! 16-byte loads, grid and int32 limits, pointer lookups).
 //!
 //! Buffers are `CudaSlice<u8>` in a table indexed by [`BufId`]; kernels receive raw device
 //! addresses inside one parameter struct per launch (kernels/params.h, bound by bindgen).
@@ -22,20 +26,30 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels_gen.rs"));
 }
 
+pub mod launch;
+
 mod argmax;
 mod attention;
 pub mod bench;
 mod elementwise;
-mod gemm;
-mod gemv;
 mod graph;
-pub mod launch;
+pub mod matmul;
 mod norm;
-mod quant;
 mod rope;
 mod sampling;
 #[cfg(test)]
 mod tests;
+
+/// The registry: each launcher file's table of the kernels it launches (`launch::kernels!`).
+pub(crate) const KERNEL_TABLES: &[&[launch::Kernel]] = &[
+    argmax::KERNELS,
+    attention::KERNELS,
+    elementwise::KERNELS,
+    matmul::KERNELS,
+    norm::KERNELS,
+    rope::KERNELS,
+    sampling::KERNELS,
+];
 
 pub use embedded::{ARCHS, MODULES};
 
@@ -246,24 +260,6 @@ impl CudaBackend {
     }
 
     /// Blocks per grid for grid-stride kernels over `total` items with `block` threads.
-    /// The optional matmul bias as (device pointer, REEL_DT_* code): a float tensor of N
-    /// elements, or (0, REEL_DT_NONE).
-    pub(crate) fn matmul_bias(&self, bias: Option<&TRef>, n: usize) -> Result<(u64, i32)> {
-        let Some(b) = bias else {
-            return Ok((0, params::REEL_DT_NONE));
-        };
-        need(b.shape.numel() == n, || {
-            format!("matmul: bias {:?} for N = {n}", b.shape)
-        })?;
-        need(b.dtype.is_float(), || {
-            format!("matmul: bias type {}", b.dtype)
-        })?;
-        Ok((
-            self.ptr(b, "matmul bias")?,
-            dt_code(b.dtype, "matmul bias")?,
-        ))
-    }
-
     fn stride_grid(&self, total: usize, block: usize) -> u32 {
         let want = total.div_ceil(block).max(1);
         want.min(self.info.sms as usize * 16) as u32
@@ -290,23 +286,17 @@ pub(crate) fn need(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-/// `(rows, cols, row stride)` of a tensor seen as rows of its last dimension.
-pub(crate) fn last_dim_rows(t: &TRef, what: &str) -> Result<(usize, usize, usize)> {
-    let cols = t.shape.dim(-1);
-    if t.shape.rank() == 1 {
-        return Ok((1, cols, cols));
-    }
-    if t.is_contiguous() {
-        return Ok((t.shape.numel() / cols.max(1), cols, cols));
-    }
-    if t.shape.rank() == 2 {
-        return Ok((t.shape.rows(), cols, t.row_stride));
-    }
-    Err(err(format!(
-        "{what}: a strided rank-{} tensor {:?} is not supported",
-        t.shape.rank(),
-        t.shape
-    )))
+/// The kernels take these dimensions as int32.
+pub(crate) fn fits_i32(what: &str, dims: &[usize]) -> Result<()> {
+    need(dims.iter().all(|&d| d <= i32::MAX as usize), || {
+        format!("{what}: dimensions {dims:?} exceed the kernels' int32 range")
+    })
+}
+
+/// Whether rows of a tensor at address `ptr` with `row_stride` elements of `dt` all start on
+/// 16-byte boundaries (16-byte loads, cp.async).
+pub(crate) fn rows_16b(ptr: u64, row_stride: usize, dt: DType) -> bool {
+    ptr % 16 == 0 && dt.bytes_for(row_stride) % 16 == 0
 }
 
 impl Backend for CudaBackend {
@@ -422,28 +412,22 @@ impl Backend for CudaBackend {
     }
 
     fn embedding(&mut self, table: TRef, ids: TRef, out: TRef) -> Result<()> {
-        if table.dtype.is_quantized() {
-            return self.op_embedding_quant(table, ids, out);
-        }
         self.op_embedding(table, ids, out)
     }
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
         self.op_rms_norm(x, w, out, eps)
     }
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
-        if w.dtype.is_quantized() {
-            return self.op_matmul_quant(x, w, bias, out);
-        }
         self.op_matmul(x, w, bias, out)
     }
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
-        self.op_eltwise(launch::Kernel::Add, "add", a, Some(b), out)
+        self.op_add(a, b, out)
     }
     fn swiglu(&mut self, gate: TRef, up: TRef, out: TRef) -> Result<()> {
-        self.op_eltwise(launch::Kernel::Swiglu, "swiglu", gate, Some(up), out)
+        self.op_swiglu(gate, up, out)
     }
     fn gelu(&mut self, x: TRef, out: TRef) -> Result<()> {
-        self.op_eltwise(launch::Kernel::Gelu, "gelu", x, None, out)
+        self.op_gelu(x, out)
     }
     fn rope_mrope(&mut self, x: TRef, pos: TRef, out: TRef, p: MropeParams) -> Result<()> {
         self.op_rope_mrope(x, pos, out, p)
@@ -476,13 +460,13 @@ impl Backend for CudaBackend {
         self.op_attention_varlen(q, k, v, cu_seqlens, out, scale)
     }
     fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()> {
-        self.op_copy_rows(x, idx, out, false)
+        self.op_gather_rows(x, idx, out)
     }
     fn scatter_rows(&mut self, src: TRef, idx: TRef, dst: TRef) -> Result<()> {
-        self.op_copy_rows(src, idx, dst, true)
+        self.op_scatter_rows(src, idx, dst)
     }
     fn cast(&mut self, x: TRef, out: TRef) -> Result<()> {
-        self.op_eltwise(launch::Kernel::Cast, "cast", x, None, out)
+        self.op_cast(x, out)
     }
     fn argmax(&mut self, x: TRef, out: TRef) -> Result<()> {
         self.op_argmax(x, out)

@@ -3,12 +3,12 @@
 //! registry, the launch checks and the dispatch. The `device` group compares kernels with f64
 //! references on random inputs and prints `cuda: skipped` where no GPU is present.
 
-use super::attention::partial_bytes;
+use super::attention::{partial_bytes, ATTENTION_PAGED_DECODE};
 use super::elementwise::copy_unit;
-use super::gemv::pick_matmul;
-use super::launch::{check_launch, Kernel, Launch, Limits};
-use super::quant::{check_qweight, pick_qmatmul, qmatmul_grid};
+use super::launch::{self, check_launch, Launch, Limits};
+use super::matmul::{pick, MatmulCase, MatmulKernel, QType, XStage};
 use super::MODULES;
+use crate::tensor::DType;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -92,13 +92,18 @@ fn kernel_names_in_fatbins() {
         );
         for name in &found {
             assert!(
-                Kernel::ALL.iter().any(|k| k.id() == (*stem, name.as_str())),
+                launch::all().any(|k| (k.module, k.name) == (*stem, name.as_str())),
                 "kernel {name} in {stem}.cu is not in the launch registry"
             );
         }
     }
-    for k in Kernel::ALL {
-        let (module, name) = k.id();
+    let mut names: Vec<&str> = launch::all().map(|k| k.name).collect();
+    names.sort();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n, "a kernel name is registered twice");
+    for k in launch::all() {
+        let (module, name) = (k.module, k.name);
         let bytes = MODULES
             .iter()
             .find(|(s, _)| *s == module)
@@ -178,7 +183,7 @@ fn launch_checks() {
         block: 128,
         dyn_smem: 0,
     };
-    assert!(check_launch(Kernel::AttnPagedDecode, &ok, 128, 20736, &lim).is_ok());
+    assert!(check_launch(ATTENTION_PAGED_DECODE, &ok, 128, 20736, &lim).is_ok());
     let cases = [
         (
             Launch {
@@ -213,129 +218,126 @@ fn launch_checks() {
         ),
     ];
     for (l, msg) in cases {
-        let e = check_launch(Kernel::AttnPagedDecode, &l, 128, 20736, &lim).unwrap_err();
+        let e = check_launch(ATTENTION_PAGED_DECODE, &l, 128, 20736, &lim).unwrap_err();
         assert!(
-            e.contains(msg) && e.contains("attn_paged_decode"),
+            e.contains(msg) && e.contains("attention_paged_decode"),
             "{l:?}: {e}"
         );
     }
 }
 
+/// A case with the 7B's K and types; `aligned` for both operands' rows.
+fn case(m: usize, n: usize, k: usize, w: DType, x: DType, aligned: bool) -> MatmulCase {
+    MatmulCase {
+        m,
+        n,
+        k,
+        w,
+        x,
+        x_rows_16b: aligned,
+        w_rows_16b: aligned,
+    }
+}
+
 #[test]
 fn matmul_dispatch() {
-    let a = [0u64, 4096];
-    assert_eq!(
-        pick_matmul(1, 3584, true, &a, &[3584, 3584]),
-        Kernel::GemvV16
-    );
-    assert_eq!(
-        pick_matmul(8, 3584, true, &a, &[3584, 3584]),
-        Kernel::GemvV16
-    );
-    assert_eq!(
-        pick_matmul(9, 3584, true, &a, &[3584, 3584]),
-        Kernel::GemmMma
-    );
+    use MatmulKernel::*;
+    let bf = DType::BF16;
+    assert_eq!(pick(&case(1, 4608, 3584, bf, bf, true)), GemvV16);
+    assert_eq!(pick(&case(8, 4608, 3584, bf, bf, true)), GemvV16);
+    assert_eq!(pick(&case(9, 4608, 3584, bf, bf, true)), GemmMma);
     // ViT down_proj without padding: K = 3420 is not a multiple of 8.
-    assert_eq!(
-        pick_matmul(4096, 3420, true, &a, &[3420, 3420]),
-        Kernel::GemvScalar
-    );
-    // A column view at a 2-byte offset.
-    assert_eq!(
-        pick_matmul(64, 128, true, &[2, 4096], &[384, 128]),
-        Kernel::GemvScalar
-    );
-    assert_eq!(
-        pick_matmul(64, 128, true, &a, &[132, 128]),
-        Kernel::GemvScalar
-    );
+    assert_eq!(pick(&case(4096, 1280, 3420, bf, bf, true)), GemvScalar);
+    // A column view at a 2-byte offset, or a row stride of 132 elements.
+    assert_eq!(pick(&case(64, 128, 128, bf, bf, false)), GemvScalar);
+    let one_unaligned = MatmulCase {
+        w_rows_16b: false,
+        ..case(64, 128, 128, bf, bf, true)
+    };
+    assert_eq!(pick(&one_unaligned), GemvScalar);
     // f32 activations or f16/f32 weights take the scalar path at any M.
     assert_eq!(
-        pick_matmul(512, 3584, false, &a, &[3584, 3584]),
-        Kernel::GemvScalar
+        pick(&case(512, 3584, 3584, bf, DType::F32, true)),
+        GemvScalar
     );
+    assert_eq!(
+        pick(&case(512, 3584, 3584, DType::F16, bf, true)),
+        GemvScalar
+    );
+}
+
+/// What counts as 16-byte aligned rows: the base address and the row stride in bytes.
+#[test]
+fn rows_16b_alignment() {
+    use super::rows_16b;
+    assert!(rows_16b(4096, 3584, DType::BF16));
+    assert!(rows_16b(4096, 3 * 1280, DType::BF16));
+    assert!(!rows_16b(4098, 3584, DType::BF16));
+    assert!(!rows_16b(4096, 132 + 2, DType::BF16));
+    assert!(rows_16b(4096, 132, DType::F32));
+    assert!(!rows_16b(4096, 130, DType::F32));
 }
 
 /// Quantized matmul: GEMV for M <= 8 and for f32 activations at any M, the GEMM for larger
 /// bf16 M with aligned rows; grid sizes at the 7B shapes.
 #[test]
 fn quant_matmul_dispatch_and_grids() {
-    use crate::tensor::DType;
+    use MatmulKernel::*;
+    let (bf, f32_) = (DType::BF16, DType::F32);
+    let q = |m, w, x, aligned| pick(&case(m, 3584, 3584, w, x, aligned));
     assert_eq!(
-        pick_qmatmul(DType::Q8_0, 1, true, true),
-        Kernel::QgemvQ8_0Bf16
+        q(1, DType::Q8_0, bf, true),
+        QGemv(QType::Q8_0, XStage::Bf16)
     );
+    assert_eq!(q(8, DType::Q4K, bf, true), QGemv(QType::Q4K, XStage::Bf16));
+    assert_eq!(q(3, DType::Q6K, f32_, true), QGemv(QType::Q6K, XStage::F32));
     assert_eq!(
-        pick_qmatmul(DType::Q4K, 8, true, true),
-        Kernel::QgemvQ4kBf16
+        q(3, DType::Q6K, DType::F16, true),
+        QGemv(QType::Q6K, XStage::F32)
     );
-    assert_eq!(
-        pick_qmatmul(DType::Q6K, 3, false, true),
-        Kernel::QgemvQ6kF32
-    );
-    assert_eq!(pick_qmatmul(DType::Q8_0, 9, true, true), Kernel::QgemmQ8_0);
-    assert_eq!(pick_qmatmul(DType::Q4K, 70, true, true), Kernel::QgemmQ4k);
-    assert_eq!(pick_qmatmul(DType::Q6K, 4096, true, true), Kernel::QgemmQ6k);
+    assert_eq!(q(9, DType::Q8_0, bf, true), QGemm(QType::Q8_0));
+    assert_eq!(q(70, DType::Q4K, bf, true), QGemm(QType::Q4K));
+    assert_eq!(q(4096, DType::Q6K, bf, true), QGemm(QType::Q6K));
     // f32 activations, or bf16 rows the cp.async path cannot take, stay on the GEMV.
     assert_eq!(
-        pick_qmatmul(DType::Q4K, 70, false, true),
-        Kernel::QgemvQ4kF32
+        q(70, DType::Q4K, f32_, true),
+        QGemv(QType::Q4K, XStage::F32)
     );
     assert_eq!(
-        pick_qmatmul(DType::Q6K, 70, true, false),
-        Kernel::QgemvQ6kBf16
+        q(70, DType::Q6K, bf, false),
+        QGemv(QType::Q6K, XStage::Bf16)
     );
+    assert_eq!(
+        QGemv(QType::Q4K, XStage::F32).kernel().name,
+        "qgemv_q4_k_f32"
+    );
+    assert_eq!(QGemm(QType::Q6K).kernel().name, "qgemm_q6_k");
 
     // One warp per output column, 8 per block: N = 3584 -> 448 blocks, lm_head -> 19008.
-    let g = |k, m, n| qmatmul_grid(k, m, n).unwrap();
-    assert_eq!(g(Kernel::QgemvQ8_0Bf16, 1, 3584), ((448, 1, 1), 256));
-    assert_eq!(g(Kernel::QgemvQ4kBf16, 1, 152_064), ((19_008, 1, 1), 256));
+    let g = |k: MatmulKernel, m, n| k.grid(m, n).unwrap();
+    let q8 = QGemv(QType::Q8_0, XStage::Bf16);
+    assert_eq!(g(q8, 1, 3584), ((448, 1, 1), 256));
+    assert_eq!(
+        g(QGemv(QType::Q4K, XStage::Bf16), 1, 152_064),
+        ((19_008, 1, 1), 256)
+    );
     // Awkward N rounds up (the kernel masks warps past N); M walks grid.y in slices of 8.
-    assert_eq!(g(Kernel::QgemvQ6kF32, 3, 37), ((5, 1, 1), 256));
-    assert_eq!(g(Kernel::QgemvQ6kF32, 70, 37), ((5, 9, 1), 256));
+    let q6f = QGemv(QType::Q6K, XStage::F32);
+    assert_eq!(g(q6f, 3, 37), ((5, 1, 1), 256));
+    assert_eq!(g(q6f, 70, 37), ((5, 9, 1), 256));
+    assert_eq!(g(GemvScalar, 70, 37), ((5, 9, 1), 256));
     // GEMM: 128 x 128 tiles.
-    assert_eq!(g(Kernel::QgemmQ4k, 4096, 3584), ((28, 32, 1), 256));
-    assert_eq!(g(Kernel::QgemmQ8_0, 70, 37), ((1, 1, 1), 256));
-    let e = qmatmul_grid(Kernel::QgemvQ8_0F32, 8 * 65_536, 16)
+    assert_eq!(g(QGemm(QType::Q4K), 4096, 3584), ((28, 32, 1), 256));
+    assert_eq!(g(QGemm(QType::Q8_0), 70, 37), ((1, 1, 1), 256));
+    assert_eq!(g(GemmMma, 4096, 37_888), ((296, 32, 1), 256));
+    let e = QGemv(QType::Q8_0, XStage::F32)
+        .grid(8 * 65_536, 16)
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("too large") && e.contains("qgemv_q8_0_f32"),
         "{e}"
     );
-}
-
-/// K must fill whole blocks; other weight types are refused by name.
-#[test]
-fn quant_weight_validation() {
-    use crate::tensor::DType;
-    assert_eq!(
-        check_qweight("matmul", DType::Q8_0, 3584).unwrap(),
-        112 * 34
-    );
-    assert_eq!(check_qweight("matmul", DType::Q4K, 3584).unwrap(), 14 * 144);
-    assert_eq!(
-        check_qweight("matmul", DType::Q6K, 18944).unwrap(),
-        74 * 210
-    );
-    assert_eq!(check_qweight("matmul", DType::Q8_0, 96).unwrap(), 3 * 34);
-    let e = check_qweight("matmul", DType::Q4K, 3420)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("K = 3420") && e.contains("q4_k") && e.contains("256"),
-        "{e}"
-    );
-    let e = check_qweight("matmul", DType::Q8_0, 48)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("K = 48") && e.contains("32"), "{e}");
-    assert!(check_qweight("embedding", DType::Q6K, 0).is_err());
-    let e = check_qweight("matmul", DType::BF16, 64)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("bf16"), "{e}");
 }
 
 /// Builds kernels/host_test/quant_check.cpp (the kernels' own decoders and streaming geometry,
@@ -345,7 +347,6 @@ fn quant_weight_validation() {
 #[test]
 fn quant_decode_host_checks() {
     use crate::quant::{dequantize_row, quantize_row};
-    use crate::tensor::DType;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("kernels/host_test/quant_check.cpp");
     let dir = tempfile::tempdir().unwrap();
@@ -388,7 +389,7 @@ fn quant_decode_host_checks() {
     let mut input = Vec::new();
     let mut want: Vec<Vec<f32>> = Vec::new();
     for &(dt, k, rows, shift, raw) in &cases {
-        let code = super::quant::qtype_code(dt).unwrap();
+        let code = QType::of(dt).unwrap().code();
         for v in [code, k as i32, rows as i32, shift as i32] {
             input.extend_from_slice(&v.to_le_bytes());
         }
@@ -544,6 +545,31 @@ mod device {
         TRef::new(b, 0, DType::BF16, Shape::new(dims))
     }
 
+    fn upload_f32(be: &mut dyn Backend, v: &[f32], dims: &[usize]) -> TRef {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let b = be.alloc(bytes.len()).unwrap();
+        be.write(b, 0, &bytes).unwrap();
+        TRef::new(b, 0, DType::F32, Shape::new(dims))
+    }
+
+    /// `x[m, k] @ w[n, k]^T (+ bias)` in f64.
+    fn matmul_ref(
+        x: &[f64],
+        w: &[f64],
+        bias: Option<&[f64]>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f64> {
+        (0..m * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                let dot: f64 = (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum();
+                dot + bias.map_or(0.0, |b| b[c])
+            })
+            .collect()
+    }
+
     fn upload_i32(be: &mut dyn Backend, v: &[i32]) -> TRef {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let b = be.alloc(bytes.len().max(4)).unwrap();
@@ -617,13 +643,7 @@ mod device {
             let out = poisoned(be, DType::BF16, &[m, n]);
             be.matmul(xt, wt, Some(bt), out).unwrap();
             let got = read_bf16(be, &out);
-            let (xf, wf, bf) = (f(&x), f(&w), f(&bias));
-            let reference: Vec<f64> = (0..m * n)
-                .map(|i| {
-                    let (r, c) = (i / n, i % n);
-                    (0..k).map(|j| xf[r * k + j] * wf[c * k + j]).sum::<f64>() + bf[c]
-                })
-                .collect();
+            let reference = matmul_ref(&f(&x), &f(&w), Some(&f(&bias)), m, n, k);
             let e = rel_err(&got, &reference);
             assert!(e < 8e-3, "matmul {m}x{n}x{k}: rel err {e}");
         }
@@ -638,21 +658,13 @@ mod device {
         let (m, n, k) = (20, 33, 48);
         let x: Vec<f32> = (0..m * k).map(|_| rng.next()).collect();
         let w = rng.bf16s(n * k);
-        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let xb = be.alloc(bytes.len()).unwrap();
-        be.write(xb, 0, &bytes).unwrap();
-        let xt = TRef::new(xb, 0, DType::F32, Shape::new(&[m, k]));
+        let xt = upload_f32(be, &x, &[m, k]);
         let wt = upload_bf16(be, &w, &[n, k]);
         let out = poisoned(be, DType::BF16, &[m, n]);
         be.matmul(xt, wt, None, out).unwrap();
         let got = read_bf16(be, &out);
-        let reference: Vec<f64> = (0..m * n)
-            .map(|i| {
-                (0..k)
-                    .map(|j| x[(i / n) * k + j] as f64 * w[(i % n) * k + j].to_f64())
-                    .sum()
-            })
-            .collect();
+        let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let reference = matmul_ref(&xf, &f(&w), None, m, n, k);
         let e = rel_err(&got, &reference);
         assert!(e < 8e-3, "f32 matmul rel err {e}");
     }
@@ -944,13 +956,37 @@ mod device {
         }
     }
 
+    /// `vals` [rows, k] quantized row by row and loaded as a weight; with the dequantized
+    /// values (what the kernels must reproduce).
+    fn quantized_weight(
+        be: &mut dyn Backend,
+        dt: DType,
+        vals: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> (TRef, Vec<f32>) {
+        use crate::backend::HostBytes;
+        use crate::quant::{dequantize_row, quantize_row, row_bytes};
+        let rb = row_bytes(dt, k).unwrap();
+        let mut bytes = vec![0u8; rb * rows];
+        let mut deq = vec![0f32; rows * k];
+        for ((src, dst), back) in vals
+            .chunks_exact(k)
+            .zip(bytes.chunks_exact_mut(rb))
+            .zip(deq.chunks_exact_mut(k))
+        {
+            quantize_row(dt, src, dst).unwrap();
+            dequantize_row(dt, dst, back).unwrap();
+        }
+        let buf = be.load_weight(HostBytes::from_vec(bytes)).unwrap();
+        (TRef::new(buf, 0, dt, Shape::new(&[rows, k])), deq)
+    }
+
     /// Quantized weights on the device against "dequantize, then multiply" in f64: the GEMV
     /// (bf16 and f32 x, f32 out) must agree to f32 summation error, the GEMM (weights rounded
     /// to bf16 for the tensor cores) to a few bf16 ulps, and the embedding bit for bit.
     #[test]
     fn quant_matmul_and_embedding_exact() {
-        use crate::backend::HostBytes;
-        use crate::quant::{dequantize_row, quantize_row, row_bytes};
         let Some(mut be) = backend() else { return };
         let be = be.as_mut();
         let mut rng = Rng(0xC0FF_EE11);
@@ -964,20 +1000,8 @@ mod device {
                 (11, 20, 512, false),
                 (8, 9, 2304, false),
             ] {
-                let rb = row_bytes(dt, k).unwrap();
                 let wv: Vec<f32> = (0..n * k).map(|_| rng.next() * 0.1).collect();
-                let mut wbytes = vec![0u8; rb * n];
-                let mut wq = vec![0f32; n * k];
-                for ((src, dst), back) in wv
-                    .chunks_exact(k)
-                    .zip(wbytes.chunks_exact_mut(rb))
-                    .zip(wq.chunks_exact_mut(k))
-                {
-                    quantize_row(dt, src, dst).unwrap();
-                    dequantize_row(dt, dst, back).unwrap();
-                }
-                let wbuf = be.load_weight(HostBytes::from_vec(wbytes)).unwrap();
-                let wt = TRef::new(wbuf, 0, dt, Shape::new(&[n, k]));
+                let (wt, wq) = quantized_weight(be, dt, &wv, n, k);
                 let bias = rng.bf16s(n);
                 let bt = upload_bf16(be, &bias, &[n]);
                 let x: Vec<f32> = rng.bf16s(m * k).iter().map(|v| v.to_f32()).collect();
@@ -985,10 +1009,7 @@ mod device {
                     let xv: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
                     upload_bf16(be, &xv, &[m, k])
                 } else {
-                    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    let b = be.alloc(bytes.len()).unwrap();
-                    be.write(b, 0, &bytes).unwrap();
-                    TRef::new(b, 0, DType::F32, Shape::new(&[m, k]))
+                    upload_f32(be, &x, &[m, k])
                 };
                 let out = poisoned(be, DType::F32, &[m, n]);
                 be.matmul(xt, wt, Some(bt), out).unwrap();
@@ -998,15 +1019,8 @@ mod device {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                let reference: Vec<f64> = (0..m * n)
-                    .map(|i| {
-                        let (r, c) = (i / n, i % n);
-                        (0..k)
-                            .map(|j| x[r * k + j] as f64 * wq[c * k + j] as f64)
-                            .sum::<f64>()
-                            + bias[c].to_f64()
-                    })
-                    .collect();
+                let as64 = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<_>>();
+                let reference = matmul_ref(&as64(&x), &as64(&wq), Some(&f(&bias)), m, n, k);
                 let e = rel_err(&got, &reference);
                 let gemm = m > 8 && xb;
                 let bound = if gemm { 4e-3 } else { 1e-5 };
@@ -1017,20 +1031,8 @@ mod device {
             }
             // Embedding: the dequantized rows, bit for bit (f32 out).
             let (v, d) = (6usize, 512usize);
-            let rb = row_bytes(dt, d).unwrap();
             let tv: Vec<f32> = (0..v * d).map(|_| rng.next() * 3.0).collect();
-            let mut tbytes = vec![0u8; rb * v];
-            let mut tq = vec![0f32; v * d];
-            for ((src, dst), back) in tv
-                .chunks_exact(d)
-                .zip(tbytes.chunks_exact_mut(rb))
-                .zip(tq.chunks_exact_mut(d))
-            {
-                quantize_row(dt, src, dst).unwrap();
-                dequantize_row(dt, dst, back).unwrap();
-            }
-            let tb = be.load_weight(HostBytes::from_vec(tbytes)).unwrap();
-            let tt = TRef::new(tb, 0, dt, Shape::new(&[v, d]));
+            let (tt, tq) = quantized_weight(be, dt, &tv, v, d);
             let ids = [5, 0, 3, 3];
             let it = upload_i32(be, &ids);
             let out = poisoned(be, DType::F32, &[ids.len(), d]);
@@ -1053,7 +1055,7 @@ mod device {
     /// the CPU twin exactly; the token comes back through the pinned slots.
     #[test]
     fn sample_replays_in_a_graph_and_matches_the_twin() {
-        use crate::backend::cpu::reference::sample_row;
+        use crate::backend::sample::sample_row;
         use crate::backend::SampleArgs;
         let Some(mut be) = backend() else { return };
         let be = be.as_mut();
