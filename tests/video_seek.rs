@@ -284,66 +284,164 @@ fn seeking_decode_is_byte_identical() {
         );
         assert!(keys >= 2, "{name}: the clip should have several keyframes");
 
-        let mut cases: Vec<(String, Vec<u64>, Option<DecodeMode>)> = Vec::new();
+        // (what, indices, whether the plan must seek: Some(true) yes, Some(false) one run
+        // from the start, None either).
+        let mut cases: Vec<(String, Vec<u64>, Option<bool>)> = Vec::new();
         for m in [2u64, 4, 6] {
             // qwen-vl-utils' linspace sampling; few frames from many: seeking pays.
             cases.push((
                 format!("{m} sampled"),
                 sample::frame_indices(n, m),
-                Some(DecodeMode::Seek),
+                Some(true),
             ));
         }
-        // The last frame alone, and a late pair: one run that does not start at the top.
-        cases.push(("last frame".into(), vec![n - 1], Some(DecodeMode::Seek)));
+        // The last frame alone: one run that does not start at the top.
+        cases.push(("last frame".into(), vec![n - 1], Some(true)));
         // Open-GOP leading pictures (and plain GOP ends), unsorted with a repeat: each one
         // alone from the middle of the clip (a seek to the keyframe before), then all at once.
         let mut lead = before_keyframes(&ix);
         let mid = lead[lead.len() / 2];
-        // With two keyframes the one before is the file start: a forward pass.
-        let mode = (keys > 2).then_some(DecodeMode::Seek);
-        cases.push((format!("frame {mid} (before a keyframe)"), vec![mid], mode));
+        // With two keyframes the one before is the file start: no seek.
+        let seeks = Some(keys > 2);
+        cases.push((format!("frame {mid} (before a keyframe)"), vec![mid], seeks));
         cases.push((
             format!("frames {mid}..={} around a keyframe", mid + 2),
             vec![mid + 2, mid, mid + 1],
-            mode,
+            seeks,
         ));
         lead.reverse();
         lead.push(lead[0]);
         cases.push(("frames before keyframes".into(), lead, None));
-        // Dense: every frame and every other frame decode in one forward pass, no seek.
-        cases.push((
-            "every frame".into(),
-            every.clone(),
-            Some(DecodeMode::Forward),
-        ));
+        // Dense: every frame and every other frame decode in one run from the start.
+        cases.push(("every frame".into(), every.clone(), Some(false)));
         cases.push((
             "every other frame".into(),
             (0..n).step_by(2).collect(),
-            Some(DecodeMode::Forward),
+            Some(false),
         ));
-        for (what, idx, mode) in cases {
+        for (what, idx, seeks) in cases {
             let one = decode::decode_indices_with(&path, &idx, &seeking(1)).unwrap();
             let st = &one.stats;
             println!("  {what}: {}", st.describe());
+            assert_eq!(
+                st.mode,
+                DecodeMode::Indexed,
+                "{name} {what}: {}",
+                st.describe()
+            );
             assert_eq!(st.note, None, "{name} {what}: {}", st.describe());
-            if let Some(m) = mode {
-                assert_eq!(st.mode, m, "{name} {what}: {}", st.describe());
-            }
-            if st.mode == DecodeMode::Seek {
-                assert!(
-                    st.frames_decoded < n,
-                    "{name} {what}: seeking decoded every frame"
-                );
+            match seeks {
+                Some(true) => {
+                    assert!(st.seeks > 0, "{name} {what}: {}", st.describe());
+                    assert!(
+                        st.frames_decoded < n,
+                        "{name} {what}: seeking decoded every frame"
+                    );
+                }
+                Some(false) => assert_eq!(
+                    (st.runs, st.seeks),
+                    (1, 0),
+                    "{name} {what}: {}",
+                    st.describe()
+                ),
+                None => {}
             }
             check_same(name, &what, &one, &all, &idx);
             // Several threads: the runs spread over separate decoders, same bytes.
             let three = decode::decode_indices_with(&path, &idx, &seeking(3)).unwrap();
-            assert_eq!(three.stats.mode, one.stats.mode, "{name} {what}");
-            if three.stats.mode == DecodeMode::Seek && three.stats.runs > 1 {
+            assert_eq!(three.stats.note, None, "{name} {what}");
+            assert_eq!(three.stats.runs, st.runs, "{name} {what}");
+            if three.stats.runs > 1 {
                 assert!(three.stats.workers > 1, "{name} {what}");
             }
             check_same(name, &format!("{what}, 3 threads"), &three, &all, &idx);
         }
+    }
+}
+
+/// Streams cut with `-c copy` from the middle of an open-GOP stream.
+#[test]
+fn cut_streams() {
+    if !have_ffmpeg_cli() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("open.ts");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=duration=8:size=64x48:rate=25",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-bf",
+        "3",
+        "-g",
+        "12",
+        "-keyint_min",
+        "12",
+        "-flags",
+        "-cgop",
+        "-x264-params",
+        "open-gop=1",
+        src.to_str().unwrap(),
+    ]);
+    // MPEG-TS keeps the leading pictures of the first keyframe, whose references were cut
+    // off: the decoder drops them, so the packet index cannot number frames. Forward decode.
+    let ts = dir.path().join("cut.ts");
+    // MP4 keeps the GOP before the cut point as decode-only packets (an edit list): the
+    // index leaves them out and numbers the rest as the decoder returns them.
+    let mp4 = dir.path().join("cut.mp4");
+    for out in [&ts, &mp4] {
+        ffmpeg(&[
+            "-ss",
+            "2.1",
+            "-i",
+            src.to_str().unwrap(),
+            "-c",
+            "copy",
+            out.to_str().unwrap(),
+        ]);
+    }
+    for (path, indexed) in [(&ts, false), (&mp4, true)] {
+        let ix = decode::index(path).unwrap();
+        let n = ix.frame_count() as u64;
+        // Everything the forward decode returns.
+        let all = decode::decode_indices_with(path, &[u64::MAX - 1], &FORWARD).unwrap_err();
+        let got = all.to_string();
+        let count: u64 = got
+            .split("only ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{}: {got}", path.display()));
+        let every: Vec<u64> = (0..count).collect();
+        let all = decode::decode_indices_with(path, &every, &FORWARD).unwrap();
+        let idx = sample::frame_indices(count, 4);
+        let sk = decode::decode_indices_with(path, &idx, &seeking(2)).unwrap();
+        println!(
+            "{}: {} packets, {n} indexed frames, {count} decoded forward; {}",
+            path.display(),
+            ix.packets.len(),
+            sk.stats.describe()
+        );
+        if indexed {
+            assert_eq!(n, count, "{}", path.display());
+            assert_eq!(
+                sk.stats.mode,
+                DecodeMode::Indexed,
+                "{}",
+                sk.stats.describe()
+            );
+            assert_eq!(sk.stats.note, None);
+            assert!(sk.stats.seeks > 0, "{}", sk.stats.describe());
+        } else {
+            assert!(ix.unseekable.as_deref().unwrap().contains("leading"));
+            assert_eq!(sk.stats.mode, DecodeMode::Forward);
+        }
+        check_same("cut", &path.display().to_string(), &sk, &all, &idx);
     }
 }
 
@@ -384,7 +482,8 @@ fn forward_decode_threads_agree() {
     let c = decode::decode_indices(&p, &idx).unwrap();
     assert_eq!(a.frames, b.frames);
     assert_eq!(a.frames, c.frames);
-    assert_eq!(c.stats.mode, DecodeMode::Seek, "{}", c.stats.describe());
+    assert_eq!(c.stats.mode, DecodeMode::Indexed, "{}", c.stats.describe());
+    assert!(c.stats.seeks > 0, "{}", c.stats.describe());
 }
 
 #[test]

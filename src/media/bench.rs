@@ -1,10 +1,11 @@
 //! Timing of the media path (decode + sample + resize + patchify), for `reel bench --media`.
 //!
 //! [`compare`] times the forward decode (every frame up to the last sampled one, one decoder
-//! with FFmpeg's own threads) against the seeking path (decode runs from keyframes on all
+//! with FFmpeg's own threads) against the indexed path (decode runs from keyframes on all
 //! threads) on the same generated clip, alternating the two, and checks that they give the
 //! same frames.
 
+#[cfg(feature = "video")]
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -185,7 +186,7 @@ impl BenchClip {
     }
 }
 
-/// Times the forward decode against the seeking path on `clip` (default requests, `preset`),
+/// Times the forward decode against the indexed path on `clip` (default requests, `preset`),
 /// `rounds` rounds alternating which goes first, checks that both give the same frames and
 /// returns a side-by-side report of each path's fastest round.
 #[cfg(feature = "video")]
@@ -221,7 +222,7 @@ pub fn compare(clip: BenchClip, preset: &Preset, rounds: usize) -> Result<String
                 Some(f) if *f != frames => {
                     return Err(Error::media(
                         &path,
-                        "the forward and seeking decodes gave different frames",
+                        "the forward and indexed decodes gave different frames",
                     ))
                 }
                 Some(_) => {}
@@ -255,7 +256,7 @@ pub fn compare(clip: BenchClip, preset: &Preset, rounds: usize) -> Result<String
     );
     let _ = writeln!(
         out,
-        "fastest of {} alternating rounds each:    forward (all frames)   seeking (keyframe runs)",
+        "fastest of {} alternating rounds each:    forward (all frames)   indexed (keyframe runs)",
         rounds.max(1)
     );
     let row = |out: &mut String, name: &str, x: f64, y: f64| {
@@ -281,7 +282,7 @@ pub fn compare(clip: BenchClip, preset: &Preset, rounds: usize) -> Result<String
     );
     let _ = writeln!(
         out,
-        "speedup {:.2}x total, {:.2}x decode; frames identical; seeking path: {}",
+        "speedup {:.2}x total, {:.2}x decode; frames identical; indexed path: {}",
         a.total_s() / b.total_s(),
         a.decode_s / b.decode_s,
         b.path
@@ -294,7 +295,7 @@ pub fn compare(clip: BenchClip, preset: &Preset, rounds: usize) -> Result<String
     };
     let _ = write!(
         out,
-        "every round's wall time: forward [{}] s, seeking [{}] s",
+        "every round's wall time: forward [{}] s, indexed [{}] s",
         fmt(&totals[0]),
         fmt(&totals[1])
     );

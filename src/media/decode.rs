@@ -4,15 +4,18 @@
 //! numbered in presentation order as the decoder returns them, and only the sampled ones are
 //! converted to RGB24 (at the source size) and kept. Decoding stops after the last sampled frame.
 //!
-//! When frames are sparse (a few frames from a long video), decoding every frame up to the last
-//! one is most of the cost. The seeking path first demuxes the packets without decoding them
-//! (a [`StreamIndex`]: pts, position and keyframe flag of every packet, hence the presentation
-//! order and the exact frame count), plans decode runs that start at the latest keyframe from
-//! which each wanted frame decodes exactly ([`super::seek`]), and decodes the runs on separate
-//! threads, each with its own demuxer and decoder. Every returned frame is checked against the
-//! index by pts, in order; any surprise (a missing or extra frame, a seek that lands elsewhere,
-//! a decoding error) abandons the seeking path for the forward pass, so the frames are the
-//! forward pass's, byte for byte, either way.
+//! Decoding every frame up to the last sampled one is most of the cost when frames are sparse
+//! (a few frames from a long video). The indexed path first demuxes the packets without
+//! decoding them (a [`StreamIndex`]: pts, position, keyframe and reference flags of every
+//! packet, hence the presentation order and the exact frame count), plans decode runs that
+//! start at the latest keyframe from which each wanted frame decodes exactly
+//! ([`super::seek`]), and decodes the runs on separate threads, each with its own demuxer and
+//! decoder, leaving out unwanted frames that nothing references. Every packet read after a
+//! seek is checked against the index and every returned frame's pts against the presentation
+//! order; any surprise (a missing or extra frame, a seek that lands elsewhere, a decoding
+//! error) abandons the indexed path for the forward pass, so the frames are the forward
+//! pass's, byte for byte, either way. Codecs and streams where the index might number frames
+//! differently from the decoder are decoded forward from the start.
 //!
 //! The RGB conversion mirrors what decord (the reference reader) does through its
 //! `scale=W:H` filter graph: swscale with bilinear flags and the frame's own colour matrix and
@@ -756,10 +759,11 @@ impl Default for DecodeOptions {
 /// Which path produced the frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeMode {
-    /// One forward pass from the first packet.
+    /// One forward pass from the first packet, decoding every frame up to the last wanted one.
     Forward,
-    /// Decode runs from keyframes (see [`super::seek`]).
-    Seek,
+    /// Decode runs planned from the packet index (see [`super::seek`]): from the first packet
+    /// or after a seek to a keyframe, skipping unwanted non-reference frames.
+    Indexed,
 }
 
 /// What a decode did, for benchmarks and tests.
@@ -775,8 +779,10 @@ pub struct DecodeStats {
     pub decode_s: f64,
     /// Frames the packet index lists (when it was built).
     pub indexed_frames: Option<u64>,
-    /// Decode runs (1 for the forward pass) and threads that ran them.
+    /// Decode runs (1 for the forward pass), those among them that began with a seek, and
+    /// the threads that ran them.
     pub runs: usize,
+    pub seeks: usize,
     pub workers: usize,
     /// Packets sent to decoders and frames they returned, over all runs.
     pub packets_decoded: u64,
@@ -794,9 +800,9 @@ impl DecodeStats {
             .unwrap_or_default();
         let mut s = match self.mode {
             DecodeMode::Forward => format!("forward pass, {} frames decoded{of}", self.frames_decoded),
-            DecodeMode::Seek => format!(
-                "{} runs from keyframes on {} threads, {} frames decoded{of}, {} non-reference frames skipped",
-                self.runs, self.workers, self.frames_decoded, self.packets_skipped
+            DecodeMode::Indexed => format!(
+                "{} decode runs ({} after a seek to a keyframe) on {} threads, {} frames decoded{of}, {} non-reference frames skipped",
+                self.runs, self.seeks, self.workers, self.frames_decoded, self.packets_skipped
             ),
         };
         if let Some(note) = &self.note {
@@ -885,6 +891,7 @@ where
         decode_s: 0.0,
         indexed_frames: None,
         runs: 1,
+        seeks: 0,
         workers: 1,
         packets_decoded: 0,
         frames_decoded: 0,
@@ -904,8 +911,6 @@ where
         };
         stats.probe_s = t0.elapsed().as_secs_f64();
         match plan {
-            // One run from the first packet is the forward pass itself.
-            Ok((_, segs)) if segs.len() == 1 && segs[0].start == 0 => {}
             Ok((ix, segs)) => {
                 let t1 = Instant::now();
                 match decode_runs(
@@ -919,7 +924,7 @@ where
                     &mut stats,
                 ) {
                     Ok(frames) => {
-                        stats.mode = DecodeMode::Seek;
+                        stats.mode = DecodeMode::Indexed;
                         stats.decode_s = t1.elapsed().as_secs_f64();
                         return Ok(DecodedVideo {
                             info,
@@ -928,7 +933,7 @@ where
                             stats,
                         });
                     }
-                    Err(e) => stats.note = Some(format!("seeking abandoned: {e}")),
+                    Err(e) => stats.note = Some(format!("indexed decode abandoned: {e}")),
                 }
             }
             Err(e) => stats.note = Some(format!("no seeking: {e}")),
@@ -1160,6 +1165,7 @@ fn decode_runs(
     }
     let n = counts.into_inner().unwrap();
     stats.runs = segs.len();
+    stats.seeks = segs.iter().filter(|s| s.start > 0).count();
     stats.workers = workers;
     stats.packets_decoded += n.sent;
     stats.frames_decoded += n.got;

@@ -1,7 +1,8 @@
 //! Pixels in: video decoding (FFmpeg), frame sampling, resizing, normalization, patchify.
 //!
 //! This module knows nothing about the model. It turns files into uint8 RGB frames
-//! ([`Frames`], T×H×W×3), resizes them with the two reference kernels (Pillow bicubic for
+//! ([`Frames`], T×H×W×3; video frames are decoded from the nearest keyframes, see
+//! [`seek`]), resizes them with the two reference kernels (Pillow bicubic for
 //! images, torchvision's antialiased bicubic for video), and turns them into normalized patch
 //! rows ([`PixelRows`]) from plain parameters ([`PatchParams`]). The sizing and sampling rules
 //! follow qwen-vl-utils; both its upstream constants and the Video-R1 fork's are [`Preset`]s.

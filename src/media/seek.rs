@@ -120,6 +120,24 @@ impl StreamIndex {
                 unseekable = Some(format!("two frames share pts {}", w[0]));
             }
         }
+        // Whether a decoder returns frames before the first keyframe, or the leading pictures
+        // of an open GOP at the very start (whose references were cut off), is its own choice
+        // (FFmpeg's H.264 and HEVC decoders drop them): the forward decode's numbering could
+        // differ from the index, so such streams are decoded forward.
+        if unseekable.is_none() {
+            match packets.first() {
+                None => unseekable = Some("the stream has no packets".to_string()),
+                Some(p) if !p.key => {
+                    unseekable = Some("the stream does not start with a keyframe".to_string())
+                }
+                Some(p) if frame_pts.first().is_some_and(|&f| f < p.pts) => {
+                    unseekable = Some(
+                        "the stream starts with leading pictures of a cut open GOP".to_string(),
+                    )
+                }
+                _ => {}
+            }
+        }
         // Valid starts: keyframes that no earlier packet is displayed after.
         let mut starts = vec![0];
         let mut max_before = NOPTS;
@@ -416,6 +434,15 @@ mod tests {
         // A keyframe displayed before an earlier packet is no valid start.
         let ix = StreamIndex::new(vec![pk(0, true), pk(5, false), pk(4, true), pk(6, false)]);
         assert_eq!(ix.starts, vec![0]);
+        // A stream that does not start at a keyframe, or starts with leading pictures.
+        assert!(StreamIndex::new(vec![pk(1, false), pk(2, true)])
+            .plan(&[1], 0)
+            .is_err());
+        assert!(
+            StreamIndex::new(vec![pk(2, true), pk(1, false), pk(3, false)])
+                .plan(&[2], 0)
+                .is_err()
+        );
         // Discarded packets are decoded but yield no frame.
         let mut p = vec![pk(0, true), pk(1, false), pk(2, false)];
         p[0].discard = true;
