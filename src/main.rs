@@ -34,7 +34,7 @@ enum Cmd {
         model: PathBuf,
     },
     /// Measure decode/prefill speed on synthetic weights of the real model shape.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -208,10 +208,14 @@ struct BenchArgs {
     /// Frame width in pixels, a multiple of 28 (--vision, --video-r1).
     #[arg(long, default_value_t = 448)]
     width: usize,
-    /// Time decoding + preprocessing of a 1-minute 720p H.264 clip (made with the ffmpeg CLI)
-    /// instead.
+    /// Time decoding + preprocessing of a generated H.264 clip instead: the forward decode
+    /// against the seeking one, side by side.
     #[arg(long)]
     media: bool,
+    /// Clip for --media: 1m720p (60 s 1280x720) or 10m1080p (600 s 1920x1080), 30 fps, made
+    /// with the ffmpeg CLI once and cached in the temp directory.
+    #[arg(long)]
+    media_clip: Option<String>,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -228,7 +232,7 @@ fn main() -> ExitCode {
             run(*a, order)
         }
         Cmd::Info { model } => info(&model),
-        Cmd::Bench(a) => bench(a),
+        Cmd::Bench(a) => bench(*a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -585,12 +589,22 @@ fn bench(a: BenchArgs) -> Result<()> {
             return Err(Error::flag(*flag, format!("is not used with {mode}")));
         }
     }
+    if a.media_clip.is_some() && !a.media {
+        return Err(Error::flag("--media-clip", "is only used with --media"));
+    }
     if a.media {
-        let dir = std::env::temp_dir().join(format!("reel-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let res = reel::model::inputs::bench_media(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        println!("{}", res?);
+        use reel::media::bench::{compare, BenchClip};
+        let clip: BenchClip = a
+            .media_clip
+            .as_deref()
+            .unwrap_or("1m720p")
+            .parse()
+            .map_err(|e: String| Error::flag("--media-clip", e))?;
+        let rounds = if clip == BenchClip::Minute720p { 3 } else { 2 };
+        println!(
+            "{}",
+            compare(clip, &MediaOptions::default().preset, rounds)?
+        );
         return Ok(());
     }
     if a.vision {

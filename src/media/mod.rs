@@ -1,7 +1,8 @@
 //! Pixels in: video decoding (FFmpeg), frame sampling, resizing, normalization, patchify.
 //!
 //! This module knows nothing about the model. It turns files into uint8 RGB frames
-//! ([`Frames`], T×H×W×3), resizes them with the two reference kernels (Pillow bicubic for
+//! ([`Frames`], T×H×W×3; video frames are decoded from the nearest keyframes, see
+//! [`seek`]), resizes them with the two reference kernels (Pillow bicubic for
 //! images, torchvision's antialiased bicubic for video), and turns them into normalized patch
 //! rows ([`PixelRows`]) from plain parameters ([`PatchParams`]). The sizing and sampling rules
 //! follow qwen-vl-utils; both its upstream constants and the Video-R1 fork's are [`Preset`]s.
@@ -26,6 +27,7 @@ pub mod pixels;
 pub mod resize_pil;
 pub mod resize_tv;
 pub mod sample;
+pub mod seek;
 pub mod size;
 
 use std::path::Path;
@@ -191,6 +193,21 @@ pub struct LoadedVideo {
     pub max_pixels: f64,
     /// The sampled frames after the torchvision bicubic-antialias resize.
     pub frames: Frames,
+    pub timings: VideoTimings,
+}
+
+/// Where the time of loading one video went.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VideoTimings {
+    /// Opening and probing the file, and indexing its packets when seeking.
+    pub probe_s: f64,
+    /// Decoding and converting the sampled frames to RGB.
+    pub decode_s: f64,
+    pub resize_s: f64,
+    /// Frames the decoders returned.
+    pub frames_decoded: u64,
+    /// How the frames were decoded, in words (forward pass, or decode runs from keyframes).
+    pub path: String,
 }
 
 /// What a probe of a video file reports.
@@ -240,26 +257,64 @@ pub fn video_target_size(
     Ok((size, max_p))
 }
 
+/// Decoding options for [`load_video`]: seeking on unless `REEL_VIDEO_SEEK=0`, threads from
+/// rayon's global pool (the CLI's `--threads`, else all cores).
+#[cfg(feature = "video")]
+pub fn video_decode_options() -> decode::DecodeOptions {
+    let seek = std::env::var("REEL_VIDEO_SEEK").map_or(true, |v| v.trim() != "0");
+    let n = rayon::current_num_threads();
+    let all = std::thread::available_parallelism().map_or(n, |c| c.get());
+    decode::DecodeOptions {
+        seek,
+        // All cores: let FFmpeg size a single decoder's frame threads as it always has.
+        threads: if n == all { 0 } else { n },
+    }
+}
+
 /// Decodes a video, samples it and resizes the frames as qwen-vl-utils does.
 #[cfg(feature = "video")]
 pub fn load_video(path: &Path, preset: &Preset, req: &VideoRequest) -> Result<LoadedVideo> {
+    load_video_with(path, preset, req, &video_decode_options())
+}
+
+/// [`load_video`] with explicit decoding options.
+#[cfg(feature = "video")]
+pub fn load_video_with(
+    path: &Path,
+    preset: &Preset,
+    req: &VideoRequest,
+    opts: &decode::DecodeOptions,
+) -> Result<LoadedVideo> {
     let mut plan_out = None;
-    let decoded = decode::decode_sampled(path, |info| {
-        let (idx, fps) = plan_video(info, preset, req)?;
-        plan_out = Some(fps);
-        Ok(idx)
-    })?;
+    let decoded = decode::decode_sampled_with(
+        path,
+        |info| {
+            let (idx, fps) = plan_video(info, preset, req)?;
+            plan_out = Some(fps);
+            Ok(idx)
+        },
+        opts,
+    )?;
     let sample_fps = plan_out.unwrap_or(0.0);
     let f = &decoded.frames;
+    let t = std::time::Instant::now();
     let ((th, tw), max_pixels) = video_target_size(f.h as u32, f.w as u32, f.t as u64, preset, req)
         .map_err(|m| Error::media(path, m))?;
     let frames = resize_tv::resize_frames(f, th as usize, tw as usize);
+    let st = &decoded.stats;
     Ok(LoadedVideo {
         info: decoded.info,
         indices: decoded.indices,
         sample_fps,
         max_pixels,
         frames,
+        timings: VideoTimings {
+            probe_s: st.probe_s,
+            decode_s: st.decode_s,
+            resize_s: t.elapsed().as_secs_f64(),
+            frames_decoded: st.frames_decoded,
+            path: st.describe(),
+        },
     })
 }
 
