@@ -243,6 +243,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The flag that sets each library setting ([`Error::Setting`] names them by field).
+const SETTING_FLAGS: &[(&str, &str)] = &[
+    ("temperature", "--temperature"),
+    ("top_p", "--top-p"),
+    ("top_k", "--top-k"),
+    ("repetition_penalty", "--repetition-penalty"),
+    ("ctx", "--ctx"),
+    ("act", "--dtype"),
+];
+
+/// A setting the flags gave, reported under its flag; the rules are the library's
+/// (`SamplingParams::validate`, `EngineOptions::validate`).
+fn flag_error(e: Error) -> Error {
+    match e {
+        Error::Setting { name, msg } => match SETTING_FLAGS.iter().find(|f| f.0 == name) {
+            Some((_, flag)) => Error::flag(*flag, msg),
+            None => Error::Setting { name, msg },
+        },
+        e => e,
+    }
+}
+
 fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
     if let Some(n) = b.threads {
         if n == 0 {
@@ -253,7 +275,7 @@ fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
             .num_threads(n)
             .build_global();
     }
-    Ok(EngineOptions {
+    let opts = EngineOptions {
         device: match b.device {
             DeviceArg::Auto => Device::Auto,
             DeviceArg::Cpu => Device::Cpu,
@@ -265,7 +287,9 @@ fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
         },
         ctx,
         ..EngineOptions::default()
-    })
+    };
+    opts.validate().map_err(flag_error)?;
+    Ok(opts)
 }
 
 /// Command-line positions of --image / --video values, so items keep the order given.
@@ -317,25 +341,15 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
     if let Some(p) = &a.logits_out {
         check_writable(p, "--logits-out")?;
     }
-    if let Some(t) = a.temperature {
-        if !(t >= 0.0 && t.is_finite()) {
-            return Err(Error::flag(
-                "--temperature",
-                format!("must be >= 0, got {t}"),
-            ));
-        }
-    }
-    if let Some(p) = a.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(Error::flag(
-                "--top-p",
-                format!("must be in (0, 1], got {p}"),
-            ));
-        }
-    }
-    if !(a.repetition_penalty > 0.0 && a.repetition_penalty.is_finite()) {
-        return Err(Error::flag("--repetition-penalty", "must be > 0"));
-    }
+    // The sampling flags as given (the defaults where absent), checked before any work.
+    let flagged = SamplingParams {
+        temperature: a.temperature.unwrap_or(0.0),
+        top_k: a.top_k,
+        top_p: a.top_p.unwrap_or(1.0),
+        seed: a.seed,
+        repetition_penalty: a.repetition_penalty,
+    };
+    flagged.validate().map_err(flag_error)?;
     if let Some(f) = a.fps {
         if !(f > 0.0 && f.is_finite()) {
             return Err(Error::flag("--fps", format!("must be > 0, got {f}")));
@@ -389,12 +403,12 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
     };
     let prepared = model.prepare(&messages, a.system.as_deref(), &media_opts)?;
     let mut engine = Engine::new(model, opts)?;
+    // generation_config.json fills what the flags left out.
     let sampling = SamplingParams {
         temperature: a.temperature.or(gen.temperature).unwrap_or(0.0),
         top_k: a.top_k.or(gen.top_k),
         top_p: a.top_p.or(gen.top_p).unwrap_or(1.0),
-        seed: a.seed,
-        repetition_penalty: a.repetition_penalty,
+        ..flagged
     };
     let json = a.json;
     let vision_report: serde_json::Value = prepared
@@ -575,7 +589,12 @@ fn info(model: &Path) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let opts = engine_options(&a.backend, a.ctx.unwrap_or(0))?;
+    bench_flags(a).map_err(flag_error)
+}
+
+fn bench_flags(a: BenchArgs) -> Result<()> {
+    // The bench sizes the KV cache itself (from --ctx or what it measures).
+    let opts = engine_options(&a.backend, EngineOptions::default().ctx)?;
     if a.media || a.vision {
         let mode = if a.media { "--media" } else { "--vision" };
         let text_only = [

@@ -30,12 +30,10 @@
 //! multiply-adds (Rust never contracts `a * b + c`). A llama.cpp binary built with FMA
 //! contraction may differ in rare ties.
 
-pub mod preset;
 pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
 pub mod q8_k;
-pub mod quality;
 mod simd;
 
 pub use q4_k::{dequantize_row_q4_k, get_scale_min_k4, quantize_row_q4_k, vec_dot_q4_k_scalar};

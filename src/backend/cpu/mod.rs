@@ -9,10 +9,9 @@
 //! Layout: `elementwise.rs` (add, swiglu, gelu, cast, embedding, gather/scatter, argmax),
 //! `norm.rs`, `matmul.rs` (threaded SIMD GEMV/GEMM for float weights; quantized weights through
 //! `quant`'s integer block dot products), `rope.rs`, `attention.rs`, `simd.rs` (feature
-//! detection, bf16 rounding), and `reference.rs`: plain scalar versions of every op on host
-//! slices, the truth the op harness (tests/ops.rs) compares against. The fast paths share no
-//! code with the reference. Operand checks are each op's contract in `backend::check`;
-//! sampling runs on the host with `backend::sample`.
+//! detection, bf16 rounding). The scalar references that every backend, this one included,
+//! is checked against are in `backend::harness`, sharing no code with these paths. Operand checks
+//! are each op's contract in `backend::check`; sampling runs on the host with `backend::sample`.
 //!
 //! Threads: ops run on rayon; [`CpuBackend::with_threads`] gives the backend its own pool,
 //! otherwise rayon's global pool is used (sized by `RAYON_NUM_THREADS`).
@@ -21,7 +20,6 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod norm;
-pub mod reference;
 mod rope;
 pub mod simd;
 

@@ -288,3 +288,20 @@ impl CudaBackend {
         self.launch(kern.kernel(), l, &p)
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn matmul(
+            &mut self,
+            x: $crate::backend::TRef,
+            w: $crate::backend::TRef,
+            bias: Option<$crate::backend::TRef>,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_matmul(x, w, bias, out)
+        }
+    };
+}
+pub(super) use backend_ops;

@@ -17,9 +17,9 @@
 //!   multiple of 32, else BF16 (llama.cpp goes to Q5_0/Q8_0 then F16; reel has no Q5_0 and keeps
 //!   bf16 checkpoints lossless). The vision MLP's 3420-wide rows hit this.
 
-use super::{dequantize_row, quantize_row, row_bytes};
 use crate::error::{Error, Result};
 use crate::model::inventory::{Role, TensorClass, Tower};
+use crate::quant::{dequantize_row, quantize_row, row_bytes};
 use crate::tensor::DType;
 use rayon::prelude::*;
 use std::fmt;
