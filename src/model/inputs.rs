@@ -2,8 +2,7 @@
 //! cut into patch rows, and the prompt with its vision pads expanded. Each architecture's
 //! `prepare` fills these (see `Architecture::prepare`).
 
-use crate::error::Result;
-use crate::media::{self, PixelRows, Preset};
+use crate::media::{PixelRows, Preset};
 use crate::prompt::VisionKind;
 use std::path::PathBuf;
 
