@@ -36,7 +36,7 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_k;
 pub mod quality;
-mod simd;
+pub(crate) mod simd;
 
 pub use q4_k::{dequantize_row_q4_k, get_scale_min_k4, quantize_row_q4_k, vec_dot_q4_k_scalar};
 pub use q6_k::{dequantize_row_q6_k, quantize_row_q6_k, vec_dot_q6_k_scalar};

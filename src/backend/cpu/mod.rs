@@ -7,8 +7,9 @@
 //! written).
 //!
 //! Layout: `elementwise.rs` (add, swiglu, gelu, cast, embedding, gather/scatter, argmax),
-//! `norm.rs`, `matmul.rs` (threaded SIMD GEMV/GEMM), `rope.rs`, `attention.rs`, `simd.rs`
-//! (feature detection, bf16 rounding), and `reference.rs`: plain scalar versions of every op on
+//! `norm.rs`, `matmul.rs` (argument checks) and `gemm/` (threaded GEMV/GEMM per instruction
+//! set), `isa.rs` (which instruction set: AVX-512, AVX2 or scalar, `REEL_CPU_ISA`), `rope.rs`,
+//! `attention.rs`, `simd.rs` (element conversions, bf16 rounding), and `reference.rs`: plain scalar versions of every op on
 //! host slices, the truth the op harness (tests/ops.rs) compares against. The fast paths share
 //! no code with the reference.
 //!
@@ -17,6 +18,8 @@
 
 mod attention;
 mod elementwise;
+mod gemm;
+pub mod isa;
 mod matmul;
 mod norm;
 pub mod reference;
@@ -24,6 +27,7 @@ mod rope;
 pub mod simd;
 
 use super::{Backend, BufId, HostBytes, MropeParams, PagedKv, TRef};
+pub use isa::Isa;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use std::sync::Arc;
@@ -40,7 +44,7 @@ struct Align64([u8; 64]);
 pub struct CpuBackend {
     bufs: Vec<Option<Storage>>,
     pool: Option<Arc<rayon::ThreadPool>>,
-    simd: bool,
+    isa: Isa,
 }
 
 impl Default for CpuBackend {
@@ -134,12 +138,13 @@ pub(crate) fn check_dims(op: &str, name: &str, t: &TRef, want: &[usize]) -> Resu
 }
 
 impl CpuBackend {
-    /// A backend on rayon's global pool, with SIMD where the CPU has AVX2+FMA.
+    /// A backend on rayon's global pool, with the best instruction set the CPU has (or the one
+    /// `REEL_CPU_ISA` names, see [`isa::selected`]).
     pub fn new() -> CpuBackend {
         CpuBackend {
             bufs: Vec::new(),
             pool: None,
-            simd: simd::has_avx2_fma(),
+            isa: isa::selected(),
         }
     }
 
@@ -155,14 +160,30 @@ impl CpuBackend {
         })
     }
 
-    /// Turns the SIMD paths off (the portable scalar fast paths remain); for tests and
-    /// comparisons. Turning it on has no effect on a CPU without AVX2+FMA.
+    /// Turns the SIMD paths off (the portable scalar fast paths remain) or back on (the best
+    /// instruction set); for tests and comparisons.
     pub fn set_simd(&mut self, on: bool) {
-        self.simd = on && simd::has_avx2_fma();
+        self.isa = if on { Isa::best() } else { Isa::Scalar };
     }
 
     pub fn simd_enabled(&self) -> bool {
-        self.simd
+        self.isa.simd()
+    }
+
+    /// Runs the kernels of `isa`; an error if this CPU lacks it.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        if !isa.supported() {
+            return Err(Error::backend(
+                "cpu",
+                format!("this CPU cannot run the {isa} kernels"),
+            ));
+        }
+        self.isa = isa;
+        Ok(())
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub fn threads(&self) -> usize {
@@ -285,7 +306,7 @@ impl Backend for CpuBackend {
         format!(
             "cpu ({} threads, {})",
             self.threads(),
-            if self.simd { "avx2+fma" } else { "scalar" }
+            self.isa.describe()
         )
     }
 
@@ -341,12 +362,12 @@ impl Backend for CpuBackend {
         elementwise::embedding(self, table, ids, out)
     }
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
+        let (s, simd) = (&*self, self.isa.simd());
         s.install(|| norm::rms_norm(s, x, w, out, eps, simd))
     }
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
-        s.install(|| matmul::matmul(s, x, w, bias, out, simd))
+        let (s, isa) = (&*self, self.isa);
+        s.install(|| matmul::matmul(s, x, w, bias, out, isa))
     }
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
         let s = &*self;
@@ -379,7 +400,7 @@ impl Backend for CpuBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
+        let (s, simd) = (&*self, self.isa.simd());
         s.install(|| attention::paged(s, q, kv, layer, out, scale, simd))
     }
     fn attention_varlen(
@@ -391,7 +412,7 @@ impl Backend for CpuBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
+        let (s, simd) = (&*self, self.isa.simd());
         s.install(|| attention::varlen(s, q, k, v, cu, out, scale, simd))
     }
     fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()> {
