@@ -24,7 +24,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::super::{SPtr, View};
-use super::{store_row, Bias};
+use super::{store_row, with_scratch, Bias, Slot};
 use crate::tensor::DType;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -41,13 +41,6 @@ const RN: usize = 4;
 /// Activation rows per small-M step.
 const RM: usize = 4;
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u32; 16]);
-
-fn lines(n_u32: usize) -> Vec<Line> {
-    vec![Line([0; 16]); n_u32.div_ceil(16)]
-}
 
 /// Which products the kernel computes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -141,48 +134,46 @@ unsafe fn load_w16(kind: Kind, dt: DType, p: *const u8, left: usize) -> __m512i 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn pack_b(kind: Kind, w: &View, n0: usize, cnt: usize, k0: usize, k1: usize, bp: *mut u32) {
     let pu = kind.per_unit();
+    let es = w.dt.bytes_for(1);
     let units = (k1 - k0).div_ceil(pu);
-    for g in 0..units.div_ceil(16) {
-        let e = k0 + 16 * pu * g;
-        let left = (k1 - e).min(16 * pu);
-        for half in 0..2 {
+    let col: [*const u8; NR] = std::array::from_fn(|c| w.at(n0 + c.min(cnt - 1), k0) as *const u8);
+    // Sixteen rows at a time (sixteen sequential streams for the prefetchers), each read
+    // a few lines ahead.
+    for half in 0..2 {
+        for g in 0..units.div_ceil(16) {
+            let e = 16 * pu * g;
+            let left = (k1 - k0 - e).min(16 * pu);
+            let u0 = 16 * g;
+            let rows = (units - u0).min(16);
             let mut r = [_mm512_setzero_si512(); 16];
             for (c, rc) in r.iter_mut().enumerate() {
-                let col = 16 * half + c;
-                if col < cnt {
-                    *rc = load_w16(kind, w.dt, w.at(n0 + col, e), left);
+                let cc = 16 * half + c;
+                if cc < cnt {
+                    let p = col[cc].add(e * es);
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(512) as *const i8);
+                    *rc = load_w16(kind, w.dt, p, left);
                 }
             }
             transpose16(&mut r);
-            let u0 = 16 * g;
-            for (j, rj) in r.iter().enumerate().take((units - u0).min(16)) {
-                _mm512_storeu_si512(bp.add((u0 + j) * NR + 16 * half) as *mut _, *rj);
+            let dst = bp.add(u0 * NR + 16 * half);
+            for (j, rj) in r.iter().enumerate().take(rows) {
+                _mm512_storeu_si512(dst.add(j * NR) as *mut _, *rj);
             }
         }
     }
 }
 
-/// Packed activations: `[tile][unit][MR]` 32-bit lanes, tiles of MR rows (missing rows zero).
-struct PackedA {
-    data: Vec<Line>,
-    units: usize,
-}
-
-impl PackedA {
-    fn tile(&self, t: usize) -> *const u32 {
-        unsafe { (self.data.as_ptr() as *const u32).add(t * self.units * MR) }
-    }
-}
-
-/// Packs activations for [`Kind::Dp`] from bf16 rows, or for [`Kind::F32`] from f32 rows.
-fn pack_a(kind: Kind, m: usize, k: usize, row: impl Fn(usize) -> *const u8 + Sync) -> PackedA {
+/// Packs activations into `data` as `[tile][unit][MR]` 32-bit lanes, tiles of MR rows (missing
+/// rows zero): for [`Kind::Dp`] from bf16 rows, for [`Kind::F32`] from f32 rows.
+fn pack_a(kind: Kind, m: usize, k: usize, row: impl Fn(usize) -> *const u8 + Sync, data: &mut [u32]) {
     let units = k.div_ceil(kind.per_unit());
-    let tiles = m.div_ceil(MR);
-    let mut data = lines(tiles * units * MR);
     let per_tile = units * MR;
-    let d = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u32, tiles * per_tile) };
-    d.par_chunks_mut(per_tile).enumerate().for_each(|(t, dt)| {
-        for i in 0..MR.min(m - t * MR) {
+    data.par_chunks_mut(per_tile).enumerate().for_each(|(t, dt)| {
+        let valid = MR.min(m - t * MR);
+        if valid < MR {
+            dt.fill(0);
+        }
+        for i in 0..valid {
             let p = row(t * MR + i);
             match kind {
                 Kind::Dp => {
@@ -203,7 +194,6 @@ fn pack_a(kind: Kind, m: usize, k: usize, row: impl Fn(usize) -> *const u8 + Syn
             }
         }
     });
-    PackedA { data, units }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,59 +279,70 @@ pub fn packed(
     let xp = SPtr(x.p.get());
     let (xdt, xstride) = (x.dt, x.stride);
     let xfp = SPtr(xf.map_or(std::ptr::null_mut(), |v| v.as_ptr() as *mut u8));
-    let a = pack_a(kind, m, k, |r| match kind {
-        Kind::Dp => unsafe { xp.get().add(xdt.bytes_for(r * xstride)) },
-        Kind::F32 => unsafe { xfp.get().add(4 * r * k) },
-    });
-    let blocks = k_blocks(kind, k);
-    let panels = n.div_ceil(NR);
-    let threads = rayon::current_num_threads();
-    // Split the rows only when the panels alone cannot keep every thread busy.
+    let units_k = k.div_ceil(kind.per_unit());
     let tiles = m.div_ceil(MR);
-    let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
-    let tiles_per_chunk = tiles.div_ceil(chunks);
-    let chunks = tiles.div_ceil(tiles_per_chunk);
-    let max_units = blocks
-        .iter()
-        .map(|(a, b)| (b - a).div_ceil(kind.per_unit()))
-        .max()
-        .unwrap_or(0);
-    let (w, out) = (*w, *out);
-    (0..panels * chunks).into_par_iter().for_each_init(
-        || {
-            (
-                lines(max_units.div_ceil(16) * 16 * NR),
-                vec![0f32; tiles_per_chunk * MR * NR],
-            )
-        },
-        |(bp, cbuf), unit| {
+    with_scratch(Slot::A, tiles * units_k * MR * 4, false, |abuf| {
+        let a = unsafe { std::slice::from_raw_parts_mut(abuf as *mut u32, tiles * units_k * MR) };
+        pack_a(
+            kind,
+            m,
+            k,
+            |r| match kind {
+                Kind::Dp => unsafe { xp.get().add(xdt.bytes_for(r * xstride)) },
+                Kind::F32 => unsafe { xfp.get().add(4 * r * k) },
+            },
+            a,
+        );
+        let ap = SPtr(abuf);
+        let blocks = k_blocks(kind, k);
+        let panels = n.div_ceil(NR);
+        let threads = rayon::current_num_threads();
+        // Split the rows only when the panels alone cannot keep every thread busy.
+        let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
+        let tiles_per_chunk = tiles.div_ceil(chunks);
+        let chunks = tiles.div_ceil(tiles_per_chunk);
+        let max_units = blocks
+            .iter()
+            .map(|(a, b)| (b - a).div_ceil(kind.per_unit()))
+            .max()
+            .unwrap_or(0);
+        let (w, out) = (*w, *out);
+        (0..panels * chunks).into_par_iter().for_each(|unit| {
             let (j, ch) = (unit / chunks, unit % chunks);
             let n0 = j * NR;
             let cnt = NR.min(n - n0);
             let t0 = ch * tiles_per_chunk;
             let t1 = (t0 + tiles_per_chunk).min(tiles);
-            let bpp = bp.as_mut_ptr() as *mut u32;
-            for (bi, &(k0, k1)) in blocks.iter().enumerate() {
-                let units = (k1 - k0).div_ceil(kind.per_unit());
-                let u0 = k0 / kind.per_unit();
-                unsafe {
-                    pack_b(kind, &w, n0, cnt, k0, k1, bpp);
-                    for t in t0..t1 {
-                        let ap = a.tile(t).add(u0 * MR);
-                        let cp = cbuf.as_mut_ptr().add((t - t0) * MR * NR);
-                        match kind {
-                            Kind::Dp => ukr_dp(units, ap, bpp, cp, bi == 0),
-                            Kind::F32 => ukr_f32(units, ap, bpp, cp, bi == 0),
+            let bbytes = max_units.div_ceil(16) * 16 * NR * 4;
+            with_scratch(Slot::B, bbytes, false, |bpp| {
+                with_scratch(Slot::C, tiles_per_chunk * MR * NR * 4, false, |cb| {
+                    let bpp = bpp as *mut u32;
+                    let cbuf = cb as *mut f32;
+                    for (bi, &(k0, k1)) in blocks.iter().enumerate() {
+                        let units = (k1 - k0).div_ceil(kind.per_unit());
+                        let u0 = k0 / kind.per_unit();
+                        unsafe {
+                            pack_b(kind, &w, n0, cnt, k0, k1, bpp);
+                            for t in t0..t1 {
+                                let at = (ap.get() as *const u32).add((t * units_k + u0) * MR);
+                                let cp = cbuf.add((t - t0) * MR * NR);
+                                match kind {
+                                    Kind::Dp => ukr_dp(units, at, bpp, cp, bi == 0),
+                                    Kind::F32 => ukr_f32(units, at, bpp, cp, bi == 0),
+                                }
+                            }
                         }
                     }
-                }
-            }
-            for r in t0 * MR..(t1 * MR).min(m) {
-                let c = &mut cbuf[(r - t0 * MR) * NR..][..cnt];
-                unsafe { store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt) };
-            }
-        },
-    );
+                    for r in t0 * MR..(t1 * MR).min(m) {
+                        let c = unsafe {
+                            std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
+                        };
+                        unsafe { store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt) };
+                    }
+                })
+            })
+        });
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

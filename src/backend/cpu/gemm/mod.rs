@@ -22,6 +22,51 @@ pub(crate) mod quant;
 #[cfg(test)]
 mod tests;
 
+/// 64 bytes, 64-byte aligned: the unit of the packing buffers.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub [u32; 16]);
+
+/// Per-thread packing buffers, kept between calls: a fresh multi-megabyte allocation per call
+/// would be a fresh memory map whose pages the kernel faults in and clears every time.
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    /// Packed activations (on the calling thread).
+    A,
+    /// A packed weight panel (per worker).
+    B,
+    /// Accumulators (per worker).
+    C,
+}
+
+thread_local! {
+    static SCRATCH: [std::cell::RefCell<Vec<Line>>; 3] = const {
+        [
+            std::cell::RefCell::new(Vec::new()),
+            std::cell::RefCell::new(Vec::new()),
+            std::cell::RefCell::new(Vec::new()),
+        ]
+    };
+}
+
+/// Runs `f` with this thread's `slot` buffer of at least `bytes` bytes (contents unspecified;
+/// zeroed where `zero`).
+pub(crate) fn with_scratch<R>(slot: Slot, bytes: usize, zero: bool, f: impl FnOnce(*mut u8) -> R) -> R {
+    let lines = bytes.div_ceil(64).max(1);
+    SCRATCH.with(|s| match s[slot as usize].try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < lines {
+                *v = vec![Line([0; 16]); lines];
+            } else if zero {
+                v[..lines].fill(Line([0; 16]));
+            }
+            f(v.as_mut_ptr() as *mut u8)
+        }
+        // Re-entered on this thread (a worker that stole another GEMM's job): a private buffer.
+        Err(_) => f(vec![Line([0; 16]); lines].as_mut_ptr() as *mut u8),
+    })
+}
+
 /// A bias row (already widened to f32), or none.
 pub(crate) type Bias<'a> = Option<&'a [f32]>;
 

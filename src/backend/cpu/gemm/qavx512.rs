@@ -25,7 +25,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::super::View;
-use super::{store_row, Bias};
+use super::{store_row, with_scratch, Bias, Slot};
 use crate::quant::q8_0::{BlockQ8_0, BLOCK_BYTES as Q8_0_BYTES};
 use crate::quant::q8_k::BlockQ8K;
 use crate::quant::{q4_k, q6_k, QuantizedRow};
@@ -38,17 +38,12 @@ const NR: usize = 16;
 /// Activation rows per microkernel call.
 pub const MR: usize = 8;
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u32; 16]);
 
-fn lines(n_bytes: usize) -> Vec<Line> {
-    vec![Line([0; 16]); n_bytes.div_ceil(64)]
-}
-
+/// fp16 bits → f32 with F16C (exact, as every conversion of an fp16 value is); the `half`
+/// crate's conversion checks for F16C on every call.
 #[inline(always)]
-fn f16_to_f32(lo: u8, hi: u8) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32()
+unsafe fn f16_to_f32(lo: u8, hi: u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([lo, hi]) as i32)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,9 +432,8 @@ const AK_BYTES: usize = (64 + 1 + 8) * 4 * MR;
 /// Q8_0 per block: quants `[8][MR]`, `d` `[MR]` f32, `128·Σ q` `[MR]` i32.
 const A8_BYTES: usize = (8 + 2) * 4 * MR;
 
-fn pack_act_k(dtype: DType, rows: &[&[BlockQ8K]], nsb: usize) -> Vec<Line> {
-    let mut v = lines(nsb * AK_BYTES);
-    let base = v.as_mut_ptr() as *mut u8;
+/// Writes the packed tile at `base` (`nsb · AK_BYTES` bytes, zeroed by the caller).
+fn pack_act_k(dtype: DType, rows: &[&[BlockQ8K]], nsb: usize, base: *mut u8) {
     for s in 0..nsb {
         let o = unsafe { base.add(s * AK_BYTES) } as *mut u32;
         for (i, r) in rows.iter().enumerate() {
@@ -465,12 +459,11 @@ fn pack_act_k(dtype: DType, rows: &[&[BlockQ8K]], nsb: usize) -> Vec<Line> {
             }
         }
     }
-    v
 }
 
-fn pack_act_q8_0(rows: &[&[BlockQ8_0]], order: &[usize]) -> Vec<Line> {
-    let mut v = lines(order.len() * A8_BYTES);
-    let base = v.as_mut_ptr() as *mut u8;
+/// Writes the packed tile at `base` (`order.len() · A8_BYTES` bytes, zeroed by the caller).
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn pack_act_q8_0(rows: &[&[BlockQ8_0]], order: &[usize], base: *mut u8) {
     for (pos, &b) in order.iter().enumerate() {
         let o = unsafe { base.add(pos * A8_BYTES) } as *mut u32;
         for (i, r) in rows.iter().enumerate() {
@@ -481,12 +474,11 @@ fn pack_act_q8_0(rows: &[&[BlockQ8_0]], order: &[usize]) -> Vec<Line> {
             }
             let sum: i32 = y.qs.iter().map(|&q| q as i32).sum();
             unsafe {
-                *(o.add(8 * MR + i) as *mut f32) = half::f16::from_bits(y.d).to_f32();
+                *(o.add(8 * MR + i) as *mut f32) = f16_to_f32(y.d as u8, (y.d >> 8) as u8);
                 *(o.add(9 * MR + i) as *mut i32) = 128 * sum;
             }
         }
     }
-    v
 }
 
 #[inline(always)]
@@ -628,11 +620,21 @@ pub fn packed(
     let nblk = k / dtype.block_len();
     let order = q8_order(nblk);
     let tiles = m.div_ceil(MR);
-    // Activation tiles, packed once per call.
-    let atiles: Vec<Vec<Line>> = (0..tiles)
-        .into_par_iter()
-        .map(|t| {
+    let tile_bytes = match dtype {
+        DType::Q8_0 => order.len() * A8_BYTES,
+        _ => nblk * AK_BYTES,
+    };
+    let panel_bytes = match dtype {
+        DType::Q4K => nblk * P4_BYTES,
+        DType::Q6K => nblk * P6_BYTES,
+        _ => nblk.div_ceil(2) * 2 * P8_BYTES,
+    };
+    // Activation tiles, packed once per call (zeroed: rows past M stay zero).
+    with_scratch(Slot::A, tiles * tile_bytes, true, |abuf| {
+        let ap = super::super::SPtr(abuf);
+        (0..tiles).into_par_iter().for_each(|t| {
             let rows = &acts[t * MR..((t + 1) * MR).min(m)];
+            let base = unsafe { ap.get().add(t * tile_bytes) };
             match dtype {
                 DType::Q8_0 => {
                     let r: Vec<&[BlockQ8_0]> = rows
@@ -642,7 +644,7 @@ pub fn packed(
                             _ => unreachable!("Q8_0 activations"),
                         })
                         .collect();
-                    pack_act_q8_0(&r, &order)
+                    unsafe { pack_act_q8_0(&r, &order, base) }
                 }
                 _ => {
                     let r: Vec<&[BlockQ8K]> = rows
@@ -652,54 +654,53 @@ pub fn packed(
                             _ => unreachable!("Q8_K activations"),
                         })
                         .collect();
-                    pack_act_k(dtype, &r, nblk)
+                    pack_act_k(dtype, &r, nblk, base)
                 }
             }
-        })
-        .collect();
-    let panel_bytes = match dtype {
-        DType::Q4K => nblk * P4_BYTES,
-        DType::Q6K => nblk * P6_BYTES,
-        _ => nblk.div_ceil(2) * 2 * P8_BYTES,
-    };
-    let panels = n.div_ceil(NR);
-    let threads = rayon::current_num_threads();
-    let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
-    let tiles_per_chunk = tiles.div_ceil(chunks);
-    let chunks = tiles.div_ceil(tiles_per_chunk);
-    let out = *out;
-    let wp = super::super::SPtr(w.as_ptr() as *mut u8);
-    (0..panels * chunks).into_par_iter().for_each_init(
-        || (lines(panel_bytes), vec![0f32; tiles_per_chunk * MR * NR]),
-        |(bp, cbuf), unit| {
+        });
+        let panels = n.div_ceil(NR);
+        let threads = rayon::current_num_threads();
+        let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
+        let tiles_per_chunk = tiles.div_ceil(chunks);
+        let chunks = tiles.div_ceil(tiles_per_chunk);
+        let out = *out;
+        let wp = super::super::SPtr(w.as_ptr() as *mut u8);
+        (0..panels * chunks).into_par_iter().for_each(|unit| {
             let (j, ch) = (unit / chunks, unit % chunks);
             let n0 = j * NR;
             let cnt = NR.min(n - n0);
-            let col: [*const u8; NR] =
-                std::array::from_fn(|c| unsafe { wp.get().add((n0 + c.min(cnt - 1)) * rb) as *const u8 });
-            let bpp = bp.as_mut_ptr() as *mut u8;
+            let col: [*const u8; NR] = std::array::from_fn(|c| unsafe {
+                wp.get().add((n0 + c.min(cnt - 1)) * rb) as *const u8
+            });
             let t0 = ch * tiles_per_chunk;
             let t1 = (t0 + tiles_per_chunk).min(tiles);
-            unsafe {
-                match dtype {
-                    DType::Q4K => pack_q4k(&col, cnt, nblk, bpp),
-                    DType::Q6K => pack_q6k(&col, cnt, nblk, bpp),
-                    _ => pack_q8_0(&col, cnt, &order, bpp),
-                }
-                for t in t0..t1 {
-                    let ap = atiles[t].as_ptr() as *const u8;
-                    let cp = cbuf.as_mut_ptr().add((t - t0) * MR * NR);
-                    match dtype {
-                        DType::Q4K => ukr_q4k(nblk, ap, bpp, cp),
-                        DType::Q6K => ukr_q6k(nblk, ap, bpp, cp),
-                        _ => ukr_q8_0(nblk, ap, bpp, cp),
+            with_scratch(Slot::B, panel_bytes, false, |bpp| {
+                with_scratch(Slot::C, tiles_per_chunk * MR * NR * 4, false, |cb| {
+                    let cbuf = cb as *mut f32;
+                    unsafe {
+                        match dtype {
+                            DType::Q4K => pack_q4k(&col, cnt, nblk, bpp),
+                            DType::Q6K => pack_q6k(&col, cnt, nblk, bpp),
+                            _ => pack_q8_0(&col, cnt, &order, bpp),
+                        }
+                        for t in t0..t1 {
+                            let at = ap.get().add(t * tile_bytes) as *const u8;
+                            let cp = cbuf.add((t - t0) * MR * NR);
+                            match dtype {
+                                DType::Q4K => ukr_q4k(nblk, at, bpp, cp),
+                                DType::Q6K => ukr_q6k(nblk, at, bpp, cp),
+                                _ => ukr_q8_0(nblk, at, bpp, cp),
+                            }
+                        }
                     }
-                }
-            }
-            for r in t0 * MR..(t1 * MR).min(m) {
-                let c = &mut cbuf[(r - t0 * MR) * NR..][..cnt];
-                unsafe { store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt) };
-            }
-        },
-    );
+                    for r in t0 * MR..(t1 * MR).min(m) {
+                        let c = unsafe {
+                            std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
+                        };
+                        unsafe { store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt) };
+                    }
+                })
+            })
+        });
+    });
 }
