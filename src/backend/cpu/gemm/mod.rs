@@ -71,7 +71,7 @@ pub(crate) fn with_scratch<R>(slot: Slot, bytes: usize, zero: bool, f: impl FnOn
 pub(crate) type Bias<'a> = Option<&'a [f32]>;
 
 /// Rows up to which the AVX-512 float path dots stored rows directly instead of packing panels.
-const SMALL_M: usize = 4;
+const SMALL_M: usize = 8;
 
 /// Adds the bias to `row` and stores it as `dt` at `dst`.
 ///

@@ -272,6 +272,25 @@ unsafe fn load_t(col: &[*const u8; NR], cnt: usize, off: usize) -> [__m512i; 16]
     r
 }
 
+/// Like [`load_t`] for the first `bytes` (< 64) bytes at byte `off` only (the rest zero), so a
+/// load never reaches past a row's last block.
+#[inline(always)]
+unsafe fn load_t_bytes(col: &[*const u8; NR], cnt: usize, off: usize, bytes: usize) -> [__m512i; 16] {
+    let mut r = [_mm512_setzero_si512(); 16];
+    let k = (1u64 << bytes) - 1;
+    for (c, rc) in r.iter_mut().enumerate().take(cnt) {
+        *rc = _mm512_maskz_loadu_epi8(k, col[c].add(off) as *const i8);
+    }
+    transpose16(&mut r);
+    r
+}
+
+/// fp16 values in the low 16 bits of each lane → f32.
+#[inline(always)]
+unsafe fn cvt_lo16(v: __m512i) -> __m512 {
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+}
+
 #[inline(always)]
 unsafe fn st(p: *mut u8, v: __m512i) {
     _mm512_storeu_si512(p as *mut _, v)
@@ -302,32 +321,38 @@ unsafe fn pack_q4k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
                 st(o.add(64 * (16 * c + 8 + t)), _mm512_and_si512(_mm512_srli_epi32::<4>(*vi), m4));
             }
         }
-        let sc = o.add(4096) as *mut i32;
-        let mn = o.add(4096 + 512) as *mut u32;
-        let dd = o.add(4096 + 768) as *mut f32;
-        for n in 0..NR {
-            if n < cnt {
-                let b = std::slice::from_raw_parts(col[n].add(base), q4_k::BLOCK_BYTES);
-                let (s8, m8) = q4_k::scales_mins_k4(&b[4..16]);
-                for j in 0..8 {
-                    *sc.add(j * NR + n) = s8[j] as i32;
-                }
-                for p in 0..4 {
-                    *mn.add(p * NR + n) = m8[2 * p] as u32 | (m8[2 * p + 1] as u32) << 16;
-                }
-                *dd.add(n) = f16_to_f32(b[0], b[1]);
-                *dd.add(NR + n) = f16_to_f32(b[2], b[3]);
-            } else {
-                for j in 0..8 {
-                    *sc.add(j * NR + n) = 0;
-                }
-                for p in 0..4 {
-                    *mn.add(p * NR + n) = 0;
-                }
-                *dd.add(n) = 0.0;
-                *dd.add(NR + n) = 0.0;
-            }
+        // d, dmin and the 12 scale bytes of every column, lanes = columns; then ggml's word
+        // shuffle (`q4_k::scales_mins_k4`) on all sixteen at once.
+        let h = load_t_bytes(col, cnt, base, 16);
+        let (u0, u1, u2) = (h[1], h[2], h[3]);
+        let k1 = _mm512_set1_epi32(0x3f3f_3f3f);
+        let k2 = _mm512_set1_epi32(0x0f0f_0f0f);
+        let k3 = _mm512_set1_epi32(0x0303_0303);
+        let sc_lo = _mm512_and_si512(u0, k1);
+        let sc_hi = _mm512_or_si512(
+            _mm512_and_si512(u2, k2),
+            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u0), k3)),
+        );
+        let mn_lo = _mm512_and_si512(u1, k1);
+        let mn_hi = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi32::<4>(u2), k2),
+            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u1), k3)),
+        );
+        let ff = _mm512_set1_epi32(0xFF);
+        let byte = |x: __m512i, i: u32| _mm512_and_si512(_mm512_srlv_epi32(x, _mm512_set1_epi32(8 * i as i32)), ff);
+        for j in 0..4u32 {
+            st(o.add(4096 + 64 * j as usize), byte(sc_lo, j));
+            st(o.add(4096 + 64 * (j as usize + 4)), byte(sc_hi, j));
         }
+        for p in 0..4usize {
+            let x = if p < 2 { mn_lo } else { mn_hi };
+            let q = 2 * (p % 2) as u32;
+            let pair = _mm512_or_si512(byte(x, q), _mm512_slli_epi32::<16>(byte(x, q + 1)));
+            st(o.add(4096 + 512 + 64 * p), pair);
+        }
+        let dd = o.add(4096 + 768) as *mut f32;
+        _mm512_storeu_ps(dd, cvt_lo16(h[0]));
+        _mm512_storeu_ps(dd.add(NR), cvt_lo16(_mm512_srli_epi32::<16>(h[0])));
     }
 }
 
@@ -368,22 +393,24 @@ unsafe fn pack_q6k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
                 st(o.add(64 * (g + 24)), q4);
             }
         }
-        let sc = o.add(4096) as *mut i32;
-        let sp = o.add(4096 + 1024) as *mut u32;
-        let dd = o.add(4096 + 1536) as *mut f32;
-        for n in 0..NR {
-            let b = (n < cnt).then(|| std::slice::from_raw_parts(col[n].add(base), q6_k::BLOCK_BYTES));
-            for j in 0..16 {
-                *sc.add(j * NR + n) = b.map_or(0, |b| b[192 + j] as i8 as i32);
-            }
-            for p in 0..8 {
-                *sp.add(p * NR + n) = b.map_or(0, |b| {
-                    (b[192 + 2 * p] as i8 as i16 as u16) as u32
-                        | ((b[193 + 2 * p] as i8 as i16 as u16) as u32) << 16
-                });
-            }
-            *dd.add(n) = b.map_or(0.0, |b| f16_to_f32(b[208], b[209]));
+        // The sixteen int8 scales (words 0..4) and d (bytes 16, 17) of every column.
+        let h = load_t_bytes(col, cnt, base + 192, 18);
+        let sx = |j: usize| -> __m512i {
+            let sh = _mm512_set1_epi32(24 - 8 * (j % 4) as i32);
+            _mm512_srai_epi32::<24>(_mm512_sllv_epi32(h[j / 4], sh))
+        };
+        for j in 0..16 {
+            st(o.add(4096 + 64 * j), sx(j));
         }
+        let lo16 = _mm512_set1_epi32(0xFFFF);
+        for p in 0..8 {
+            let pair = _mm512_or_si512(
+                _mm512_and_si512(sx(2 * p), lo16),
+                _mm512_slli_epi32::<16>(sx(2 * p + 1)),
+            );
+            st(o.add(4096 + 1024 + 64 * p), pair);
+        }
+        _mm512_storeu_ps(o.add(4096 + 1536) as *mut f32, cvt_lo16(h[4]));
     }
 }
 
@@ -393,34 +420,43 @@ fn q8_order(nb: usize) -> Vec<usize> {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-unsafe fn pack_q8_0(col: &[*const u8; NR], cnt: usize, order: &[usize], out: *mut u8) {
+unsafe fn pack_q8_0(col: &[*const u8; NR], cnt: usize, rb: usize, pos: &[usize], out: *mut u8) {
     let flip = _mm512_set1_epi8(-128);
-    for (i, pair) in order.chunks(2).enumerate() {
+    let nb = pos.len();
+    // Row offsets from column 0 (rows are `rb` bytes apart) for the scale gathers.
+    let vidx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(rb as i32),
+    );
+    let live = ((1u32 << cnt) - 1) as u16;
+    // Blocks in stored order (sequential reads), each written to its residue-major position.
+    for b in (0..nb).step_by(2) {
+        let two = b + 1 < nb;
         let mut r = [_mm512_setzero_si512(); 16];
         for (c, rc) in r.iter_mut().enumerate().take(cnt) {
-            let a = _mm256_loadu_si256(col[c].add(pair[0] * Q8_0_BYTES + 2) as *const __m256i);
-            let b = if pair.len() > 1 {
-                _mm256_loadu_si256(col[c].add(pair[1] * Q8_0_BYTES + 2) as *const __m256i)
+            let p = col[c].add(b * Q8_0_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(p.add(8 * Q8_0_BYTES) as *const i8);
+            let lo = _mm256_loadu_si256(p.add(2) as *const __m256i);
+            let hi = if two {
+                _mm256_loadu_si256(p.add(Q8_0_BYTES + 2) as *const __m256i)
             } else {
                 _mm256_setzero_si256()
             };
-            *rc = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+            *rc = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
         }
         transpose16(&mut r);
-        for (h, &blk) in pair.iter().enumerate() {
-            let o = out.add((2 * i + h) * P8_BYTES);
+        for h in 0..1 + two as usize {
+            let o = out.add(pos[b + h] * P8_BYTES);
             for g in 0..8 {
                 st(o.add(64 * g), _mm512_xor_si512(r[8 * h + g], flip));
             }
-            let dd = o.add(512) as *mut f32;
-            for n in 0..NR {
-                *dd.add(n) = if n < cnt {
-                    let p = col[n].add(blk * Q8_0_BYTES);
-                    f16_to_f32(*p, *p.add(1))
-                } else {
-                    0.0
-                };
-            }
+            let d = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                live,
+                vidx,
+                col[0].add((b + h) * Q8_0_BYTES) as *const i32,
+            );
+            _mm512_storeu_ps(o.add(512) as *mut f32, cvt_lo16(d));
         }
     }
 }
@@ -619,6 +655,10 @@ pub fn packed(
     let rb = dtype.bytes_for(k);
     let nblk = k / dtype.block_len();
     let order = q8_order(nblk);
+    let mut pos = vec![0usize; nblk];
+    for (i, &b) in order.iter().enumerate() {
+        pos[b] = i;
+    }
     let tiles = m.div_ceil(MR);
     let tile_bytes = match dtype {
         DType::Q8_0 => order.len() * A8_BYTES,
@@ -681,7 +721,7 @@ pub fn packed(
                         match dtype {
                             DType::Q4K => pack_q4k(&col, cnt, nblk, bpp),
                             DType::Q6K => pack_q6k(&col, cnt, nblk, bpp),
-                            _ => pack_q8_0(&col, cnt, &order, bpp),
+                            _ => pack_q8_0(&col, cnt, rb, &pos, bpp),
                         }
                         for t in t0..t1 {
                             let at = ap.get().add(t * tile_bytes) as *const u8;
