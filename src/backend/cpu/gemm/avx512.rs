@@ -24,7 +24,46 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::super::{SPtr, View};
-use super::{store_row, with_scratch, Bias, Slot};
+use super::{with_scratch, Bias, Slot};
+
+/// [`super::store_row`] for f32 and bf16 outputs: bias added in f32, then bf16 rounded to
+/// nearest even as `simd::f32_to_bf16_bits` does (NaN kept quiet), sixteen lanes at a time.
+///
+/// # Safety
+/// AVX-512 F/BW must be available; `dst` holds `row.len()` writable elements of `dt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn store_row(row: &mut [f32], bias: Bias, dst: *mut u8, dt: DType) {
+    if !matches!(dt, DType::F32 | DType::BF16) {
+        return super::store_row(row, bias, dst, dt);
+    }
+    let n = row.len();
+    let mut i = 0;
+    while i < n {
+        let k = mask16(n - i);
+        let mut v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(i));
+        if let Some(b) = bias {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b.as_ptr().add(i)));
+        }
+        if dt == DType::F32 {
+            _mm512_mask_storeu_ps((dst as *mut f32).add(i), k, v);
+        } else {
+            let b = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                b,
+                _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
+            ));
+            let nan = _mm512_cmpgt_epu32_mask(
+                _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff)),
+                _mm512_set1_epi32(0x7f80_0000),
+            );
+            let q = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+            let r = _mm512_mask_blend_epi32(nan, r, q);
+            _mm256_mask_storeu_epi16((dst as *mut i16).add(i), k, _mm512_cvtepi32_epi16(r));
+        }
+        i += 16;
+    }
+}
 use crate::tensor::DType;
 use rayon::prelude::*;
 use std::arch::x86_64::*;

@@ -25,7 +25,8 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::super::View;
-use super::{store_row, with_scratch, Bias, Slot};
+use super::avx512::store_row;
+use super::{with_scratch, Bias, Slot};
 use crate::quant::q8_0::{BlockQ8_0, BLOCK_BYTES as Q8_0_BYTES};
 use crate::quant::q8_k::BlockQ8K;
 use crate::quant::{q4_k, q6_k, QuantizedRow};

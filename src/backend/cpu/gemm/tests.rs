@@ -267,3 +267,28 @@ fn quantized_paths_are_bit_identical_to_scalar_gemv_rows() {
     check_quant(DType::Q8_0, 20, 40, 17 * 32, DType::BF16, false);
     check_quant(DType::Q4K, 17, 70, 3584, DType::BF16, true);
 }
+
+#[test]
+fn avx512_row_store_rounds_like_the_scalar_store() {
+    if !Isa::Avx512.supported() {
+        return;
+    }
+    // A sweep of f32 bit patterns (ties, NaNs, infinities, denormals), with and without a bias.
+    let mut vals: Vec<f32> = (0..200_003u32)
+        .map(|i| f32::from_bits(i.wrapping_mul(21_473)))
+        .collect();
+    vals.extend([f32::NAN, -f32::NAN, f32::INFINITY, f32::MAX, 1.0 + 1.0 / 256.0, -0.0]);
+    let bias: Vec<f32> = (0..vals.len()).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+    for dt in [DType::BF16, DType::F32] {
+        for b in [None, Some(&bias[..])] {
+            let (mut r1, mut r2) = (vals.clone(), vals.clone());
+            let mut want = vec![0u8; dt.bytes_for(vals.len())];
+            let mut got = want.clone();
+            unsafe {
+                super::store_row(&mut r1, b, want.as_mut_ptr(), dt);
+                super::avx512::store_row(&mut r2, b, got.as_mut_ptr(), dt);
+            }
+            assert!(want == got, "{dt} bias {}", b.is_some());
+        }
+    }
+}
