@@ -18,7 +18,7 @@
 //! bug gives O(1) errors. The CUDA kernels are exact dequant + f32 sums; src/backend/cuda/tests.rs
 //! checks them against tighter bounds on a GPU.
 
-use reel::backend::cpu::{reference as rf, CpuBackend};
+use reel::backend::cpu::{reference as rf, CpuBackend, Isa};
 use reel::backend::{Backend, HostBytes, KvLayout, MropeParams, PagedKv, SampleArgs, TRef};
 use reel::{DType, Shape};
 
@@ -880,20 +880,16 @@ impl Paged {
 
 fn backends() -> Vec<(String, Box<dyn Backend>)> {
     let mut v: Vec<(String, Box<dyn Backend>)> = Vec::new();
-    let cpu = CpuBackend::new();
-    let simd = cpu.simd_enabled();
-    v.push((
-        if simd {
-            "cpu".into()
-        } else {
-            "cpu-portable".into()
-        },
-        Box::new(cpu),
-    ));
-    if simd {
-        let mut portable = CpuBackend::new();
-        portable.set_simd(false);
-        v.push(("cpu-portable".into(), Box::new(portable)));
+    // One CPU backend per instruction set this CPU runs (AVX-512, AVX2, scalar), so every kernel
+    // path is checked against the reference; REEL_CPU_ISA narrows it to the one it names.
+    let isas = match std::env::var("REEL_CPU_ISA") {
+        Ok(v) if !v.trim().is_empty() => vec![v.parse::<Isa>().expect("REEL_CPU_ISA")],
+        _ => Isa::available(),
+    };
+    for isa in isas {
+        let mut cpu = CpuBackend::new();
+        cpu.set_isa(isa).expect("an available instruction set");
+        v.push((format!("cpu-{isa}"), Box::new(cpu)));
     }
     match reel::backend::cuda::open(0) {
         Ok(be) => v.push(("cuda:0".into(), be)),
