@@ -139,6 +139,89 @@ pub unsafe fn q4k_row(w: &[u8], y: &[BlockQ8K], act: &Q4kAct) -> f32 {
     sumf
 }
 
+/// Per 256-bit half, the shifts that move qh's bit pairs to bits 4..6: q1 wants qh << 4 and
+/// q2 qh << 2 (`vpsllvw`), q3 qh and q4 qh >> 2 (`vpsrlvw`).
+#[inline(always)]
+unsafe fn q6_shifts() -> (__m512i, __m512i) {
+    let (four, two) = (0x0004_0004_0004_0004i64, 0x0002_0002_0002_0002i64);
+    (
+        _mm512_setr_epi64(four, four, four, four, two, two, two, two),
+        _mm512_setr_epi64(0, 0, 0, 0, two, two, two, two),
+    )
+}
+
+/// Lane → sub-block (of 16) for the four 64-quant vectors of a block.
+#[inline(always)]
+unsafe fn q6_index() -> [__m512i; 4] {
+    let mut ix = [_mm512_setzero_si512(); 4];
+    for (v, x) in ix.iter_mut().enumerate() {
+        let b = 4 * v as i32;
+        *x = _mm512_setr_epi32(
+            b,
+            b,
+            b,
+            b,
+            b + 1,
+            b + 1,
+            b + 1,
+            b + 1,
+            b + 2,
+            b + 2,
+            b + 2,
+            b + 2,
+            b + 3,
+            b + 3,
+            b + 3,
+            b + 3,
+        );
+    }
+    ix
+}
+
+/// One Q6_K block's `isum` spread over sixteen i32 lanes: Σ sc_j·q·y over the block minus
+/// 32·Σ sc_j·bsums_j (in lanes 0..8). `ya` holds the activation's 256 quants.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6k_block(
+    p: *const u8,
+    ya: &[__m512i; 4],
+    bsums: __m256i,
+    m4: __m512i,
+    m30: __m512i,
+    sh12: __m512i,
+    sh34: __m512i,
+    ix: &[__m512i; 4],
+) -> __m512i {
+    let scb = _mm_loadu_si128(p.add(192) as *const __m128i);
+    let sc32 = _mm512_cvtepi8_epi32(scb);
+    let mut s = _mm512_setzero_si512();
+    for h in 0..2 {
+        let l = _mm512_loadu_si512(p.add(64 * h) as *const _);
+        let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i));
+        let q12 = _mm512_or_si512(
+            _mm512_and_si512(l, m4),
+            _mm512_and_si512(_mm512_sllv_epi16(qh, sh12), m30),
+        );
+        let q34 = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
+            _mm512_and_si512(_mm512_srlv_epi16(qh, sh34), m30),
+        );
+        let z = _mm512_setzero_si512();
+        let d12 = _mm512_dpbusd_epi32(z, q12, ya[2 * h]);
+        let d34 = _mm512_dpbusd_epi32(z, q34, ya[2 * h + 1]);
+        s = _mm512_add_epi32(
+            s,
+            _mm512_add_epi32(
+                _mm512_mullo_epi32(d12, _mm512_permutexvar_epi32(ix[2 * h], sc32)),
+                _mm512_mullo_epi32(d34, _mm512_permutexvar_epi32(ix[2 * h + 1], sc32)),
+            ),
+        );
+    }
+    // 32·Σ_j sc_j·bsums_j, the -32 offset of every quant.
+    let corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scb), bsums);
+    _mm512_sub_epi32(s, _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(corr)))
+}
+
 /// Q6_K row × Q8_K row; the same bits as `q6_k::vec_dot_q6_k_q8_k_scalar`.
 ///
 /// # Safety
@@ -147,88 +230,169 @@ pub unsafe fn q4k_row(w: &[u8], y: &[BlockQ8K], act: &Q4kAct) -> f32 {
 pub unsafe fn q6k_row(w: &[u8], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm512_set1_epi8(0xF);
     let m30 = _mm512_set1_epi8(0x30);
-    // Per 256-bit half: q1 wants qh << 4 and q2 qh << 2 (bits 4..6), q3 qh and q4 qh >> 2.
-    let sh12 = _mm512_setr_epi64(
-        0x0004_0004_0004_0004,
-        0x0004_0004_0004_0004,
-        0x0004_0004_0004_0004,
-        0x0004_0004_0004_0004,
-        0x0002_0002_0002_0002,
-        0x0002_0002_0002_0002,
-        0x0002_0002_0002_0002,
-        0x0002_0002_0002_0002,
-    );
-    let sh34 = _mm512_setr_epi64(
-        0,
-        0,
-        0,
-        0,
-        0x0002_0002_0002_0002,
-        0x0002_0002_0002_0002,
-        0x0002_0002_0002_0002,
-        0x0002_0002_0002_0002,
-    );
-    let idx = |v: i32| {
-        let b = 4 * v;
-        _mm512_setr_epi32(
-            b,
-            b,
-            b,
-            b,
-            b + 1,
-            b + 1,
-            b + 1,
-            b + 1,
-            b + 2,
-            b + 2,
-            b + 2,
-            b + 2,
-            b + 3,
-            b + 3,
-            b + 3,
-            b + 3,
-        )
-    };
-    let ix = [idx(0), idx(1), idx(2), idx(3)];
+    let (sh12, sh34) = q6_shifts();
+    let ix = q6_index();
     let mut sumf = 0.0f32;
     for (b, yb) in w.chunks_exact(q6_k::BLOCK_BYTES).zip(y) {
-        let p = b.as_ptr();
-        let scb = _mm_loadu_si128(p.add(192) as *const __m128i);
-        let sc32 = _mm512_cvtepi8_epi32(scb);
         let yq = yb.qs.as_ptr();
-        let mut s = _mm512_setzero_si512();
-        for h in 0..2 {
-            let l = _mm512_loadu_si512(p.add(64 * h) as *const _);
-            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i));
-            let q12 = _mm512_or_si512(
-                _mm512_and_si512(l, m4),
-                _mm512_and_si512(_mm512_sllv_epi16(qh, sh12), m30),
-            );
-            let q34 = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
-                _mm512_and_si512(_mm512_srlv_epi16(qh, sh34), m30),
-            );
-            let z = _mm512_setzero_si512();
-            let d12 = _mm512_dpbusd_epi32(z, q12, _mm512_loadu_si512(yq.add(128 * h) as *const _));
-            let d34 = _mm512_dpbusd_epi32(z, q34, _mm512_loadu_si512(yq.add(128 * h + 64) as *const _));
-            s = _mm512_add_epi32(
-                s,
-                _mm512_add_epi32(
-                    _mm512_mullo_epi32(d12, _mm512_permutexvar_epi32(ix[2 * h], sc32)),
-                    _mm512_mullo_epi32(d34, _mm512_permutexvar_epi32(ix[2 * h + 1], sc32)),
-                ),
-            );
-        }
-        // 32·Σ_j sc_j·bsums_j, the -32 offset of every quant.
-        let corr = _mm256_madd_epi16(
-            _mm256_cvtepi8_epi16(scb),
-            _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i),
-        );
-        let s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(corr)));
+        let ya = load4(yq as *const u8);
+        let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+        let s = q6k_block(b.as_ptr(), &ya, bs, m4, m30, sh12, sh34, &ix);
         let d = f16_to_f32(b[208], b[209]) * yb.d;
         sumf += d * hsum_i32(s) as f32;
     }
     sumf
+}
+
+/// Four consecutive zmm at `p`. (No closures in the kernels: a closure does not inherit its
+/// function's target features, so its intrinsics would become calls.)
+#[inline(always)]
+unsafe fn load4(p: *const u8) -> [__m512i; 4] {
+    [
+        _mm512_loadu_si512(p as *const _),
+        _mm512_loadu_si512(p.add(64) as *const _),
+        _mm512_loadu_si512(p.add(128) as *const _),
+        _mm512_loadu_si512(p.add(192) as *const _),
+    ]
+}
+
+/// The four rows' i32 vectors summed to one lane per row: `[Σ t0, Σ t1, Σ t2, Σ t3]`.
+#[inline(always)]
+unsafe fn reduce4(t: [__m512i; 4]) -> __m128i {
+    let mut h = [_mm256_setzero_si256(); 4];
+    for (hi, v) in h.iter_mut().zip(t) {
+        *hi = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+    }
+    let v = _mm256_hadd_epi32(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+}
+
+/// Four Q4_K rows × one Q8_K row: [`q4k_row`] for each, with the scale unpacking, the
+/// horizontal sums and the float steps done for the four rows at once (lane = row; each lane
+/// runs the scalar reference's float operations in its order).
+///
+/// # Safety
+/// As [`q4k_row`], for each of the four rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+pub unsafe fn q4k_rows4(w: [&[u8]; 4], y: &[BlockQ8K], act: &Q4kAct) -> [f32; 4] {
+    let m4 = _mm512_set1_epi8(0xF);
+    let idx = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+    let ix = [idx(0, 2), idx(1, 3), idx(4, 6), idx(5, 7)];
+    let (k1, k2, k3) = (
+        _mm_set1_epi32(0x3f3f_3f3f),
+        _mm_set1_epi32(0x0f0f_0f0f),
+        _mm_set1_epi32(0x0303_0303),
+    );
+    // Low halves (d) of the four header words, then the high halves (dmin).
+    let dsplit = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let mut sumf = _mm_setzero_ps();
+    for (i, yb) in y.iter().enumerate() {
+        let off = i * q4_k::BLOCK_BYTES;
+        let p = [
+            w[0].as_ptr().add(off),
+            w[1].as_ptr().add(off),
+            w[2].as_ptr().add(off),
+            w[3].as_ptr().add(off),
+        ];
+        let yp = act.perm.get_unchecked(i).as_ptr();
+        let ya = load4(yp as *const u8);
+        // Headers (d, dmin, 12 scale bytes) transposed: lane = row.
+        let h = [
+            _mm_loadu_si128(p[0] as *const __m128i),
+            _mm_loadu_si128(p[1] as *const __m128i),
+            _mm_loadu_si128(p[2] as *const __m128i),
+            _mm_loadu_si128(p[3] as *const __m128i),
+        ];
+        let (a, b) = (_mm_unpacklo_epi32(h[0], h[1]), _mm_unpackhi_epi32(h[0], h[1]));
+        let (c, d) = (_mm_unpacklo_epi32(h[2], h[3]), _mm_unpackhi_epi32(h[2], h[3]));
+        let w0 = _mm_unpacklo_epi64(a, c);
+        let (u0, u1, u2) = (_mm_unpackhi_epi64(a, c), _mm_unpacklo_epi64(b, d), _mm_unpackhi_epi64(b, d));
+        let sc_lo = _mm_and_si128(u0, k1);
+        let sc_hi = _mm_or_si128(
+            _mm_and_si128(u2, k2),
+            _mm_slli_epi32::<4>(_mm_and_si128(_mm_srli_epi32::<6>(u0), k3)),
+        );
+        let mn_lo = _mm_and_si128(u1, k1);
+        let mn_hi = _mm_or_si128(
+            _mm_and_si128(_mm_srli_epi32::<4>(u2), k2),
+            _mm_slli_epi32::<4>(_mm_and_si128(_mm_srli_epi32::<6>(u1), k3)),
+        );
+        // Row r's eight scales (mins) are the 8 bytes at 8·(r % 2) of sc[r / 2] (mn[r / 2]).
+        let sc = [_mm_unpacklo_epi32(sc_lo, sc_hi), _mm_unpackhi_epi32(sc_lo, sc_hi)];
+        let mn = [_mm_unpacklo_epi32(mn_lo, mn_hi), _mm_unpackhi_epi32(mn_lo, mn_hi)];
+        let pairs = _mm_loadu_si128(act.pairs.get_unchecked(i).as_ptr() as *const __m128i);
+        let mut t = [_mm512_setzero_si512(); 4];
+        let mut mm = [_mm_setzero_si128(); 4];
+        for r in 0..4 {
+            let (s8, m8) = if r % 2 == 0 {
+                (sc[r / 2], mn[r / 2])
+            } else {
+                (_mm_srli_si128::<8>(sc[r / 2]), _mm_srli_si128::<8>(mn[r / 2]))
+            };
+            let sc32 = _mm512_cvtepu8_epi32(s8);
+            let q0 = _mm512_loadu_si512(p[r].add(16) as *const _);
+            let q1 = _mm512_loadu_si512(p[r].add(80) as *const _);
+            let z = _mm512_setzero_si512();
+            let q = [
+                _mm512_and_si512(q0, m4),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q0), m4),
+                _mm512_and_si512(q1, m4),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q1), m4),
+            ];
+            let mut s = z;
+            for j in 0..4 {
+                let dj = _mm512_dpbusd_epi32(z, q[j], ya[j]);
+                s = _mm512_add_epi32(s, _mm512_mullo_epi32(dj, _mm512_permutexvar_epi32(ix[j], sc32)));
+            }
+            t[r] = s;
+            mm[r] = _mm_madd_epi16(_mm_cvtepu8_epi16(m8), pairs);
+        }
+        let isum = reduce4(t);
+        let imin = _mm_hadd_epi32(_mm_hadd_epi32(mm[0], mm[1]), _mm_hadd_epi32(mm[2], mm[3]));
+        let dd = _mm_shuffle_epi8(w0, dsplit);
+        let yd = _mm_set1_ps(yb.d);
+        let dv = _mm_mul_ps(_mm_cvtph_ps(dd), yd);
+        let dm = _mm_mul_ps(_mm_cvtph_ps(_mm_srli_si128::<8>(dd)), yd);
+        sumf = _mm_add_ps(sumf, _mm_mul_ps(dv, _mm_cvtepi32_ps(isum)));
+        sumf = _mm_sub_ps(sumf, _mm_mul_ps(dm, _mm_cvtepi32_ps(imin)));
+    }
+    let mut o = [0f32; 4];
+    _mm_storeu_ps(o.as_mut_ptr(), sumf);
+    o
+}
+
+/// Four Q6_K rows × one Q8_K row: [`q6k_row`] for each, sharing the activation loads, with the
+/// horizontal sums and the float steps done for the four rows at once (lane = row).
+///
+/// # Safety
+/// As [`q6k_row`], for each of the four rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+pub unsafe fn q6k_rows4(w: [&[u8]; 4], y: &[BlockQ8K]) -> [f32; 4] {
+    let m4 = _mm512_set1_epi8(0xF);
+    let m30 = _mm512_set1_epi8(0x30);
+    let (sh12, sh34) = q6_shifts();
+    let ix = q6_index();
+    let mut sumf = _mm_setzero_ps();
+    for (i, yb) in y.iter().enumerate() {
+        let off = i * q6_k::BLOCK_BYTES;
+        let yq = yb.qs.as_ptr();
+        let ya = load4(yq as *const u8);
+        let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+        let mut t = [_mm512_setzero_si512(); 4];
+        let mut dh = [0i16; 4];
+        for r in 0..4 {
+            let p = w[r].as_ptr().add(off);
+            t[r] = q6k_block(p, &ya, bs, m4, m30, sh12, sh34, &ix);
+            dh[r] = (p.add(208) as *const i16).read_unaligned();
+        }
+        let isum = reduce4(t);
+        let d = _mm_cvtph_ps(_mm_setr_epi16(dh[0], dh[1], dh[2], dh[3], 0, 0, 0, 0));
+        let dv = _mm_mul_ps(d, _mm_set1_ps(yb.d));
+        sumf = _mm_add_ps(sumf, _mm_mul_ps(dv, _mm_cvtepi32_ps(isum)));
+    }
+    let mut o = [0f32; 4];
+    _mm_storeu_ps(o.as_mut_ptr(), sumf);
+    o
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,6 +450,18 @@ unsafe fn load_t_bytes(col: &[*const u8; NR], cnt: usize, off: usize, bytes: usi
     r
 }
 
+/// Byte `i` of every 32-bit lane, zero-extended.
+#[inline(always)]
+unsafe fn byte(x: __m512i, i: u32) -> __m512i {
+    _mm512_and_si512(_mm512_srlv_epi32(x, _mm512_set1_epi32(8 * i as i32)), _mm512_set1_epi32(0xFF))
+}
+
+/// Byte `i` of every 32-bit lane, sign-extended.
+#[inline(always)]
+unsafe fn sbyte(x: __m512i, i: u32) -> __m512i {
+    _mm512_srai_epi32::<24>(_mm512_sllv_epi32(x, _mm512_set1_epi32(24 - 8 * i as i32)))
+}
+
 /// fp16 values in the low 16 bits of each lane → f32.
 #[inline(always)]
 unsafe fn cvt_lo16(v: __m512i) -> __m512 {
@@ -339,8 +515,6 @@ unsafe fn pack_q4k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
             _mm512_and_si512(_mm512_srli_epi32::<4>(u2), k2),
             _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u1), k3)),
         );
-        let ff = _mm512_set1_epi32(0xFF);
-        let byte = |x: __m512i, i: u32| _mm512_and_si512(_mm512_srlv_epi32(x, _mm512_set1_epi32(8 * i as i32)), ff);
         for j in 0..4u32 {
             st(o.add(4096 + 64 * j as usize), byte(sc_lo, j));
             st(o.add(4096 + 64 * (j as usize + 4)), byte(sc_hi, j));
@@ -367,10 +541,10 @@ unsafe fn pack_q6k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
         let ql0 = load_t(col, cnt, base);
         let ql1 = load_t(col, cnt, base + 64);
         let qh = load_t(col, cnt, base + 128);
-        let ql = |i: usize| if i < 16 { ql0[i] } else { ql1[i - 16] };
         for h in 0..2 {
             for t in 0..8 {
-                let (a, c, hb) = (ql(16 * h + t), ql(16 * h + 8 + t), qh[8 * h + t]);
+                let ql = if h == 0 { &ql0 } else { &ql1 };
+                let (a, c, hb) = (ql[t], ql[8 + t], qh[8 * h + t]);
                 let g = 32 * h + t;
                 let q1 = _mm512_or_si512(
                     _mm512_and_si512(a, m4),
@@ -396,18 +570,14 @@ unsafe fn pack_q6k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
         }
         // The sixteen int8 scales (words 0..4) and d (bytes 16, 17) of every column.
         let h = load_t_bytes(col, cnt, base + 192, 18);
-        let sx = |j: usize| -> __m512i {
-            let sh = _mm512_set1_epi32(24 - 8 * (j % 4) as i32);
-            _mm512_srai_epi32::<24>(_mm512_sllv_epi32(h[j / 4], sh))
-        };
         for j in 0..16 {
-            st(o.add(4096 + 64 * j), sx(j));
+            st(o.add(4096 + 64 * j), sbyte(h[j / 4], (j % 4) as u32));
         }
         let lo16 = _mm512_set1_epi32(0xFFFF);
         for p in 0..8 {
             let pair = _mm512_or_si512(
-                _mm512_and_si512(sx(2 * p), lo16),
-                _mm512_slli_epi32::<16>(sx(2 * p + 1)),
+                _mm512_and_si512(sbyte(h[p / 2], 2 * (p % 2) as u32), lo16),
+                _mm512_slli_epi32::<16>(sbyte(h[p / 2], 2 * (p % 2) as u32 + 1)),
             );
             st(o.add(4096 + 1024 + 64 * p), pair);
         }

@@ -64,13 +64,30 @@ pub(crate) fn quantized(
         |buf, c| {
             let (j0, j1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
             let cnt = j1 - j0;
-            for j in j0..j1 {
+            let mut j = j0;
+            while j < j1 {
+                // AVX-512 GEMV: four weight rows per call where they are there.
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 && m == 1 && j + 4 <= j1 && dtype != DType::Q8_0 {
+                    let ws: [&[u8]; 4] = std::array::from_fn(|i| &w[(j + i) * rb..(j + i + 1) * rb]);
+                    // SAFETY: Avx512 is only selected on a CPU with AVX-512 F/BW/VL + VNNI;
+                    // lengths checked by matmul.
+                    let v = unsafe {
+                        match (&acts[0], &q4) {
+                            (QuantizedRow::Q8K(b), Some(p)) => super::qavx512::q4k_rows4(ws, b, p),
+                            (QuantizedRow::Q8K(b), None) => super::qavx512::q6k_rows4(ws, b),
+                            _ => unreachable!("Q8_K activations"),
+                        }
+                    };
+                    buf[j - j0..j - j0 + 4].copy_from_slice(&v);
+                    j += 4;
+                    continue;
+                }
                 let wr = &w[j * rb..(j + 1) * rb];
                 for (r, a) in acts.iter().enumerate() {
                     #[cfg(target_arch = "x86_64")]
                     if isa == Isa::Avx512 {
-                        // SAFETY: Avx512 is only selected on a CPU with AVX-512 F/BW/VL + VNNI;
-                        // lengths checked by matmul.
+                        // SAFETY: as above.
                         buf[r * cnt + j - j0] = unsafe {
                             match (dtype, a, &q4) {
                                 (DType::Q4K, QuantizedRow::Q8K(b), Some(p)) => {
@@ -84,6 +101,7 @@ pub(crate) fn quantized(
                     }
                     buf[r * cnt + j - j0] = dot(isa, dtype, wr, a);
                 }
+                j += 1;
             }
             for r in 0..m {
                 let row = &mut buf[r * cnt..(r + 1) * cnt];

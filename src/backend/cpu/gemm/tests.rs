@@ -1,6 +1,6 @@
 //! Every instruction-set path of the GEMM against an exact reference, on random data and odd
-//! shapes (row counts around the microkernel's 12 and the small-M limit, columns around the
-//! 32-wide panels, K tails that are not multiples of 8/16/32, K blocks, strided views).
+//! shapes (row counts around the microkernels' 8 rows and the small-M limit, columns around the
+//! 48- and 16-wide panels, K tails that are not multiples of 8/16/32, K blocks, strided views).
 //!
 //! Float paths: the exact dot product is taken in f64; a path passes if every output is within
 //! the a-priori bound of an f32 dot product in any order, `|got − exact| ≤ (K + 2)·2⁻²⁴·Σ|xᵢwᵢ|`,
@@ -156,7 +156,8 @@ fn float_paths_match_the_exact_product() {
         (4, 64, 65),
         (5, 33, 15),
         (6, 17, 16),
-        (12, 32, 32),
+        (12, 48, 32),
+        (9, 49, 40),
         (13, 65, 127),
         (25, 100, 1280),
         (33, 47, 3420),
