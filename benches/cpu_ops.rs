@@ -349,8 +349,20 @@ fn bench(c: &mut Criterion) {
         ("q8_0 128x3584 @ 18944x3584", DType::Q8_0, 128, 18944, 3584),
         ("q4_k 128x3584 @ 18944x3584", DType::Q4K, 128, 18944, 3584),
         ("q6_k 128x18944 @ 3584x18944", DType::Q6K, 128, 3584, 18944),
-        ("vision qkv 1024x1280 @ 3840x1280", DType::BF16, 1024, 3840, 1280),
-        ("vision down 1024x3420 @ 1280x3420", DType::BF16, 1024, 1280, 3420),
+        (
+            "vision qkv 1024x1280 @ 3840x1280",
+            DType::BF16,
+            1024,
+            3840,
+            1280,
+        ),
+        (
+            "vision down 1024x3420 @ 1280x3420",
+            DType::BF16,
+            1024,
+            1280,
+            3420,
+        ),
     ] {
         if !wanted(&format!("prefill/{label}")) {
             continue;

@@ -27,9 +27,9 @@ mod rope;
 pub mod simd;
 
 use super::{Backend, BufId, HostBytes, MropeParams, PagedKv, TRef};
-pub use isa::Isa;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
+pub use isa::Isa;
 use std::sync::Arc;
 
 enum Storage {
@@ -303,11 +303,7 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!(
-            "cpu ({} threads, {})",
-            self.threads(),
-            self.isa.describe()
-        )
+        format!("cpu ({} threads, {})", self.threads(), self.isa.describe())
     }
 
     fn load_weight(&mut self, bytes: HostBytes) -> Result<BufId> {

@@ -83,7 +83,6 @@ const RN: usize = 4;
 /// Activation rows per small-M step.
 const RM: usize = 4;
 
-
 /// Which products the kernel computes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -207,35 +206,44 @@ unsafe fn pack_b(kind: Kind, w: &View, n0: usize, cnt: usize, k0: usize, k1: usi
 
 /// Packs activations into `data` as `[tile][unit][MR]` 32-bit lanes, tiles of MR rows (missing
 /// rows zero): for [`Kind::Dp`] from bf16 rows, for [`Kind::F32`] from f32 rows.
-fn pack_a(kind: Kind, m: usize, k: usize, row: impl Fn(usize) -> *const u8 + Sync, data: &mut [u32]) {
+fn pack_a(
+    kind: Kind,
+    m: usize,
+    k: usize,
+    row: impl Fn(usize) -> *const u8 + Sync,
+    data: &mut [u32],
+) {
     let units = k.div_ceil(kind.per_unit());
     let per_tile = units * MR;
-    data.par_chunks_mut(per_tile).enumerate().for_each(|(t, dt)| {
-        let valid = MR.min(m - t * MR);
-        if valid < MR {
-            dt.fill(0);
-        }
-        for i in 0..valid {
-            let p = row(t * MR + i);
-            match kind {
-                Kind::Dp => {
-                    let s = p as *const u16;
-                    for u in 0..k / 2 {
-                        dt[u * MR + i] = unsafe { (s.add(2 * u) as *const u32).read_unaligned() };
+    data.par_chunks_mut(per_tile)
+        .enumerate()
+        .for_each(|(t, dt)| {
+            let valid = MR.min(m - t * MR);
+            if valid < MR {
+                dt.fill(0);
+            }
+            for i in 0..valid {
+                let p = row(t * MR + i);
+                match kind {
+                    Kind::Dp => {
+                        let s = p as *const u16;
+                        for u in 0..k / 2 {
+                            dt[u * MR + i] =
+                                unsafe { (s.add(2 * u) as *const u32).read_unaligned() };
+                        }
+                        if k % 2 == 1 {
+                            dt[(units - 1) * MR + i] = unsafe { *s.add(k - 1) } as u32;
+                        }
                     }
-                    if k % 2 == 1 {
-                        dt[(units - 1) * MR + i] = unsafe { *s.add(k - 1) } as u32;
-                    }
-                }
-                Kind::F32 => {
-                    let s = p as *const u32;
-                    for u in 0..k {
-                        dt[u * MR + i] = unsafe { *s.add(u) };
+                    Kind::F32 => {
+                        let s = p as *const u32;
+                        for u in 0..k {
+                            dt[u * MR + i] = unsafe { *s.add(u) };
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,7 +392,9 @@ pub fn packed(
                         let c = unsafe {
                             std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
                         };
-                        unsafe { store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt) };
+                        unsafe {
+                            store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt)
+                        };
                     }
                 })
             })

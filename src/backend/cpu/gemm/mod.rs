@@ -51,7 +51,12 @@ thread_local! {
 
 /// Runs `f` with this thread's `slot` buffer of at least `bytes` bytes (contents unspecified;
 /// zeroed where `zero`).
-pub(crate) fn with_scratch<R>(slot: Slot, bytes: usize, zero: bool, f: impl FnOnce(*mut u8) -> R) -> R {
+pub(crate) fn with_scratch<R>(
+    slot: Slot,
+    bytes: usize,
+    zero: bool,
+    f: impl FnOnce(*mut u8) -> R,
+) -> R {
     let lines = bytes.div_ceil(64).max(1);
     SCRATCH.with(|s| match s[slot as usize].try_borrow_mut() {
         Ok(mut v) => {
@@ -161,7 +166,14 @@ fn tiled(isa: Isa, x: &View, w: &View, m: usize, n: usize, k: usize, bias: Bias,
             }
             for r in 0..rows {
                 let row = &mut acc[r * cnt..(r + 1) * cnt];
-                unsafe { store_row(row, bias.map(|b| &b[n0..n0 + cnt]), out.at(r0 + r, n0), out.dt) };
+                unsafe {
+                    store_row(
+                        row,
+                        bias.map(|b| &b[n0..n0 + cnt]),
+                        out.at(r0 + r, n0),
+                        out.dt,
+                    )
+                };
             }
         },
     );

@@ -39,12 +39,13 @@ const NR: usize = 16;
 /// Activation rows per microkernel call.
 pub const MR: usize = 8;
 
-
 /// fp16 bits → f32 with F16C (exact, as every conversion of an fp16 value is); the `half`
 /// crate's conversion checks for F16C on every call.
 #[inline(always)]
 unsafe fn f16_to_f32(lo: u8, hi: u8) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([lo, hi]) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([lo, hi]) as i32,
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -102,13 +103,21 @@ pub unsafe fn q4k_row(w: &[u8], y: &[BlockQ8K], act: &Q4kAct) -> f32 {
         let q1 = _mm512_loadu_si512(p.add(80) as *const _);
         let yp = act.perm.get_unchecked(i).as_ptr();
         let z = _mm512_setzero_si512();
-        let d0 = _mm512_dpbusd_epi32(z, _mm512_and_si512(q0, m4), _mm512_loadu_si512(yp as *const _));
+        let d0 = _mm512_dpbusd_epi32(
+            z,
+            _mm512_and_si512(q0, m4),
+            _mm512_loadu_si512(yp as *const _),
+        );
         let d1 = _mm512_dpbusd_epi32(
             z,
             _mm512_and_si512(_mm512_srli_epi16::<4>(q0), m4),
             _mm512_loadu_si512(yp.add(64) as *const _),
         );
-        let d2 = _mm512_dpbusd_epi32(z, _mm512_and_si512(q1, m4), _mm512_loadu_si512(yp.add(128) as *const _));
+        let d2 = _mm512_dpbusd_epi32(
+            z,
+            _mm512_and_si512(q1, m4),
+            _mm512_loadu_si512(yp.add(128) as *const _),
+        );
         let d3 = _mm512_dpbusd_epi32(
             z,
             _mm512_and_si512(_mm512_srli_epi16::<4>(q1), m4),
@@ -303,10 +312,20 @@ pub unsafe fn q4k_rows4(w: [&[u8]; 4], y: &[BlockQ8K], act: &Q4kAct) -> [f32; 4]
             _mm_loadu_si128(p[2] as *const __m128i),
             _mm_loadu_si128(p[3] as *const __m128i),
         ];
-        let (a, b) = (_mm_unpacklo_epi32(h[0], h[1]), _mm_unpackhi_epi32(h[0], h[1]));
-        let (c, d) = (_mm_unpacklo_epi32(h[2], h[3]), _mm_unpackhi_epi32(h[2], h[3]));
+        let (a, b) = (
+            _mm_unpacklo_epi32(h[0], h[1]),
+            _mm_unpackhi_epi32(h[0], h[1]),
+        );
+        let (c, d) = (
+            _mm_unpacklo_epi32(h[2], h[3]),
+            _mm_unpackhi_epi32(h[2], h[3]),
+        );
         let w0 = _mm_unpacklo_epi64(a, c);
-        let (u0, u1, u2) = (_mm_unpackhi_epi64(a, c), _mm_unpacklo_epi64(b, d), _mm_unpackhi_epi64(b, d));
+        let (u0, u1, u2) = (
+            _mm_unpackhi_epi64(a, c),
+            _mm_unpacklo_epi64(b, d),
+            _mm_unpackhi_epi64(b, d),
+        );
         let sc_lo = _mm_and_si128(u0, k1);
         let sc_hi = _mm_or_si128(
             _mm_and_si128(u2, k2),
@@ -318,8 +337,14 @@ pub unsafe fn q4k_rows4(w: [&[u8]; 4], y: &[BlockQ8K], act: &Q4kAct) -> [f32; 4]
             _mm_slli_epi32::<4>(_mm_and_si128(_mm_srli_epi32::<6>(u1), k3)),
         );
         // Row r's eight scales (mins) are the 8 bytes at 8·(r % 2) of sc[r / 2] (mn[r / 2]).
-        let sc = [_mm_unpacklo_epi32(sc_lo, sc_hi), _mm_unpackhi_epi32(sc_lo, sc_hi)];
-        let mn = [_mm_unpacklo_epi32(mn_lo, mn_hi), _mm_unpackhi_epi32(mn_lo, mn_hi)];
+        let sc = [
+            _mm_unpacklo_epi32(sc_lo, sc_hi),
+            _mm_unpackhi_epi32(sc_lo, sc_hi),
+        ];
+        let mn = [
+            _mm_unpacklo_epi32(mn_lo, mn_hi),
+            _mm_unpackhi_epi32(mn_lo, mn_hi),
+        ];
         let pairs = _mm_loadu_si128(act.pairs.get_unchecked(i).as_ptr() as *const __m128i);
         let mut t = [_mm512_setzero_si512(); 4];
         let mut mm = [_mm_setzero_si128(); 4];
@@ -327,7 +352,10 @@ pub unsafe fn q4k_rows4(w: [&[u8]; 4], y: &[BlockQ8K], act: &Q4kAct) -> [f32; 4]
             let (s8, m8) = if r % 2 == 0 {
                 (sc[r / 2], mn[r / 2])
             } else {
-                (_mm_srli_si128::<8>(sc[r / 2]), _mm_srli_si128::<8>(mn[r / 2]))
+                (
+                    _mm_srli_si128::<8>(sc[r / 2]),
+                    _mm_srli_si128::<8>(mn[r / 2]),
+                )
             };
             let sc32 = _mm512_cvtepu8_epi32(s8);
             let q0 = _mm512_loadu_si512(p[r].add(16) as *const _);
@@ -342,7 +370,10 @@ pub unsafe fn q4k_rows4(w: [&[u8]; 4], y: &[BlockQ8K], act: &Q4kAct) -> [f32; 4]
             let mut s = z;
             for j in 0..4 {
                 let dj = _mm512_dpbusd_epi32(z, q[j], ya[j]);
-                s = _mm512_add_epi32(s, _mm512_mullo_epi32(dj, _mm512_permutexvar_epi32(ix[j], sc32)));
+                s = _mm512_add_epi32(
+                    s,
+                    _mm512_mullo_epi32(dj, _mm512_permutexvar_epi32(ix[j], sc32)),
+                );
             }
             t[r] = s;
             mm[r] = _mm_madd_epi16(_mm_cvtepu8_epi16(m8), pairs);
@@ -440,7 +471,12 @@ unsafe fn load_t(col: &[*const u8; NR], cnt: usize, off: usize) -> [__m512i; 16]
 /// Like [`load_t`] for the first `bytes` (< 64) bytes at byte `off` only (the rest zero), so a
 /// load never reaches past a row's last block.
 #[inline(always)]
-unsafe fn load_t_bytes(col: &[*const u8; NR], cnt: usize, off: usize, bytes: usize) -> [__m512i; 16] {
+unsafe fn load_t_bytes(
+    col: &[*const u8; NR],
+    cnt: usize,
+    off: usize,
+    bytes: usize,
+) -> [__m512i; 16] {
     let mut r = [_mm512_setzero_si512(); 16];
     let k = (1u64 << bytes) - 1;
     for (c, rc) in r.iter_mut().enumerate().take(cnt) {
@@ -453,7 +489,10 @@ unsafe fn load_t_bytes(col: &[*const u8; NR], cnt: usize, off: usize, bytes: usi
 /// Byte `i` of every 32-bit lane, zero-extended.
 #[inline(always)]
 unsafe fn byte(x: __m512i, i: u32) -> __m512i {
-    _mm512_and_si512(_mm512_srlv_epi32(x, _mm512_set1_epi32(8 * i as i32)), _mm512_set1_epi32(0xFF))
+    _mm512_and_si512(
+        _mm512_srlv_epi32(x, _mm512_set1_epi32(8 * i as i32)),
+        _mm512_set1_epi32(0xFF),
+    )
 }
 
 /// Byte `i` of every 32-bit lane, sign-extended.
@@ -495,7 +534,10 @@ unsafe fn pack_q4k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
                 let word = 16 * half + i;
                 let (c, t) = (word / 8, word % 8);
                 st(o.add(64 * (16 * c + t)), _mm512_and_si512(*vi, m4));
-                st(o.add(64 * (16 * c + 8 + t)), _mm512_and_si512(_mm512_srli_epi32::<4>(*vi), m4));
+                st(
+                    o.add(64 * (16 * c + 8 + t)),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(*vi), m4),
+                );
             }
         }
         // d, dmin and the 12 scale bytes of every column, lanes = columns; then ggml's word
@@ -647,7 +689,10 @@ fn pack_act_k(dtype: DType, rows: &[&[BlockQ8K]], nsb: usize, base: *mut u8) {
             let y = &r[s];
             for g in 0..64 {
                 let q = &y.qs[4 * g..4 * g + 4];
-                unsafe { *o.add(g * MR + i) = u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]) };
+                unsafe {
+                    *o.add(g * MR + i) =
+                        u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
+                };
             }
             unsafe { *(o.add(64 * MR + i) as *mut f32) = y.d };
             let pair = |a: i16, b: i16| (a as u16) as u32 | ((b as u16) as u32) << 16;
@@ -677,7 +722,10 @@ unsafe fn pack_act_q8_0(rows: &[&[BlockQ8_0]], order: &[usize], base: *mut u8) {
             let y = &r[b];
             for g in 0..8 {
                 let q = &y.qs[4 * g..4 * g + 4];
-                unsafe { *o.add(g * MR + i) = u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]) };
+                unsafe {
+                    *o.add(g * MR + i) =
+                        u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
+                };
             }
             let sum: i32 = y.qs.iter().map(|&q| q as i32).sum();
             unsafe {
@@ -723,7 +771,11 @@ unsafe fn ukr_q4k(nsb: usize, a: *const u8, b: *const u8, c: *mut f32) {
         for i in 0..MR {
             let mut imin = _mm512_setzero_si512();
             for p in 0..4 {
-                imin = _mm512_dpwssd_epi32(imin, ldi(bp.add(4096 + 512 + 64 * p)), bc(ap.add((65 + p) * MR + i)));
+                imin = _mm512_dpwssd_epi32(
+                    imin,
+                    ldi(bp.add(4096 + 512 + 64 * p)),
+                    bc(ap.add((65 + p) * MR + i)),
+                );
             }
             let yd = _mm512_set1_ps(*(ap.add(64 * MR + i) as *const f32));
             let t = _mm512_mul_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(isum[i]));
@@ -761,7 +813,11 @@ unsafe fn ukr_q6k(nsb: usize, a: *const u8, b: *const u8, c: *mut f32) {
         for i in 0..MR {
             let mut corr = _mm512_setzero_si512();
             for p in 0..8 {
-                corr = _mm512_dpwssd_epi32(corr, ldi(bp.add(4096 + 1024 + 64 * p)), bc(ap.add((65 + p) * MR + i)));
+                corr = _mm512_dpwssd_epi32(
+                    corr,
+                    ldi(bp.add(4096 + 1024 + 64 * p)),
+                    bc(ap.add((65 + p) * MR + i)),
+                );
             }
             let is = _mm512_sub_epi32(isum[i], _mm512_slli_epi32::<5>(corr));
             let yd = _mm512_set1_ps(*(ap.add(64 * MR + i) as *const f32));
@@ -908,7 +964,9 @@ pub fn packed(
                         let c = unsafe {
                             std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
                         };
-                        unsafe { store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt) };
+                        unsafe {
+                            store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt)
+                        };
                     }
                 })
             })

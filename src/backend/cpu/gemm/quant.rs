@@ -16,7 +16,12 @@ use rayon::prelude::*;
 const CHUNK: usize = 64;
 
 /// The activation rows of `x` quantized for `dtype` weights.
-pub(crate) fn quantize_rows(x: &View, m: usize, k: usize, dtype: DType) -> Result<Vec<QuantizedRow>> {
+pub(crate) fn quantize_rows(
+    x: &View,
+    m: usize,
+    k: usize,
+    dtype: DType,
+) -> Result<Vec<QuantizedRow>> {
     (0..m)
         .into_par_iter()
         .map_init(
@@ -69,7 +74,8 @@ pub(crate) fn quantized(
                 // AVX-512 GEMV: four weight rows per call where they are there.
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx512 && m == 1 && j + 4 <= j1 && dtype != DType::Q8_0 {
-                    let ws: [&[u8]; 4] = std::array::from_fn(|i| &w[(j + i) * rb..(j + i + 1) * rb]);
+                    let ws: [&[u8]; 4] =
+                        std::array::from_fn(|i| &w[(j + i) * rb..(j + i + 1) * rb]);
                     // SAFETY: Avx512 is only selected on a CPU with AVX-512 F/BW/VL + VNNI;
                     // lengths checked by matmul.
                     let v = unsafe {
@@ -93,7 +99,9 @@ pub(crate) fn quantized(
                                 (DType::Q4K, QuantizedRow::Q8K(b), Some(p)) => {
                                     super::qavx512::q4k_row(wr, b, p)
                                 }
-                                (DType::Q6K, QuantizedRow::Q8K(b), _) => super::qavx512::q6k_row(wr, b),
+                                (DType::Q6K, QuantizedRow::Q8K(b), _) => {
+                                    super::qavx512::q6k_row(wr, b)
+                                }
                                 _ => dot(isa, dtype, wr, a),
                             }
                         };

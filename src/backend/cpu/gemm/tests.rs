@@ -85,7 +85,16 @@ fn isas() -> Vec<Isa> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_float(m: usize, n: usize, k: usize, act: DType, wdt: DType, bias: bool, xpad: usize, opad: usize) {
+fn check_float(
+    m: usize,
+    n: usize,
+    k: usize,
+    act: DType,
+    wdt: DType,
+    bias: bool,
+    xpad: usize,
+    opad: usize,
+) {
     let mut r = Rng(0x9E37_79B9 ^ (m * 1_000_003 + n * 1009 + k) as u64);
     let x: Vec<f32> = (0..m * k).map(|_| round(r.f(1.0), act)).collect();
     let w: Vec<f32> = (0..n * k).map(|_| round(r.f(0.05), wdt)).collect();
@@ -209,8 +218,8 @@ fn check_quant(dtype: DType, m: usize, n: usize, k: usize, act: DType, bias: boo
     for i in 0..m {
         let a = quant::quantize_activation(dtype, &x[i * k..(i + 1) * k]).unwrap();
         for j in 0..n {
-            let mut v = quant::vec_dot_quantized_scalar(dtype, &w[j * rb..(j + 1) * rb], &a)
-                .unwrap();
+            let mut v =
+                quant::vec_dot_quantized_scalar(dtype, &w[j * rb..(j + 1) * rb], &a).unwrap();
             if bias {
                 v += b[j];
             }
@@ -278,8 +287,17 @@ fn avx512_row_store_rounds_like_the_scalar_store() {
     let mut vals: Vec<f32> = (0..200_003u32)
         .map(|i| f32::from_bits(i.wrapping_mul(21_473)))
         .collect();
-    vals.extend([f32::NAN, -f32::NAN, f32::INFINITY, f32::MAX, 1.0 + 1.0 / 256.0, -0.0]);
-    let bias: Vec<f32> = (0..vals.len()).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+    vals.extend([
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::MAX,
+        1.0 + 1.0 / 256.0,
+        -0.0,
+    ]);
+    let bias: Vec<f32> = (0..vals.len())
+        .map(|i| (i % 7) as f32 * 0.25 - 0.5)
+        .collect();
     for dt in [DType::BF16, DType::F32] {
         for b in [None, Some(&bias[..])] {
             let (mut r1, mut r2) = (vals.clone(), vals.clone());
