@@ -3,7 +3,7 @@
 //! measured host read bandwidth on the CPU, the datasheet peaks on CUDA), printed as markdown.
 //! scripts/gpu-check.sh runs it as the kernel table.
 //!
-//! `cargo bench --bench ops -- [FILTER...] [--backend cpu|cpu-portable|cuda] [--dtype bf16|f32]
+//! `cargo bench --bench ops -- [FILTER...] [--backend cpu|cpu-avx2|cpu-scalar|cuda] [--dtype bf16|f32]
 //! [--quick] [--full] [--all] [--list]`
 //! - FILTER: substrings of `op shape` (e.g. `matmul`, `decode`, `q4_k`, `attention_paged`);
 //! - `--backend`: backends to time (repeatable or comma-separated; default: cpu, and cuda when
@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ops [FILTER...] [--backend cpu|cpu-portable|cuda] [--dtype bf16|f32] [--quick] [--full] [--all] [--list]"
+        "usage: ops [FILTER...] [--backend cpu|cpu-avx2|cpu-scalar|cuda] [--dtype bf16|f32] [--quick] [--full] [--all] [--list]"
     );
     ExitCode::from(2)
 }
@@ -71,9 +71,13 @@ fn main() -> ExitCode {
         println!("{n}");
     }
     let wanted: Vec<&harness::Target> = if backends.is_empty() {
+        // The best CPU instruction set (listed first) and CUDA.
+        let first_cpu = targets.iter().position(|t| t.name.starts_with("cpu"));
         targets
             .iter()
-            .filter(|t| t.name != "cpu-portable")
+            .enumerate()
+            .filter(|(i, t)| !t.name.starts_with("cpu") || Some(*i) == first_cpu)
+            .map(|(_, t)| t)
             .collect()
     } else {
         let mut v = Vec::new();

@@ -266,6 +266,8 @@ fn flag_error(e: Error) -> Error {
 }
 
 fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
+    // A bad REEL_CPU_ISA stops the run here rather than falling back with a warning.
+    reel::backend::cpu::isa::from_env()?;
     if let Some(n) = b.threads {
         if n == 0 {
             return Err(Error::flag("--threads", "must be at least 1"));
@@ -585,6 +587,10 @@ fn write_logits(p: &Path, out: &Output) -> Result<()> {
 fn info(model: &Path) -> Result<()> {
     let m = Model::load(model)?;
     println!("{}", m.describe());
+    println!(
+        "cpu kernels: {} (REEL_CPU_ISA=avx512|avx2|scalar forces one)",
+        reel::backend::cpu::isa::from_env()?.describe()
+    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! benches/ops.rs.
 //!
 //! `REEL_OPS_FILTER` (comma-separated substrings of `op shape`) and `REEL_OPS_BACKEND` (a
-//! backend name prefix: cpu, cpu-portable, cuda) narrow a run, e.g. under compute-sanitizer.
+//! backend name prefix: cpu, cpu-avx512, cpu-avx2, cpu-scalar, cuda) narrow a run, e.g. under compute-sanitizer.
 //! With `REEL_REQUIRE_CUDA=1` a CUDA backend that does not open fails the run.
 
 use reel::backend::harness::{self, attention::paged_kv, read_i32, Ctx, Mode};

@@ -62,4 +62,3 @@ pub struct Prepared {
     /// Normalizing and patchifying, rendering and tokenizing the prompt.
     pub preprocess_s: f64,
 }
-

@@ -659,7 +659,7 @@ impl<'a> Ctx<'a> {
 // ---------------------------------------------------------------------------------------------
 // Backends and the check mode
 
-/// A backend this machine can open, by name (`cpu`, `cpu-portable`, `cuda:0`).
+/// A backend this machine can open, by name (`cpu-avx512`, `cpu-avx2`, `cpu-scalar`, `cuda:0`).
 pub struct Target {
     pub name: String,
     open: Box<dyn Fn() -> Result<Box<dyn Backend>>>,
@@ -671,27 +671,30 @@ impl Target {
     }
 }
 
-/// Every backend this machine has: the CPU backend (with its SIMD paths where the CPU has
-/// them, and without them as `cpu-portable`) and CUDA device 0. The second value says what
-/// was skipped and why (`cuda: skipped: no CUDA device (...)`).
+/// Every backend this machine has: the CPU backend once per instruction set this CPU runs
+/// (the best first; `REEL_CPU_ISA` narrows it to the one it names), so every kernel path is
+/// checked against the reference, and CUDA device 0. The second value says what was skipped
+/// and why (`cuda: skipped: no CUDA device (...)`).
 pub fn targets() -> (Vec<Target>, Vec<String>) {
-    use super::cpu::CpuBackend;
+    use super::cpu::{CpuBackend, Isa};
     let mut v = Vec::new();
-    let simd = CpuBackend::new().simd_enabled();
-    if simd {
+    let isas = match std::env::var("REEL_CPU_ISA") {
+        Ok(name) if !name.trim().is_empty() => match name.parse::<Isa>() {
+            Ok(isa) => vec![isa],
+            Err(_) => Vec::new(),
+        },
+        _ => Isa::available(),
+    };
+    for isa in isas {
         v.push(Target {
-            name: "cpu".into(),
-            open: Box::new(|| Ok(Box::new(CpuBackend::new()) as Box<dyn Backend>)),
+            name: format!("cpu-{isa}"),
+            open: Box::new(move || {
+                let mut be = CpuBackend::new();
+                be.set_isa(isa)?;
+                Ok(Box::new(be) as Box<dyn Backend>)
+            }),
         });
     }
-    v.push(Target {
-        name: "cpu-portable".into(),
-        open: Box::new(|| {
-            let mut be = CpuBackend::new();
-            be.set_simd(false);
-            Ok(Box::new(be) as Box<dyn Backend>)
-        }),
-    });
     let mut notes = Vec::new();
     match super::cuda::open(0) {
         Ok(be) => {
@@ -866,7 +869,7 @@ mod tests {
         })
         .variants("cpu", "REEL_HARNESS_PROBE", &["one", "two"]);
         let (t, _) = targets();
-        let cpu: Vec<Target> = t.into_iter().filter(|t| t.name == "cpu-portable").collect();
+        let cpu: Vec<Target> = t.into_iter().filter(|t| t.name == "cpu-scalar").collect();
         let fails = check(&[case], &cpu, &[DType::F32], &[]);
         assert!(fails.is_empty(), "{fails:?}");
         assert_eq!(*seen.lock().unwrap(), ["one", "two"]);
