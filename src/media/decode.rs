@@ -15,7 +15,7 @@ use std::ptr;
 
 use ffmpeg_sys_next as ff;
 
-use super::{Frames, VideoInfo};
+use super::{ffmpeg_guard, Frames, VideoInfo};
 use crate::{Error, Result};
 
 fn av_err(code: i32) -> String {
@@ -23,7 +23,7 @@ fn av_err(code: i32) -> String {
     // SAFETY: the buffer is valid for its length and av_strerror NUL-terminates it.
     unsafe {
         ff::av_strerror(code, buf.as_mut_ptr(), buf.len());
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        ffmpeg_guard::explain(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
     }
 }
 
@@ -56,7 +56,7 @@ impl Input {
             return Err("is a directory, not a video file".into());
         }
         let c = path_cstring(path)?;
-        let mut fmt: *mut ff::AVFormatContext = ptr::null_mut();
+        let mut fmt = ffmpeg_guard::format_context()?;
         // SAFETY: valid C string; fmt is an out pointer that FFmpeg fills (or frees on failure).
         let ret =
             unsafe { ff::avformat_open_input(&mut fmt, c.as_ptr(), ptr::null(), ptr::null_mut()) };
@@ -460,6 +460,7 @@ fn rotate_rgb(src: &[u8], w: usize, h: usize, deg: u32) -> Vec<u8> {
 
 /// Probes a video: frame count, fps, duration, size, codec.
 pub fn probe(path: &Path) -> Result<VideoInfo> {
+    let _budget = ffmpeg_guard::Budget::start();
     let mut input = Input::open(path).map_err(|m| Error::media(path, m))?;
     input.info(true).map_err(|m| Error::media(path, m))
 }
@@ -484,6 +485,7 @@ pub fn decode_sampled<F>(path: &Path, select: F) -> Result<DecodedVideo>
 where
     F: FnOnce(&VideoInfo) -> Result<Vec<u64>, String>,
 {
+    let _budget = ffmpeg_guard::Budget::start();
     let err = |m: String| Error::media(path, m);
     let mut input = Input::open(path).map_err(err)?;
     let needs_count = input.stream().nb_frames <= 0;
@@ -559,6 +561,7 @@ where
     };
 
     'outer: loop {
+        ffmpeg_guard::check().map_err(err)?;
         if !flushing {
             // SAFETY: open input and allocated packet.
             let ret = unsafe { ff::av_read_frame(input.fmt, pkt.0) };
