@@ -12,6 +12,8 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod fence;
+pub mod fuzz;
 pub mod graph;
 pub mod kv;
 pub mod media;

@@ -32,7 +32,7 @@ use std::time::Instant;
 use ffmpeg_sys_next as ff;
 
 use super::seek::{PacketEntry, Segment, StreamIndex, MIN_SKIP, NOPTS};
-use super::{Frames, VideoInfo};
+use super::{ffmpeg_guard, Frames, VideoInfo};
 use crate::{Error, Result};
 
 fn av_err(code: i32) -> String {
@@ -40,7 +40,7 @@ fn av_err(code: i32) -> String {
     // SAFETY: the buffer is valid for its length and av_strerror NUL-terminates it.
     unsafe {
         ff::av_strerror(code, buf.as_mut_ptr(), buf.len());
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        ffmpeg_guard::explain(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
     }
 }
 
@@ -100,7 +100,7 @@ impl Input {
             return Err("is a directory, not a video file".into());
         }
         let c = path_cstring(path)?;
-        let mut fmt: *mut ff::AVFormatContext = ptr::null_mut();
+        let mut fmt = ffmpeg_guard::format_context()?;
         // SAFETY: valid C string; fmt is an out pointer that FFmpeg fills (or frees on failure).
         let ret =
             unsafe { ff::avformat_open_input(&mut fmt, c.as_ptr(), ptr::null(), ptr::null_mut()) };
@@ -126,6 +126,7 @@ impl Input {
     /// Reads the next packet of the video stream into `pkt`; false at the end of the file.
     fn read_video(&mut self, pkt: &Packet) -> Result<bool, String> {
         loop {
+            ffmpeg_guard::check()?;
             // SAFETY: open context and allocated packet.
             let ret = unsafe { ff::av_read_frame(self.fmt, pkt.0) };
             if ret == ff::AVERROR_EOF {
@@ -727,6 +728,7 @@ impl Rgb {
 
 /// Probes a video: frame count, fps, duration, size, codec.
 pub fn probe(path: &Path) -> Result<VideoInfo> {
+    let _budget = ffmpeg_guard::Budget::start();
     let mut input = Input::open(path).map_err(|m| Error::media(path, m))?;
     input.info(None).map_err(|m| Error::media(path, m))
 }
@@ -734,6 +736,7 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
 /// Demuxes every packet of the video stream (no decoding): the presentation order, keyframes
 /// and exact frame count that the seeking path works from.
 pub fn index(path: &Path) -> Result<StreamIndex> {
+    let _budget = ffmpeg_guard::Budget::start();
     let mut input = Input::open(path).map_err(|m| Error::media(path, m))?;
     input.index().map_err(|m| Error::media(path, m))
 }
@@ -860,6 +863,7 @@ pub fn decode_sampled_with<F>(path: &Path, select: F, opts: &DecodeOptions) -> R
 where
     F: FnOnce(&VideoInfo) -> Result<Vec<u64>, String>,
 {
+    let _budget = ffmpeg_guard::Budget::start();
     let err = |m: String| Error::media(path, m);
     let t0 = Instant::now();
     let mut input = Input::open(path).map_err(err)?;
@@ -1017,6 +1021,7 @@ fn decode_forward(
     };
 
     'outer: loop {
+        ffmpeg_guard::check()?;
         if !flushing {
             // SAFETY: open input and allocated packet.
             let ret = unsafe { ff::av_read_frame(input.fmt, pkt.0) };

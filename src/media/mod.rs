@@ -20,6 +20,8 @@
 pub mod bench;
 #[cfg(feature = "video")]
 pub mod decode;
+#[cfg(feature = "video")]
+pub mod ffmpeg_guard;
 mod gif_frame;
 pub mod image;
 pub mod jpeg;
@@ -36,6 +38,24 @@ use crate::{Error, Result};
 
 pub use pixels::{PatchParams, PixelRows};
 pub use sample::{FrameRequest, VideoPixelRequest};
+
+/// Most frames a video element may sample.
+pub const MAX_SAMPLED_FRAMES: u64 = 1 << 14;
+/// Most pixels of one video frame (as [`image::ImageLimits`] allows an image).
+pub const MAX_FRAME_PIXELS: u64 = 1 << 28;
+/// Most bytes of RGB frames one media element may hold, decoded or resized.
+pub const MAX_MEDIA_BYTES: u64 = 8 << 30;
+
+/// Fails unless `t` frames of `h`×`w` RGB fit [`MAX_MEDIA_BYTES`].
+fn check_frames_size(t: u64, h: u64, w: u64) -> Result<(), String> {
+    let bytes = t.saturating_mul(h).saturating_mul(w).saturating_mul(3);
+    if bytes > MAX_MEDIA_BYTES {
+        return Err(format!(
+            "{t} frame(s) of {w}x{h} would take {bytes} bytes, over the limit of {MAX_MEDIA_BYTES}"
+        ));
+    }
+    Ok(())
+}
 
 /// The qwen-vl-utils constants. Two sets exist: upstream (PyPI 0.0.14) and the copy inside
 /// Video-R1 (`src/qwen-vl-utils`, as committed, which is what its models were trained with).
@@ -165,9 +185,33 @@ pub fn image_target_size(
 /// smart_resize, Pillow bicubic).
 pub fn load_image(path: &Path, preset: &Preset, req: &ImageRequest) -> Result<LoadedImage> {
     let rgb = image::read_rgb(path, &image::ImageLimits::default())?;
+    resize_image(rgb, path, preset, req)
+}
+
+/// [`load_image`] on the bytes of an image file (`origin` names it in errors), with the
+/// decoder limits and the JPEG decoder given.
+pub fn load_image_bytes(
+    bytes: &[u8],
+    origin: &Path,
+    limits: &image::ImageLimits,
+    jpeg: jpeg::JpegDecoder,
+    preset: &Preset,
+    req: &ImageRequest,
+) -> Result<LoadedImage> {
+    let rgb = image::decode_rgb_with(bytes, limits, jpeg).map_err(|m| Error::media(origin, m))?;
+    resize_image(rgb, origin, preset, req)
+}
+
+fn resize_image(
+    rgb: Frames,
+    path: &Path,
+    preset: &Preset,
+    req: &ImageRequest,
+) -> Result<LoadedImage> {
     let (h, w) = (rgb.h as u32, rgb.w as u32);
     let (th, tw) = image_target_size(h, w, preset, req)
         .and_then(nonzero)
+        .and_then(|(th, tw)| check_frames_size(1, th as u64, tw as u64).map(|_| (th, tw)))
         .map_err(|m| Error::media(path, m))?;
     let data = resize_pil::resize_bicubic(&rgb.data, rgb.h, rgb.w, 3, th as usize, tw as usize);
     Ok(LoadedImage {
@@ -234,7 +278,20 @@ pub fn plan_video(
     preset: &Preset,
     req: &VideoRequest,
 ) -> Result<(Vec<u64>, f64), String> {
+    let pixels = info.width as u64 * info.height as u64;
+    if pixels > MAX_FRAME_PIXELS {
+        return Err(format!(
+            "video frames of {}x{} = {pixels} pixels are over the limit of {MAX_FRAME_PIXELS}",
+            info.width, info.height
+        ));
+    }
     let n = sample::smart_nframes(&req.frames, info.frames, info.fps, preset)?;
+    if n > MAX_SAMPLED_FRAMES {
+        return Err(format!(
+            "{n} sampled frames are over the limit of {MAX_SAMPLED_FRAMES}"
+        ));
+    }
+    check_frames_size(n, info.height as u64, info.width as u64)?;
     Ok((
         sample::frame_indices(info.frames, n),
         sample::sample_fps(n, info.frames, info.fps),
@@ -299,6 +356,7 @@ pub fn load_video_with(
     let f = &decoded.frames;
     let t = std::time::Instant::now();
     let ((th, tw), max_pixels) = video_target_size(f.h as u32, f.w as u32, f.t as u64, preset, req)
+        .and_then(|r| check_frames_size(f.t as u64, r.0 .0 as u64, r.0 .1 as u64).map(|_| r))
         .map_err(|m| Error::media(path, m))?;
     let frames = resize_tv::resize_frames(f, th as usize, tw as usize);
     let st = &decoded.stats;
