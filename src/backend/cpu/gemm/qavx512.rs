@@ -67,8 +67,8 @@ pub fn q4k_act(a: &[BlockQ8K]) -> Q4kAct {
         for (slot, &j) in ORDER.iter().enumerate() {
             p[32 * slot..32 * slot + 32].copy_from_slice(&y.qs[32 * j..32 * j + 32]);
         }
-        for j in 0..8 {
-            s[j] = y.bsums[2 * j] + y.bsums[2 * j + 1];
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = y.bsums[2 * j] + y.bsums[2 * j + 1];
         }
     }
     Q4kAct { perm, pairs }
@@ -855,6 +855,7 @@ unsafe fn ukr_q8_0(nb: usize, a: *const u8, b: *const u8, c: *mut f32) {
             pos += 1;
         }
     }
+    #[allow(clippy::needless_range_loop)] // i indexes the second axis of `part`
     for i in 0..MR {
         let s4 = [
             _mm512_add_ps(part[0][i], part[4][i]),
