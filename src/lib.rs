@@ -6,9 +6,11 @@
 //! every backend is checked and timed against), `kv` holds the paged KV cache, `prompt` turns
 //! conversations into token ids, `media` turns files into pixel rows, `quant` holds the
 //! quantized block formats and `quantize` the presets built on them, `engine` runs a
-//! generation, and `eval` scores Video-R1 evaluations.
+//! generation, `eval` scores Video-R1 evaluations and `chat` keeps a conversation's KV cache
+//! between questions.
 
 pub mod backend;
+pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod eval;
