@@ -284,7 +284,9 @@ impl Chat {
             if generated.len() == max_new {
                 break StopReason::MaxTokens;
             }
-            let p = model.arch.decode_positions(history.len() - 1, layout.rope_delta);
+            let p = model
+                .arch
+                .decode_positions(history.len() - 1, layout.rope_delta);
             logits = engine.text.forward(be, &[tok], &p, None)?;
             self.cached.push(tok);
         };

@@ -846,7 +846,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     let (mut writer, existing) = if a.resume {
         reel::eval::resume::ResultWriter::resume(&out)?
     } else {
-        (reel::eval::resume::ResultWriter::create(&out)?, Default::default())
+        (
+            reel::eval::resume::ResultWriter::create(&out)?,
+            Default::default(),
+        )
     };
     eprintln!(
         "{}: {} items to run{}{} on {}",
