@@ -559,11 +559,11 @@ pub fn mutate(target: Target, data: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u
         8 => {
             // Overwrite with a run of bytes copied from another position or input.
             let src = if rng.chance(2) || other.is_empty() {
-                &data[..]
+                data
             } else {
                 other
             };
-            let len = 1 + rng.below(src.len().min(32).max(1));
+            let len = 1 + rng.below(src.len().clamp(1, 32));
             if src.len() >= len {
                 let from = rng.below(src.len() - len + 1);
                 let to = rng.below(n);

@@ -96,7 +96,7 @@ pub fn row_bytes(dtype: DType, k: usize) -> Result<usize> {
             "quant: unsupported weight type {dtype}"
         )));
     }
-    if k % dtype.block_len() != 0 {
+    if !k.is_multiple_of(dtype.block_len()) {
         return Err(Error::Other(format!(
             "quant: row length {k} is not a multiple of the {dtype} block size {}",
             dtype.block_len()

@@ -559,7 +559,11 @@ fn random_activation(r: &mut Rng, dtype: DType, k: usize) -> (Vec<f32>, Quantize
             1 => {
                 // Every value at ±max: quants of ±127 only.
                 for v in b.iter_mut() {
-                    *v = if r.next() % 2 == 0 { 7.0 } else { -7.0 };
+                    *v = if r.next().is_multiple_of(2) {
+                        7.0
+                    } else {
+                        -7.0
+                    };
                 }
             }
             2 => b.iter_mut().for_each(|v| *v *= 1e4),

@@ -206,7 +206,7 @@ impl CpuBackend {
         } else {
             t.dtype.block_bytes()
         };
-        if (p as usize) % align != 0 {
+        if !(p as usize).is_multiple_of(align) {
             return Err(Error::backend(
                 "cpu",
                 format!(

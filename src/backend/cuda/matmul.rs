@@ -124,8 +124,11 @@ pub fn pick(c: &MatmulCase) -> MatmulKernel {
             MatmulKernel::QGemv(q, XStage::F32)
         };
     }
-    let v16 =
-        c.x == DType::BF16 && c.w == DType::BF16 && c.k % 8 == 0 && c.x_rows_16b && c.w_rows_16b;
+    let v16 = c.x == DType::BF16
+        && c.w == DType::BF16
+        && c.k.is_multiple_of(8)
+        && c.x_rows_16b
+        && c.w_rows_16b;
     if !v16 {
         MatmulKernel::GemvScalar
     } else if c.m <= GEMV_ROWS {
@@ -199,7 +202,7 @@ impl CudaBackend {
         kern: MatmulKernel,
         bytes: usize,
     ) -> Result<()> {
-        need(wp % 2 == 0, || {
+        need(wp.is_multiple_of(2), || {
             format!("matmul: {} weight at an odd address", w.dtype)
         })?;
         if matches!(kern, MatmulKernel::QGemv(..)) {

@@ -296,7 +296,7 @@ pub(crate) fn fits_i32(what: &str, dims: &[usize]) -> Result<()> {
 /// Whether rows of a tensor at address `ptr` with `row_stride` elements of `dt` all start on
 /// 16-byte boundaries (16-byte loads, cp.async).
 pub(crate) fn rows_16b(ptr: u64, row_stride: usize, dt: DType) -> bool {
-    ptr % 16 == 0 && dt.bytes_for(row_stride) % 16 == 0
+    ptr.is_multiple_of(16) && dt.bytes_for(row_stride).is_multiple_of(16)
 }
 
 impl Backend for CudaBackend {

@@ -167,11 +167,11 @@ fn validate(cfg: &BenchConfig, shape: &SyntheticShape) -> Result<Preset> {
 /// Frames of the synthetic video: pairs (the temporal patch), sides whole 28-pixel merge units.
 fn check_frames(frames: usize, height: usize, width: usize) -> Result<()> {
     if frames == 0
-        || frames % 2 != 0
+        || !frames.is_multiple_of(2)
         || height == 0
         || width == 0
-        || height % 28 != 0
-        || width % 28 != 0
+        || !height.is_multiple_of(28)
+        || !width.is_multiple_of(28)
     {
         return Err(Error::flag(
             "--frames/--height/--width",
