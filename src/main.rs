@@ -832,7 +832,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let opts = engine_options(&a.backend, a.ctx)?;
     let model = Model::load(&model_dir)?;
     let mut engine = Engine::new(model, opts)?;
-    let run_opts = reel::eval::run::RunOptions {
+    let run_opts = reel::frontend::eval::RunOptions {
         prompt: reel::eval::prompt::PromptOptions {
             max_frames: a.max_frames,
         },
@@ -842,7 +842,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         shard,
         record_prompt_ids: a.prompt_ids,
     };
-    let entries = reel::eval::run::plan(&ds, shard, a.limit, &done);
+    let entries = reel::frontend::eval::plan(&ds, shard, a.limit, &done);
     let (mut writer, existing) = if a.resume {
         reel::eval::resume::ResultWriter::resume(&out)?
     } else {
@@ -867,7 +867,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         },
         engine.be.name()
     );
-    let new = reel::eval::run::run(
+    let new = reel::frontend::eval::run(
         &mut engine,
         &ds,
         &entries,
@@ -919,7 +919,7 @@ fn print_summary(lines: &[reel::eval::ResultLine], json: bool) -> Result<()> {
 }
 
 fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
-    use reel::chat::Chat;
+    use reel::frontend::chat::Chat;
     use reel::prompt::VisionKind;
     use std::io::{BufRead, IsTerminal};
     let flagged = SamplingParams {
@@ -1035,7 +1035,7 @@ fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
 
 /// A `/command` of `reel chat`; false ends the loop.
 fn chat_command(
-    chat: &mut reel::chat::Chat,
+    chat: &mut reel::frontend::chat::Chat,
     engine: &mut Engine,
     name: &str,
     arg: &str,

@@ -226,7 +226,11 @@ fn an_item_runs_as_reel_run_would() {
     // Item 5: multiple choice about an image.
     let item = ds[5].clone();
     assert_eq!(item["problem_type"], "multiple choice");
-    std::fs::write(&data, serde_json::to_string(&[item.clone()]).unwrap()).unwrap();
+    std::fs::write(
+        &data,
+        serde_json::to_string(std::slice::from_ref(&item)).unwrap(),
+    )
+    .unwrap();
     let media_root = eval_dir().display().to_string();
     eval_ok(&[
         "--data",

@@ -11,7 +11,7 @@
 //! [`resume::done_ids`], write [`report::ResultLine::from_entry_error`] for malformed items,
 //! generate from [`prompt::build`] for the others and write
 //! [`report::ResultLine::scored`] (or [`report::ResultLine::failed`]) as each completes with a
-//! [`resume::ResultWriter`], then print [`report::Summary::from_lines`]. [`run`] does this
+//! [`resume::ResultWriter`], then print [`report::Summary::from_lines`]. `frontend::eval` does this
 //! with the engine.
 
 pub mod data;
@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod prompt;
 pub mod report;
 pub mod resume;
-pub mod run;
 pub mod score;
 pub mod shard;
 

@@ -1,6 +1,6 @@
 //! Running an evaluation file through the engine (`reel eval`).
 //!
-//! The items of the shard (see [`super::shard`]), after `--limit`, minus those already in the
+//! The items of the shard (see [`crate::eval::shard`]), after `--limit`, minus those already in the
 //! results file, run in media-group order. Each item is prepared (media decoded, prompt
 //! tokenized), generated greedily and scored, and its [`ResultLine`] is written and flushed as
 //! it completes; an item whose media or generation fails is written with its error and the run
@@ -15,14 +15,14 @@ use std::collections::HashSet;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::data::{Dataset, Entry, EvalItem};
-use super::prompt::{self, PromptOptions};
-use super::report::{unix_now, Generation, ResultLine, Timings};
-use super::resume::{entry_key, ResultWriter};
-use super::shard::{group_order, select, Shard};
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Engine, Output, Request};
 use crate::error::Result;
+use crate::eval::data::{Dataset, Entry, EvalItem};
+use crate::eval::prompt::{self, PromptOptions};
+use crate::eval::report::{unix_now, Generation, ResultLine, Timings};
+use crate::eval::resume::{entry_key, ResultWriter};
+use crate::eval::shard::{group_order, select, Shard};
 use crate::model::inputs::MediaOptions;
 
 /// What a run does besides the protocol's fixed settings.

@@ -8,7 +8,7 @@
 //! tower has to run, and the turn goes through [`Engine::generate`] with the whole
 //! conversation: the engine encodes media only as part of a full prefill.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -329,6 +329,6 @@ fn message_json(m: &Message) -> Value {
     json!({"role": m.role, "content": content})
 }
 
-fn path_str(p: &PathBuf) -> String {
+fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
