@@ -6,13 +6,15 @@
 //! every backend is checked and timed against), `kv` holds the paged KV cache, `prompt` turns
 //! conversations into token ids, `media` turns files into pixel rows, `quant` holds the
 //! quantized block formats and `quantize` the presets built on them, `engine` runs a
-//! generation, and `eval` scores Video-R1 evaluations.
+//! generation, `eval` scores Video-R1 evaluations, and `frontend` drives the engine for
+//! `reel eval` and `reel chat`.
 
 pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod fence;
+pub mod frontend;
 pub mod fuzz;
 pub mod graph;
 pub mod kv;

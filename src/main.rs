@@ -35,6 +35,11 @@ enum Cmd {
     },
     /// Measure decode/prefill speed on synthetic weights of the real model shape.
     Bench(Box<BenchArgs>),
+    /// Evaluate on a Video-R1 benchmark file (its prompts, greedy decoding and scoring), or
+    /// merge the results files of shards (--merge).
+    Eval(Box<EvalArgs>),
+    /// Ask questions about images and videos in a prompt loop, keeping the KV cache.
+    Chat(Box<ChatArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,6 +151,94 @@ struct RunArgs {
     prompt: Option<String>,
 }
 
+#[derive(Args)]
+struct EvalArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Evaluation file: a JSON array or JSON lines of Video-R1 items.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Folder the items' `path` is relative to (default: the data file's folder).
+    #[arg(long)]
+    media_root: Option<PathBuf>,
+    /// Results file: one JSON line per item, written as each completes.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Requests handed to the engine at once (items still run one at a time).
+    #[arg(long, default_value_t = 1)]
+    max_batch: usize,
+    /// Most frames sampled from a video (Video-R1 reports 16, 32 and 64).
+    #[arg(long, default_value_t = reel::eval::prompt::DEFAULT_MAX_FRAMES)]
+    max_frames: u64,
+    /// Only the first K items (of the shard).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Run shard I of N (from 0): every N-th media group, so questions about one video stay
+    /// together.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Continue --out: skip the items already in it.
+    #[arg(long)]
+    resume: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Most generated tokens per item (the protocol's 1024 by default).
+    #[arg(long, default_value_t = reel::eval::prompt::MAX_NEW_TOKENS)]
+    max_new_tokens: usize,
+    /// Also write each item's prompt token ids (vision pads expanded) into its line.
+    #[arg(long)]
+    prompt_ids: bool,
+    /// KV cache capacity in tokens (the reference's max_model_len).
+    #[arg(long, default_value_t = 16384)]
+    ctx: usize,
+    /// Merge these results files (of the shards of one run) into one summary instead.
+    #[arg(long, num_args = 1..)]
+    merge: Vec<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// A video for the first question (repeatable).
+    #[arg(long)]
+    video: Vec<PathBuf>,
+    /// An image for the first question (repeatable).
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// System prompt (default: the chat template's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most generated tokens per answer.
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy (default: generation_config.json, else 0).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass (default: generation_config.json, else 1.0 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the k most likely tokens (default: generation_config.json, else off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Penalty on already-seen tokens (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// KV cache capacity in tokens (the whole conversation must fit).
+    #[arg(long, default_value_t = 16384)]
+    ctx: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum TemplateArg {
     Plain,
@@ -233,6 +326,11 @@ fn main() -> ExitCode {
         }
         Cmd::Info { model } => info(&model),
         Cmd::Bench(a) => bench(*a),
+        Cmd::Eval(a) => eval(*a),
+        Cmd::Chat(a) => {
+            let order = media_order(matches.subcommand_matches("chat"));
+            chat(*a, order)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -669,4 +767,341 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
         print!("{}", report.to_text());
     }
     Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    if !a.merge.is_empty() {
+        return eval_merge(&a);
+    }
+    let need = |v: &Option<PathBuf>, flag: &str| -> Result<PathBuf> {
+        v.clone()
+            .ok_or_else(|| Error::flag(flag, "is required (or give --merge FILES)"))
+    };
+    let model_dir = need(&a.model, "--model")?;
+    let data = need(&a.data, "--data")?;
+    let out = need(&a.out, "--out")?;
+    if a.max_batch == 0 {
+        return Err(Error::flag("--max-batch", "must be at least 1"));
+    }
+    if a.max_frames < 2 {
+        return Err(Error::flag(
+            "--max-frames",
+            format!("must be at least 2, got {}", a.max_frames),
+        ));
+    }
+    if a.max_new_tokens == 0 {
+        return Err(Error::flag("--max-new-tokens", "must be at least 1"));
+    }
+    if a.limit == Some(0) {
+        return Err(Error::flag("--limit", "must be at least 1"));
+    }
+    let shard = match &a.shard {
+        Some(s) => s.parse::<reel::eval::Shard>()?,
+        None => reel::eval::Shard::ALL,
+    };
+    if let Some(root) = &a.media_root {
+        if !root.is_dir() {
+            return Err(Error::flag(
+                "--media-root",
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+    }
+    // Everything that can be checked is checked before the model loads and before --out is
+    // touched: a bad data file or flag leaves no results file behind.
+    let load = reel::eval::LoadOptions {
+        media_root: a.media_root.clone(),
+        skip_media_check: false,
+    };
+    let ds = reel::eval::load(&data, &load)?;
+    check_writable(&out, "--out")?;
+    let done = if a.resume {
+        reel::eval::resume::done_ids(&out)?
+    } else {
+        if out.exists() {
+            return Err(Error::flag(
+                "--out",
+                format!(
+                    "{} already exists (give --resume to continue it, or remove it)",
+                    out.display()
+                ),
+            ));
+        }
+        Default::default()
+    };
+    let opts = engine_options(&a.backend, a.ctx)?;
+    let model = Model::load(&model_dir)?;
+    let mut engine = Engine::new(model, opts)?;
+    let run_opts = reel::frontend::eval::RunOptions {
+        prompt: reel::eval::prompt::PromptOptions {
+            max_frames: a.max_frames,
+        },
+        max_batch: a.max_batch,
+        max_new_tokens: a.max_new_tokens,
+        limit: a.limit,
+        shard,
+        record_prompt_ids: a.prompt_ids,
+    };
+    let entries = reel::frontend::eval::plan(&ds, shard, a.limit, &done);
+    let (mut writer, existing) = if a.resume {
+        reel::eval::resume::ResultWriter::resume(&out)?
+    } else {
+        (
+            reel::eval::resume::ResultWriter::create(&out)?,
+            Default::default(),
+        )
+    };
+    eprintln!(
+        "{}: {} items to run{}{} on {}",
+        ds.name,
+        entries.len(),
+        if shard == reel::eval::Shard::ALL {
+            String::new()
+        } else {
+            format!(" (shard {shard})")
+        },
+        if existing.lines.is_empty() {
+            String::new()
+        } else {
+            format!(", {} already in {}", existing.lines.len(), out.display())
+        },
+        engine.be.name()
+    );
+    let new = reel::frontend::eval::run(
+        &mut engine,
+        &ds,
+        &entries,
+        &run_opts,
+        &mut writer,
+        &existing.lines,
+    )?;
+    let mut lines = existing.lines;
+    lines.extend(new);
+    print_summary(&lines, a.json)
+}
+
+fn eval_merge(a: &EvalArgs) -> Result<()> {
+    let alone = [
+        ("--model", a.model.is_some()),
+        ("--data", a.data.is_some()),
+        ("--out", a.out.is_some()),
+        ("--media-root", a.media_root.is_some()),
+        ("--shard", a.shard.is_some()),
+        ("--limit", a.limit.is_some()),
+        ("--resume", a.resume),
+        ("--prompt-ids", a.prompt_ids),
+    ];
+    if let Some((flag, _)) = alone.iter().find(|f| f.1) {
+        return Err(Error::flag(*flag, "is not used with --merge"));
+    }
+    let merged = reel::eval::merge(&a.merge)?;
+    for p in &merged.cut_off {
+        eprintln!(
+            "note: {}: its cut-off last line (a killed run) is left out",
+            p.display()
+        );
+    }
+    print_summary(&merged.lines, a.json)
+}
+
+fn print_summary(lines: &[reel::eval::ResultLine], json: bool) -> Result<()> {
+    let summary = reel::eval::Summary::from_lines(lines);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary.to_json())
+                .map_err(|e| Error::Other(e.to_string()))?
+        );
+    } else {
+        print!("{}", summary.render_table());
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
+    use reel::frontend::chat::Chat;
+    use reel::prompt::VisionKind;
+    use std::io::{BufRead, IsTerminal};
+    let flagged = SamplingParams {
+        temperature: a.temperature.unwrap_or(0.0),
+        top_k: a.top_k,
+        top_p: a.top_p.unwrap_or(1.0),
+        seed: a.seed,
+        repetition_penalty: a.repetition_penalty,
+    };
+    flagged.validate().map_err(flag_error)?;
+    if a.max_new_tokens == 0 {
+        return Err(Error::flag("--max-new-tokens", "must be at least 1"));
+    }
+    for p in a.image.iter().chain(&a.video) {
+        if !p.is_file() {
+            let flag = if a.image.contains(p) {
+                "--image"
+            } else {
+                "--video"
+            };
+            return Err(Error::flag(flag, format!("{}: no such file", p.display())));
+        }
+    }
+    let opts = engine_options(&a.backend, a.ctx)?;
+    let model = Model::load(&a.model)?;
+    let gen = model.generation.clone();
+    let sampling = SamplingParams {
+        temperature: a.temperature.or(gen.temperature).unwrap_or(0.0),
+        top_k: a.top_k.or(gen.top_k),
+        top_p: a.top_p.or(gen.top_p).unwrap_or(1.0),
+        ..flagged
+    };
+    let mut engine = Engine::new(model, opts)?;
+    let mut chat = Chat::new(a.system.clone(), sampling, a.max_new_tokens)?;
+    let (mut images, mut videos) = (a.image.iter(), a.video.iter());
+    for &(_, is_video) in &order {
+        let (kind, path) = if is_video {
+            (VisionKind::Video, videos.next().expect("counted by clap"))
+        } else {
+            (VisionKind::Image, images.next().expect("counted by clap"))
+        };
+        eprintln!("{}", chat.add_media(&engine, kind, path)?);
+    }
+    chat.keep_initial_media();
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprintln!(
+            "reel chat on {}: /video F, /image F, /reset, /save F, /stats, /help; Ctrl-D quits",
+            engine.be.name()
+        );
+    }
+    let mut stdout = std::io::stdout();
+    let mut lines = stdin.lock();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let mut line = String::new();
+        let n = lines
+            .read_line(&mut line)
+            .map_err(|e| Error::Other(format!("stdin: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix('/') {
+            let (name, arg) = match cmd.split_once(char::is_whitespace) {
+                Some((n, rest)) => (n, rest.trim()),
+                None => (cmd, ""),
+            };
+            let res = chat_command(&mut chat, &mut engine, name, arg);
+            match res {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            }
+        }
+        let mut stream = engine.tokenizer().stream_decoder(true);
+        let mut on_token = |tok: u32| {
+            if let Ok(s) = stream.push(tok) {
+                let _ = stdout.write_all(s.as_bytes());
+                let _ = stdout.flush();
+            }
+        };
+        match chat.ask(&mut engine, line, &mut on_token) {
+            Ok(ans) => {
+                if let Ok(rest) = stream.flush() {
+                    print!("{rest}");
+                }
+                println!();
+                let s = &ans.stats;
+                eprintln!(
+                    "[first token {:.3} s | {} tokens at {:.1} tok/s]",
+                    s.ttft_s, s.generated_tokens, s.decode_tokens_per_s
+                );
+            }
+            Err(e) => {
+                println!();
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `/command` of `reel chat`; false ends the loop.
+fn chat_command(
+    chat: &mut reel::frontend::chat::Chat,
+    engine: &mut Engine,
+    name: &str,
+    arg: &str,
+) -> Result<bool> {
+    use reel::prompt::VisionKind;
+    let need_arg = |what: &str| -> Result<()> {
+        if arg.is_empty() {
+            Err(Error::Other(format!("/{name} needs {what}")))
+        } else {
+            Ok(())
+        }
+    };
+    match name {
+        "video" | "image" => {
+            need_arg("a file")?;
+            let kind = if name == "video" {
+                VisionKind::Video
+            } else {
+                VisionKind::Image
+            };
+            eprintln!("{}", chat.add_media(engine, kind, Path::new(arg))?);
+        }
+        "reset" => {
+            chat.reset();
+            eprintln!("conversation cleared");
+        }
+        "save" => {
+            need_arg("a file name")?;
+            let p = Path::new(arg);
+            let text = serde_json::to_string_pretty(&chat.transcript())
+                .map_err(|e| Error::Other(e.to_string()))?;
+            let tmp = p.with_extension("tmp-reel");
+            std::fs::write(&tmp, text + "\n")
+                .and_then(|_| std::fs::rename(&tmp, p))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    Error::io(p, e)
+                })?;
+            eprintln!("saved {}", p.display());
+        }
+        "stats" => match chat.stats.last() {
+            None => eprintln!("no answer yet"),
+            Some(s) => eprintln!(
+                "prompt {} tokens ({} reused from the cache, {} prefilled) | vision tower {} | first token {:.3} s | {} tokens at {:.1} tok/s",
+                s.prompt_tokens,
+                s.reused_tokens,
+                s.prefilled_tokens,
+                if s.vision_run {
+                    format!("ran ({:.3} s)", s.vision_s)
+                } else {
+                    "not run".to_string()
+                },
+                s.ttft_s,
+                s.generated_tokens,
+                s.decode_tokens_per_s
+            ),
+        },
+        "help" => eprintln!(
+            "/video FILE, /image FILE: add media to the next question | /reset: start over | /save FILE: write the transcript (JSON) | /stats: timings of the last answer | /quit or Ctrl-D: leave"
+        ),
+        "quit" | "exit" => return Ok(false),
+        other => {
+            return Err(Error::Other(format!(
+                "unknown command /{other} (try /help)"
+            )))
+        }
+    }
+    Ok(true)
 }

@@ -11,7 +11,8 @@
 //! [`resume::done_ids`], write [`report::ResultLine::from_entry_error`] for malformed items,
 //! generate from [`prompt::build`] for the others and write
 //! [`report::ResultLine::scored`] (or [`report::ResultLine::failed`]) as each completes with a
-//! [`resume::ResultWriter`], then print [`report::Summary::from_lines`].
+//! [`resume::ResultWriter`], then print [`report::Summary::from_lines`]. `frontend::eval` does this
+//! with the engine.
 
 pub mod data;
 pub mod metrics;

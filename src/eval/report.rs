@@ -102,6 +102,9 @@ pub struct ResultLine {
     /// The item's fields outside the protocol, copied from the file.
     #[serde(default)]
     pub extra: Map<String, Value>,
+    /// The prompt's token ids, vision pads expanded (only with `--prompt-ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_ids: Option<Vec<u32>>,
 }
 
 impl ResultLine {
@@ -169,6 +172,7 @@ impl ResultLine {
             error: None,
             timings: None,
             extra: Map::new(),
+            prompt_ids: None,
         };
         match entry {
             Entry::Item(it) => {
@@ -476,6 +480,7 @@ mod tests {
             error: err.then(|| "boom".to_string()),
             timings: None,
             extra: Map::new(),
+            prompt_ids: None,
         }
     }
 

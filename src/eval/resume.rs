@@ -17,7 +17,7 @@ use super::report::ResultLine;
 use crate::error::{Error, Result};
 
 /// The contents of a results file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Existing {
     pub lines: Vec<ResultLine>,
     /// Bytes up to the end of the last complete line.
