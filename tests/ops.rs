@@ -594,7 +594,7 @@ fn cases() -> Vec<Case> {
             shape.clone(),
             Bound::Exact,
             Box::new(move |be, dt, r| {
-                let pg = Paged::new(be, dt, r, hkv, d, ps, kv_len)?;
+                let pg = Paged::new(be, dt, r, hkv, d, ps, kv_len, t)?;
                 let (k, v) = (
                     rounded(r.vals(t * hkv * d, 2.0), dt),
                     rounded(r.vals(t * hkv * d, 2.0), dt),
@@ -623,7 +623,7 @@ fn cases() -> Vec<Case> {
             shape,
             Bound::Reduction,
             Box::new(move |be, dt, r| {
-                let pg = Paged::new(be, dt, r, hkv, d, ps, kv_len)?;
+                let pg = Paged::new(be, dt, r, hkv, d, ps, kv_len, t)?;
                 let q = rounded(r.vals(t * hq * d, 2.0), dt);
                 let qt = put(be, &q, dt, &[t, hq, d], 5)?;
                 let o = out(be, dt, &[t, hq, d], 0)?;
@@ -801,11 +801,244 @@ fn cases() -> Vec<Case> {
             ));
         }
     }
+    c.extend(batched_cases());
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched steps: several sequences in one launch (PagedKv::qo_indptr, per-row sample args).
+
+/// B sequences on one pool of 2 layers: sequence b holds `lens[b].0` tokens on scrambled pages
+/// and its last `lens[b].1` tokens are its rows of the step; with `share`, the last sequence's
+/// first page is sequence 0's (a shared prefix page, read-only for both).
+struct BatchPaged {
+    kv: PagedKv,
+    pool: Vec<f32>,
+    /// Per sequence: pages, kv_len, step rows.
+    seqs: Vec<(Vec<usize>, usize, usize)>,
+}
+
+impl BatchPaged {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        be: &mut dyn Backend,
+        dt: DType,
+        r: &mut Rng,
+        hkv: usize,
+        d: usize,
+        ps: usize,
+        lens: &[(usize, usize)],
+        share: bool,
+    ) -> reel::Result<BatchPaged> {
+        let counts: Vec<usize> = lens.iter().map(|&(l, _)| l.div_ceil(ps)).collect();
+        let n_pages = counts.iter().sum::<usize>() + 3;
+        let mut perm: Vec<usize> = (0..n_pages).collect();
+        for i in (1..n_pages).rev() {
+            perm.swap(i, r.below(i + 1));
+        }
+        let mut next = perm.into_iter();
+        let mut seqs: Vec<(Vec<usize>, usize, usize)> = lens
+            .iter()
+            .zip(&counts)
+            .map(|(&(l, n), &c)| ((&mut next).take(c).collect(), l, n))
+            .collect();
+        let last = seqs.len() - 1;
+        let full_prefix = |(l, n): (usize, usize)| l - n >= ps;
+        if share && last > 0 && full_prefix(lens[0]) && full_prefix(lens[last]) {
+            seqs[last].0[0] = seqs[0].0[0];
+        }
+        let layout = KvLayout {
+            buf: reel::backend::BufId(0),
+            dtype: dt,
+            n_layers: 2,
+            n_pages,
+            page_size: ps,
+            n_kv_heads: hkv,
+            head_dim: d,
+        };
+        let total = 2 * 2 * n_pages * layout.page_elems();
+        let pool = rounded(r.vals(total, 2.0), dt);
+        let (bytes, _) = place(&pool, dt, &[total], 0);
+        let buf = be.alloc(bytes.len())?;
+        be.write(buf, 0, &bytes)?;
+        let (mut qo, mut indptr, mut indices, mut lastp) = (vec![0i32], vec![0i32], vec![], vec![]);
+        for (pages, l, n) in &seqs {
+            qo.push(qo.last().unwrap() + *n as i32);
+            indices.extend(pages.iter().map(|&p| p as i32));
+            indptr.push(indices.len() as i32);
+            lastp.push(if *l == 0 { 0 } else { (l - (pages.len() - 1) * ps) as i32 });
+        }
+        let b = seqs.len();
+        Ok(BatchPaged {
+            kv: PagedKv {
+                layout: KvLayout { buf, ..layout },
+                qo_indptr: put_i32(be, &qo, &[b + 1])?,
+                indptr: put_i32(be, &indptr, &[b + 1])?,
+                indices: put_i32(be, &indices, &[indices.len()])?,
+                last_page_len: put_i32(be, &lastp, &[b])?,
+            },
+            pool,
+            seqs,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.seqs.iter().map(|s| s.2).sum()
+    }
+
+    /// Dense [kv_len, hkv, d] keys and values of sequence `b` in `layer`.
+    fn dense(&self, layer: usize, b: usize) -> (Vec<f32>, Vec<f32>) {
+        let l = &self.kv.layout;
+        let row = l.n_kv_heads * l.head_dim;
+        let (pages, len, _) = &self.seqs[b];
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for p in 0..*len {
+            let (page, slot) = (pages[p / l.page_size], p % l.page_size);
+            let ek = l.elem_index(layer, 0, page, slot, 0);
+            let ev = l.elem_index(layer, 1, page, slot, 0);
+            k.extend_from_slice(&self.pool[ek..ek + row]);
+            v.extend_from_slice(&self.pool[ev..ev + row]);
+        }
+        (k, v)
+    }
+}
+
+fn batched_cases() -> Vec<Case> {
+    let mut c = Vec::new();
+    // (Hq, Hkv, d, page, [(kv_len, step rows)] per sequence, shared prefix page).
+    let decode64: Vec<(usize, usize)> = (0..64).map(|i| (1 + (i * 37) % 200, 1)).collect();
+    let shapes: Vec<(usize, usize, usize, usize, Vec<(usize, usize)>, bool)> = vec![
+        (4, 2, 8, 4, vec![(5, 2), (1, 1), (9, 3)], false),
+        (6, 2, 20, 3, vec![(13, 1), (4, 0), (7, 7), (10, 4)], true),
+        // Decode of several sequences (the CUDA split-KV kernel), a shared prefix page.
+        (28, 4, 128, 16, vec![(300, 1), (17, 1), (1, 1), (64, 1), (33, 1)], true),
+        (28, 4, 128, 16, decode64, false),
+        // Prefill chunks beside decode rows and an idle sequence (tensor cores in bf16).
+        (28, 4, 128, 16, vec![(40, 1), (12, 0), (200, 77), (3, 3), (129, 1)], true),
+    ];
+    for (hq, hkv, d, ps, lens, share) in shapes {
+        let rows: usize = lens.iter().map(|s| s.1).sum();
+        let shape = format!(
+            "B{} rows{rows} q[{hq},{d}] kv{hkv} page{ps}{}",
+            lens.len(),
+            if share { " shared" } else { "" }
+        );
+        let lens2 = lens.clone();
+        c.push(case(
+            "kv_append",
+            shape.clone(),
+            Bound::Exact,
+            Box::new(move |be, dt, r| {
+                let pg = BatchPaged::new(be, dt, r, hkv, d, ps, &lens2, share)?;
+                let t = pg.rows();
+                let k = rounded(r.vals(t * hkv * d, 2.0), dt);
+                let v = rounded(r.vals(t * hkv * d, 2.0), dt);
+                let kt = put(be, &k, dt, &[t, hkv, d], 3)?;
+                let vt = put(be, &v, dt, &[t, hkv, d], 0)?;
+                be.kv_append(kt, vt, &pg.kv, 1)?;
+                let mut want = pg.pool.clone();
+                let row = hkv * d;
+                let mut i = 0;
+                for (pages, l, n) in &pg.seqs {
+                    for j in 0..*n {
+                        let p = l - n + j;
+                        for (which, src) in [(0, &k), (1, &v)] {
+                            let e = pg.kv.layout.elem_index(1, which, pages[p / ps], p % ps, 0);
+                            want[e..e + row].copy_from_slice(&src[i * row..(i + 1) * row]);
+                        }
+                        i += 1;
+                    }
+                }
+                let mut bytes = vec![0u8; pg.kv.layout.total_bytes()];
+                be.read(pg.kv.layout.buf, 0, &mut bytes)?;
+                Ok((from_bytes(&bytes, dt), want))
+            }),
+        ));
+        c.push(case(
+            "attention_paged",
+            shape,
+            Bound::Reduction,
+            Box::new(move |be, dt, r| {
+                let pg = BatchPaged::new(be, dt, r, hkv, d, ps, &lens, share)?;
+                let t = pg.rows();
+                let q = rounded(r.vals(t * hq * d, 2.0), dt);
+                let qt = put(be, &q, dt, &[t, hq, d], 5)?;
+                let o = out(be, dt, &[t, hq, d], 0)?;
+                let scale = 1.0 / (d as f32).sqrt();
+                be.attention_paged(qt, &pg.kv, 1, o, scale)?;
+                // Each sequence alone through the single-sequence reference.
+                let mut want = Vec::new();
+                let mut q0 = 0;
+                for (b, (_, l, n)) in pg.seqs.iter().enumerate() {
+                    let (keys, vals) = pg.dense(1, b);
+                    let qs = &q[q0 * hq * d..(q0 + n) * hq * d];
+                    want.extend(rf::attention_causal(
+                        qs, *n, hq, &keys, &vals, *l, hkv, d, scale, dt,
+                    ));
+                    q0 += n;
+                }
+                Ok((get(be, &o)?, want))
+            }),
+        ));
+    }
+
+    // sample with a set of arguments per row: each row must follow its own (greedy beside
+    // top-k, top-p and plain draws, different seeds and steps).
+    for (rows, vocab) in [(5usize, 1000usize), (3, 152_064)] {
+        c.push(case(
+            "sample",
+            format!("[{rows},{vocab}] args per row"),
+            Bound::Exact,
+            Box::new(move |be, dt, r| {
+                let mut x = rounded(r.vals(rows * vocab, 6.0), dt);
+                for row in 0..rows {
+                    let (a, b) = (r.below(vocab), r.below(vocab));
+                    x[row * vocab + a] = 7.0;
+                    x[row * vocab + b] = 7.0;
+                }
+                let xt = put(be, &x, dt, &[rows, vocab], 0)?;
+                let kinds = [
+                    (0.0f32, 0u32, 1.0f32),
+                    (1.0, 0, 1.0),
+                    (0.7, 50, 1.0),
+                    (1.0, 0, 0.9),
+                    (0.8, 40, 0.95),
+                ];
+                let mut words = Vec::new();
+                for row in 0..rows {
+                    let (t, k, p) = kinds[row % kinds.len()];
+                    let a = SampleArgs {
+                        temperature: t,
+                        top_k: k,
+                        top_p: p,
+                        seed: 0x5eed + row as u64 * 7,
+                        step: row as u32 * 3,
+                        uniform: (row % 2 == 1)
+                            .then(|| (r.below(1 << 20) as f64 + 0.5) / (1 << 20) as f64),
+                    };
+                    words.push(a.to_words());
+                }
+                let flat: Vec<i32> = words.iter().flatten().copied().collect();
+                let at = put_i32(be, &flat, &[rows, SampleArgs::WORDS])?;
+                let o = put_i32(be, &vec![-7; rows], &[rows])?;
+                be.sample(xt, at, o)?;
+                let got: Vec<f32> = get_i32(be, &o)?.iter().map(|&i| i as f32).collect();
+                let want: Vec<f32> = x
+                    .chunks(vocab)
+                    .zip(&words)
+                    .map(|(row, w)| sample::sample_row(row, w) as f32)
+                    .collect();
+                assert!(want.iter().all(|&t| t >= 0.0), "{want:?}");
+                Ok((got, want))
+            }),
+        ));
+    }
     c
 }
 
 /// A KV pool of 2 layers whose sequence owns `kv_len` tokens on shuffled pages, filled with
-/// random values (so kv_append must leave everything else alone).
+/// random values (so kv_append must leave everything else alone); the step's `t` rows are its
+/// last tokens.
 struct Paged {
     kv: PagedKv,
     pool: Vec<f32>,
@@ -813,6 +1046,7 @@ struct Paged {
 }
 
 impl Paged {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         be: &mut dyn Backend,
         dt: DType,
@@ -821,6 +1055,7 @@ impl Paged {
         d: usize,
         ps: usize,
         kv_len: usize,
+        t: usize,
     ) -> reel::Result<Paged> {
         let npages = kv_len.div_ceil(ps);
         let n_pages = npages * 2 + 1;
@@ -855,6 +1090,7 @@ impl Paged {
         Ok(Paged {
             kv: PagedKv {
                 layout,
+                qo_indptr: put_i32(be, &[0, t as i32], &[2])?,
                 indptr,
                 indices: indices_t,
                 last_page_len: last,
@@ -1033,13 +1269,19 @@ fn ops_reject_bad_inputs() {
     assert!(msg(be.rope_vision(xv, pv, xv, 1e4)).contains("multiple of 4"));
     // Paged attention: page index outside the pool; GQA ratio; too many query rows.
     let mut r = Rng(1);
-    let pg = Paged::new(be, f, &mut r, 2, 8, 4, 5).unwrap();
+    let pg = Paged::new(be, f, &mut r, 2, 8, 4, 5, 1).unwrap();
     let q3 = put(be, &[0.0; 3 * 8], f, &[1, 3, 8], 0).unwrap();
     assert!(msg(be.attention_paged(q3, &pg.kv, 0, q3, 1.0)).contains("multiple"));
     let q6 = put(be, &[0.0; 6 * 4 * 8], f, &[6, 4, 8], 0).unwrap();
     let o6 = out(be, f, &[6, 4, 8], 0).unwrap();
-    assert!(msg(be.attention_paged(q6, &pg.kv, 0, o6, 1.0)).contains("holds only 5"));
-    assert!(msg(be.attention_paged(q6, &pg.kv, 2, o6, 1.0)).contains("layer 2"));
+    let kv6 = PagedKv {
+        qo_indptr: put_i32(be, &[0, 6], &[2]).unwrap(),
+        ..pg.kv
+    };
+    assert!(msg(be.attention_paged(q6, &kv6, 0, o6, 1.0)).contains("holds only 5"));
+    assert!(msg(be.attention_paged(q6, &kv6, 2, o6, 1.0)).contains("layer 2"));
+    // qo_indptr must cover exactly the step's rows.
+    assert!(msg(be.attention_paged(q6, &pg.kv, 0, o6, 1.0)).contains("qo_indptr"));
     let bad = PagedKv {
         indices: put_i32(be, &[99, 0, 0], &[3]).unwrap(),
         ..pg.kv

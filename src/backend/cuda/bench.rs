@@ -411,6 +411,7 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
         let pages: Vec<i32> = (0..npages as i32).rev().collect();
         let kv = PagedKv {
             layout,
+            qo_indptr: b.i32s(&[0, 1])?,
             indptr: b.i32s(&[0, npages as i32])?,
             indices: b.i32s(&pages)?,
             last_page_len: b.i32s(&[(kv_len - (npages - 1) * ps) as i32])?,
@@ -429,6 +430,10 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
         }
         if want("attention_paged_prefill") && kv_len == 4250 {
             let t = kv_len;
+            let kv = PagedKv {
+                qo_indptr: b.i32s(&[0, t as i32])?,
+                ..kv
+            };
             let (q, out) = (b.bf16(&[t, hq, d])?, b.bf16(&[t, hq, d])?);
             // Useful causal work: QK^T and PV over the t (t + 1) / 2 visible pairs per head
             // (the kernel's second P V mma for the low half of P is not counted).
@@ -441,6 +446,45 @@ pub fn bench_kernels(ordinal: usize, filter: Option<&str>) -> Result<(String, Ve
                 |be, _| be.attention_paged(q, &kv, 0, out, scale),
             )?;
         }
+    }
+    if want("attention_paged_decode") {
+        // Batched decode: 64 sequences of 4096 cached tokens each on pages of their own, one
+        // query row per sequence, in one launch (+ merge).
+        let (bsz, kv_len) = (64usize, 4096usize);
+        let per = kv_len.div_ceil(ps);
+        let layout0 = KvLayout {
+            buf: BufId(0),
+            dtype: DType::BF16,
+            n_layers: 1,
+            n_pages: bsz * per,
+            page_size: ps,
+            n_kv_heads: hkv,
+            head_dim: d,
+        };
+        let pool = b.random_bf16(layout0.total_bytes() / 2)?;
+        let layout = KvLayout {
+            buf: pool,
+            ..layout0
+        };
+        let seq = |v: usize| (0..=bsz).map(move |i| (i * v) as i32).collect::<Vec<i32>>();
+        let pages: Vec<i32> = (0..(bsz * per) as i32).rev().collect();
+        let kv = PagedKv {
+            layout,
+            qo_indptr: b.i32s(&seq(1))?,
+            indptr: b.i32s(&seq(per))?,
+            indices: b.i32s(&pages)?,
+            last_page_len: b.i32s(&vec![(kv_len - (per - 1) * ps) as i32; bsz])?,
+        };
+        let (q, out) = (b.bf16(&[bsz, hq, d])?, b.bf16(&[bsz, hq, d])?);
+        let bytes = (bsz * kv_len * 2 * hkv * d * 2) as f64;
+        let scale = 1.0 / (d as f32).sqrt();
+        b.time(
+            "attention_paged_decode+merge",
+            format!("batch {bsz} x kv_len={kv_len} Hq=28 Hkv=4 d=128"),
+            bytes,
+            0.0,
+            |be, _| be.attention_paged(q, &kv, 0, out, scale),
+        )?;
     }
     if want("attention_varlen") {
         // ViT attention over 16,384 patches: 64-patch windows (28 of 32 blocks), full-attention

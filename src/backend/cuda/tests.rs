@@ -756,6 +756,7 @@ mod device {
             let last = kv_len - (npages - 1) * ps;
             let kv = PagedKv {
                 layout,
+                qo_indptr: upload_i32(be, &[0, t as i32]),
                 indptr: upload_i32(be, &[0, npages as i32]),
                 indices: upload_i32(be, &pages),
                 last_page_len: upload_i32(be, &[last as i32]),
@@ -885,6 +886,7 @@ mod device {
         // 20 tokens on pages [3, 1]; append the last 5.
         let kv = PagedKv {
             layout,
+            qo_indptr: upload_i32(be, &[0, 5]),
             indptr: upload_i32(be, &[0, 2]),
             indices: upload_i32(be, &[3, 1]),
             last_page_len: upload_i32(be, &[4]),
