@@ -63,6 +63,30 @@ struct BackendArgs {
     threads: Option<usize>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// How the engine schedules sequences (one request here; the same engine serves many).
+#[derive(Args)]
+struct ScheduleArgs {
+    /// Most sequences decoded together in one step.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most prompt tokens prefilled in one step (0: the whole prompt at once); long prompts are
+    /// prefilled in chunks between the decode steps of other sequences.
+    #[arg(long, default_value_t = 2048)]
+    prefill_chunk: usize,
+    /// Reuse the KV pages of equal prompt prefixes (and the vision embeddings of recent media).
+    #[arg(long, value_enum, default_value = "on")]
+    prefix_cache: OnOff,
+    /// Byte budget of the vision-embedding cache, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    vision_cache_mb: usize,
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// Checkpoint directory.
@@ -142,6 +166,8 @@ struct RunArgs {
     video_time: VideoTimeArg,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     /// The question.
     prompt: Option<String>,
 }
@@ -373,7 +399,15 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
             flag_messages(&a, &order, text)
         }
     };
-    let opts = engine_options(&a.backend, a.ctx)?;
+    let mut opts = engine_options(&a.backend, a.ctx)?;
+    let sc = &a.schedule;
+    if sc.max_batch == 0 {
+        return Err(Error::flag("--max-batch", "must be at least 1"));
+    }
+    opts.max_batch = sc.max_batch;
+    opts.prefill_chunk = sc.prefill_chunk;
+    opts.prefix_cache = matches!(sc.prefix_cache, OnOff::On);
+    opts.vision_cache_bytes = sc.vision_cache_mb.saturating_mul(1 << 20);
     let model = Model::load(&a.model)?;
     let gen = model.generation.clone();
     let media_opts = MediaOptions {
