@@ -56,7 +56,7 @@ pub fn quant_row_bytes(op: &str, dt: DType, k: usize) -> Result<usize> {
     need(dt.is_quantized(), op, || {
         format!("{dt} is not a quantized weight type")
     })?;
-    need(k > 0 && k % dt.block_len() == 0, op, || {
+    need(k > 0 && k.is_multiple_of(dt.block_len()), op, || {
         format!(
             "K = {k} is not a positive multiple of the {dt} block size {}",
             dt.block_len()

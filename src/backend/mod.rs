@@ -1,8 +1,8 @@
 //! The compute interface. `model/` builds graphs of generic ops; a backend implements each op
 //! and owns its memory. Nothing here knows it is running Qwen.
 //!
-//! Conventions every backend follows (the CPU backend is the reference; [`check`] holds each
-//! op's contract, [`sample`] the sampling definition):
+//! Conventions every backend follows ([`check`] holds each op's contract, [`harness`] its scalar
+//! reference and cases, [`sample`] the sampling definition):
 //! - Tensors are row-major. A [`TRef`] may have a first-dimension stride (`row_stride`, in
 //!   elements) larger than its row length, to view a column block of a wider matrix (e.g. q, k or
 //!   v inside a packed qkv projection); everything below the first dimension is contiguous.
@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod harness;
 pub mod host;
 pub mod sample;
 

@@ -124,8 +124,11 @@ pub fn pick(c: &MatmulCase) -> MatmulKernel {
             MatmulKernel::QGemv(q, XStage::F32)
         };
     }
-    let v16 =
-        c.x == DType::BF16 && c.w == DType::BF16 && c.k % 8 == 0 && c.x_rows_16b && c.w_rows_16b;
+    let v16 = c.x == DType::BF16
+        && c.w == DType::BF16
+        && c.k.is_multiple_of(8)
+        && c.x_rows_16b
+        && c.w_rows_16b;
     if !v16 {
         MatmulKernel::GemvScalar
     } else if c.m <= GEMV_ROWS {
@@ -199,7 +202,7 @@ impl CudaBackend {
         kern: MatmulKernel,
         bytes: usize,
     ) -> Result<()> {
-        need(wp % 2 == 0, || {
+        need(wp.is_multiple_of(2), || {
             format!("matmul: {} weight at an odd address", w.dtype)
         })?;
         if matches!(kern, MatmulKernel::QGemv(..)) {
@@ -288,3 +291,20 @@ impl CudaBackend {
         self.launch(kern.kernel(), l, &p)
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn matmul(
+            &mut self,
+            x: $crate::backend::TRef,
+            w: $crate::backend::TRef,
+            bias: Option<$crate::backend::TRef>,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_matmul(x, w, bias, out)
+        }
+    };
+}
+pub(super) use backend_ops;
