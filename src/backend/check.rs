@@ -341,7 +341,10 @@ fn paged_kv(op: &str, kv: &PagedKv, layer: usize) -> Result<usize> {
     ] {
         i32_of(op, name, t)?;
         need(t.shape.numel() >= min, op, || {
-            format!("{name} {:?} needs at least {min} entries for {b} sequences", t.shape)
+            format!(
+                "{name} {:?} needs at least {min} entries for {b} sequences",
+                t.shape
+            )
         })?;
     }
     Ok(b)
@@ -747,22 +750,60 @@ mod tests {
         assert_eq!(
             seqs,
             vec![
-                PagedSeq { q0: 0, n: 1, kv_len: 5, p0: 0, pages: 2 },
-                PagedSeq { q0: 1, n: 2, kv_len: 2, p0: 2, pages: 1 },
+                PagedSeq {
+                    q0: 0,
+                    n: 1,
+                    kv_len: 5,
+                    p0: 0,
+                    pages: 2
+                },
+                PagedSeq {
+                    q0: 1,
+                    n: 2,
+                    kv_len: 2,
+                    p0: 2,
+                    pages: 1
+                },
             ]
         );
         let cases: [(&[i32], &[i32], &[i32], &[i32], &str); 5] = [
-            (&[0, 1, 2], &[0, 2, 3], &[3, 0, 1], &[1, 2], "rise from 0 to the 3 rows"),
+            (
+                &[0, 1, 2],
+                &[0, 2, 3],
+                &[3, 0, 1],
+                &[1, 2],
+                "rise from 0 to the 3 rows",
+            ),
             (&[0, 2, 1], &[0, 2, 3], &[3, 0, 1], &[1, 2], "qo_indptr"),
-            (&[0, 1, 3], &[0, 2, 4], &[3, 0, 1], &[1, 2], "not a range inside indices"),
+            (
+                &[0, 1, 3],
+                &[0, 2, 4],
+                &[3, 0, 1],
+                &[1, 2],
+                "not a range inside indices",
+            ),
             (&[0, 1, 3], &[0, 2, 3], &[3, 9, 1], &[1, 2], "page index 9"),
-            (&[0, 1, 3], &[0, 2, 3], &[3, 0, 1], &[1, 1], "holds only 1 tokens"),
+            (
+                &[0, 1, 3],
+                &[0, 2, 3],
+                &[3, 0, 1],
+                &[1, 1],
+                "holds only 1 tokens",
+            ),
         ];
         for (qo, ip, idx, last, want) in cases {
             let e = msg(paged_values("op", &kv, 3, qo, ip, idx, last));
             assert!(e.starts_with("op: ") && e.contains(want), "{e}");
         }
-        let e = msg(paged_values("op", &kv, 3, &[0, 1, 3], &[0, 2, 3], &[3, 0, 1], &[1, 5]));
+        let e = msg(paged_values(
+            "op",
+            &kv,
+            3,
+            &[0, 1, 3],
+            &[0, 2, 3],
+            &[3, 0, 1],
+            &[1, 5],
+        ));
         assert!(e.contains("last_page_len 5 of sequence 1"), "{e}");
     }
 

@@ -33,7 +33,6 @@
 //! on the prefill chunking, or on whether its prefix came from the cache.
 
 pub mod bench;
-pub mod bench_batch;
 pub mod prefix;
 pub mod sampling;
 
@@ -711,11 +710,7 @@ impl Engine {
             self.vision = Some(self.model.arch.load_vision(self.be.as_mut(), store)?);
         }
         let vision = self.vision.as_ref().expect("loaded above");
-        vision.encode(
-            self.be.as_mut(),
-            std::slice::from_ref(item),
-            self.opts.act,
-        )
+        vision.encode(self.be.as_mut(), std::slice::from_ref(item), self.opts.act)
     }
 
     /// Pool pages the running sequences may still take for their reservations.
@@ -731,7 +726,8 @@ impl Engine {
                 let have = kv.seq(s.id).map_or(0, |p| p.pages().len());
                 let cow = kv
                     .seq(s.id)
-                    .is_some_and(|p| p.shared_tail(kv.pages()).is_some()) as usize;
+                    .is_some_and(|p| p.shared_tail(kv.pages()).is_some())
+                    as usize;
                 (pages_for_ctx(s.target, ps) + cow).saturating_sub(have)
             })
             .sum()
@@ -769,7 +765,8 @@ impl Engine {
             let hit = &hit[..pages_for_ctx(cached, ps)];
             let need = pages_for_ctx(target, ps) - hit.len() + (cached % ps != 0) as usize;
             let kv = self.sched.kv.as_ref().expect("allocated above");
-            let evictable = self.sched.prefix.evictable(kv) - hit.iter().filter(|&&p| kv.pages().refs(p) == 1).count();
+            let evictable = self.sched.prefix.evictable(kv)
+                - hit.iter().filter(|&&p| kv.pages().refs(p) == 1).count();
             let room = (kv.n_free() + evictable).saturating_sub(self.outstanding_pages());
             if need > room {
                 break;
@@ -926,7 +923,11 @@ impl Engine {
     fn finish(&mut self, mut s: Seq, stop: StopReason) -> Result<Event> {
         let fed = self.sched.kv.as_ref().map_or(0, |k| k.kv_len(s.id));
         if s.t_admit.is_some() && fed > 0 && self.opts.prefix_cache {
-            let kv = self.sched.kv.as_mut().expect("an admitted sequence has a pool");
+            let kv = self
+                .sched
+                .kv
+                .as_mut()
+                .expect("an admitted sequence has a pool");
             register(&mut self.sched.prefix, kv, &s, fed, self.opts.page_size)?;
         }
         self.release(&mut s)?;
@@ -1003,13 +1004,13 @@ fn register(
         return Ok(());
     }
     let l = s.req.prompt_tokens.len();
-    let mut c = prefix::token_contents(
-        &s.req.prompt_tokens,
-        &s.layout.vision_rows,
-        &s.media,
-    );
+    let mut c = prefix::token_contents(&s.req.prompt_tokens, &s.layout.vision_rows, &s.media);
     c.truncate(tokens.min(l));
-    c.extend(s.history[l.min(tokens)..tokens].iter().map(|&t| Key(t as u64, 0)));
+    c.extend(
+        s.history[l.min(tokens)..tokens]
+            .iter()
+            .map(|&t| Key(t as u64, 0)),
+    );
     let keys = prefix::page_keys(&c[..full * ps], ps);
     let pages = kv.seq(s.id).map(|p| p.pages()[..full].to_vec());
     match pages {
@@ -1050,7 +1051,9 @@ impl Engine {
             i += 1;
         }
         let running = &self.sched.running;
-        let dec: Vec<usize> = (0..running.len()).filter(|&i| running[i].decoding).collect();
+        let dec: Vec<usize> = (0..running.len())
+            .filter(|&i| running[i].decoding)
+            .collect();
         let pre = (0..running.len()).find(|&i| !running[i].decoding);
         let chunk = pre.map_or(0, |p| {
             let s = &running[p];
@@ -1094,7 +1097,8 @@ impl Engine {
             step.push((s.id, chunk));
             ids.extend(s.req.prompt_tokens[a..b].iter().map(|&x| x as i32));
             for k in 0..3 {
-                pos[k * t + nd..k * t + t].copy_from_slice(&s.layout.positions[k * l + a..k * l + b]);
+                pos[k * t + nd..k * t + t]
+                    .copy_from_slice(&s.layout.positions[k * l + a..k * l + b]);
             }
             let vr = &s.layout.vision_rows;
             let v0 = vr.partition_point(|&r| (r as usize) < a);
@@ -1111,21 +1115,36 @@ impl Engine {
             }
             if b == l {
                 logit_idx.push((t - 1) as i32);
-                lrows.push(LogitRow { seq: p, first: true });
+                lrows.push(LogitRow {
+                    seq: p,
+                    first: true,
+                });
             }
         }
         // Room for the step: evict cached pages nobody uses if needed.
         let need: usize = {
-            let kv = self.sched.kv.as_ref().expect("a running sequence has a pool");
+            let kv = self
+                .sched
+                .kv
+                .as_ref()
+                .expect("a running sequence has a pool");
             step.iter().map(|&(id, n)| kv.pages_needed(id, n)).sum()
         };
         {
-            let kv = self.sched.kv.as_mut().expect("a running sequence has a pool");
+            let kv = self
+                .sched
+                .kv
+                .as_mut()
+                .expect("a running sequence has a pool");
             if kv.n_free() < need {
                 self.sched.prefix.evict(kv, need)?;
             }
         }
-        let kv = self.sched.kv.as_mut().expect("a running sequence has a pool");
+        let kv = self
+            .sched
+            .kv
+            .as_mut()
+            .expect("a running sequence has a pool");
         let paged = match kv.begin_step(self.be.as_mut(), &step) {
             Ok(p) => p,
             Err(e) => {
@@ -1182,7 +1201,13 @@ impl Engine {
             if self.opts.prefix_cache {
                 let sch = &mut self.sched;
                 let kv = sch.kv.as_mut().expect("pool");
-                register(&mut sch.prefix, kv, &sch.running[p], done, self.opts.page_size)?;
+                register(
+                    &mut sch.prefix,
+                    kv,
+                    &sch.running[p],
+                    done,
+                    self.opts.page_size,
+                )?;
             }
         }
         // Tokens: emit, stop checks.
@@ -1222,7 +1247,10 @@ impl Engine {
             }
             s.generated.push(tok);
             s.history.push(tok);
-            events.push(Event::Token { id: s.id, token: tok });
+            events.push(Event::Token {
+                id: s.id,
+                token: tok,
+            });
             if s.req.stop_tokens.contains(&tok) {
                 finished.push((lr.seq, StopReason::Eos));
             } else if s.generated.len() >= s.req.max_new_tokens {
@@ -1295,6 +1323,14 @@ impl Engine {
         lrows: &[LogitRow],
     ) -> Result<(Vec<i32>, Vec<Option<Vec<f32>>>)> {
         let r = logit_idx.len();
+        // A graph needs at least one logit row: a chunk that needs none computes the last
+        // row's logits and drops them.
+        let last_row = [(t - 1) as i32];
+        let (gr, logit_idx) = if r == 0 {
+            (1, &last_row[..])
+        } else {
+            (r, logit_idx)
+        };
         let words = SampleArgs::WORDS;
         let max_rows = self.opts.max_batch + 1;
         if self.sched.dev.is_none() {
@@ -1317,7 +1353,12 @@ impl Engine {
             args.extend_from_slice(&a.to_words());
         }
         let args_t = TRef::new(dev, 0, DType::I32, Shape::new(&[r.max(1), words]));
-        let tok_t = TRef::new(dev, max_rows * words * 4, DType::I32, Shape::new(&[r.max(1)]));
+        let tok_t = TRef::new(
+            dev,
+            max_rows * words * 4,
+            DType::I32,
+            Shape::new(&[r.max(1)]),
+        );
         if r > 0 {
             self.be.write(dev, 0, bytemuck::cast_slice(&args))?;
         }
@@ -1325,7 +1366,7 @@ impl Engine {
             Some((v, _)) => {
                 let pass = TextPass {
                     tokens: t,
-                    logit_rows: r,
+                    logit_rows: gr,
                     vision: Some(*v),
                     taps: false,
                 };
@@ -1335,7 +1376,7 @@ impl Engine {
             None => None,
         };
         let slot = if fresh.is_none() {
-            Some(self.executor(t, r)?)
+            Some(self.executor(t, gr)?)
         } else {
             None
         };

@@ -76,7 +76,10 @@ fn backend_sampling_matches_host_sampling() {
     }
     let (free, cached) = e.kv_usage();
     assert_eq!((free + cached) * e.opts.page_size, e.capacity_tokens());
-    assert!(cached > 0, "the prompt's full pages stay in the prefix cache");
+    assert!(
+        cached > 0,
+        "the prompt's full pages stay in the prefix cache"
+    );
 }
 
 /// Bad requests are refused at submission, alone.

@@ -98,7 +98,9 @@ impl PagePool {
                 "page {page} does not exist (pool of {})",
                 self.n_pages
             ))),
-            Some(0) => Err(Error::Cache(format!("page {page} is free, cannot share it"))),
+            Some(0) => Err(Error::Cache(format!(
+                "page {page} is free, cannot share it"
+            ))),
             Some(r) => {
                 *r += 1;
                 Ok(())
@@ -572,7 +574,12 @@ impl KvPool {
             be.free(b);
         }
         let mut bufs = Vec::new();
-        for n in [max_batch + 1, max_batch + 1, max_batch.max(1), layout.n_pages] {
+        for n in [
+            max_batch + 1,
+            max_batch + 1,
+            max_batch.max(1),
+            layout.n_pages,
+        ] {
             match be.alloc(n * 4) {
                 Ok(b) => bufs.push(b),
                 Err(e) => {
@@ -682,11 +689,7 @@ impl KvPool {
     /// rows of q / k / v follow the list): reserves their pages (copying a shared partial tail
     /// page first), counts the tokens, and writes the CSR tables for exactly these sequences.
     /// On error nothing changes.
-    pub fn begin_step(
-        &mut self,
-        be: &mut dyn Backend,
-        step: &[(SeqId, usize)],
-    ) -> Result<PagedKv> {
+    pub fn begin_step(&mut self, be: &mut dyn Backend, step: &[(SeqId, usize)]) -> Result<PagedKv> {
         if step.is_empty() || step.len() > self.max_batch {
             return Err(Error::Cache(format!(
                 "a step of {} sequences (1 to --max-batch {} supported)",
@@ -1121,7 +1124,11 @@ mod tests {
         pool.free_page(p).unwrap();
         assert_eq!((pool.refs(p), pool.n_free()), (0, 3));
         assert!(pool.retain(p).unwrap_err().to_string().contains("free"));
-        assert!(pool.retain(9).unwrap_err().to_string().contains("does not exist"));
+        assert!(pool
+            .retain(9)
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
         // A sequence built on shared pages holds them; releasing it leaves the other holder's.
         let a = pool.alloc_page().unwrap();
         let b = pool.alloc_page().unwrap();
@@ -1194,7 +1201,11 @@ mod tests {
         assert!(e.to_string().contains("free pages"), "{e}");
         assert_eq!((kv.kv_len(1), kv.kv_len(2), kv.n_free()), (7, 3, free));
         assert!(kv.begin_step(&mut be, &[(9, 1)]).is_err());
-        assert!(kv.begin_step(&mut be, &[(1, 1); 5]).unwrap_err().to_string().contains("--max-batch"));
+        assert!(kv
+            .begin_step(&mut be, &[(1, 1); 5])
+            .unwrap_err()
+            .to_string()
+            .contains("--max-batch"));
         // Ending sequences returns their pages.
         for id in [1, 2, 3] {
             kv.remove_seq(id).unwrap();
@@ -1203,4 +1214,3 @@ mod tests {
         kv.free(&mut be);
     }
 }
-

@@ -108,7 +108,14 @@ struct Paged {
 }
 
 impl Paged {
-    fn new(cx: &mut Ctx, hkv: usize, d: usize, ps: usize, kv_len: usize, t: usize) -> Result<Paged> {
+    fn new(
+        cx: &mut Ctx,
+        hkv: usize,
+        d: usize,
+        ps: usize,
+        kv_len: usize,
+        t: usize,
+    ) -> Result<Paged> {
         let dt = cx.dt;
         let npages = kv_len.div_ceil(ps);
         let n_pages = npages * 2 + 1;
@@ -287,12 +294,36 @@ fn batched_cases(t: &mut Vec<Case>) {
     type Shape = (usize, usize, usize, usize, Vec<(usize, usize)>, bool, Use);
     let shapes: Vec<Shape> = vec![
         (4, 2, 8, 4, vec![(5, 2), (1, 1), (9, 3)], false, Use::Check),
-        (6, 2, 20, 3, vec![(13, 1), (4, 0), (7, 7), (10, 4)], true, Use::Check),
+        (
+            6,
+            2,
+            20,
+            3,
+            vec![(13, 1), (4, 0), (7, 7), (10, 4)],
+            true,
+            Use::Check,
+        ),
         // Decode of several sequences (the CUDA split-KV kernel), a shared prefix page.
-        (28, 4, 128, 16, vec![(300, 1), (17, 1), (1, 1), (64, 1), (33, 1)], true, Use::Check),
+        (
+            28,
+            4,
+            128,
+            16,
+            vec![(300, 1), (17, 1), (1, 1), (64, 1), (33, 1)],
+            true,
+            Use::Check,
+        ),
         (28, 4, 128, 16, decode64, false, Use::Check),
         // A prefill chunk beside decode rows and an idle sequence (tensor cores in bf16).
-        (28, 4, 128, 16, vec![(40, 1), (12, 0), (200, 77), (3, 3), (129, 1)], true, Use::Check),
+        (
+            28,
+            4,
+            128,
+            16,
+            vec![(40, 1), (12, 0), (200, 77), (3, 3), (129, 1)],
+            true,
+            Use::Check,
+        ),
         // Timed: 64 sequences decoding at 4k context each, one launch.
         (28, 4, 128, 16, decode64_4k, false, Use::Perf),
     ];
@@ -323,7 +354,8 @@ fn batched_cases(t: &mut Vec<Case>) {
                             for j in 0..*n {
                                 let p = l - n + j;
                                 for (which, src) in [(0, &k), (1, &v)] {
-                                    let e = kv.layout.elem_index(1, which, pages[p / ps], p % ps, 0);
+                                    let e =
+                                        kv.layout.elem_index(1, which, pages[p / ps], p % ps, 0);
                                     want[e..e + row].copy_from_slice(&src[i * row..(i + 1) * row]);
                                 }
                                 i += 1;
