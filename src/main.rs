@@ -219,6 +219,10 @@ struct BenchArgs {
     /// Text tokens around the video in the --video-r1 prompt.
     #[arg(long, default_value_t = 150)]
     text_tokens: usize,
+    /// Also time batched decode at these batch sizes (comma-separated, e.g. 1,8,32,64): that
+    /// many sequences at --prompt-len cached tokens decode one token each per step.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Print one JSON object with every figure instead of the text report.
     #[arg(long)]
     json: bool,
@@ -642,6 +646,7 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
             ("--json", a.json),
             ("--video-r1", a.video_r1),
             ("--decode-at", !a.decode_at.is_empty()),
+            ("--batch", !a.batch.is_empty()),
             ("--weights", a.weights != "bf16"),
             ("--vision-layers", a.vision_layers.is_some()),
         ];
@@ -693,6 +698,7 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
         height: a.height,
         width: a.width,
         text_tokens: a.text_tokens,
+        batch: a.batch,
     };
     let report = reel::engine::bench::run(&cfg, &opts)?;
     if a.json {

@@ -332,7 +332,7 @@ fn batched_cases(t: &mut Vec<Case>) {
         let ctx_tokens: usize = lens.iter().map(|s| s.0).sum();
         let visible_all: usize = lens.iter().map(|&(l, n)| visible(n, l)).sum();
         let shape = format!(
-            "B{} rows{rows} q[{hq},{d}] kv{hkv} page{ps}{}",
+            "B{} rows{rows} ctx{ctx_tokens} q[{hq},{d}] kv{hkv} page{ps}{}",
             lens.len(),
             if share { " shared" } else { "" }
         );
