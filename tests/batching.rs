@@ -143,7 +143,7 @@ fn mix(e: &Engine, salt: usize) -> Vec<Request> {
             vec![video(), text(&q("What happens in the video?"))],
             samplers[salt % 4],
             8,
-            salt % 2 == 0,
+            salt.is_multiple_of(2),
         ),
         request(
             e,

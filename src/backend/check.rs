@@ -766,7 +766,8 @@ mod tests {
                 },
             ]
         );
-        let cases: [(&[i32], &[i32], &[i32], &[i32], &str); 5] = [
+        type Csr<'a> = (&'a [i32], &'a [i32], &'a [i32], &'a [i32], &'a str);
+        let cases: [Csr; 5] = [
             (
                 &[0, 1, 2],
                 &[0, 2, 3],

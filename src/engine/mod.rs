@@ -763,7 +763,8 @@ impl Engine {
             // At least the last prompt token is computed, for its logits.
             let cached = (hit.len() * ps).min(l - 1);
             let hit = &hit[..pages_for_ctx(cached, ps)];
-            let need = pages_for_ctx(target, ps) - hit.len() + (cached % ps != 0) as usize;
+            let need =
+                pages_for_ctx(target, ps) - hit.len() + (!cached.is_multiple_of(ps)) as usize;
             let kv = self.sched.kv.as_ref().expect("allocated above");
             let evictable = self.sched.prefix.evictable(kv)
                 - hit.iter().filter(|&&p| kv.pages().refs(p) == 1).count();
@@ -1321,7 +1322,7 @@ impl Engine {
         logit_idx: &[i32],
         vis: Option<(TRef, Vec<i32>)>,
         lrows: &[LogitRow],
-    ) -> Result<(Vec<i32>, Vec<Option<Vec<f32>>>)> {
+    ) -> Result<(Vec<i32>, HostLogits)> {
         let r = logit_idx.len();
         // A graph needs at least one logit row: a chunk that needs none computes the last
         // row's logits and drops them.
@@ -1423,6 +1424,9 @@ impl Engine {
         out
     }
 }
+
+/// Per logit row of a step: its logits when they were read back to the host.
+type HostLogits = Vec<Option<Vec<f32>>>;
 
 /// A stand-in while a sequence is borrowed out of the running list.
 fn placeholder() -> Seq {

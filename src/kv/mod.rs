@@ -239,7 +239,7 @@ impl SeqPages {
     pub fn shared_tail(&self, pool: &PagePool) -> Option<usize> {
         let ps = pool.page_size();
         let i = self.len / ps;
-        (self.len % ps != 0 && pool.refs(self.pages[i]) > 1).then_some(i)
+        (!self.len.is_multiple_of(ps) && pool.refs(self.pages[i]) > 1).then_some(i)
     }
 
     /// Pages a growth by `new_tokens` takes from the free list (a shared partial tail page

@@ -60,7 +60,7 @@ pub(super) fn run(
             },
             act,
         );
-        let mut exec = Executor::new(be, g)?;
+        let exec = Executor::new(be, g)?;
         let rows: Vec<i32> = (0..b as i32).collect();
         let step: Vec<(SeqId, usize)> = ids_of.iter().map(|&id| (id, 1)).collect();
         let mut step_s = Vec::with_capacity(steps);

@@ -172,7 +172,6 @@ const MB: usize = 64;
 
 /// The AVX2 and scalar paths: (64-row block of x) × (16-row tile of w) units on rayon.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn tiled(
     isa: Isa,
     x: &View,
