@@ -1,17 +1,19 @@
 // Attention on CUDA cores (correct first; an mma.sync version is the next step): any float
 // q/k/v/out types (bf16 with 16-byte staging loads, f32/f16 with scalar ones), K/V tiles and
 // all math in f32, online softmax in the log2 domain (scores pre-scaled by scale * log2 e).
-//  - attention_paged_*: causal GQA attention of q [T, Hq, d] (the last T positions of sequence 0)
-//    over the paged pool, bottom-right causal mask. A CTA owns BM rows r = t * G + g of one KV
-//    head (G = Hq / Hkv), so K/V tiles staged in smem serve all heads of the group: decode
-//    (T = 1, G = 7) is one CTA per (KV head, split) with rows 0..6 live and row 7 padding.
-//    Decode splits the KV range into REEL_DECODE_SPLITS fixed chunks (ceil(kv_len / S), read
-//    at run time from the page table, so a captured graph stays valid as the sequence grows);
-//    each split writes normalized fp32 (o, lse2) and attention_merge combines them.
+//  - attention_paged_*: causal GQA attention of q [T, Hq, d] over the paged pool for a step of
+//    B sequences (rows qo_indptr[b] .. qo_indptr[b+1] are sequence b's last n_b positions),
+//    bottom-right causal mask per sequence. A CTA owns BM rows r = t * G + g of one KV head and
+//    one sequence (G = Hq / Hkv; the grid's x walks every sequence's row tiles, qo_tile), so
+//    K/V tiles staged in smem serve all heads of the group: decode (n_b = 1, G = 7) is one CTA
+//    per (sequence, KV head, split) with rows 0..6 live and row 7 padding. Decode splits each
+//    sequence's KV range into S fixed chunks (ceil(kv_len / S), read at run time from the page
+//    table, so a captured graph stays valid as sequences grow); each split writes normalized
+//    fp32 (o, lse2) and attention_merge combines them.
 //  - attention_varlen: non-causal attention inside segments [cu[s], cu[s+1]) (ViT windows and
 //    frames), grid (q tiles, segment, head).
 //  - attention_merge: o = sum_s w_s o_s / sum_s w_s, w_s = exp2(lse_s - max lse).
-//  - kv_append: scatter new k/v rows into their page slots.
+//  - kv_append: scatter new k/v rows into their sequences' page slots.
 // Shapes: head_dim <= 128 (128 for the LLM, 80 for the ViT).
 // CPU twins: src/backend/cpu (attention_paged, attention_varlen, kv_append).
 #include "common.cuh"
@@ -181,21 +183,40 @@ __device__ __forceinline__ void flash_loop(const ReelAttentionParams& p, const S
     }
 }
 
-// grid = (ceil(T * G / BM), Hkv, splits); block = 128.
+// The step's sequence b: its first row, rows, pages and length.
+struct SeqView {
+    int t0, n, pbeg, kv_len;
+};
+
+__device__ __forceinline__ SeqView seq_view(const ReelPagedKv& kv, int b) {
+    const int* qo = reinterpret_cast<const int*>(kv.qo_indptr);
+    const int* indptr = reinterpret_cast<const int*>(kv.indptr);
+    SeqView s;
+    s.t0 = qo[b];
+    s.n = qo[b + 1] - qo[b];
+    s.pbeg = indptr[b];
+    s.kv_len = paged_kv_len(indptr[b + 1] - indptr[b], kv.page_size,
+                            reinterpret_cast<const int*>(kv.last_page_len)[b]);
+    return s;
+}
+
+// grid = (qo_tiles_bound(T, B, G, BM), Hkv, splits); block = 128. CTA x is row tile x of the
+// step (qo_tile): BM rows of one sequence; CTAs past the last tile exit.
 template <int RPW>
 __device__ __forceinline__ void attention_paged_impl(const ReelAttentionParams& p) {
     const int BMR = NWARPS * RPW;
     const int warp = threadIdx.x / 32;
     const int kvh = blockIdx.y, split = blockIdx.z;
-    const int G = p.q_heads / p.kv_heads, T = p.tokens, R = T * G;
-    const int* indptr = reinterpret_cast<const int*>(p.kv.indptr);
-    const int pbeg = indptr[0], npages = indptr[1] - indptr[0];
-    const int kv_len =
-        paged_kv_len(npages, p.kv.page_size, reinterpret_cast<const int*>(p.kv.last_page_len)[0]);
+    const int G = p.q_heads / p.kv_heads;
+    int b = 0, r0 = 0;
+    // Uniform per CTA and before any barrier.
+    if (!qo_tile(reinterpret_cast<const int*>(p.kv.qo_indptr), p.kv.batch, G, BMR, blockIdx.x, &b, &r0))
+        return;
+    const SeqView sq = seq_view(p.kv, b);
+    const int T = sq.n, R = T * G, kv_len = sq.kv_len;
     int kb, ke;
     split_range(kv_len, p.splits, split, &kb, &ke);
     // The CTA's last live row bounds the keys any of its rows can see.
-    const int r0 = blockIdx.x * BMR;
     const int rlast = min(r0 + BMR, R) - 1;
     ke = min(ke, attention_causal_end(kv_len, T, attention_row_token(rlast, G)));
 
@@ -204,13 +225,14 @@ __device__ __forceinline__ void attention_paged_impl(const ReelAttentionParams& 
     for (int rr = 0; rr < RPW; ++rr) {
         const int r = r0 + warp * RPW + rr;
         const int t = attention_row_token(r, G), qh = attention_row_qhead(r, G, kvh);
+        const int64_t tg = (int64_t)sq.t0 + t;  // the row of q / out
         rows[rr].valid = r < R;
-        rows[rr].q_off = (int64_t)t * p.q_stride + (int64_t)qh * p.head_dim;
-        rows[rr].o_off = (int64_t)t * p.out_stride + (int64_t)qh * p.head_dim;
-        rows[rr].part = (int64_t)t * p.q_heads + qh;
+        rows[rr].q_off = tg * p.q_stride + (int64_t)qh * p.head_dim;
+        rows[rr].o_off = tg * p.out_stride + (int64_t)qh * p.head_dim;
+        rows[rr].part = tg * p.q_heads + qh;
         rows[rr].kend = attention_causal_end(kv_len, T, t);
     }
-    PagedSrc src{p.kv.pool, reinterpret_cast<const int*>(p.kv.indices) + pbeg,
+    PagedSrc src{p.kv.pool, reinterpret_cast<const int*>(p.kv.indices) + sq.pbeg,
                  p.kv.n_pages, p.kv.page_size, p.kv.kv_heads, p.kv.head_dim, p.kv.layer, kvh};
     flash_loop<RPW>(p, src, kb, max(ke, kb), rows, split);
 }
@@ -269,18 +291,18 @@ extern "C" __global__ void __launch_bounds__(128) attention_merge(ReelAttentionM
     }
 }
 
-// grid = (T, Hkv); block = 128. Token t goes to position kv_len - T + t.
+// grid = (T, Hkv); block = 128. Row t of sequence b (qo_seq_of_row) goes to position
+// kv_len_b - n_b + (t - qo[b]).
 extern "C" __global__ void __launch_bounds__(128) kv_append(ReelKvAppendParams p) {
     const int t = blockIdx.x, h = blockIdx.y;
-    const int* indptr = reinterpret_cast<const int*>(p.kv.indptr);
-    const int pbeg = indptr[0], npages = indptr[1] - indptr[0];
-    const int kv_len =
-        paged_kv_len(npages, p.kv.page_size, reinterpret_cast<const int*>(p.kv.last_page_len)[0]);
-    const int pos = kv_len - p.tokens + t;
-    if (t >= p.tokens || pos < 0) return;
+    if (t >= p.tokens) return;
+    const int b = qo_seq_of_row(reinterpret_cast<const int*>(p.kv.qo_indptr), p.kv.batch, t);
+    const SeqView sq = seq_view(p.kv, b);
+    const int pos = sq.kv_len - sq.n + (t - sq.t0);
+    if (pos < 0) return;
     int pp, slot;
     page_walk(pos, p.kv.page_size, &pp, &slot);
-    const int page = reinterpret_cast<const int*>(p.kv.indices)[pbeg + pp];
+    const int page = reinterpret_cast<const int*>(p.kv.indices)[sq.pbeg + pp];
     if (page < 0 || page >= p.kv.n_pages) return;
     const int64_t ko = (int64_t)t * p.k_stride + (int64_t)h * p.kv.head_dim;
     const int64_t vo = (int64_t)t * p.v_stride + (int64_t)h * p.kv.head_dim;

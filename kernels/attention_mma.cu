@@ -1,8 +1,9 @@
 // Flash attention on tensor cores (bf16 q/k/v/out, f32 accumulation and softmax), sm_80+:
-//  - attention_paged_prefill_mma: causal GQA prefill of q [T, Hq, 128] (the last T positions of
-//    sequence 0) over the paged pool, bottom-right mask. A CTA owns 64 rows r = t * G + g of
-//    one KV head (G = Hq / Hkv, as attention_paged_* in attention.cu), so each K/V tile staged in
-//    smem serves the whole group; heavy (late) row tiles are scheduled first.
+//  - attention_paged_prefill_mma: causal GQA prefill of q [T, Hq, 128] over the paged pool for
+//    a step of B sequences (each its last n_b positions, ReelPagedKv), bottom-right mask per
+//    sequence. A CTA owns 64 rows r = t * G + g of one KV head and one sequence (G = Hq / Hkv,
+//    as attention_paged_* in attention.cu), so each K/V tile staged in smem serves the whole
+//    group; heavy (late) row tiles are scheduled first.
 //  - attention_varlen_mma: non-causal attention inside segments [cu[s], cu[s+1]) of q, k, v
 //    [N, H, 80] (ViT windows and full-attention slices), grid (q tiles, segment, head).
 // The f32/f16 paths and other head dims stay on the CUDA-core kernels in attention.cu.
@@ -118,14 +119,15 @@ struct FaDenseKeys {
     }
 };
 
-// Query rows of a paged CTA: tile row i is r = r0 + i -> token r / G, q head kvh * G + r % G.
+// Query rows of a paged CTA (one sequence): tile row i is r = r0 + i -> the sequence's token
+// r / G (step row t0 + r / G), q head kvh * G + r % G.
 struct FaPagedRows {
-    int r0, rows, group, kv_head, kv_len, tokens;
+    int r0, rows, group, kv_head, kv_len, tokens, t0;
     int64_t q_stride, o_stride;
     __device__ __forceinline__ bool valid(int i) const { return r0 + i < rows; }
     __device__ __forceinline__ int64_t off(int i, int64_t stride) const {
         const int r = min(r0 + i, rows - 1);
-        return (int64_t)attention_row_token(r, group) * stride +
+        return ((int64_t)t0 + attention_row_token(r, group)) * stride +
                (int64_t)attention_row_qhead(r, group, kv_head) * (REEL_FA_PAGED_D);
     }
     // Rows past the end take the last row's bound, so they stay finite and unmasked enough.
@@ -323,18 +325,24 @@ __device__ __forceinline__ void fa_cta(const ReelAttentionParams& p, const Keys&
     }
 }
 
-// grid = (Hkv, ceil(T * G / 64)); block = 128; dyn smem = (64 + 4 * 64) * 136 * 2 B.
+// grid = (Hkv, qo_tiles_bound(T, B, G, 64)); block = 128; dyn smem = (64 + 4 * 64) * 136 * 2 B.
 // x (fastest in launch order) is the KV head, so the heavy-first order of the row tiles holds
-// across all heads: the last wave is the light (early-token) tiles of every head.
+// across all heads: the last wave is the light (early-token) tiles of every head. y counts the
+// step's row tiles (qo_tile) backwards; CTAs past the last tile exit.
 extern "C" __global__ void __launch_bounds__(NT, 2) attention_paged_prefill_mma(ReelAttentionParams p) {
     const int kvh = blockIdx.x;
-    const int G = p.q_heads / p.kv_heads, T = p.tokens, R = T * G;
+    const int G = p.q_heads / p.kv_heads;
+    const int* qo = reinterpret_cast<const int*>(p.kv.qo_indptr);
+    const int total = qo_tiles_total(qo, p.kv.batch, G, BM);
+    if ((int)blockIdx.y >= total) return;  // uniform per CTA, before any barrier
+    int b = 0, r0 = 0;
+    qo_tile(qo, p.kv.batch, G, BM, fa_mblock(blockIdx.y, total), &b, &r0);
     const int* indptr = reinterpret_cast<const int*>(p.kv.indptr);
-    const int pbeg = indptr[0], npages = indptr[1] - indptr[0];
+    const int pbeg = indptr[b], npages = indptr[b + 1] - indptr[b];
+    const int T = qo[b + 1] - qo[b];
     const int kv_len =
-        paged_kv_len(npages, p.kv.page_size, reinterpret_cast<const int*>(p.kv.last_page_len)[0]);
-    FaPagedRows rows{fa_mblock(blockIdx.y, gridDim.y) * BM, R, G, kvh, kv_len, T,
-                     p.q_stride, p.out_stride};
+        paged_kv_len(npages, p.kv.page_size, reinterpret_cast<const int*>(p.kv.last_page_len)[b]);
+    FaPagedRows rows{r0, T * G, G, kvh, kv_len, T, qo[b], p.q_stride, p.out_stride};
     const int kend_min = rows.kend(0), kend_max = rows.kend(BM - 1);
     FaPagedKeys keys{reinterpret_cast<const __nv_bfloat16*>(p.kv.pool),
                      reinterpret_cast<const int*>(p.kv.indices) + pbeg,

@@ -44,10 +44,54 @@ REEL_HD void split_range(int kv_len, int splits, int s, int* beg, int* end) {
     *end = e;
 }
 
+// ---- batched steps: rows of B sequences (qo_indptr [B + 1], rising from 0 to T) ----
+
+// The sequence that holds step row t (0 <= t < qo[B]): the last b with qo[b] <= t, so
+// sequences without rows (qo[b] == qo[b + 1]) are skipped.
+REEL_HD int qo_seq_of_row(const int* qo, int batch, int t) {
+    int lo = 0, hi = batch - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (qo[mid] <= t) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// Row tiles of a batched paged-attention launch: sequence b owns n_b * group rows
+// (r = t * group + g with t its local token), cut into tiles of bm rows, tiles of sequence 0
+// first. Tile x is sequence *b's tile starting at its row *r0; false when x is past the last
+// tile (the launch covers an upper bound, qo_tiles_bound).
+REEL_HD bool qo_tile(const int* qo, int batch, int group, int bm, int x, int* b, int* r0) {
+    for (int s = 0; s < batch; ++s) {
+        const int tiles = ((qo[s + 1] - qo[s]) * group + bm - 1) / bm;
+        if (x < tiles) {
+            *b = s;
+            *r0 = x * bm;
+            return true;
+        }
+        x -= tiles;
+    }
+    return false;
+}
+
+// Total row tiles of a step (qo_tile's x runs below it).
+REEL_HD int qo_tiles_total(const int* qo, int batch, int group, int bm) {
+    int n = 0;
+    for (int s = 0; s < batch; ++s) n += ((qo[s + 1] - qo[s]) * group + bm - 1) / bm;
+    return n;
+}
+
+// What the host launches without reading qo_indptr: sum_b ceil(n_b G / bm) <=
+// floor((T G + B (bm - 1)) / bm), whatever the split of the T rows over the B sequences.
+REEL_HD int qo_tiles_bound(int tokens, int batch, int group, int bm) {
+    return (tokens * group + batch * (bm - 1)) / bm;
+}
+
 // ---- attention rows ----
-// A paged-attention CTA owns rows r = t * group + g of one KV head: token t, q head
-// kv_head * group + g. Query token t sits at position kv_len - T + t (bottom-right causal), so
-// it sees keys [0, kv_len - T + t].
+// A paged-attention CTA owns rows r = t * group + g of one KV head and one sequence: token t
+// (of the sequence's T step rows), q head kv_head * group + g. Query token t sits at position
+// kv_len - T + t (bottom-right causal), so it sees keys [0, kv_len - T + t].
 REEL_HD int attention_row_token(int r, int group) { return r / group; }
 REEL_HD int attention_row_qhead(int r, int group, int kv_head) { return kv_head * group + r % group; }
 REEL_HD int attention_causal_end(int kv_len, int tokens, int t) { return kv_len - tokens + t + 1; }

@@ -12,7 +12,8 @@
 // "no bias" for ReelMatmulParams::bias_dt.
 #define REEL_DT_NONE (-1)
 
-// Tokens per KV tile in the attention kernels and the fixed split count of decode attention.
+// Tokens per KV tile in the attention kernels and the split count of decode attention at
+// batch 1 (larger batches use fewer splits: decode_splits in src/backend/cuda/attention.rs).
 #define REEL_ATTN_TILE 32
 #define REEL_DECODE_SPLITS 64
 
@@ -145,21 +146,27 @@ typedef struct ReelArgmaxParams {
     int32_t pad_;
 } ReelArgmaxParams;
 
-// The paged pool [layer][k|v][page][slot][kv_head][head_dim] (bf16) and sequence 0's CSR view.
+// The paged pool [layer][k|v][page][slot][kv_head][head_dim] and the step's CSR view of B
+// sequences (PagedKv in src/backend/mod.rs): rows qo_indptr[b] .. qo_indptr[b+1] of q / k / v /
+// out are sequence b's last n_b tokens; its pages are indices[indptr[b] .. indptr[b+1]] and its
+// last page holds last_page_len[b] tokens.
 typedef struct ReelPagedKv {
     uint64_t pool;
-    uint64_t indptr;
+    uint64_t qo_indptr;   // [B + 1]
+    uint64_t indptr;      // [B + 1]
     uint64_t indices;
-    uint64_t last_page_len;
+    uint64_t last_page_len;  // [B]
     int32_t n_pages;
     int32_t page_size;
     int32_t kv_heads;
     int32_t head_dim;
     int32_t layer;
     int32_t dt;   // pool element type (REEL_DT_*)
+    int32_t batch;  // B
+    int32_t pad_;
 } ReelPagedKv;
 
-// Writes k, v [T, Hkv, d] at the last T positions of sequence 0.
+// Writes row qo_indptr[b] + i of k, v [T, Hkv, d] at position kv_len_b - n_b + i of sequence b.
 typedef struct ReelKvAppendParams {
     uint64_t k;
     uint64_t v;
@@ -173,7 +180,8 @@ typedef struct ReelKvAppendParams {
 } ReelKvAppendParams;
 
 // Flash-style attention (CUDA cores, online softmax in base 2).
-// Paged: q [T, Hq, d] are the last T positions of sequence 0, causal bottom-right.
+// Paged: q [T, Hq, d] holds each sequence's last n_b positions (ReelPagedKv), causal
+// bottom-right per sequence; a CTA's rows all belong to one sequence (qo_tile in index_math.h).
 // Varlen: q, k, v [N, H, d], non-causal inside segments [cu[s], cu[s+1]).
 // With splits > 1 each split writes normalized fp32 partials (o, lse2) that the merge kernel
 // combines; with splits == 1 the kernel writes out directly.
@@ -269,6 +277,8 @@ typedef struct ReelEmbeddingQuantParams {
 #define REEL_SAMPLE_THREADS 512
 #define REEL_SAMPLE_ARGS 8
 
+// Row r reads its arguments at args + r * args_stride (args_stride REEL_SAMPLE_ARGS for a set
+// per row, 0 for one set shared by every row).
 typedef struct ReelSampleParams {
     uint64_t x;
     uint64_t args;
@@ -277,5 +287,5 @@ typedef struct ReelSampleParams {
     int32_t rows;
     int32_t cols;
     int32_t x_dt;
-    int32_t pad_;
+    int32_t args_stride;
 } ReelSampleParams;

@@ -4,7 +4,9 @@
 // fmas), so every sum is exact and the token equals the CPU twin's bit for bit, whatever the
 // reduction order.
 //
-// One 512-thread block per row. Passes over the row (from L2 after the first):
+// One 512-thread block per row; row r reads its own arguments (args + r * args_stride, or one
+// shared set with stride 0), so every sequence of a batch samples with its own parameters.
+// Passes over the row (from L2 after the first):
 //   1. max / argmax / NaN / +inf;
 //   2. top-k: a 4-pass radix select (8 bits per pass) of the k-th largest key, by count;
 //   3. top-p: the candidates' total weight Z, then a 4-pass radix select by weight of the cutoff
@@ -261,7 +263,7 @@ extern "C" __global__ void __launch_bounds__(S_NT, 1) sample(ReelSampleParams p)
     if (r >= p.rows) return;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n = p.cols;
-    const int* a = reinterpret_cast<const int*>(p.args);
+    const int* a = reinterpret_cast<const int*>(p.args) + (int64_t)r * p.args_stride;
     int* out = reinterpret_cast<int*>(p.out);
     const float temp = __int_as_float(a[0]);
     const unsigned top_k = (unsigned)a[1];

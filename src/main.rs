@@ -68,6 +68,30 @@ struct BackendArgs {
     threads: Option<usize>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// How the engine schedules sequences (one request here; the same engine serves many).
+#[derive(Args)]
+struct ScheduleArgs {
+    /// Most sequences decoded together in one step.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most prompt tokens prefilled in one step (0: the whole prompt at once); long prompts are
+    /// prefilled in chunks between the decode steps of other sequences.
+    #[arg(long, default_value_t = 2048)]
+    prefill_chunk: usize,
+    /// Reuse the KV pages of equal prompt prefixes (and the vision embeddings of recent media).
+    #[arg(long, value_enum, default_value = "on")]
+    prefix_cache: OnOff,
+    /// Byte budget of the vision-embedding cache, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    vision_cache_mb: usize,
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// Checkpoint directory.
@@ -147,6 +171,8 @@ struct RunArgs {
     video_time: VideoTimeArg,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     /// The question.
     prompt: Option<String>,
 }
@@ -286,6 +312,10 @@ struct BenchArgs {
     /// Text tokens around the video in the --video-r1 prompt.
     #[arg(long, default_value_t = 150)]
     text_tokens: usize,
+    /// Also time batched decode at these batch sizes (comma-separated, e.g. 1,8,32,64): that
+    /// many sequences at --prompt-len cached tokens decode one token each per step.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Print one JSON object with every figure instead of the text report.
     #[arg(long)]
     json: bool,
@@ -349,6 +379,7 @@ const SETTING_FLAGS: &[(&str, &str)] = &[
     ("repetition_penalty", "--repetition-penalty"),
     ("ctx", "--ctx"),
     ("act", "--dtype"),
+    ("max_batch", "--max-batch"),
 ];
 
 /// A setting the flags gave, reported under its flag; the rules are the library's
@@ -491,7 +522,15 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
             flag_messages(&a, &order, text)
         }
     };
-    let opts = engine_options(&a.backend, a.ctx)?;
+    let mut opts = engine_options(&a.backend, a.ctx)?;
+    let sc = &a.schedule;
+    if sc.max_batch == 0 {
+        return Err(Error::flag("--max-batch", "must be at least 1"));
+    }
+    opts.max_batch = sc.max_batch;
+    opts.prefill_chunk = sc.prefill_chunk;
+    opts.prefix_cache = matches!(sc.prefix_cache, OnOff::On);
+    opts.vision_cache_bytes = sc.vision_cache_mb.saturating_mul(1 << 20);
     let model = Model::load(&a.model)?;
     let gen = model.generation.clone();
     let media_opts = MediaOptions {
@@ -705,6 +744,7 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
             ("--json", a.json),
             ("--video-r1", a.video_r1),
             ("--decode-at", !a.decode_at.is_empty()),
+            ("--batch", !a.batch.is_empty()),
             ("--weights", a.weights != "bf16"),
             ("--vision-layers", a.vision_layers.is_some()),
         ];
@@ -756,6 +796,7 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
         height: a.height,
         width: a.width,
         text_tokens: a.text_tokens,
+        batch: a.batch,
     };
     let report = reel::engine::bench::run(&cfg, &opts)?;
     if a.json {

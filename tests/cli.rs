@@ -501,6 +501,8 @@ fn bench_tiny_json_has_every_figure() {
         "2",
         "--decode-at",
         "40,100",
+        "--batch",
+        "1,3",
         "--video-r1",
         "--frames",
         "2",
@@ -525,6 +527,20 @@ fn bench_tiny_json_has_every_figure() {
     assert_eq!(d["kv_bytes_per_token"], 2 * 102 * 2 * 2 * 64 * 2);
     assert!(d["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(d["bound_tokens_per_s"].as_f64().unwrap() > 0.0);
+    // Batched decode: the weights once per step, the KV of every sequence (each at 4 + 2/2 + 1
+    // cached tokens).
+    let b = v["batched"].as_array().unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(
+        (b[0]["batch"].as_u64(), b[1]["batch"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let kv_seq = 2 * 6 * 2 * 2 * 64 * 2;
+    assert_eq!(
+        b[1]["bytes_per_step"].as_u64().unwrap() - b[0]["bytes_per_step"].as_u64().unwrap(),
+        2 * kv_seq
+    );
+    assert!(b.iter().all(|x| x["tokens_per_s"].as_f64().unwrap() > 0.0));
     let r = &v["video_r1"];
     assert_eq!(r["grid_thw"].to_string(), "[1,4,4]");
     assert_eq!(r["visual_tokens"], 4);

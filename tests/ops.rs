@@ -103,7 +103,8 @@ fn ops_reject_bad_inputs() {
     let pos = cx.i32s(&[0; 6], &[3, 2]).unwrap();
     let xv = cx.put(&[0.0; 2 * 6], f, &[2, 1, 6], 0).unwrap();
     let pv = cx.i32s(&[0; 4], &[2, 2]).unwrap();
-    let kv = paged_kv(&mut cx, 2, 8, 4, 5).unwrap();
+    let kv = paged_kv(&mut cx, 2, 8, 4, 5, 1).unwrap();
+    let kv6 = paged_kv(&mut cx, 2, 8, 4, 5, 6).unwrap();
     let q3 = cx.put(&[0.0; 3 * 8], f, &[1, 3, 8], 0).unwrap();
     let q6 = cx.put(&[0.0; 6 * 4 * 8], f, &[6, 4, 8], 0).unwrap();
     let o6 = cx.out(f, &[6, 4, 8], 0).unwrap();
@@ -173,8 +174,10 @@ fn ops_reject_bad_inputs() {
     // Paged attention: GQA ratio; too many query rows; a layer outside the pool; a page index
     // outside the pool.
     assert!(msg(be.attention_paged(q3, &kv, 0, q3, 1.0)).contains("multiple"));
-    assert!(msg(be.attention_paged(q6, &kv, 0, o6, 1.0)).contains("holds only 5"));
-    assert!(msg(be.attention_paged(q6, &kv, 2, o6, 1.0)).contains("layer 2"));
+    assert!(msg(be.attention_paged(q6, &kv6, 0, o6, 1.0)).contains("holds only 5"));
+    assert!(msg(be.attention_paged(q6, &kv6, 2, o6, 1.0)).contains("layer 2"));
+    // qo_indptr must cover exactly the step's rows.
+    assert!(msg(be.attention_paged(q6, &kv, 0, o6, 1.0)).contains("qo_indptr"));
     assert!(msg(be.attention_paged(q1, &bad_pages, 0, q1, 1.0)).contains("page index 99"));
     // Varlen: cu_seqlens that do not end at N.
     assert!(msg(be.attention_varlen(qv, qv, qv, cu, qv, 1.0)).contains("cu_seqlens"));

@@ -240,6 +240,67 @@ static void check_attention_model() {
         std::printf("attention model, paged prefill: max err %.3e\n", worst);
         CHECK(worst <= 1.0 / 128, "paged prefill model err %.3e", worst);
     }
+    // Batched paged prefill (attention_paged_prefill_mma's CTA map): 4 sequences with 13, 0, 70
+    // and 1 step rows over kv_len 150, 40, 70, 9 on scrambled pages of one pool; CTA y takes
+    // row tile fa_mblock(y, total) of the step (qo_tile), CTAs past the total do nothing.
+    {
+        const int D = 128, G = 7, hkv = 2, hq = G * hkv, ps = 16, layers = 2, B = 4;
+        const int n[B] = {13, 0, 70, 1}, len[B] = {150, 40, 70, 9};
+        int qo[B + 1] = {0}, indptr[B + 1] = {0};
+        for (int b = 0; b < B; ++b) {
+            qo[b + 1] = qo[b] + n[b];
+            indptr[b + 1] = indptr[b] + (len[b] + ps - 1) / ps;
+        }
+        const int T = qo[B], n_pages = indptr[B] + 3;
+        std::vector<int> pages(indptr[B]);
+        for (int i = 0; i < indptr[B]; ++i) pages[i] = (i * 5 + 2) % n_pages;
+        std::vector<float> pool((size_t)layers * 2 * n_pages * ps * hkv * D), q(T * hq * D), out(T * hq * D, NAN);
+        for (auto& x : pool) x = rnd(st);
+        for (auto& x : q) x = rnd(st);
+        const float scale = 1.f / std::sqrt((float)D), sl2 = scale * 1.4426950408889634f;
+        const int total = qo_tiles_total(qo, B, G, REEL_FA_BM);
+        const int bound = qo_tiles_bound(T, B, G, REEL_FA_BM);
+        CHECK(total <= bound, "tiles %d over the launch bound %d", total, bound);
+        for (int kvh = 0; kvh < hkv; ++kvh)
+            for (int y = 0; y < bound; ++y) {
+                if (y >= total) continue;
+                int b = 0, r0 = 0;
+                CHECK(qo_tile(qo, B, G, REEL_FA_BM, fa_mblock(y, total), &b, &r0), "tile %d", y);
+                const int R = n[b] * G, t0 = qo[b];
+                const int* pg = pages.data() + indptr[b];
+                auto rowc = [&](int i) { return std::min(r0 + i, R - 1); };
+                auto qoff = [&](int i) {
+                    return (size_t)(t0 + attention_row_token(rowc(i), G)) * hq * D + (size_t)attention_row_qhead(rowc(i), G, kvh) * D;
+                };
+                auto kend = [&](int i) { return attention_causal_end(len[b], n[b], attention_row_token(rowc(i), G)); };
+                emu_cta<D>(sl2, 0, kend(0), kend(REEL_FA_BM - 1), [&](int i) { return r0 + i < R; },
+                           [&](int i) { return &q[qoff(i)]; }, kend,
+                           [&](int j) { return &pool[paged_row_elem(pg, j, 1, 0, kvh, n_pages, ps, hkv, D)]; },
+                           [&](int j) { return &pool[paged_row_elem(pg, j, 1, 1, kvh, n_pages, ps, hkv, D)]; },
+                           [&](int i) { return &out[qoff(i)]; });
+            }
+        std::vector<const float*> ks(160), vs(160);
+        std::vector<double> want(T * hq * D);
+        double worst = 0, omax = 0;
+        for (int b = 0; b < B; ++b)
+            for (int i = 0; i < n[b]; ++i)
+                for (int h = 0; h < hq; ++h) {
+                    const int* pg = pages.data() + indptr[b];
+                    for (int j = 0; j < len[b]; ++j) {
+                        ks[j] = &pool[paged_row_elem(pg, j, 1, 0, h / G, n_pages, ps, hkv, D)];
+                        vs[j] = &pool[paged_row_elem(pg, j, 1, 1, h / G, n_pages, ps, hkv, D)];
+                    }
+                    const int t = qo[b] + i;
+                    ref_row(&q[(t * hq + h) * D], 0, len[b] - n[b] + i + 1, ks.data(), vs.data(), D, scale, &want[(t * hq + h) * D]);
+                }
+        for (double w : want) omax = std::max(omax, std::fabs(w));
+        for (size_t i = 0; i < want.size(); ++i) {
+            const double e = std::fabs(out[i] - want[i]) / std::max(std::fabs(want[i]), 1e-3 * omax);
+            worst = std::isnan(out[i]) ? INFINITY : std::max(worst, e);
+        }
+        std::printf("attention model, batched paged prefill: max err %.3e\n", worst);
+        CHECK(worst <= 1.0 / 128, "batched paged prefill model err %.3e", worst);
+    }
     // Varlen, d = 80: segments 64, 22, 150 (a window, a short one, three key tiles with a tail).
     {
         const int D = 80, H = 3;
@@ -515,6 +576,48 @@ int main() {
                         const long want = ((((long)(layer * 2 + kv) * np + pages[j / ps]) * ps + j % ps) * nkv + h) * d;
                         CHECK(paged_row_elem(pages, j, layer, kv, h, np, ps, nkv, d) == want, "paged_row_elem j %d", j);
                     }
+    }
+    // Batched steps: every row belongs to the sequence whose qo range holds it (sequences
+    // without rows skipped); row tiles cover each sequence's rows once, in order, never more
+    // tiles than the host's launch bound.
+    {
+        uint64_t st = 0x9e3779b97f4a7c15ull;
+        for (int trial = 0; trial < 400; ++trial) {
+            const int B = 1 + (int)(st % 9);
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            std::vector<int> qo(B + 1, 0);
+            for (int b = 0; b < B; ++b) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                const int r = (int)((st >> 33) % 7);
+                qo[b + 1] = qo[b] + (r < 2 ? 0 : r < 5 ? 1 : (int)((st >> 40) % 90));
+            }
+            const int T = qo[B];
+            for (int t = 0; t < T; ++t) {
+                const int b = qo_seq_of_row(qo.data(), B, t);
+                CHECK(b >= 0 && b < B && qo[b] <= t && t < qo[b + 1], "row %d of qo trial %d -> seq %d", t, trial, b);
+            }
+            for (int G : {1, 7}) {
+                for (int bm : {8, 16, 64}) {
+                    const int total = qo_tiles_total(qo.data(), B, G, bm);
+                    CHECK(total <= qo_tiles_bound(T, B, G, bm), "tiles %d over bound (T %d B %d)", total, T, B);
+                    std::vector<int> seen(T * G, 0);
+                    int prev_b = 0, prev_r0 = -1;
+                    for (int x = 0; x < total; ++x) {
+                        int b = 0, r0 = 0;
+                        CHECK(qo_tile(qo.data(), B, G, bm, x, &b, &r0), "tile %d of %d", x, total);
+                        CHECK(b > prev_b || (b == prev_b && r0 > prev_r0), "tile order at %d", x);
+                        prev_b = b;
+                        prev_r0 = r0;
+                        const int R = (qo[b + 1] - qo[b]) * G;
+                        CHECK(r0 < R && r0 % bm == 0, "tile %d: row %d of %d", x, r0, R);
+                        for (int r = r0; r < std::min(r0 + bm, R); ++r) seen[qo[b] * G + r]++;
+                    }
+                    int b = 0, r0 = 0;
+                    CHECK(!qo_tile(qo.data(), B, G, bm, total, &b, &r0), "tile past the total");
+                    for (int i = 0; i < T * G; ++i) CHECK(seen[i] == 1, "row %d covered %d times", i, seen[i]);
+                }
+            }
+        }
     }
     check_attention_model();
     if (fails) {

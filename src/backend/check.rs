@@ -310,9 +310,10 @@ pub fn rope_vision(x: &TRef, pos: &TRef, out: &TRef) -> Result<RopeDims> {
     Ok(r)
 }
 
-/// The pool layout and the CSR tensors' types and sizes (their values are read by the
-/// backends that read them: see `cpu::attention::read_pages`).
-fn paged_kv(op: &str, kv: &PagedKv, layer: usize) -> Result<()> {
+/// The pool layout and the CSR tensors' types and sizes for a step of `tokens` rows; returns
+/// the sequence count B (their values are checked by [`paged_values`] where a backend reads
+/// them: see `cpu::attention::read_seqs`).
+fn paged_kv(op: &str, kv: &PagedKv, layer: usize) -> Result<usize> {
     let l = &kv.layout;
     need(l.dtype.is_float(), op, || {
         format!("KV pool must be f32 or bf16 (or f16), got {}", l.dtype)
@@ -325,17 +326,111 @@ fn paged_kv(op: &str, kv: &PagedKv, layer: usize) -> Result<()> {
         op,
         || "KV layout has a zero dimension".into(),
     )?;
+    i32_of(op, "qo_indptr", &kv.qo_indptr)?;
+    need(kv.qo_indptr.shape.numel() >= 2, op, || {
+        format!(
+            "qo_indptr {:?} needs B + 1 >= 2 entries",
+            kv.qo_indptr.shape
+        )
+    })?;
+    let b = kv.batch();
     for (name, t, min) in [
-        ("indptr", &kv.indptr, 2),
+        ("indptr", &kv.indptr, b + 1),
         ("indices", &kv.indices, 0),
-        ("last_page_len", &kv.last_page_len, 1),
+        ("last_page_len", &kv.last_page_len, b),
     ] {
         i32_of(op, name, t)?;
         need(t.shape.numel() >= min, op, || {
-            format!("{name} {:?} needs at least {min} entries", t.shape)
+            format!(
+                "{name} {:?} needs at least {min} entries for {b} sequences",
+                t.shape
+            )
         })?;
     }
-    Ok(())
+    Ok(b)
+}
+
+/// One sequence of a paged step, from the CSR values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagedSeq {
+    /// Its first row in q / k / v / out.
+    pub q0: usize,
+    /// Its rows in the step (its last `n` tokens).
+    pub n: usize,
+    pub kv_len: usize,
+    /// `indices[p0 .. p0 + pages]` are its pages.
+    pub p0: usize,
+    pub pages: usize,
+}
+
+/// The CSR values of a paged step of `tokens` rows: `qo_indptr` rises from 0 to `tokens`,
+/// every page range lies inside `indices` and every page id inside the pool, last page lengths
+/// are in `1..=page_size`, and each sequence holds at least its step rows. Backends that read
+/// the tables on the host call this; kernels skip what would fail it.
+pub fn paged_values(
+    op: &str,
+    kv: &PagedKv,
+    tokens: usize,
+    qo: &[i32],
+    indptr: &[i32],
+    indices: &[i32],
+    last: &[i32],
+) -> Result<Vec<PagedSeq>> {
+    let l = &kv.layout;
+    let b = qo.len().saturating_sub(1);
+    let ok = qo.first() == Some(&0)
+        && qo.last().is_some_and(|&e| e >= 0 && e as usize == tokens)
+        && qo.windows(2).all(|w| w[0] <= w[1]);
+    need(ok, op, || {
+        format!("qo_indptr {qo:?} must rise from 0 to the {tokens} rows of the step")
+    })?;
+    need(indptr.len() > b && last.len() >= b, op, || {
+        format!("indptr / last_page_len are too short for {b} sequences")
+    })?;
+    let mut seqs = Vec::with_capacity(b);
+    for s in 0..b {
+        let (a, e) = (indptr[s], indptr[s + 1]);
+        need(a >= 0 && e >= a && e as usize <= indices.len(), op, || {
+            format!(
+                "indptr [{a}, {e}] of sequence {s} is not a range inside indices ({})",
+                indices.len()
+            )
+        })?;
+        for (i, &p) in indices[a as usize..e as usize].iter().enumerate() {
+            need(p >= 0 && (p as usize) < l.n_pages, op, || {
+                format!(
+                    "page index {p} (entry {}) outside the pool of {} pages",
+                    a as usize + i,
+                    l.n_pages
+                )
+            })?;
+        }
+        let pages = (e - a) as usize;
+        let kv_len = if pages == 0 {
+            0
+        } else {
+            let lp = last[s];
+            need(lp >= 1 && lp as usize <= l.page_size, op, || {
+                format!(
+                    "last_page_len {lp} of sequence {s} outside 1..={}",
+                    l.page_size
+                )
+            })?;
+            (pages - 1) * l.page_size + lp as usize
+        };
+        let n = (qo[s + 1] - qo[s]) as usize;
+        need(n <= kv_len, op, || {
+            format!("sequence {s} has {n} rows in the step but the page table holds only {kv_len} tokens")
+        })?;
+        seqs.push(PagedSeq {
+            q0: qo[s] as usize,
+            n,
+            kv_len,
+            p0: a as usize,
+            pages,
+        });
+    }
+    Ok(seqs)
 }
 
 /// `t` is [rows (any, or exactly `rows`), heads, d], activations.
@@ -355,7 +450,7 @@ fn heads(op: &str, name: &str, t: &TRef, rows: Option<usize>, h: usize, d: usize
     )
 }
 
-/// Writes k, v [T, Hkv, d] (activations) into the pool; the pool is the layout's.
+/// Writes k, v [T, Hkv, d] (activations) into the pool; the pool is the layout's. Returns T.
 pub fn kv_append(k: &TRef, v: &TRef, kv: &PagedKv, layer: usize) -> Result<usize> {
     const OP: &str = "kv_append";
     paged_kv(OP, kv, layer)?;
@@ -370,6 +465,8 @@ pub fn kv_append(k: &TRef, v: &TRef, kv: &PagedKv, layer: usize) -> Result<usize
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PagedDims {
     pub tokens: usize,
+    /// Sequences in the step (B).
+    pub seqs: usize,
     pub q_heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -379,7 +476,7 @@ pub struct PagedDims {
 /// heads.
 pub fn attention_paged(q: &TRef, kv: &PagedKv, layer: usize, out: &TRef) -> Result<PagedDims> {
     const OP: &str = "attention_paged";
-    paged_kv(OP, kv, layer)?;
+    let seqs = paged_kv(OP, kv, layer)?;
     let (hkv, d) = (kv.layout.n_kv_heads, kv.layout.head_dim);
     act(OP, "q", q)?;
     let s = q.shape.dims();
@@ -393,6 +490,7 @@ pub fn attention_paged(q: &TRef, kv: &PagedKv, layer: usize, out: &TRef) -> Resu
     heads(OP, "out", out, Some(tokens), q_heads, d)?;
     Ok(PagedDims {
         tokens,
+        seqs,
         q_heads,
         kv_heads: hkv,
         head_dim: d,
@@ -525,10 +623,14 @@ pub struct SampleDims {
     pub vocab: usize,
     /// Elements between the starts of consecutive rows.
     pub stride: usize,
+    /// Words between consecutive rows' arguments: `WORDS` for per-row arguments, 0 when every
+    /// row reads the one set.
+    pub args_stride: usize,
 }
 
-/// logits [R, V] or [V] (f32, bf16, f16) with 0 < V < 2^24, args at least
-/// [`SampleArgs::WORDS`](super::SampleArgs::WORDS) i32, out R contiguous i32.
+/// logits [R, V] or [V] (f32, bf16, f16) with 0 < V < 2^24; args i32, either [R, WORDS]
+/// (contiguous, a set per row) or exactly WORDS elements (one set for all rows), WORDS =
+/// [`SampleArgs::WORDS`](super::SampleArgs::WORDS); out R contiguous i32.
 pub fn sample(logits: &TRef, args: &TRef, out: &TRef) -> Result<SampleDims> {
     const OP: &str = "sample";
     need(logits.dtype.is_float(), OP, || {
@@ -544,12 +646,15 @@ pub fn sample(logits: &TRef, args: &TRef, out: &TRef) -> Result<SampleDims> {
         format!("a vocabulary of {vocab} entries (1 to 2^24 - 1 supported)")
     })?;
     let words = super::SampleArgs::WORDS;
+    let per_row = args.shape.rank() == 2 && args.shape.dims() == [rows, words];
     need(
-        args.dtype == DType::I32 && args.shape.numel() >= words,
+        args.dtype == DType::I32
+            && args.is_contiguous()
+            && (per_row || args.shape.numel() == words),
         OP,
         || {
             format!(
-                "args {:?} {} must hold {words} i32 words",
+                "args {:?} {} must be i32 [{rows}, {words}] (a set per row) or [{words}]",
                 args.shape, args.dtype
             )
         },
@@ -573,6 +678,7 @@ pub fn sample(logits: &TRef, args: &TRef, out: &TRef) -> Result<SampleDims> {
         rows,
         vocab,
         stride,
+        args_stride: if per_row && rows > 1 { words } else { 0 },
     })
 }
 
@@ -595,12 +701,111 @@ mod tests {
         let (args, out) = (t(DType::I32, &[8]), t(DType::I32, &[1]));
         let ok = sample(&t(DType::F32, &[1, (1 << 24) - 1]), &args, &out).unwrap();
         assert_eq!(
-            (ok.rows, ok.vocab, ok.stride),
-            (1, (1 << 24) - 1, (1 << 24) - 1)
+            (ok.rows, ok.vocab, ok.stride, ok.args_stride),
+            (1, (1 << 24) - 1, (1 << 24) - 1, 0)
         );
         // 2^24 weights of 2^40 (all-equal logits) would wrap the u64 total.
         let e = msg(sample(&t(DType::F32, &[1, 1 << 24]), &args, &out));
         assert!(e.contains("vocabulary"), "{e}");
+    }
+
+    /// Arguments are one set for all rows, or one set per row; nothing in between.
+    #[test]
+    fn sample_args_per_row_or_shared() {
+        let x = t(DType::F32, &[3, 10]);
+        let out = t(DType::I32, &[3]);
+        let per_row = sample(&x, &t(DType::I32, &[3, 8]), &out).unwrap();
+        assert_eq!(per_row.args_stride, 8);
+        let shared = sample(&x, &t(DType::I32, &[8]), &out).unwrap();
+        assert_eq!(shared.args_stride, 0);
+        for bad in [&[2, 8][..], &[3, 7], &[9], &[24]] {
+            let e = msg(sample(&x, &t(DType::I32, bad), &out));
+            assert!(e.contains("sample: args") && e.contains("[3, 8]"), "{e}");
+        }
+        let e = msg(sample(&x, &t(DType::F32, &[3, 8]), &out));
+        assert!(e.contains("args"), "{e}");
+    }
+
+    /// The CSR values of a paged step: each failure names what is wrong.
+    #[test]
+    fn paged_values_checks() {
+        use crate::backend::KvLayout;
+        let i = |n: usize| t(DType::I32, &[n]);
+        let kv = PagedKv {
+            layout: KvLayout {
+                buf: BufId(0),
+                dtype: DType::F32,
+                n_layers: 1,
+                n_pages: 4,
+                page_size: 4,
+                n_kv_heads: 1,
+                head_dim: 8,
+            },
+            qo_indptr: i(3),
+            indptr: i(3),
+            indices: i(3),
+            last_page_len: i(2),
+        };
+        let seqs = paged_values("op", &kv, 3, &[0, 1, 3], &[0, 2, 3], &[3, 0, 1], &[1, 2]).unwrap();
+        assert_eq!(
+            seqs,
+            vec![
+                PagedSeq {
+                    q0: 0,
+                    n: 1,
+                    kv_len: 5,
+                    p0: 0,
+                    pages: 2
+                },
+                PagedSeq {
+                    q0: 1,
+                    n: 2,
+                    kv_len: 2,
+                    p0: 2,
+                    pages: 1
+                },
+            ]
+        );
+        type Csr<'a> = (&'a [i32], &'a [i32], &'a [i32], &'a [i32], &'a str);
+        let cases: [Csr; 5] = [
+            (
+                &[0, 1, 2],
+                &[0, 2, 3],
+                &[3, 0, 1],
+                &[1, 2],
+                "rise from 0 to the 3 rows",
+            ),
+            (&[0, 2, 1], &[0, 2, 3], &[3, 0, 1], &[1, 2], "qo_indptr"),
+            (
+                &[0, 1, 3],
+                &[0, 2, 4],
+                &[3, 0, 1],
+                &[1, 2],
+                "not a range inside indices",
+            ),
+            (&[0, 1, 3], &[0, 2, 3], &[3, 9, 1], &[1, 2], "page index 9"),
+            (
+                &[0, 1, 3],
+                &[0, 2, 3],
+                &[3, 0, 1],
+                &[1, 1],
+                "holds only 1 tokens",
+            ),
+        ];
+        for (qo, ip, idx, last, want) in cases {
+            let e = msg(paged_values("op", &kv, 3, qo, ip, idx, last));
+            assert!(e.starts_with("op: ") && e.contains(want), "{e}");
+        }
+        let e = msg(paged_values(
+            "op",
+            &kv,
+            3,
+            &[0, 1, 3],
+            &[0, 2, 3],
+            &[3, 0, 1],
+            &[1, 5],
+        ));
+        assert!(e.contains("last_page_len 5 of sequence 1"), "{e}");
     }
 
     /// K must fill whole blocks; a plain type is not a quantized weight.

@@ -175,16 +175,38 @@ impl KvLayout {
     }
 }
 
-/// A batch of sequences' views of the KV pool in FlashInfer's CSR form: sequence `b` owns pages
-/// `indices[indptr[b]..indptr[b+1]]`, and its last page holds `last_page_len[b]` tokens, so
-/// `kv_len = (pages - 1) * page_size + last_page_len`. All three are `I32` device tensors, read
-/// by the kernels at run time so a captured decode graph stays valid as sequences grow.
+/// A batch of sequences' views of the KV pool in FlashInfer's CSR form, and the rows of the
+/// step's q / k / v / out that belong to each. All four are `I32` device tensors, read by the
+/// kernels at run time, so a captured step graph stays valid as sequences grow and as the
+/// batch's members change (only the sequence count B and the row count T are baked in).
+///
+/// - `qo_indptr` [B + 1]: rows `qo_indptr[b] .. qo_indptr[b+1]` of the step belong to sequence
+///   b (`n_b` rows, possibly 0); it rises from 0 to T (the rows of q). B = 1 with `[0, T]` is
+///   the single-sequence case.
+/// - `indptr` [>= B + 1], `indices`: sequence b owns pages `indices[indptr[b]..indptr[b+1]]`
+///   in token order (pages may be shared between sequences: see `kv::PagePool`).
+/// - `last_page_len` [>= B]: tokens on sequence b's last page, so
+///   `kv_len_b = (pages - 1) * page_size + last_page_len[b]` (0 without pages).
+///
+/// Sequence b's rows are its LAST `n_b` tokens: row `qo_indptr[b] + i` sits at position
+/// `kv_len_b - n_b + i` (`n_b <= kv_len_b`): `kv_append` writes it there and
+/// `attention_paged` lets it see positions `0 ..= kv_len_b - n_b + i` of sequence b only.
+/// Every row's result depends on its own q and its own sequence's cache alone (never on the
+/// other rows, B or T), which is what makes batched decoding exact on the CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedKv {
     pub layout: KvLayout,
+    pub qo_indptr: TRef,
     pub indptr: TRef,
     pub indices: TRef,
     pub last_page_len: TRef,
+}
+
+impl PagedKv {
+    /// Sequences in the step (`qo_indptr` entries - 1).
+    pub fn batch(&self) -> usize {
+        self.qo_indptr.shape.numel().saturating_sub(1)
+    }
 }
 
 /// M-RoPE parameters: the inverse frequencies `theta^(-2i/head_dim)` are split into three
@@ -265,10 +287,15 @@ pub trait Backend: Send {
     /// d/4 frequency pairs rotate with the row, the next d/4 with the column, both ladders
     /// `theta^(-2k/(d/2))`; computed in f32 and rounded once.
     fn rope_vision(&mut self, x: TRef, pos: TRef, out: TRef, theta: f32) -> Result<()>;
-    /// Writes k, v [T, Hkv, d] into the pool at the last T positions of sequence 0.
+    /// Writes k, v [T, Hkv, d] into the pool: row `qo_indptr[b] + i` of sequence b goes to its
+    /// position `kv_len_b - n_b + i` (see [`PagedKv`]).
     fn kv_append(&mut self, k: TRef, v: TRef, kv: &PagedKv, layer: usize) -> Result<()>;
-    /// Causal GQA attention of q [T, Hq, d] (the last T positions of sequence 0) over the paged
-    /// cache, scale applied to q·k, softmax in f32; out [T, Hq, d].
+    /// Causal GQA attention of q [T, Hq, d] over the paged cache, scale applied to q·k,
+    /// softmax in f32; out [T, Hq, d]. Row `qo_indptr[b] + i` (sequence b's token at position
+    /// `p = kv_len_b - n_b + i`) attends to positions `0 ..= p` of sequence b only (see
+    /// [`PagedKv`]); q head h reads KV head `h / (Hq / Hkv)`. A row's output depends on nothing
+    /// but its own q and its sequence's keys and values: the same bits alone or in any batch on
+    /// the CPU; kernels that split the key range (decode on CUDA) may differ in rounding.
     fn attention_paged(
         &mut self,
         q: TRef,
@@ -298,8 +325,10 @@ pub trait Backend: Send {
     fn argmax(&mut self, x: TRef, out: TRef) -> Result<()>;
 
     /// Draws one token per row of logits [R, V] (f32, bf16 or f16) into out [R] I32, with the
-    /// arguments read from `args` (I32 [`SampleArgs::WORDS`], see [`SampleArgs`]); every row
-    /// uses the same draw. The result is exactly [`sample::sample_row`] on every backend
+    /// arguments read from `args`: I32 `[R, WORDS]` gives row r its own arguments (its own
+    /// temperature, top-k, top-p, seed and step, so sequences of a batch sample independently);
+    /// I32 `[WORDS]` (or any other shape of exactly `WORDS` elements) is one set for every row,
+    /// each row making the same draw. `WORDS` = [`SampleArgs::WORDS`], see [`SampleArgs`]. The result is exactly [`sample::sample_row`] on every backend
     /// (integer weights make it independent of summation order); -1 marks a row that cannot
     /// be sampled (a NaN, +inf after temperature, no finite logit).
     ///

@@ -115,19 +115,27 @@ pub fn sample_hash(seed: u64, step: u32) -> u32 {
     (z >> 32) as u32
 }
 
-/// `Backend::sample` on the host: reads the logits and arguments, samples with [`sample_row`],
-/// writes the ids.
+/// `Backend::sample` on the host: reads the logits and arguments (a set per row, or one for
+/// all), samples each row with [`sample_row`], writes the ids.
 pub fn sample_on_host<B: Backend + ?Sized>(
     be: &mut B,
     logits: TRef,
     args: TRef,
     out: TRef,
 ) -> Result<()> {
-    let SampleDims { vocab, .. } = check::sample(&logits, &args, &out)?;
+    let SampleDims {
+        vocab, args_stride, ..
+    } = check::sample(&logits, &args, &out)?;
     let words = host::read_i32(be, &args)?;
-    let words: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| words[i]);
     let x = host::read_f32(be, &logits)?;
-    let ids: Vec<i32> = x.chunks(vocab).map(|row| sample_row(row, &words)).collect();
+    let ids: Vec<i32> = x
+        .chunks(vocab)
+        .enumerate()
+        .map(|(r, row)| {
+            let w: [i32; SampleArgs::WORDS] = std::array::from_fn(|i| words[r * args_stride + i]);
+            sample_row(row, &w)
+        })
+        .collect();
     host::write_i32(be, &out, &ids)
 }
 

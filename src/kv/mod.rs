@@ -21,7 +21,10 @@ pub fn pages_for_ctx(ctx_tokens: usize, page_size: usize) -> usize {
     ctx_tokens.div_ceil(page_size)
 }
 
-/// A fixed set of pages with a free list.
+/// A fixed set of pages with a free list and a reference count per page: a page is free,
+/// owned by one holder (a sequence, or the prefix cache), or shared by several. It returns to
+/// the free list when its last holder lets go. Shared pages are read-only: a sequence that
+/// must write into one copies it first (copy-on-write, see [`KvPool::begin_step`]).
 #[derive(Debug, Clone)]
 pub struct PagePool {
     page_size: usize,
@@ -30,7 +33,7 @@ pub struct PagePool {
     /// single sequence released and regrown) hands pages out as 0, 1, 2, ..., which keeps the
     /// device page table unchanged across prompts.
     free: Vec<u32>,
-    in_use: Vec<bool>,
+    refs: Vec<u32>,
 }
 
 impl PagePool {
@@ -55,7 +58,7 @@ impl PagePool {
             page_size,
             n_pages,
             free: (0..n_pages as u32).rev().collect(),
-            in_use: vec![false; n_pages],
+            refs: vec![0; n_pages],
         })
     }
 
@@ -76,24 +79,49 @@ impl PagePool {
         self.n_pages * self.page_size
     }
 
-    /// A free page, or `None` when the pool is exhausted.
+    /// A free page (reference count 1), or `None` when the pool is exhausted.
     pub fn alloc_page(&mut self) -> Option<u32> {
         let p = self.free.pop()?;
-        self.in_use[p as usize] = true;
+        self.refs[p as usize] = 1;
         Some(p)
     }
 
-    /// Returns a page to the pool; freeing an unknown or already free page is an error.
-    pub fn free_page(&mut self, page: u32) -> Result<()> {
-        match self.in_use.get_mut(page as usize) {
+    /// Holders of a page (0: free).
+    pub fn refs(&self, page: u32) -> u32 {
+        self.refs.get(page as usize).copied().unwrap_or(0)
+    }
+
+    /// One more holder of a page in use.
+    pub fn retain(&mut self, page: u32) -> Result<()> {
+        match self.refs.get_mut(page as usize) {
             None => Err(Error::Cache(format!(
                 "page {page} does not exist (pool of {})",
                 self.n_pages
             ))),
-            Some(false) => Err(Error::Cache(format!("page {page} freed twice"))),
-            Some(used) => {
-                *used = false;
-                self.free.push(page);
+            Some(0) => Err(Error::Cache(format!(
+                "page {page} is free, cannot share it"
+            ))),
+            Some(r) => {
+                *r += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// One holder lets go of a page; the last one returns it to the pool. Freeing an unknown
+    /// or already free page is an error.
+    pub fn free_page(&mut self, page: u32) -> Result<()> {
+        match self.refs.get_mut(page as usize) {
+            None => Err(Error::Cache(format!(
+                "page {page} does not exist (pool of {})",
+                self.n_pages
+            ))),
+            Some(0) => Err(Error::Cache(format!("page {page} freed twice"))),
+            Some(r) => {
+                *r -= 1;
+                if *r == 0 {
+                    self.free.push(page);
+                }
                 Ok(())
             }
         }
@@ -181,6 +209,47 @@ impl SeqPages {
     pub fn release(&mut self, pool: &mut PagePool) -> Result<()> {
         self.truncate(pool, 0)
     }
+
+    /// A sequence that starts with `tokens` tokens held in `pages` (another holder's, e.g. the
+    /// prefix cache's): each page gains this sequence as a holder.
+    pub fn shared(pool: &mut PagePool, pages: &[u32], tokens: usize) -> Result<SeqPages> {
+        if pages_for_ctx(tokens, pool.page_size()) != pages.len() {
+            return Err(Error::Cache(format!(
+                "{tokens} tokens do not fill {} pages of {}",
+                pages.len(),
+                pool.page_size()
+            )));
+        }
+        for (i, &p) in pages.iter().enumerate() {
+            if let Err(e) = pool.retain(p) {
+                for &q in &pages[..i] {
+                    pool.free_page(q)?;
+                }
+                return Err(e);
+            }
+        }
+        Ok(SeqPages {
+            pages: pages.to_vec(),
+            len: tokens,
+        })
+    }
+
+    /// The page the next token goes into when it is a partly filled page that another holder
+    /// shares (so it must be copied before the write): its index in `pages()`.
+    pub fn shared_tail(&self, pool: &PagePool) -> Option<usize> {
+        let ps = pool.page_size();
+        let i = self.len / ps;
+        (!self.len.is_multiple_of(ps) && pool.refs(self.pages[i]) > 1).then_some(i)
+    }
+
+    /// Pages a growth by `new_tokens` takes from the free list (a shared partial tail page
+    /// counts: it is copied first).
+    pub fn pages_needed(&self, pool: &PagePool, new_tokens: usize) -> usize {
+        let have = self.pages.len();
+        let want = pages_for_ctx(self.len + new_tokens, pool.page_size());
+        let cow = (new_tokens > 0 && self.shared_tail(pool).is_some()) as usize;
+        want.saturating_sub(have) + cow
+    }
 }
 
 /// A batch's page tables in FlashInfer CSR form (host side).
@@ -247,11 +316,14 @@ pub struct KvCache {
     pool: PagePool,
     seq: SeqPages,
     layout: KvLayout,
+    qo_indptr: BufId,
     indptr: BufId,
     indices: BufId,
     last_page_len: BufId,
     /// Leading entries of the device `indices` array known to match `seq`'s pages.
     synced_indices: usize,
+    /// The step rows last written to `qo_indptr` ([0, rows]).
+    qo_rows: Option<usize>,
 }
 
 impl KvCache {
@@ -314,8 +386,8 @@ impl KvCache {
             ))
         })?;
         let layout = KvLayout { buf, ..layout };
-        let mut bufs = [BufId(0); 3];
-        for (i, n) in [2, n_pages, 1].into_iter().enumerate() {
+        let mut bufs = [BufId(0); 4];
+        for (i, n) in [2, n_pages, 1, 2].into_iter().enumerate() {
             match be.alloc(n * 4) {
                 Ok(b) => bufs[i] = b,
                 Err(e) => {
@@ -327,15 +399,17 @@ impl KvCache {
                 }
             }
         }
-        let [indptr, indices, last_page_len] = bufs;
+        let [indptr, indices, last_page_len, qo_indptr] = bufs;
         Ok(KvCache {
             pool,
             seq: SeqPages::new(),
             layout,
+            qo_indptr,
             indptr,
             indices,
             last_page_len,
             synced_indices: 0,
+            qo_rows: None,
         })
     }
 
@@ -366,10 +440,12 @@ impl KvCache {
         PageTable::from_seqs(&[&self.seq], self.layout.page_size)
     }
 
-    /// The device view of the cache as of the last [`KvCache::begin`].
+    /// The device view of the cache as of the last [`KvCache::begin`] (one sequence whose last
+    /// rows are that step's tokens).
     pub fn paged(&self) -> PagedKv {
         PagedKv {
             layout: self.layout,
+            qo_indptr: TRef::new(self.qo_indptr, 0, DType::I32, Shape::new(&[2])),
             indptr: TRef::new(self.indptr, 0, DType::I32, Shape::new(&[2])),
             indices: TRef::new(
                 self.indices,
@@ -386,7 +462,18 @@ impl KvCache {
     /// slots at the last `new_tokens` positions and attention covers them.
     pub fn begin(&mut self, be: &mut dyn Backend, new_tokens: usize) -> Result<PagedKv> {
         self.seq.grow(&mut self.pool, new_tokens)?;
-        if let Err(e) = self.upload(be) {
+        let qo = if self.qo_rows == Some(new_tokens) {
+            Ok(())
+        } else {
+            self.qo_rows = None;
+            be.write(
+                self.qo_indptr,
+                0,
+                bytemuck::cast_slice(&[0i32, new_tokens as i32]),
+            )
+            .map(|_| self.qo_rows = Some(new_tokens))
+        };
+        if let Err(e) = qo.and_then(|_| self.upload(be)) {
             // Keep host and device in agreement: forget the step.
             let len = self.seq.kv_len() - new_tokens;
             self.seq.truncate(&mut self.pool, len)?;
@@ -410,6 +497,7 @@ impl KvCache {
     pub fn free(self, be: &mut dyn Backend) {
         for b in [
             self.layout.buf,
+            self.qo_indptr,
             self.indptr,
             self.indices,
             self.last_page_len,
@@ -439,6 +527,335 @@ impl KvCache {
             0,
             bytemuck::cast_slice(&t.last_page_len),
         )
+    }
+}
+
+/// A sequence of a [`KvPool`].
+pub type SeqId = u64;
+
+/// The KV pool of many sequences: the page pool with reference counts, each sequence's pages,
+/// and the step's CSR tables on the device (`qo_indptr`, `indptr`, `last_page_len` sized for
+/// `max_batch` sequences at fixed addresses; `indices` sized for the pool and regrown, at a new
+/// address, when shared pages make a step's page lists longer than the pool).
+pub struct KvPool {
+    pool: PagePool,
+    layout: KvLayout,
+    seqs: std::collections::HashMap<SeqId, SeqPages>,
+    max_batch: usize,
+    qo_indptr: BufId,
+    indptr: BufId,
+    last_page_len: BufId,
+    indices: BufId,
+    indices_cap: usize,
+    /// A [n_layers * 2, page_elems] buffer for copy-on-write and its two index lists.
+    cow: Option<(BufId, BufId, BufId)>,
+    /// The host copy of the device tables, to write only what changed.
+    shadow: [Vec<i32>; 4],
+}
+
+impl KvPool {
+    /// A pool of `pages_for_ctx(ctx_tokens, page_size)` pages for up to `max_batch` sequences
+    /// per step.
+    pub fn new(
+        be: &mut dyn Backend,
+        spec: KvSpec,
+        ctx_tokens: usize,
+        page_size: usize,
+        max_batch: usize,
+    ) -> Result<KvPool> {
+        if max_batch == 0 {
+            return Err(Error::flag("--max-batch", "must be at least 1"));
+        }
+        // The pool buffer and its layout come from the single-sequence cache's checks.
+        let kv = KvCache::new(be, spec, ctx_tokens, page_size)?;
+        let layout = kv.layout;
+        let pool = PagePool::new(layout.n_pages, page_size)?;
+        for b in [kv.qo_indptr, kv.indptr, kv.indices, kv.last_page_len] {
+            be.free(b);
+        }
+        let mut bufs = Vec::new();
+        for n in [
+            max_batch + 1,
+            max_batch + 1,
+            max_batch.max(1),
+            layout.n_pages,
+        ] {
+            match be.alloc(n * 4) {
+                Ok(b) => bufs.push(b),
+                Err(e) => {
+                    for b in bufs {
+                        be.free(b);
+                    }
+                    be.free(layout.buf);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(KvPool {
+            pool,
+            layout,
+            seqs: Default::default(),
+            max_batch,
+            qo_indptr: bufs[0],
+            indptr: bufs[1],
+            last_page_len: bufs[2],
+            indices: bufs[3],
+            indices_cap: layout.n_pages,
+            cow: None,
+            shadow: Default::default(),
+        })
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.layout.page_size
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Tokens the whole pool holds.
+    pub fn capacity_tokens(&self) -> usize {
+        self.pool.capacity_tokens()
+    }
+
+    pub fn pages(&self) -> &PagePool {
+        &self.pool
+    }
+
+    pub fn n_free(&self) -> usize {
+        self.pool.n_free()
+    }
+
+    /// Starts a sequence, empty or holding `tokens` tokens in shared `pages` (a prefix-cache
+    /// hit).
+    pub fn add_seq(&mut self, id: SeqId, pages: &[u32], tokens: usize) -> Result<()> {
+        if self.seqs.contains_key(&id) {
+            return Err(Error::Cache(format!("sequence {id} exists already")));
+        }
+        let s = SeqPages::shared(&mut self.pool, pages, tokens)?;
+        self.seqs.insert(id, s);
+        Ok(())
+    }
+
+    pub fn seq(&self, id: SeqId) -> Option<&SeqPages> {
+        self.seqs.get(&id)
+    }
+
+    /// Tokens stored for a sequence (0 for an unknown one).
+    pub fn kv_len(&self, id: SeqId) -> usize {
+        self.seqs.get(&id).map_or(0, |s| s.kv_len())
+    }
+
+    /// Pages growing `id` by `new_tokens` would take from the free list.
+    pub fn pages_needed(&self, id: SeqId, new_tokens: usize) -> usize {
+        match self.seqs.get(&id) {
+            Some(s) => s.pages_needed(&self.pool, new_tokens),
+            None => pages_for_ctx(new_tokens, self.page_size()),
+        }
+    }
+
+    /// One more holder of a page (the prefix cache keeping a sequence's page).
+    pub fn retain_page(&mut self, page: u32) -> Result<()> {
+        self.pool.retain(page)
+    }
+
+    /// A holder lets go of a page.
+    pub fn release_page(&mut self, page: u32) -> Result<()> {
+        self.pool.free_page(page)
+    }
+
+    /// Ends a sequence: its pages lose it as a holder (pages nobody else holds are free).
+    pub fn remove_seq(&mut self, id: SeqId) -> Result<()> {
+        if let Some(mut s) = self.seqs.remove(&id) {
+            s.release(&mut self.pool)?;
+        }
+        Ok(())
+    }
+
+    /// Drops a sequence's tokens past `len` (a step rolled back, a look-ahead row discarded).
+    pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
+        match self.seqs.get_mut(&id) {
+            Some(s) => s.truncate(&mut self.pool, len),
+            None => Err(Error::Cache(format!("no sequence {id}"))),
+        }
+    }
+
+    /// Starts a step in which each listed sequence appends its `new_tokens` rows (in this order:
+    /// rows of q / k / v follow the list): reserves their pages (copying a shared partial tail
+    /// page first), counts the tokens, and writes the CSR tables for exactly these sequences.
+    /// On error nothing changes.
+    pub fn begin_step(&mut self, be: &mut dyn Backend, step: &[(SeqId, usize)]) -> Result<PagedKv> {
+        if step.is_empty() || step.len() > self.max_batch {
+            return Err(Error::Cache(format!(
+                "a step of {} sequences (1 to --max-batch {} supported)",
+                step.len(),
+                self.max_batch
+            )));
+        }
+        let need: usize = step.iter().map(|&(id, n)| self.pages_needed(id, n)).sum();
+        if need > self.pool.n_free() {
+            return Err(Error::Cache(format!(
+                "the step needs {need} free pages but the pool has {}",
+                self.pool.n_free()
+            )));
+        }
+        let mut done: Vec<(SeqId, usize)> = Vec::new();
+        let res = (|| {
+            for &(id, n) in step {
+                let s = self
+                    .seqs
+                    .get(&id)
+                    .ok_or_else(|| Error::Cache(format!("no sequence {id}")))?;
+                let old = s.kv_len();
+                if n > 0 {
+                    if let Some(i) = s.shared_tail(&self.pool) {
+                        self.copy_on_write(be, id, i)?;
+                    }
+                }
+                self.seqs
+                    .get_mut(&id)
+                    .expect("checked above")
+                    .grow(&mut self.pool, n)?;
+                done.push((id, old));
+            }
+            self.upload(be, step)
+        })();
+        match res {
+            Ok(kv) => Ok(kv),
+            Err(e) => {
+                for (id, old) in done {
+                    let _ = self.truncate(id, old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives sequence `id` a private copy of its page `i` (all layers, K and V).
+    fn copy_on_write(&mut self, be: &mut dyn Backend, id: SeqId, i: usize) -> Result<()> {
+        let l = self.layout;
+        let src = self.seqs[&id].pages()[i];
+        let dst = self
+            .pool
+            .alloc_page()
+            .ok_or_else(|| Error::Cache("page pool exhausted".into()))?;
+        let rows = l.n_layers * 2;
+        let res = (|| {
+            if self.cow.is_none() {
+                let tmp = be.alloc(l.dtype.bytes_for(rows * l.page_elems()))?;
+                let a = be.alloc(rows * 4)?;
+                let b = be.alloc(rows * 4)?;
+                self.cow = Some((tmp, a, b));
+            }
+            let (tmp, a, b) = self.cow.expect("allocated above");
+            let idx = |p: u32| -> Vec<i32> {
+                (0..rows)
+                    .map(|r| (r * l.n_pages + p as usize) as i32)
+                    .collect()
+            };
+            be.write(a, 0, bytemuck::cast_slice(&idx(src)))?;
+            be.write(b, 0, bytemuck::cast_slice(&idx(dst)))?;
+            let pool_rows = TRef::new(
+                l.buf,
+                0,
+                l.dtype,
+                Shape::new(&[rows * l.n_pages, l.page_elems()]),
+            );
+            let tmp_t = TRef::new(tmp, 0, l.dtype, Shape::new(&[rows, l.page_elems()]));
+            let i32s = |buf: BufId| TRef::new(buf, 0, DType::I32, Shape::new(&[rows]));
+            be.gather_rows(pool_rows, i32s(a), tmp_t)?;
+            be.scatter_rows(tmp_t, i32s(b), pool_rows)
+        })();
+        if let Err(e) = res {
+            self.pool.free_page(dst)?;
+            return Err(e);
+        }
+        let s = self.seqs.get_mut(&id).expect("caller checked");
+        s.pages[i] = dst;
+        self.pool.free_page(src)
+    }
+
+    fn upload(&mut self, be: &mut dyn Backend, step: &[(SeqId, usize)]) -> Result<PagedKv> {
+        let ps = self.page_size();
+        let seqs: Vec<&SeqPages> = step.iter().map(|(id, _)| &self.seqs[id]).collect();
+        let t = PageTable::from_seqs(&seqs, ps);
+        let mut qo = vec![0i32];
+        for &(_, n) in step {
+            qo.push(qo.last().expect("non-empty") + n as i32);
+        }
+        if t.indices.len() > self.indices_cap {
+            // Shared pages listed by several sequences: a longer table (new address).
+            let cap = t.indices.len().next_power_of_two();
+            let nb = be.alloc(cap * 4)?;
+            be.free(self.indices);
+            self.indices = nb;
+            self.indices_cap = cap;
+            self.shadow[2].clear();
+        }
+        let tables = [
+            (self.qo_indptr, qo),
+            (self.indptr, t.indptr),
+            (self.indices, t.indices),
+            (self.last_page_len, t.last_page_len),
+        ];
+        for (k, (buf, vals)) in tables.into_iter().enumerate() {
+            // Only the entries that differ from what the device holds: decode steps change a
+            // few (lengths, a new page).
+            let sh = &mut self.shadow[k];
+            let same = sh.iter().zip(&vals).take_while(|(a, b)| a == b).count();
+            let last = if sh.len() == vals.len() {
+                vals.iter()
+                    .zip(sh.iter())
+                    .rposition(|(a, b)| a != b)
+                    .map_or(same, |p| p + 1)
+            } else {
+                vals.len()
+            };
+            if last > same {
+                if let Err(e) = be.write(buf, same * 4, bytemuck::cast_slice(&vals[same..last])) {
+                    sh.clear();
+                    return Err(e);
+                }
+            }
+            *sh = vals;
+        }
+        let b = step.len();
+        let i32t = |buf: BufId, n: usize| TRef::new(buf, 0, DType::I32, Shape::new(&[n]));
+        Ok(PagedKv {
+            layout: self.layout,
+            qo_indptr: i32t(self.qo_indptr, b + 1),
+            indptr: i32t(self.indptr, b + 1),
+            indices: i32t(self.indices, self.indices_cap),
+            last_page_len: i32t(self.last_page_len, b),
+        })
+    }
+
+    /// Bytes of the pool buffer (every page, used or not).
+    pub fn pool_bytes(&self) -> usize {
+        self.layout.total_bytes()
+    }
+
+    /// Frees the backend buffers.
+    pub fn free(self, be: &mut dyn Backend) {
+        for b in [
+            self.layout.buf,
+            self.qo_indptr,
+            self.indptr,
+            self.last_page_len,
+            self.indices,
+        ] {
+            be.free(b);
+        }
+        if let Some((a, b, c)) = self.cow {
+            for x in [a, b, c] {
+                be.free(x);
+            }
+        }
     }
 }
 
@@ -684,5 +1101,116 @@ mod tests {
             ..spec()
         };
         assert!(KvCache::new(&mut be, huge, 1 << 20, 16).is_err());
+    }
+
+    fn pool_spec() -> KvSpec {
+        KvSpec {
+            n_layers: 2,
+            n_kv_heads: 1,
+            head_dim: 2,
+            dtype: DType::F32,
+        }
+    }
+
+    /// Pages are freed only when their last holder lets go; sharing a free page is an error.
+    #[test]
+    fn refcounted_pages() {
+        let mut pool = PagePool::new(3, 4).unwrap();
+        let p = pool.alloc_page().unwrap();
+        pool.retain(p).unwrap();
+        assert_eq!(pool.refs(p), 2);
+        pool.free_page(p).unwrap();
+        assert_eq!((pool.refs(p), pool.n_free()), (1, 2));
+        pool.free_page(p).unwrap();
+        assert_eq!((pool.refs(p), pool.n_free()), (0, 3));
+        assert!(pool.retain(p).unwrap_err().to_string().contains("free"));
+        assert!(pool
+            .retain(9)
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        // A sequence built on shared pages holds them; releasing it leaves the other holder's.
+        let a = pool.alloc_page().unwrap();
+        let b = pool.alloc_page().unwrap();
+        let mut s = SeqPages::shared(&mut pool, &[a, b], 6).unwrap();
+        assert_eq!((pool.refs(a), pool.refs(b)), (2, 2));
+        assert_eq!(s.shared_tail(&pool), Some(1));
+        // Growing by 3 copies the shared tail page and opens one more.
+        assert_eq!(s.pages_needed(&pool, 3), 2);
+        assert_eq!(s.pages_needed(&pool, 0), 0);
+        s.release(&mut pool).unwrap();
+        assert_eq!((pool.refs(a), pool.refs(b), pool.n_free()), (1, 1, 1));
+        assert!(SeqPages::shared(&mut pool, &[a], 5).is_err());
+    }
+
+    fn pool_vals(be: &mut CpuBackend, kv: &KvPool) -> Vec<f32> {
+        let mut b = vec![0u8; kv.layout().total_bytes()];
+        be.read(kv.layout().buf, 0, &mut b).unwrap();
+        bytemuck::cast_slice(&b).to_vec()
+    }
+
+    /// A step of several sequences writes their CSR tables in step order; a sequence that
+    /// appends into a shared partial page gets its own copy first (all layers, K and V) and
+    /// the other holder's page is untouched.
+    #[test]
+    fn pool_steps_and_copy_on_write() {
+        let mut be = CpuBackend::new();
+        let mut kv = KvPool::new(&mut be, pool_spec(), 32, 4, 4).unwrap();
+        kv.add_seq(1, &[], 0).unwrap();
+        kv.add_seq(2, &[], 0).unwrap();
+        let p = kv.begin_step(&mut be, &[(1, 6), (2, 3)]).unwrap();
+        assert_eq!(read_i32(&mut be, p.qo_indptr), vec![0, 6, 9]);
+        assert_eq!(read_i32(&mut be, p.indptr), vec![0, 2, 3]);
+        assert_eq!(read_i32(&mut be, p.indices)[..3], [0, 1, 2]);
+        assert_eq!(read_i32(&mut be, p.last_page_len), vec![2, 3]);
+        // Fill the pool with distinct values, then share sequence 1's pages with sequence 3.
+        let l = kv.layout();
+        let n = l.total_bytes() / 4;
+        let vals: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        be.write(l.buf, 0, bytemuck::cast_slice(&vals)).unwrap();
+        let pages = kv.seq(1).unwrap().pages().to_vec();
+        kv.add_seq(3, &pages, 6).unwrap();
+        assert_eq!(kv.pages().refs(pages[1]), 2);
+        assert_eq!(kv.pages_needed(3, 1), 1);
+        let p = kv.begin_step(&mut be, &[(3, 1), (1, 1)]).unwrap();
+        let s3 = kv.seq(3).unwrap().pages().to_vec();
+        assert_eq!(s3[0], pages[0]);
+        assert_ne!(s3[1], pages[1]);
+        assert_eq!(kv.pages().refs(pages[1]), 1);
+        assert_eq!(read_i32(&mut be, p.qo_indptr), vec![0, 1, 2]);
+        assert_eq!(read_i32(&mut be, p.indptr), vec![0, 2, 4]);
+        assert_eq!(
+            read_i32(&mut be, p.indices)[..4],
+            [s3[0] as i32, s3[1] as i32, pages[0] as i32, pages[1] as i32]
+        );
+        assert_eq!(read_i32(&mut be, p.last_page_len), vec![3, 3]);
+        // The copy holds the shared page's contents in every layer, K and V.
+        let after = pool_vals(&mut be, &kv);
+        for layer in 0..2 {
+            for which in 0..2 {
+                let src = l.elem_index(layer, which, pages[1] as usize, 0, 0);
+                let dst = l.elem_index(layer, which, s3[1] as usize, 0, 0);
+                let e = l.page_elems();
+                assert_eq!(after[dst..dst + e], vals[src..src + e]);
+                assert_eq!(after[src..src + e], vals[src..src + e]);
+            }
+        }
+        // A step that does not fit changes nothing.
+        let free = kv.n_free();
+        let e = kv.begin_step(&mut be, &[(1, 4), (2, 100)]).unwrap_err();
+        assert!(e.to_string().contains("free pages"), "{e}");
+        assert_eq!((kv.kv_len(1), kv.kv_len(2), kv.n_free()), (7, 3, free));
+        assert!(kv.begin_step(&mut be, &[(9, 1)]).is_err());
+        assert!(kv
+            .begin_step(&mut be, &[(1, 1); 5])
+            .unwrap_err()
+            .to_string()
+            .contains("--max-batch"));
+        // Ending sequences returns their pages.
+        for id in [1, 2, 3] {
+            kv.remove_seq(id).unwrap();
+        }
+        assert_eq!(kv.n_free(), 8);
+        kv.free(&mut be);
     }
 }

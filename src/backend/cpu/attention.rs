@@ -1,7 +1,8 @@
 //! Paged KV append, causal paged GQA attention and segment (varlen) attention: fast paths.
 //!
 //! Work units: (query row, KV head) for paged attention, so the query heads of a GQA group
-//! share every K/V row they load; (segment, head, 32-query block) for varlen attention, with the
+//! share every K/V row they load; each row reads its own sequence's pages (a step may hold
+//! several sequences, see `PagedKv`) and its result does not depend on the other rows; (segment, head, 32-query block) for varlen attention, with the
 //! segment's K/V widened to f32 once per unit. Scores, softmax and the P·V sums are f32; the
 //! output is rounded once.
 
@@ -12,59 +13,56 @@ use crate::error::Result;
 use crate::tensor::Shape;
 use rayon::prelude::*;
 
-/// Sequence 0's pages and length, validated against the pool.
-pub(crate) struct SeqPages {
-    pub pages: Vec<usize>,
+/// One sequence of a step: its rows, length and pages (validated against the pool).
+pub(crate) struct Seq {
+    pub q0: usize,
+    pub n: usize,
     pub kv_len: usize,
+    pub pages: Vec<usize>,
 }
 
-/// Reads sequence 0's page list (the layout is checked by the op's `check`) and validates it
-/// against the pool; returns it with the pool's base pointer.
-pub(crate) fn read_pages(be: &CpuBackend, op: &str, kv: &PagedKv) -> Result<(SeqPages, SPtr)> {
+/// Reads the step's CSR tables (the layout is checked by the op's `check`), validates their
+/// values for a step of `tokens` rows, and returns each sequence with the pool's base pointer.
+pub(crate) fn read_seqs(
+    be: &CpuBackend,
+    op: &str,
+    kv: &PagedKv,
+    tokens: usize,
+) -> Result<(Vec<Seq>, SPtr)> {
     let l: &KvLayout = &kv.layout;
     let total = l.n_layers * 2 * l.n_pages * l.page_elems();
     let pool = TRef::new(l.buf, 0, l.dtype, Shape::new(&[total.max(1)]));
     let base = be.view_mut(&pool)?.p;
+    let qo = be.read_i32(op, "qo_indptr", &kv.qo_indptr)?;
     let indptr = be.read_i32(op, "indptr", &kv.indptr)?;
     let indices = be.read_i32(op, "indices", &kv.indices)?;
     let last = be.read_i32(op, "last_page_len", &kv.last_page_len)?;
-    let (a, b) = (indptr[0], indptr[1]);
-    if a < 0 || b < a || b as usize > indices.len() {
-        return Err(op_err(
-            op,
-            format!(
-                "indptr [{a}, {b}] is not a range inside indices ({})",
-                indices.len()
-            ),
-        ));
-    }
-    let mut pages = Vec::with_capacity((b - a) as usize);
-    for (i, &p) in indices[a as usize..b as usize].iter().enumerate() {
-        if p < 0 || p as usize >= l.n_pages {
-            return Err(op_err(
-                op,
-                format!(
-                    "page index {p} (entry {}) outside the pool of {} pages",
-                    a as usize + i,
-                    l.n_pages
-                ),
-            ));
+    let seqs = check::paged_values(op, kv, tokens, &qo, &indptr, &indices, &last)
+        .map_err(|e| op_err(op, e.to_string().trim_start_matches(&format!("{op}: "))))?;
+    let seqs = seqs
+        .into_iter()
+        .map(|s| Seq {
+            q0: s.q0,
+            n: s.n,
+            kv_len: s.kv_len,
+            pages: indices[s.p0..s.p0 + s.pages]
+                .iter()
+                .map(|&p| p as usize)
+                .collect(),
+        })
+        .collect();
+    Ok((seqs, base))
+}
+
+/// The sequence of each row and the row's position in it.
+fn row_map(seqs: &[Seq], tokens: usize) -> Vec<(usize, usize)> {
+    let mut m = vec![(0, 0); tokens];
+    for (b, s) in seqs.iter().enumerate() {
+        for i in 0..s.n {
+            m[s.q0 + i] = (b, s.kv_len - s.n + i);
         }
-        pages.push(p as usize);
     }
-    let kv_len = if pages.is_empty() {
-        0
-    } else {
-        let lp = last[0];
-        if lp < 1 || lp as usize > l.page_size {
-            return Err(op_err(
-                op,
-                format!("last_page_len {lp} outside 1..={}", l.page_size),
-            ));
-        }
-        (pages.len() - 1) * l.page_size + lp as usize
-    };
-    Ok((SeqPages { pages, kv_len }, base))
+    m
 }
 
 pub(super) fn kv_append(
@@ -77,19 +75,13 @@ pub(super) fn kv_append(
     const OP: &str = "kv_append";
     let l = kv.layout;
     let t = check::kv_append(&k, &v, kv, layer)?;
-    let (sp, base) = read_pages(be, OP, kv)?;
-    if t > sp.kv_len {
-        return Err(op_err(
-            OP,
-            format!("{t} new tokens but the page table holds only {}", sp.kv_len),
-        ));
-    }
+    let (seqs, base) = read_seqs(be, OP, kv, t)?;
+    let rows = row_map(&seqs, t);
     let (kv_, vv) = (be.view(&k)?, be.view(&v)?);
     let row = l.n_kv_heads * l.head_dim;
     let mut buf = vec![0f32; row];
-    for i in 0..t {
-        let p = sp.kv_len - t + i;
-        let (page, slot) = (sp.pages[p / l.page_size], p % l.page_size);
+    for (i, &(b, p)) in rows.iter().enumerate() {
+        let (page, slot) = (seqs[b].pages[p / l.page_size], p % l.page_size);
         for (which, src) in [(0, &kv_), (1, &vv)] {
             let e = l.elem_index(layer, which, page, slot, 0);
             unsafe {
@@ -182,21 +174,13 @@ pub(super) fn paged(
     let l = kv.layout;
     let pd = check::attention_paged(&q, kv, layer, &out)?;
     let (t, hq, hkv, d) = (pd.tokens, pd.q_heads, pd.kv_heads, pd.head_dim);
-    let (sp, base) = read_pages(be, OP, kv)?;
-    if t > sp.kv_len {
-        return Err(op_err(
-            OP,
-            format!(
-                "{t} query rows but the page table holds only {} tokens",
-                sp.kv_len
-            ),
-        ));
-    }
+    let (seqs, base) = read_seqs(be, OP, kv, t)?;
+    let rows = row_map(&seqs, t);
     let g = hq / hkv;
     let (qv, ov) = (be.view(&q)?, be.view_mut(&out)?);
     let ps = l.page_size;
-    let elem = |which: usize, j: usize, h: usize| -> *const u8 {
-        let e = l.elem_index(layer, which, sp.pages[j / ps], j % ps, h);
+    let elem = |which: usize, pages: &[usize], j: usize, h: usize| -> *const u8 {
+        let e = l.elem_index(layer, which, pages[j / ps], j % ps, h);
         unsafe { base.get().add(l.dtype.bytes_for(e)) as *const u8 }
     };
     (0..t * hkv).into_par_iter().for_each_init(
@@ -210,10 +194,12 @@ pub(super) fn paged(
         },
         |(qb, ob, scores, buf), u| {
             let (ti, kh) = (u / hkv, u % hkv);
-            let nk = sp.kv_len - t + ti + 1;
+            let (sb, p) = rows[ti];
+            let pages = &seqs[sb].pages;
+            let nk = p + 1;
             unsafe { load(qv.at(ti, kh * g * d), qv.dt, qb) };
-            let key = |j: usize, b: &mut [f32]| unsafe { load(elem(0, j, kh), l.dtype, b) };
-            let val = |j: usize, b: &mut [f32]| unsafe { load(elem(1, j, kh), l.dtype, b) };
+            let key = |j: usize, b: &mut [f32]| unsafe { load(elem(0, pages, j, kh), l.dtype, b) };
+            let val = |j: usize, b: &mut [f32]| unsafe { load(elem(1, pages, j, kh), l.dtype, b) };
             attend(qb, g, d, nk, scale, &key, &val, scores, buf, ob);
             unsafe { store(ov.at(ti, kh * g * d), ov.dt, ob) };
         },

@@ -36,6 +36,19 @@ pub(crate) fn fa_smem_bytes(d: usize) -> usize {
     (REEL_FA_BM as usize + 4 * REEL_FA_BN as usize) * (d + REEL_FA_PAD as usize) * 2
 }
 
+/// Row tiles a paged-attention launch covers for T rows of B sequences, G query heads per KV
+/// head and tiles of `bm` rows: the bound of `qo_tiles_bound` in index_math.h (each sequence's
+/// last tile may be partial; the kernel reads the real split from qo_indptr).
+pub(crate) fn row_tiles(t: usize, b: usize, g: usize, bm: usize) -> usize {
+    (t * g + b * (bm - 1)) / bm
+}
+
+/// Key-range splits of decode attention for B sequences: REEL_DECODE_SPLITS at batch 1, fewer
+/// as the batch itself fills the GPU (B x KV heads x splits CTAs), never under 8.
+pub(crate) fn decode_splits(b: usize) -> usize {
+    (REEL_DECODE_SPLITS as usize / b.max(1)).max(8)
+}
+
 /// Bytes of split partials: o [splits][rows][d] f32 then lse [splits][rows] f32.
 pub(crate) fn partial_bytes(splits: usize, rows: usize, d: usize) -> (usize, usize) {
     let o = splits * rows * d * 4;
@@ -59,8 +72,11 @@ impl CudaBackend {
             )
         })?;
         fits_i32(what, &[l.n_pages, l.page_size, l.n_kv_heads, layer])?;
+        let batch = kv.batch();
+        fits_i32(what, &[batch])?;
         Ok(ReelPagedKv {
             pool: pool.ptr,
+            qo_indptr: self.ptr(&kv.qo_indptr, what)?,
             indptr: self.ptr(&kv.indptr, what)?,
             indices: if kv.indices.shape.numel() == 0 {
                 0
@@ -74,6 +90,8 @@ impl CudaBackend {
             head_dim: l.head_dim as i32,
             layer: layer as i32,
             dt,
+            batch: batch as i32,
+            pad_: 0,
         })
     }
 
@@ -124,13 +142,16 @@ impl CudaBackend {
             return Ok(());
         }
         let g = hq / hkv;
+        let b = pd.seqs;
         let (qp, op) = (
             self.ptr(&q, "attention_paged q")?,
             self.ptr_mut(&out, "attention_paged out")?,
         );
-        // Prefill in bf16 at the LLM's head_dim goes to tensor cores; f32/f16 activations,
-        // other head dims and decode stay on the CUDA-core kernels.
-        let mma = t > 1
+        // At most one row per sequence (decode) takes the split-KV kernel. Prefill in bf16 at
+        // the LLM's head_dim goes to tensor cores; f32/f16 activations and other head dims stay
+        // on the CUDA-core kernels. Every kernel is right for any split of the rows.
+        let decode = t <= b;
+        let mma = !decode
             && d == REEL_FA_PAGED_D as usize
             && q.dtype == DType::BF16
             && out.dtype == DType::BF16
@@ -139,15 +160,11 @@ impl CudaBackend {
             && rows_16b(op, out.row_stride, out.dtype)
             && fa_smem_bytes(d) as u32 <= self.info.smem_optin
             // Its row tiles go on grid.y (limit 65535); the CUDA-core kernel puts them on x.
-            && (t * g).div_ceil(REEL_FA_BM as usize) <= 65535;
+            && row_tiles(t, b, g, REEL_FA_BM as usize) <= 65535;
         let (splits, rows_per_cta, kern) = if mma {
             (1, REEL_FA_BM as usize, ATTENTION_PAGED_PREFILL_MMA)
-        } else if t == 1 {
-            (
-                REEL_DECODE_SPLITS as usize,
-                DECODE_ROWS,
-                ATTENTION_PAGED_DECODE,
-            )
+        } else if decode {
+            (decode_splits(b), DECODE_ROWS, ATTENTION_PAGED_DECODE)
         } else {
             (1, PREFILL_ROWS, ATTENTION_PAGED_PREFILL)
         };
@@ -181,7 +198,7 @@ impl CudaBackend {
             vec16: (kv.layout.dtype == DType::BF16 && d % 8 == 0) as i32,
             pad_: 0,
         };
-        let gx = (t * g).div_ceil(rows_per_cta);
+        let gx = row_tiles(t, b, g, rows_per_cta);
         need(gx <= i32::MAX as usize, || {
             "attention_paged: too many rows".into()
         })?;

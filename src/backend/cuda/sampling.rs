@@ -24,7 +24,7 @@ impl CudaBackend {
             rows: d.rows as i32,
             cols: d.vocab as i32,
             x_dt: dt_code(logits.dtype, "sample logits")?,
-            pad_: 0,
+            args_stride: d.args_stride as i32,
         };
         // One block per row; the grid does not depend on the values, so the launch can be
         // captured in a decode graph.

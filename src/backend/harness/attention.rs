@@ -98,7 +98,8 @@ pub fn attention_varlen(
 }
 
 /// A KV pool of 2 layers whose sequence owns `kv_len` tokens on shuffled pages, filled with
-/// random values (so kv_append must leave everything else alone).
+/// random values (so kv_append must leave everything else alone); the step's `t` rows are its
+/// last tokens.
 struct Paged {
     kv: PagedKv,
     /// The pool's values (check mode only).
@@ -107,7 +108,14 @@ struct Paged {
 }
 
 impl Paged {
-    fn new(cx: &mut Ctx, hkv: usize, d: usize, ps: usize, kv_len: usize) -> Result<Paged> {
+    fn new(
+        cx: &mut Ctx,
+        hkv: usize,
+        d: usize,
+        ps: usize,
+        kv_len: usize,
+        t: usize,
+    ) -> Result<Paged> {
         let dt = cx.dt;
         let npages = kv_len.div_ceil(ps);
         let n_pages = npages * 2 + 1;
@@ -142,6 +150,7 @@ impl Paged {
         Ok(Paged {
             kv: PagedKv {
                 layout,
+                qo_indptr: cx.i32s(&[0, t as i32], &[2])?,
                 indptr,
                 indices: indices_t,
                 last_page_len: last,
@@ -169,9 +178,231 @@ impl Paged {
 }
 
 /// The view of a KV pool of 2 layers in which sequence 0 holds `kv_len` tokens on shuffled
-/// pages (random values; a second sequence owns one more page).
-pub fn paged_kv(cx: &mut Ctx, hkv: usize, d: usize, ps: usize, kv_len: usize) -> Result<PagedKv> {
-    Ok(Paged::new(cx, hkv, d, ps, kv_len)?.kv)
+/// pages (random values; a second sequence owns one more page) and the step's `t` rows are its
+/// last tokens.
+pub fn paged_kv(
+    cx: &mut Ctx,
+    hkv: usize,
+    d: usize,
+    ps: usize,
+    kv_len: usize,
+    t: usize,
+) -> Result<PagedKv> {
+    Ok(Paged::new(cx, hkv, d, ps, kv_len, t)?.kv)
+}
+
+/// B sequences on one pool of 2 layers: sequence b holds `lens[b].0` tokens on scrambled pages
+/// and its last `lens[b].1` tokens (possibly none) are its rows of the step; with `share`, the
+/// last sequence's first page is sequence 0's (a shared prefix page, read-only for both).
+struct BatchPaged {
+    kv: PagedKv,
+    /// The pool's values (check mode only).
+    pool: Vec<f32>,
+    /// Per sequence: pages, kv_len, step rows.
+    seqs: Vec<(Vec<usize>, usize, usize)>,
+}
+
+impl BatchPaged {
+    fn new(
+        cx: &mut Ctx,
+        hkv: usize,
+        d: usize,
+        ps: usize,
+        lens: &[(usize, usize)],
+        share: bool,
+    ) -> Result<BatchPaged> {
+        let dt = cx.dt;
+        let counts: Vec<usize> = lens.iter().map(|&(l, _)| l.div_ceil(ps)).collect();
+        let n_pages = counts.iter().sum::<usize>() + 3;
+        let mut perm: Vec<usize> = (0..n_pages).collect();
+        for i in (1..n_pages).rev() {
+            perm.swap(i, cx.rng.below(i + 1));
+        }
+        let mut next = perm.into_iter();
+        let mut seqs: Vec<(Vec<usize>, usize, usize)> = lens
+            .iter()
+            .zip(&counts)
+            .map(|(&(l, n), &c)| ((&mut next).take(c).collect(), l, n))
+            .collect();
+        let last = seqs.len() - 1;
+        let full_prefix = |(l, n): (usize, usize)| l - n >= ps;
+        if share && last > 0 && full_prefix(lens[0]) && full_prefix(lens[last]) {
+            seqs[last].0[0] = seqs[0].0[0];
+        }
+        let layout = KvLayout {
+            buf: BufId(0),
+            dtype: dt,
+            n_layers: 2,
+            n_pages,
+            page_size: ps,
+            n_kv_heads: hkv,
+            head_dim: d,
+        };
+        let total = 2 * 2 * n_pages * layout.page_elems();
+        let (pool_t, pool) = cx.input(dt, &[total], 2.0, 0)?;
+        let (mut qo, mut indptr, mut indices, mut lastp) = (vec![0i32], vec![0i32], vec![], vec![]);
+        for (pages, l, n) in &seqs {
+            qo.push(qo.last().unwrap() + *n as i32);
+            indices.extend(pages.iter().map(|&p| p as i32));
+            indptr.push(indices.len() as i32);
+            lastp.push(if *l == 0 {
+                0
+            } else {
+                (l - (pages.len() - 1) * ps) as i32
+            });
+        }
+        let b = seqs.len();
+        Ok(BatchPaged {
+            kv: PagedKv {
+                layout: KvLayout {
+                    buf: pool_t.buf,
+                    ..layout
+                },
+                qo_indptr: cx.i32s(&qo, &[b + 1])?,
+                indptr: cx.i32s(&indptr, &[b + 1])?,
+                indices: cx.i32s(&indices, &[indices.len()])?,
+                last_page_len: cx.i32s(&lastp, &[b])?,
+            },
+            pool,
+            seqs,
+        })
+    }
+
+    /// Dense [kv_len, hkv, d] keys and values of sequence `b` in `layer`.
+    fn dense(&self, layer: usize, b: usize) -> (Vec<f32>, Vec<f32>) {
+        let l = &self.kv.layout;
+        let row = l.n_kv_heads * l.head_dim;
+        let (pages, len, _) = &self.seqs[b];
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for p in 0..*len {
+            let (page, slot) = (pages[p / l.page_size], p % l.page_size);
+            let ek = l.elem_index(layer, 0, page, slot, 0);
+            let ev = l.elem_index(layer, 1, page, slot, 0);
+            k.extend_from_slice(&self.pool[ek..ek + row]);
+            v.extend_from_slice(&self.pool[ev..ev + row]);
+        }
+        (k, v)
+    }
+}
+
+/// Steps over several sequences in one launch (`PagedKv::qo_indptr`): decode rows, prefill
+/// chunks, idle sequences (n_b = 0) and shared prefix pages.
+fn batched_cases(t: &mut Vec<Case>) {
+    // (Hq, Hkv, d, page, [(kv_len, step rows)] per sequence, shared prefix page, use).
+    let decode64: Vec<(usize, usize)> = (0..64).map(|i| (1 + (i * 37) % 200, 1)).collect();
+    let decode64_4k: Vec<(usize, usize)> = vec![(4096, 1); 64];
+    type Shape = (usize, usize, usize, usize, Vec<(usize, usize)>, bool, Use);
+    let shapes: Vec<Shape> = vec![
+        (4, 2, 8, 4, vec![(5, 2), (1, 1), (9, 3)], false, Use::Check),
+        (
+            6,
+            2,
+            20,
+            3,
+            vec![(13, 1), (4, 0), (7, 7), (10, 4)],
+            true,
+            Use::Check,
+        ),
+        // Decode of several sequences (the CUDA split-KV kernel), a shared prefix page.
+        (
+            28,
+            4,
+            128,
+            16,
+            vec![(300, 1), (17, 1), (1, 1), (64, 1), (33, 1)],
+            true,
+            Use::Check,
+        ),
+        (28, 4, 128, 16, decode64, false, Use::Check),
+        // A prefill chunk beside decode rows and an idle sequence (tensor cores in bf16).
+        (
+            28,
+            4,
+            128,
+            16,
+            vec![(40, 1), (12, 0), (200, 77), (3, 3), (129, 1)],
+            true,
+            Use::Check,
+        ),
+        // Timed: 64 sequences decoding at 4k context each, one launch.
+        (28, 4, 128, 16, decode64_4k, false, Use::Perf),
+    ];
+    for (hq, hkv, d, ps, lens, share, u) in shapes {
+        let rows: usize = lens.iter().map(|s| s.1).sum();
+        let ctx_tokens: usize = lens.iter().map(|s| s.0).sum();
+        let visible_all: usize = lens.iter().map(|&(l, n)| visible(n, l)).sum();
+        let shape = format!(
+            "B{} rows{rows} ctx{ctx_tokens} q[{hq},{d}] kv{hkv} page{ps}{}",
+            lens.len(),
+            if share { " shared" } else { "" }
+        );
+        let lens2 = lens.clone();
+        t.push(
+            Case::new("kv_append", shape.clone(), Bound::Exact, move |cx| {
+                let dt = cx.dt;
+                let pg = BatchPaged::new(cx, hkv, d, ps, &lens2, share)?;
+                let (kt, k) = cx.input(dt, &[rows, hkv, d], 2.0, 3)?;
+                let (vt, v) = cx.input(dt, &[rows, hkv, d], 2.0, 0)?;
+                let kv = pg.kv;
+                Ok(Built::new(
+                    move |be, _| be.kv_append(kt, vt, &kv, 1),
+                    move |be| {
+                        let mut want = pg.pool.clone();
+                        let row = hkv * d;
+                        let mut i = 0;
+                        for (pages, l, n) in &pg.seqs {
+                            for j in 0..*n {
+                                let p = l - n + j;
+                                for (which, src) in [(0, &k), (1, &v)] {
+                                    let e =
+                                        kv.layout.elem_index(1, which, pages[p / ps], p % ps, 0);
+                                    want[e..e + row].copy_from_slice(&src[i * row..(i + 1) * row]);
+                                }
+                                i += 1;
+                            }
+                        }
+                        let mut bytes = vec![0u8; kv.layout.total_bytes()];
+                        be.read(kv.layout.buf, 0, &mut bytes)?;
+                        Ok((from_bytes(&bytes, dt), want))
+                    },
+                ))
+            })
+            .cost(move |dt| Cost::bytes(4 * dt.bytes_for(rows * hkv * d)))
+            .used(u),
+        );
+        t.push(
+            Case::new("attention_paged", shape, Bound::Reduction, move |cx| {
+                let dt = cx.dt;
+                let pg = BatchPaged::new(cx, hkv, d, ps, &lens, share)?;
+                let (qt, q) = cx.input(dt, &[rows, hq, d], 2.0, 5)?;
+                let o = cx.out(dt, &[rows, hq, d], 0)?;
+                let scale = 1.0 / (d as f32).sqrt();
+                let kv = pg.kv;
+                Ok(Built::new(
+                    move |be, _| be.attention_paged(qt, &kv, 1, o, scale),
+                    move |be| {
+                        // Each sequence alone through the single-sequence reference.
+                        let mut want = Vec::new();
+                        let mut q0 = 0;
+                        for (b, (_, l, n)) in pg.seqs.iter().enumerate() {
+                            let (keys, vals) = pg.dense(1, b);
+                            let qs = &q[q0 * hq * d..(q0 + n) * hq * d];
+                            want.extend(attention_causal(
+                                qs, *n, hq, &keys, &vals, *l, hkv, d, scale, dt,
+                            ));
+                            q0 += n;
+                        }
+                        Ok((read(be, &o)?, want))
+                    },
+                ))
+            })
+            .cost(move |dt| Cost {
+                bytes: dt.bytes_for(2 * rows * hq * d + 2 * ctx_tokens * hkv * d) as f64,
+                flops: 4.0 * (visible_all * d * hq) as f64,
+            })
+            .used(u),
+        );
+    }
 }
 
 /// Query positions each query of the last `t` of `l` sees, summed (causal).
@@ -209,7 +440,7 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         t.push(
             Case::new("kv_append", shape.clone(), Bound::Exact, move |cx| {
                 let dt = cx.dt;
-                let pg = Paged::new(cx, hkv, d, ps, kv_len)?;
+                let pg = Paged::new(cx, hkv, d, ps, kv_len, tq)?;
                 let (kt, k) = cx.input(dt, &[tq, hkv, d], 2.0, 3)?;
                 let (vt, v) = cx.input(dt, &[tq, hkv, d], 2.0, 0)?;
                 let kv = pg.kv;
@@ -237,7 +468,7 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         t.push(
             Case::new("attention_paged", shape, Bound::Reduction, move |cx| {
                 let dt = cx.dt;
-                let pg = Paged::new(cx, hkv, d, ps, kv_len)?;
+                let pg = Paged::new(cx, hkv, d, ps, kv_len, tq)?;
                 let (qt, q) = cx.input(dt, &[tq, hq, d], 2.0, 5)?;
                 let o = cx.out(dt, &[tq, hq, d], 0)?;
                 let scale = 1.0 / (d as f32).sqrt();
@@ -259,6 +490,8 @@ pub(super) fn cases(t: &mut Vec<Case>) {
             .used(u),
         );
     }
+
+    batched_cases(t);
 
     // attention_varlen: q, k, v as column blocks of one packed [N, 3, H, d] buffer.
     let windows = |n: usize, w: usize| vec![w; n / w];

@@ -77,4 +77,69 @@ pub(super) fn cases(t: &mut Vec<Case>) {
             t.push(c);
         }
     }
+
+    // One set of arguments per row ([R, WORDS]): each row must follow its own (greedy beside
+    // top-k, top-p and plain draws, different seeds and steps), as a batched step samples.
+    for (rows, vocab, u) in [
+        (5usize, 1000usize, Use::Check),
+        (3, 152_064, Use::Check),
+        (64, 152_064, Use::Perf),
+    ] {
+        let c = Case::new(
+            "sample",
+            format!("[{rows},{vocab}] args per row"),
+            Bound::Exact,
+            move |cx| {
+                let dt = cx.dt;
+                let mut x = cx.vals(rows * vocab, 6.0, dt);
+                for row in 0..rows {
+                    let (a, b) = (cx.rng.below(vocab), cx.rng.below(vocab));
+                    x[row * vocab + a] = 7.0;
+                    x[row * vocab + b] = 7.0;
+                }
+                let xt = cx.put(&x, dt, &[rows, vocab], 0)?;
+                let kinds = [
+                    (0.0f32, 0u32, 1.0f32),
+                    (1.0, 0, 1.0),
+                    (0.7, 50, 1.0),
+                    (1.0, 0, 0.9),
+                    (0.8, 40, 0.95),
+                ];
+                let words: Vec<[i32; SampleArgs::WORDS]> = (0..rows)
+                    .map(|row| {
+                        let (temperature, top_k, top_p) = kinds[row % kinds.len()];
+                        SampleArgs {
+                            temperature,
+                            top_k,
+                            top_p,
+                            seed: 0x5eed + row as u64 * 7,
+                            step: row as u32 * 3,
+                            uniform: (row % 2 == 1)
+                                .then(|| (cx.rng.below(1 << 20) as f64 + 0.5) / (1 << 20) as f64),
+                        }
+                        .to_words()
+                    })
+                    .collect();
+                let flat: Vec<i32> = words.iter().flatten().copied().collect();
+                let at = cx.i32s(&flat, &[rows, SampleArgs::WORDS])?;
+                let o = cx.i32s(&vec![-7; rows], &[rows])?;
+                Ok(Built::new(
+                    move |be, _| be.sample(xt, at, o),
+                    move |be| {
+                        let got: Vec<f32> = read_i32(be, &o)?.iter().map(|&i| i as f32).collect();
+                        let want: Vec<f32> = x
+                            .chunks(vocab)
+                            .zip(&words)
+                            .map(|(row, w)| sample_row(row, w) as f32)
+                            .collect();
+                        assert!(want.iter().all(|&t| t >= 0.0), "{want:?}");
+                        Ok((got, want))
+                    },
+                ))
+            },
+        )
+        .cost(move |dt| Cost::bytes(dt.bytes_for(rows * vocab) + 4 * rows * SampleArgs::WORDS))
+        .used(u);
+        t.push(c);
+    }
 }

@@ -19,6 +19,7 @@
 //! Runs with fewer layers or blocks than the model also print full-depth figures, extrapolated
 //! at the measured GB/s (decode) or TFLOP/s (vision, prefill), and say so.
 
+mod batch;
 mod report;
 mod synthetic;
 
@@ -63,6 +64,8 @@ pub struct BenchConfig {
     pub width: usize,
     /// Text tokens around the video in the Video-R1 prompt.
     pub text_tokens: usize,
+    /// Batch sizes to time batched decode at (each sequence at `prompt_len` cached tokens).
+    pub batch: Vec<usize>,
 }
 
 impl Default for BenchConfig {
@@ -82,6 +85,7 @@ impl Default for BenchConfig {
             height: 448,
             width: 448,
             text_tokens: 150,
+            batch: Vec::new(),
         }
     }
 }
@@ -105,6 +109,9 @@ fn validate(cfg: &BenchConfig, shape: &SyntheticShape) -> Result<Preset> {
     }
     if cfg.decode_tokens == 0 {
         return Err(Error::flag("--decode-tokens", "must be at least 1"));
+    }
+    if cfg.batch.contains(&0) {
+        return Err(Error::flag("--batch", "batch sizes must be at least 1"));
     }
     if cfg.decode_at.contains(&0) {
         return Err(Error::flag(
@@ -376,6 +383,28 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
         });
     }
 
+    let batched = if cfg.batch.is_empty() {
+        Vec::new()
+    } else {
+        batch::run(
+            be.as_mut(),
+            runner.model(),
+            &batch::BatchShape {
+                cfg: &text_cfg,
+                layers,
+                full_layers: full,
+                weight_bytes: wbytes as u64,
+                full_weight_bytes: full_wbytes as u64,
+            },
+            opts.act,
+            opts.page_size,
+            &cfg.batch,
+            cfg.prompt_len,
+            cfg.decode_tokens,
+            &ceilings,
+        )?
+    };
+
     let memory = MemoryReport {
         peak_device_bytes: be.memory_stats().map(|m: MemStats| m.peak_bytes),
         peak_rss_bytes: peak_rss_bytes(),
@@ -387,6 +416,7 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
         ceilings,
         prefill,
         decode,
+        batched,
         video_r1,
         memory,
     })
@@ -589,6 +619,13 @@ mod tests {
                 ..base.clone()
             },
             "--decode-at",
+        );
+        check(
+            BenchConfig {
+                batch: vec![1, 0],
+                ..base.clone()
+            },
+            "--batch",
         );
         check(
             BenchConfig {

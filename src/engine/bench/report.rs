@@ -88,6 +88,29 @@ pub struct DecodeReport {
     pub full_bound_tokens_per_s: Option<f64>,
 }
 
+/// Decode of `batch` sequences at once, one token each per step.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchReport {
+    pub batch: usize,
+    /// Tokens in each sequence's cache at the first timed step.
+    pub context: usize,
+    pub steps: usize,
+    /// Median step: every sequence's latency per token.
+    pub step_ms: f64,
+    /// Aggregate: batch / step.
+    pub tokens_per_s: f64,
+    /// Weights once plus every sequence's KV.
+    pub bytes_per_step: u64,
+    pub gbps: f64,
+    /// Aggregate tokens/s if a step only had to read its bytes at the ceiling bandwidth.
+    pub bound_tokens_per_s: Option<f64>,
+    /// All layers, extrapolated at the measured GB/s.
+    pub full_bytes_per_step: u64,
+    pub full_step_ms: f64,
+    pub full_tokens_per_s: f64,
+    pub full_bound_tokens_per_s: Option<f64>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct VideoR1Report {
     pub frames: usize,
@@ -140,6 +163,8 @@ pub struct BenchReport {
     pub prefill: PrefillReport,
     /// Decode after the prefill, then at each `decode_at` context.
     pub decode: Vec<DecodeReport>,
+    /// Batched decode at each `--batch` size.
+    pub batched: Vec<BatchReport>,
     pub video_r1: Option<VideoR1Report>,
     pub memory: MemoryReport,
 }
@@ -234,6 +259,37 @@ impl BenchReport {
                     d.full_tokens_per_s,
                     d.full_bound_tokens_per_s
                         .map_or("unknown".into(), |b| format!("{b:.2} tokens/s"))
+                );
+            }
+        }
+        let base = self.batched.iter().find(|b| b.batch == 1);
+        for b in &self.batched {
+            let vs1 = base.map_or(String::new(), |one| {
+                format!(", {:.2}x batch 1", b.tokens_per_s / one.tokens_per_s)
+            });
+            let _ = writeln!(
+                r,
+                "batched decode: {} sequences at context {} ({} steps): {:.1} ms per step = {:.2} tokens/s aggregate{vs1}; {} per step = {:.1} GB/s; bandwidth bound {}",
+                b.batch,
+                b.context,
+                b.steps,
+                b.step_ms,
+                b.tokens_per_s,
+                gb(b.bytes_per_step as f64),
+                b.gbps,
+                b.bound_tokens_per_s
+                    .map_or("unknown".into(), |x| format!("{x:.2} tokens/s"))
+            );
+            if m.layers < m.full_layers {
+                let _ = writeln!(
+                    r,
+                    "  all {} layers (extrapolated at the same GB/s): {} per step -> ~{:.0} ms per step, ~{:.2} tokens/s aggregate; bound {}",
+                    m.full_layers,
+                    gb(b.full_bytes_per_step as f64),
+                    b.full_step_ms,
+                    b.full_tokens_per_s,
+                    b.full_bound_tokens_per_s
+                        .map_or("unknown".into(), |x| format!("{x:.2} tokens/s"))
                 );
             }
         }

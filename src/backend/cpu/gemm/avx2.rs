@@ -13,6 +13,8 @@ use std::arch::x86_64::*;
 const KB: usize = 1024;
 
 /// Accumulates `acc[r·cnt + j] += x[r, :] · w[n0 + j, :]` for `rows` contiguous f32 rows of x.
+/// With `fixed_order`, K is blocked the same way for every `rows`, so each element's sum does
+/// not depend on how many rows share the call.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `x` holds `rows · k` floats and `w` rows
@@ -26,11 +28,17 @@ pub unsafe fn tile(
     n0: usize,
     cnt: usize,
     acc: &mut [f32],
+    fixed_order: bool,
 ) {
+    let kb = if rows <= 4 && !fixed_order {
+        k.max(1)
+    } else {
+        KB
+    };
     match w.dt {
-        DType::BF16 => tile_t::<Bf16>(x, k, rows, w, n0, cnt, acc),
-        DType::F16 => tile_t::<F16>(x, k, rows, w, n0, cnt, acc),
-        _ => tile_t::<F32>(x, k, rows, w, n0, cnt, acc),
+        DType::BF16 => tile_t::<Bf16>(x, k, rows, w, n0, cnt, acc, kb),
+        DType::F16 => tile_t::<F16>(x, k, rows, w, n0, cnt, acc, kb),
+        _ => tile_t::<F32>(x, k, rows, w, n0, cnt, acc, kb),
     }
 }
 
@@ -129,6 +137,7 @@ unsafe fn block<W: WLoad, const R: usize, const C: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_t<W: WLoad>(
     x: *const f32,
     k: usize,
@@ -137,8 +146,8 @@ unsafe fn tile_t<W: WLoad>(
     n0: usize,
     cnt: usize,
     acc: &mut [f32],
+    kb: usize,
 ) {
-    let kb = if rows <= 4 { k.max(1) } else { KB };
     let mut k0 = 0;
     while k0 < k {
         let k1 = (k0 + kb).min(k);

@@ -117,6 +117,32 @@ pub(crate) fn float(
     if m == 0 || n == 0 {
         return;
     }
+    // f32 activations are the reference mode, where a sequence's logits must not depend on
+    // how many other rows share the call (batched decoding is exact only then): every M takes
+    // one kernel whose per-element K-summation order is fixed (the small-M dots on AVX-512, a
+    // fixed K block on AVX2, the scalar tile). bf16 activations keep the fastest path per M.
+    let fixed_order = x.dt == DType::F32;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && fixed_order {
+        let xf = widen(x, m, k);
+        // Blocks of rows bound the small kernel's per-task buffer (M · chunk floats).
+        for r0 in (0..m).step_by(F32_ROWS) {
+            let rows = F32_ROWS.min(m - r0);
+            let xs = View {
+                p: SPtr(unsafe { x.at(r0, 0) }),
+                rows,
+                ..*x
+            };
+            let os = View {
+                p: SPtr(unsafe { out.at(r0, 0) }),
+                rows,
+                ..*out
+            };
+            let xfs = &xf[r0 * k..(r0 + rows) * k];
+            avx512::small(avx512::Kind::F32, &xs, Some(xfs), w, rows, n, k, bias, &os);
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         let dp = isa::has_bf16_dot(isa) && x.dt == DType::BF16 && w.dt == DType::BF16;
@@ -133,8 +159,11 @@ pub(crate) fn float(
         }
         return;
     }
-    tiled(isa, x, w, m, n, k, bias, out)
+    tiled(isa, x, w, m, n, k, bias, out, fixed_order)
 }
+
+/// Activation rows per call of the small kernel on the fixed-order (f32 activation) path.
+const F32_ROWS: usize = 64;
 
 /// Weight rows per work unit of the AVX2 / scalar paths.
 const NT: usize = 16;
@@ -143,7 +172,17 @@ const MB: usize = 64;
 
 /// The AVX2 and scalar paths: (64-row block of x) × (16-row tile of w) units on rayon.
 #[allow(clippy::too_many_arguments)]
-fn tiled(isa: Isa, x: &View, w: &View, m: usize, n: usize, k: usize, bias: Bias, out: &View) {
+fn tiled(
+    isa: Isa,
+    x: &View,
+    w: &View,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Bias,
+    out: &View,
+    fixed_order: bool,
+) {
     let xf = widen(x, m, k);
     let ntiles = n.div_ceil(NT);
     let mblocks = m.div_ceil(MB);
@@ -161,7 +200,9 @@ fn tiled(isa: Isa, x: &View, w: &View, m: usize, n: usize, k: usize, bias: Bias,
             let xr = unsafe { (xp.get() as *const f32).add(r0 * k) };
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512 => unsafe { avx2::tile(xr, k, rows, &w, n0, cnt, acc) },
+                Isa::Avx2 | Isa::Avx512 => unsafe {
+                    avx2::tile(xr, k, rows, &w, n0, cnt, acc, fixed_order)
+                },
                 _ => unsafe { scalar_tile(xr, k, rows, &w, n0, cnt, acc) },
             }
             for r in 0..rows {
