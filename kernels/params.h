@@ -134,6 +134,44 @@ typedef struct ReelMatmulParams {
     int32_t pad_;
 } ReelMatmulParams;
 
+// ---- Dense bf16 GEMM with a fused epilogue (kernels/gemm.cu, gemm_wgmma.cu) ----
+// y = round(x[M, K] @ w[N, K]^T + bias) in the output type, then per REEL_EPI_*:
+//   NONE   out = y
+//   GELU   out = round(gelu(y))                  (exact erf)
+//   SWIGLU w holds gate rows [0, F) then up rows [F, 2F) (bias likewise), N = 2F, out [M, F]:
+//          out = round(round(silu(y_gate)) * y_up)
+//   ADD    out = round(y + res)                  (res [M, N], any float type)
+// Each rounding is the one the unfused op sequence makes (matmul, then the elementwise op).
+#define REEL_EPI_NONE 0
+#define REEL_EPI_GELU 1
+#define REEL_EPI_SWIGLU 2
+#define REEL_EPI_ADD 3
+// CTAs of consecutive ids walk groups of this many M tiles (gemm_tile_of in index_math.h), so
+// the W tiles a wave reads stay in L2.
+#define REEL_GEMM_GROUP_M 8
+
+typedef struct ReelGemmParams {
+    uint64_t x;
+    uint64_t w;
+    uint64_t bias;
+    uint64_t out;
+    uint64_t res;       // REEL_EPI_ADD only
+    int32_t M;
+    int32_t N;          // rows of w (SwiGLU: 2F)
+    int32_t K;
+    int32_t bias_dt;    // REEL_DT_NONE or a float type
+    int64_t x_stride;   // elements; rows 16-byte aligned (the launcher checks)
+    int64_t w_stride;
+    int64_t out_stride;
+    int64_t res_stride;
+    int32_t out_dt;     // REEL_DT_BF16 or REEL_DT_F32
+    int32_t res_dt;
+    int32_t epi;        // REEL_EPI_*
+    int32_t tiles_m;    // output tiles of the launch (the grid is tiles_m * tiles_n CTAs)
+    int32_t tiles_n;
+    int32_t pad_;
+} ReelGemmParams;
+
 // Index of the max of each row (lowest index on ties; NaN counts as the maximum, as torch).
 typedef struct ReelArgmaxParams {
     uint64_t x;

@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod fused;
 pub mod host;
 pub mod sample;
 
@@ -195,6 +196,22 @@ pub struct MropeParams {
     pub sections: [usize; 3],
 }
 
+/// What [`Backend::matmul_fused`] applies to `y = round(x @ w^T + bias)` (rounded to the
+/// output type) before the store. Each variant is exactly the unfused op sequence
+/// (`matmul`, then the elementwise op), rounding where that sequence rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    /// `out = y`.
+    None,
+    /// `out = round(gelu(y))`, exact erf ([`Backend::gelu`]).
+    Gelu,
+    /// w is `[gate rows F; up rows F]` (`[2F, K]`, bias `[2F]` likewise) and out is `[M, F]`:
+    /// `out = round(round(silu(y[:, :F])) * y[:, F:])` ([`Backend::swiglu`]).
+    SwiGlu,
+    /// `out = round(y + res)` with res `[M, N]` ([`Backend::add`]); res must not overlap out.
+    Add(TRef),
+}
+
 /// Device memory a backend has allocated through its buffer table, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemStats {
@@ -250,6 +267,18 @@ pub trait Backend: Send {
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()>;
     /// `out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`, f32 accumulation, rounded once.
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()>;
+    /// `matmul` followed by an elementwise epilogue in one op (see [`Epilogue`]); backends with
+    /// GEMM epilogues run it as one kernel. The default is the op sequence itself.
+    fn matmul_fused(
+        &mut self,
+        x: TRef,
+        w: TRef,
+        bias: Option<TRef>,
+        epi: Epilogue,
+        out: TRef,
+    ) -> Result<()> {
+        fused::matmul_fused_composed(self, x, w, bias, epi, out)
+    }
     /// `out = round(a + b)`, same shapes.
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()>;
     /// `out = round(round(silu(gate)) * up)`.
@@ -287,6 +316,24 @@ pub trait Backend: Send {
         out: TRef,
         scale: f32,
     ) -> Result<()>;
+    /// [`Backend::attention_varlen`] of `rope_vision(q)`, `rope_vision(k)` and v (positions
+    /// `[N, 2]` I32, `theta`): the vision RoPE applied to q and k as they are read, with the
+    /// rounding of the unfused sequence (the rotated q and k rounded once to their own types).
+    /// The default is that sequence.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_varlen_rope(
+        &mut self,
+        q: TRef,
+        k: TRef,
+        v: TRef,
+        cu_seqlens: TRef,
+        pos: TRef,
+        theta: f32,
+        out: TRef,
+        scale: f32,
+    ) -> Result<()> {
+        fused::attention_varlen_rope_composed(self, q, k, v, cu_seqlens, pos, theta, out, scale)
+    }
     /// `out[i, :] = x[idx[i], :]`.
     fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()>;
     /// `dst[idx[i], :] = src[i, :]` (in place on dst).

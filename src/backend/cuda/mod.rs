@@ -31,7 +31,9 @@ pub mod launch;
 mod argmax;
 mod attention;
 pub mod bench;
+pub mod cublaslt;
 mod elementwise;
+pub mod gemm;
 mod graph;
 pub mod matmul;
 mod norm;
@@ -45,6 +47,7 @@ pub(crate) const KERNEL_TABLES: &[&[launch::Kernel]] = &[
     argmax::KERNELS,
     attention::KERNELS,
     elementwise::KERNELS,
+    gemm::KERNELS,
     matmul::KERNELS,
     norm::KERNELS,
     rope::KERNELS,
@@ -54,7 +57,8 @@ pub(crate) const KERNEL_TABLES: &[&[launch::Kernel]] = &[
 pub use embedded::{ARCHS, MODULES};
 
 use super::{
-    Backend, BufId, GraphId, HostBytes, MemStats, MropeParams, PagedKv, PendingToken, TRef,
+    Backend, BufId, Epilogue, GraphId, HostBytes, MemStats, MropeParams, PagedKv, PendingToken,
+    TRef,
 };
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -110,6 +114,11 @@ pub struct CudaBackend {
     mem: MemStats,
     /// Captured graphs and pinned token slots (graph.rs).
     graph: graph::GraphState,
+    /// The dense GEMM asked for (`REEL_GEMM`) and cuBLASLt when it loaded (gemm.rs).
+    gemm_choice: gemm::GemmChoice,
+    lt: Option<cublaslt::Lt>,
+    /// Why cuBLASLt is not in use (None when it is, or was not asked for).
+    lt_note: Option<String>,
 }
 
 impl CudaBackend {
@@ -164,7 +173,8 @@ impl CudaBackend {
         let stream = ctx
             .new_stream()
             .map_err(|e| err(format!("device {ordinal}: creating a stream: {e}")))?;
-        Ok(CudaBackend {
+        let gemm_choice = gemm::GemmChoice::from_env()?;
+        let mut be = CudaBackend {
             ctx,
             stream,
             kernels,
@@ -173,7 +183,64 @@ impl CudaBackend {
             scratch: None,
             mem: MemStats::default(),
             graph: graph::GraphState::default(),
-        })
+            gemm_choice,
+            lt: None,
+            lt_note: None,
+        };
+        be.set_gemm(gemm_choice);
+        Ok(be)
+    }
+
+    /// Selects the dense GEMM (what `REEL_GEMM` does at open): loads cuBLASLt the first time
+    /// it is wanted; when it cannot load, or the wgmma kernel cannot run here, says so once on
+    /// stderr and keeps the mma.sync kernels.
+    pub fn set_gemm(&mut self, choice: gemm::GemmChoice) {
+        use gemm::GemmChoice as C;
+        self.gemm_choice = choice;
+        if matches!(choice, C::Auto | C::CublasLt) && self.lt.is_none() && self.lt_note.is_none() {
+            match cublaslt::Lt::load(&self.stream) {
+                Ok(lt) => {
+                    self.mem_allocated(cublaslt::WORKSPACE_BYTES);
+                    self.lt = Some(lt);
+                }
+                Err(why) => {
+                    eprintln!("reel: cuBLASLt unavailable ({why}); dense GEMMs use the mma.sync kernels");
+                    self.lt_note = Some(why);
+                }
+            }
+        }
+        if choice == C::Wgmma && !self.gemm_avail().wgmma {
+            eprintln!(
+                "reel: REEL_GEMM=wgmma needs sm_90 (this is sm_{}{}); dense GEMMs use the mma.sync kernels",
+                self.info.cc.0, self.info.cc.1
+            );
+        }
+    }
+
+    /// Which dense GEMM runs the tensor-core shapes, in words (for `reel bench` and the logs).
+    pub fn gemm_summary(&self) -> String {
+        use gemm::GemmImpl as I;
+        let avail = self.gemm_avail();
+        match gemm::pick_gemm(4096, self.gemm_choice, avail) {
+            I::Lt => format!(
+                "cuBLASLt {}",
+                self.lt.as_ref().map_or(String::new(), |l| l.version_string())
+            ),
+            I::Wgmma => "wgmma (sm_90a)".into(),
+            I::Mma128 | I::Mma256 => {
+                let base = match self.gemm_choice {
+                    gemm::GemmChoice::Mma128 => "mma.sync 128x128",
+                    gemm::GemmChoice::Mma256 => "mma.sync 128x256",
+                    _ => "mma.sync 128x128/128x256",
+                };
+                match &self.lt_note {
+                    Some(why) if self.gemm_choice != gemm::GemmChoice::Mma => {
+                        format!("{base} (no cuBLASLt: {why})")
+                    }
+                    _ => base.into(),
+                }
+            }
+        }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -302,8 +369,13 @@ pub(crate) fn rows_16b(ptr: u64, row_stride: usize, dt: DType) -> bool {
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         format!(
-            "cuda:{} {} (sm_{}{}, {} SMs)",
-            self.info.ordinal, self.info.name, self.info.cc.0, self.info.cc.1, self.info.sms
+            "cuda:{} {} (sm_{}{}, {} SMs; GEMM {})",
+            self.info.ordinal,
+            self.info.name,
+            self.info.cc.0,
+            self.info.cc.1,
+            self.info.sms,
+            self.gemm_summary()
         )
     }
 
@@ -419,6 +491,16 @@ impl Backend for CudaBackend {
     }
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
         self.op_matmul(x, w, bias, out)
+    }
+    fn matmul_fused(
+        &mut self,
+        x: TRef,
+        w: TRef,
+        bias: Option<TRef>,
+        epi: Epilogue,
+        out: TRef,
+    ) -> Result<()> {
+        self.op_matmul_fused(x, w, bias, epi, out)
     }
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
         self.op_add(a, b, out)
