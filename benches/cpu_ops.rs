@@ -1,5 +1,8 @@
 //! CPU op benchmarks: decode GEMV at the Qwen2.5-VL-7B shapes (bf16, Q8_0, Q4_K and Q6_K weights)
-//! against the machine's measured memory bandwidth, and a prefill matmul in GFLOP/s.
+//! against the machine's measured memory bandwidth, batched GEMM at M = 1, 8, 32, 64 (one pass
+//! over the weights for the whole batch: rows/s relative to M = 1), and the prefill / vision
+//! tower matmuls in GFLOP/s. The kernels are the backend's chosen instruction set (printed first;
+//! `REEL_CPU_ISA=avx512|avx2|scalar` picks another).
 //!
 //! Bandwidth figures: GEMV GB/s = weight bytes / time. The ceiling is a rayon-parallel copy of a
 //! 512 MiB buffer, counted as read + write bytes (2 × size / time), measured in the same run;
@@ -144,20 +147,24 @@ fn random_quantized(dtype: DType, n: usize, k: usize) -> Vec<u8> {
 }
 
 fn setup_quantized(dtype: DType, n: usize, k: usize) -> Gemv {
+    setup_quantized_m(dtype, 1, n, k)
+}
+
+fn setup_quantized_m(dtype: DType, m: usize, n: usize, k: usize) -> Gemv {
     let mut be = CpuBackend::new();
     let wb = be
         .load_weight(HostBytes::from_vec(random_quantized(dtype, n, k)))
         .unwrap();
-    let xb = be.alloc(k * 2).unwrap();
-    let xs: Vec<u8> = (0..k)
+    let xb = be.alloc(m * k * 2).unwrap();
+    let xs: Vec<u8> = (0..m * k)
         .flat_map(|i| half::bf16::from_f32((i % 17) as f32 * 0.01 - 0.08).to_le_bytes())
         .collect();
     be.write(xb, 0, &xs).unwrap();
-    let ob = be.alloc(n * 2).unwrap();
+    let ob = be.alloc(m * n * 2).unwrap();
     Gemv {
-        x: TRef::new(xb, 0, DType::BF16, Shape::new(&[1, k])),
+        x: TRef::new(xb, 0, DType::BF16, Shape::new(&[m, k])),
         w: TRef::new(wb, 0, dtype, Shape::new(&[n, k])),
-        out: TRef::new(ob, 0, DType::BF16, Shape::new(&[1, n])),
+        out: TRef::new(ob, 0, DType::BF16, Shape::new(&[m, n])),
         be,
     }
 }
@@ -287,31 +294,92 @@ fn bench(c: &mut Criterion) {
         }
     }
 
-    let mut g = c.benchmark_group("prefill_bf16");
+    // Batched decode: M activation rows against the gate/up shape, one pass over the weights.
+    let mut g = c.benchmark_group("batched");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10);
+    let (bn, bk) = (18944, 3584);
+    for (tname, dtype) in [
+        ("bf16", DType::BF16),
+        ("q8_0", DType::Q8_0),
+        ("q4_k", DType::Q4K),
+    ] {
+        let mut t1: Option<f64> = None;
+        for m in [1usize, 8, 32, 64] {
+            let label = format!("{tname} M={m} gate/up {bn}x{bk}");
+            if !wanted(&format!("batched/{label}")) {
+                continue;
+            }
+            let mut s = if dtype == DType::BF16 {
+                setup(m, bn, bk)
+            } else {
+                setup_quantized_m(dtype, m, bn, bk)
+            };
+            let bytes = dtype.bytes_for(bn * bk) as f64;
+            g.throughput(Throughput::Elements((m * bn * bk) as u64));
+            g.bench_function(&label, |b| b.iter(|| s.run()));
+            let t = median_secs(|| s.run(), 7);
+            if m == 1 {
+                t1 = Some(t);
+            }
+            let rel = t1.map_or("-".to_string(), |t1| format!("{:.1}x", t1 * m as f64 / t));
+            summary.push(format!(
+                "batched {label:<28} {:>8.3} ms {:>6.1} GFLOP/s, weights {:>5.1} GB/s = {:>3.0}% of read; rows/s {rel} of M=1",
+                t * 1e3,
+                2.0 * (m * bn * bk) as f64 / t / 1e9,
+                bytes / t / 1e9,
+                100.0 * bytes / t / 1e9 / read_gbs,
+            ));
+        }
+    }
+    g.finish();
+
+    // Prefill (language model) and the vision tower's matmuls (K = 1280 and 3420, the latter
+    // not a multiple of 8/16/32), in GFLOP/s.
+    let mut g = c.benchmark_group("prefill");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_millis(500))
+        .sampling_mode(SamplingMode::Flat)
         .sample_size(10);
-    for (label, m, n, k) in [
-        ("64x3584 @ 3584x3584", 64, 3584, 3584),
-        ("128x3584 @ 3584x3584", 128, 3584, 3584),
+    for (label, dtype, m, n, k) in [
+        ("bf16 128x3584 @ 3584x3584", DType::BF16, 128, 3584, 3584),
+        ("bf16 512x3584 @ 18944x3584", DType::BF16, 512, 18944, 3584),
+        ("q8_0 128x3584 @ 18944x3584", DType::Q8_0, 128, 18944, 3584),
+        ("q4_k 128x3584 @ 18944x3584", DType::Q4K, 128, 18944, 3584),
+        ("q6_k 128x18944 @ 3584x18944", DType::Q6K, 128, 3584, 18944),
+        (
+            "vision qkv 1024x1280 @ 3840x1280",
+            DType::BF16,
+            1024,
+            3840,
+            1280,
+        ),
+        (
+            "vision down 1024x3420 @ 1280x3420",
+            DType::BF16,
+            1024,
+            1280,
+            3420,
+        ),
     ] {
-        if !wanted(&format!("prefill_bf16/{label}")) {
+        if !wanted(&format!("prefill/{label}")) {
             continue;
         }
-        let mut s = setup(m, n, k);
+        let mut s = if dtype == DType::BF16 {
+            setup(m, n, k)
+        } else {
+            setup_quantized_m(dtype, m, n, k)
+        };
         let flops = 2.0 * (m * n * k) as f64;
         g.throughput(Throughput::Elements((m * n * k) as u64));
         g.bench_function(label, |b| b.iter(|| s.run()));
         let t = median_secs(|| s.run(), 5);
-        let gemv_t = {
-            let mut one = setup(1, n, k);
-            median_secs(|| one.run(), 9)
-        };
         summary.push(format!(
-            "prefill {label:<22} {:>8.2} ms {:>6.1} GFLOP/s ({:.1}x the M=1 time for {m}x the rows)",
+            "prefill {label:<34} {:>8.2} ms {:>6.1} GFLOP/s",
             t * 1e3,
             flops / t / 1e9,
-            t / gemv_t
         ));
     }
     g.finish();

@@ -1,9 +1,11 @@
-// Prefill matmul on tensor cores (mma.sync, sm_80+), with fused epilogues:
+// Prefill matmul on tensor cores (mma.sync, sm_80+). gemm_bf16_mma (end of the file) is the
+// default; gemm_bf16_128x128 / gemm_bf16_128x256 are candidates behind REEL_GEMM (gemm.rs), with
+// fused epilogues:
 //   y = round(x[M, K] @ w[N, K]^T + bias), then out = epi(y) (REEL_EPI_* in params.h).
 // bf16 operands, f32 accumulation. Both operands are K-major ("TN"), which is what
 // mma.sync.m16n8k16.row.col wants, so neither needs a transpose.
 //
-// Two tile configurations (the launcher picks per shape, src/backend/cuda/gemm.rs):
+// Two tile configurations of the candidates (src/backend/cuda/gemm.rs):
 //   gemm_bf16_128x128: CTA 128 x 128 x 32, 8 warps as 2 (m) x 4 (n) of 64 x 32, 4 stages;
 //   gemm_bf16_128x256: CTA 128 x 256 x 32, 8 warps as 2 (m) x 4 (n) of 64 x 64, 3 stages.
 // Operands reach smem by 16-byte cp.async.cg (zero-filled past M/N, and byte-exact past K:
@@ -279,4 +281,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemm_bf16_128x128(ReelGemmP
 
 extern "C" __global__ void __launch_bounds__(256, 1) gemm_bf16_128x256(ReelGemmParams p) {
     gemm_mma<Cfg128x256>(p);
+}
+
+// ---- gemm_bf16_mma: the default dense GEMM (mma.cuh's gemm_block, 128 x 128 x 32, 2 stages) ----
+// Both tiles of a stage through gemm_load_tile_any, so any K (K tails zero-filled) and any row
+// stride or base alignment (the ViT MLP's K = 3420 rows are 8-byte aligned) runs on tensor
+// cores. grid = (ceil(N / 128), ceil(M / 128)); block = REEL_GEMM_THREADS; static smem 40 KB.
+struct Bf16AnyTiles {
+    const ReelMatmulParams& p;
+    __device__ __forceinline__ void operator()(GemmTile& a, GemmTile& b, int m_blk, int n_blk,
+                                               int k0) const {
+        gemm_load_tile_any(a, reinterpret_cast<const __nv_bfloat16*>(p.x), p.x_stride, m_blk, p.M, k0, p.K);
+        gemm_load_tile_any(b, reinterpret_cast<const __nv_bfloat16*>(p.w), p.w_stride, n_blk, p.N, k0, p.K);
+        cp_async_commit();
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(REEL_GEMM_THREADS) gemm_bf16_mma(ReelMatmulParams p) {
+    gemm_block(p, Bf16AnyTiles{p}, (p.K + REEL_GEMM_BK - 1) / REEL_GEMM_BK);
 }

@@ -155,3 +155,23 @@ REEL_HD int gemm_chunk_bytes(int k0, int c, int K) {
     const int left = (K - (k0 + c)) * 2;
     return left <= 0 ? 0 : (left >= 16 ? 16 : left);
 }
+
+// ---- gemm_bf16_mma's loads at any row alignment (mma.cuh gemm_load_tile_any) ----
+// A tile row's 8-element chunk at column k (a multiple of 8) of a K-long row holds
+// gemm_chunk_valid(k, K) real elements (0 past the end); the rest is zero-filled.
+REEL_HD int gemm_chunk_valid(int k, int K) {
+    const int left = K - k;
+    return left <= 0 ? 0 : (left >= 8 ? 8 : left);
+}
+// The chunk is copied in 16 / granule pieces of `granule` bytes, the largest power of two
+// (16, 8, 4, 2) its global byte address is a multiple of: 16 as one cp.async.cg, 8 and 4 as
+// cp.async.ca, 2 as plain loads. bf16 rows of any stride start at least 2-byte aligned.
+REEL_HD int gemm_granule(unsigned long long addr) {
+    return addr % 16 == 0 ? 16 : (addr % 8 == 0 ? 8 : (addr % 4 == 0 ? 4 : 2));
+}
+// Bytes piece j (covering chunk bytes [j g, j g + g)) reads from global memory when the chunk
+// has `valid` real elements: its cp.async src-size (the rest of the piece is zero-filled).
+REEL_HD int gemm_piece_bytes(int valid, int granule, int j) {
+    const int left = valid * 2 - j * granule;
+    return left <= 0 ? 0 : (left >= granule ? granule : left);
+}

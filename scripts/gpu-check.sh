@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU check for the CUDA backend: kernel unit tests against f64 references, the op harness
-# (CUDA vs the CPU reference), the end-to-end golden tests on CUDA, compute-sanitizer, the
-# kernel benchmarks and `reel bench` end to end per weight preset. Writes a report (markdown)
-# to append to docs/gpu-results.md.
+# GPU check for the CUDA backend: kernel unit tests, the op harness (every op table case on
+# CUDA against its reference), the end-to-end golden tests on CUDA, compute-sanitizer, the op
+# table's perf mode as the kernel table (benches/ops.rs) and `reel bench` end to end per weight
+# preset. Writes a report (markdown) to append to docs/gpu-results.md.
 #
 #   scripts/gpu-check.sh prepare   # on a build machine (cargo + nvcc): builds the test
 #                                  # executables into gpu-bin/ (kernels for sm_80/86/89/90a)
@@ -17,7 +17,8 @@
 # is left out (--no-default-features) so no libav* is needed there. Set REEL_GPU_FEATURES to build with other features.
 #
 # Environment: NVCC (prepare; default: the setup venv), OUT (report folder; default gpu-out/),
-# REEL_BENCH_FILTER (a substring of kernel names to bench), REEL_GPU_STEPS (groups to run:
+# REEL_BENCH_FILTER (substrings of the op table's `op shape`, space-separated, to time only
+# those rows, e.g. "matmul attention_paged"), REEL_GPU_STEPS (groups to run:
 # tests,sanitizer,bench,e2e). REEL_TEST_DEVICE=cuda is exported
 # for every test binary (the golden tests pick the CUDA backend from it), and REEL_REQUIRE_CUDA=1
 # (the kernel tests fail rather than skip when the backend does not open). A step whose output
@@ -47,6 +48,10 @@ prepare() {
   fi
   # The CLI binary too: tests run it through CARGO_BIN_EXE_reel (a build-machine path).
   nice -n 10 cargo build --release $feats --bin reel >/dev/null 2>&1 || true
+  # The op table's perf mode (benches/ops.rs, harness = false: a plain release binary).
+  local bench_json
+  bench_json="$(nice -n 10 cargo build --release $feats --bench ops --message-format=json 2>/dev/null)" || {
+    echo "cargo build --bench ops failed; rerun without --message-format to see why"; exit 1; }
   rm -rf "$BIN" && mkdir -p "$BIN"
   # "executable":"/path" of each test target; name them by target (lib -> reel-lib).
   echo "$json" | python3 -c '
@@ -68,6 +73,18 @@ for line in sys.stdin:
     shutil.copy2(exe, os.path.join(out, name))
     print("  ", name)
 ' "$BIN"
+  echo "$bench_json" | python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        shutil.copy2(m["executable"], os.path.join(sys.argv[1], "ops-bench"))
+        print("   ops-bench")
+' "$BIN"
+  [ -x "$BIN/ops-bench" ] || { echo "gpu-check prepare: no ops bench executable"; exit 1; }
   [ -x target/release/reel ] && cp target/release/reel "$BIN/reel-cli"
   for f in "$BIN"/*; do strip --strip-debug "$f" 2>/dev/null || true; done
   # Tests that find fixtures through CARGO_MANIFEST_DIR see this path; `run` links it.
@@ -160,15 +177,21 @@ run() {
       compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/reel-lib" backend::cuda::tests::device --test-threads=1
     have reel-lib && step "compute-sanitizer racecheck (kernel tests)" 240 \
       compute-sanitizer --tool racecheck --error-exitcode 9 "$BIN/reel-lib" backend::cuda::tests::device --test-threads=1
+    # The op harness on the CUDA backend alone: every kernel over the table's shapes
+    # (attention and the GEMMs use shared memory most: racecheck takes those).
     have ops && step "compute-sanitizer memcheck (op harness)" 300 \
-      compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/ops" --test-threads=1
+      env REEL_OPS_BACKEND=cuda compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/ops" --test-threads=1
+    have ops && step "compute-sanitizer racecheck (op harness: attention, matmul)" 300 \
+      env REEL_OPS_BACKEND=cuda REEL_OPS_FILTER=attention,matmul,rms_norm,argmax,sample \
+      compute-sanitizer --tool racecheck --error-exitcode 9 "$BIN/ops" ops_match_reference --test-threads=1
   else
     echo "| compute-sanitizer | not installed | - |" >> "$report"
   fi
-  if want bench && have reel-lib; then
-    echo "== kernel benchmarks" | tee -a "$log"
+  if want bench && have ops-bench; then
+    echo "== kernel benchmarks (op table perf mode, benches/ops.rs)" | tee -a "$log"
     local t0=$SECONDS
-    if timeout 240 "$BIN/reel-lib" backend::cuda::bench::tests::bench_table --ignored --nocapture > "$out/bench.txt" 2>&1; then
+    # shellcheck disable=SC2086
+    if timeout 300 "$BIN/ops-bench" --backend cuda ${REEL_BENCH_FILTER:-} > "$out/bench.txt" 2>&1; then
       echo "| kernel benchmarks | pass | $((SECONDS - t0)) |" >> "$report"
     else
       echo "| kernel benchmarks | FAIL | $((SECONDS - t0)) |" >> "$report"; failed=1

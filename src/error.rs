@@ -23,6 +23,10 @@ pub enum Error {
     Media { path: PathBuf, msg: String },
     #[error("{flag}: {msg}")]
     Flag { flag: String, msg: String },
+    /// A library setting outside its range, by its field name (`top_p`, `ctx`); the CLI
+    /// reports it under the flag that sets it.
+    #[error("{name}: {msg}")]
+    Setting { name: &'static str, msg: String },
     #[error("KV cache: {0}")]
     Cache(String),
     #[error("backend {backend}: {msg}")]
@@ -55,6 +59,12 @@ impl Error {
     pub fn flag(flag: impl Into<String>, msg: impl Into<String>) -> Error {
         Error::Flag {
             flag: flag.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn setting(name: &'static str, msg: impl Into<String>) -> Error {
+        Error::Setting {
+            name,
             msg: msg.into(),
         }
     }

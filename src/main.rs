@@ -34,7 +34,7 @@ enum Cmd {
         model: PathBuf,
     },
     /// Measure decode/prefill speed on synthetic weights of the real model shape.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -208,10 +208,14 @@ struct BenchArgs {
     /// Frame width in pixels, a multiple of 28 (--vision, --video-r1).
     #[arg(long, default_value_t = 448)]
     width: usize,
-    /// Time decoding + preprocessing of a 1-minute 720p H.264 clip (made with the ffmpeg CLI)
-    /// instead.
+    /// Time decoding + preprocessing of a generated H.264 clip instead: the forward decode
+    /// against the seeking one, side by side.
     #[arg(long)]
     media: bool,
+    /// Clip for --media: 1m720p (60 s 1280x720) or 10m1080p (600 s 1920x1080), 30 fps, made
+    /// with the ffmpeg CLI once and cached in the temp directory.
+    #[arg(long)]
+    media_clip: Option<String>,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -228,7 +232,7 @@ fn main() -> ExitCode {
             run(*a, order)
         }
         Cmd::Info { model } => info(&model),
-        Cmd::Bench(a) => bench(a),
+        Cmd::Bench(a) => bench(*a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -239,7 +243,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The flag that sets each library setting ([`Error::Setting`] names them by field).
+const SETTING_FLAGS: &[(&str, &str)] = &[
+    ("temperature", "--temperature"),
+    ("top_p", "--top-p"),
+    ("top_k", "--top-k"),
+    ("repetition_penalty", "--repetition-penalty"),
+    ("ctx", "--ctx"),
+    ("act", "--dtype"),
+];
+
+/// A setting the flags gave, reported under its flag; the rules are the library's
+/// (`SamplingParams::validate`, `EngineOptions::validate`).
+fn flag_error(e: Error) -> Error {
+    match e {
+        Error::Setting { name, msg } => match SETTING_FLAGS.iter().find(|f| f.0 == name) {
+            Some((_, flag)) => Error::flag(*flag, msg),
+            None => Error::Setting { name, msg },
+        },
+        e => e,
+    }
+}
+
 fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
+    // A bad REEL_CPU_ISA stops the run here rather than falling back with a warning.
+    reel::backend::cpu::isa::from_env()?;
     if let Some(n) = b.threads {
         if n == 0 {
             return Err(Error::flag("--threads", "must be at least 1"));
@@ -249,7 +277,7 @@ fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
             .num_threads(n)
             .build_global();
     }
-    Ok(EngineOptions {
+    let opts = EngineOptions {
         device: match b.device {
             DeviceArg::Auto => Device::Auto,
             DeviceArg::Cpu => Device::Cpu,
@@ -261,7 +289,9 @@ fn engine_options(b: &BackendArgs, ctx: usize) -> Result<EngineOptions> {
         },
         ctx,
         ..EngineOptions::default()
-    })
+    };
+    opts.validate().map_err(flag_error)?;
+    Ok(opts)
 }
 
 /// Command-line positions of --image / --video values, so items keep the order given.
@@ -313,25 +343,15 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
     if let Some(p) = &a.logits_out {
         check_writable(p, "--logits-out")?;
     }
-    if let Some(t) = a.temperature {
-        if !(t >= 0.0 && t.is_finite()) {
-            return Err(Error::flag(
-                "--temperature",
-                format!("must be >= 0, got {t}"),
-            ));
-        }
-    }
-    if let Some(p) = a.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(Error::flag(
-                "--top-p",
-                format!("must be in (0, 1], got {p}"),
-            ));
-        }
-    }
-    if !(a.repetition_penalty > 0.0 && a.repetition_penalty.is_finite()) {
-        return Err(Error::flag("--repetition-penalty", "must be > 0"));
-    }
+    // The sampling flags as given (the defaults where absent), checked before any work.
+    let flagged = SamplingParams {
+        temperature: a.temperature.unwrap_or(0.0),
+        top_k: a.top_k,
+        top_p: a.top_p.unwrap_or(1.0),
+        seed: a.seed,
+        repetition_penalty: a.repetition_penalty,
+    };
+    flagged.validate().map_err(flag_error)?;
     if let Some(f) = a.fps {
         if !(f > 0.0 && f.is_finite()) {
             return Err(Error::flag("--fps", format!("must be > 0, got {f}")));
@@ -385,12 +405,12 @@ fn run(a: RunArgs, order: Vec<(usize, bool)>) -> Result<()> {
     };
     let prepared = model.prepare(&messages, a.system.as_deref(), &media_opts)?;
     let mut engine = Engine::new(model, opts)?;
+    // generation_config.json fills what the flags left out.
     let sampling = SamplingParams {
         temperature: a.temperature.or(gen.temperature).unwrap_or(0.0),
         top_k: a.top_k.or(gen.top_k),
         top_p: a.top_p.or(gen.top_p).unwrap_or(1.0),
-        seed: a.seed,
-        repetition_penalty: a.repetition_penalty,
+        ..flagged
     };
     let json = a.json;
     let vision_report: serde_json::Value = prepared
@@ -567,11 +587,20 @@ fn write_logits(p: &Path, out: &Output) -> Result<()> {
 fn info(model: &Path) -> Result<()> {
     let m = Model::load(model)?;
     println!("{}", m.describe());
+    println!(
+        "cpu kernels: {} (REEL_CPU_ISA=avx512|avx2|scalar forces one)",
+        reel::backend::cpu::isa::from_env()?.describe()
+    );
     Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let opts = engine_options(&a.backend, a.ctx.unwrap_or(0))?;
+    bench_flags(a).map_err(flag_error)
+}
+
+fn bench_flags(a: BenchArgs) -> Result<()> {
+    // The bench sizes the KV cache itself (from --ctx or what it measures).
+    let opts = engine_options(&a.backend, EngineOptions::default().ctx)?;
     if a.media || a.vision {
         let mode = if a.media { "--media" } else { "--vision" };
         let text_only = [
@@ -585,12 +614,22 @@ fn bench(a: BenchArgs) -> Result<()> {
             return Err(Error::flag(*flag, format!("is not used with {mode}")));
         }
     }
+    if a.media_clip.is_some() && !a.media {
+        return Err(Error::flag("--media-clip", "is only used with --media"));
+    }
     if a.media {
-        let dir = std::env::temp_dir().join(format!("reel-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let res = reel::model::inputs::bench_media(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        println!("{}", res?);
+        use reel::media::bench::{compare, BenchClip};
+        let clip: BenchClip = a
+            .media_clip
+            .as_deref()
+            .unwrap_or("1m720p")
+            .parse()
+            .map_err(|e: String| Error::flag("--media-clip", e))?;
+        let rounds = if clip == BenchClip::Minute720p { 3 } else { 2 };
+        println!(
+            "{}",
+            compare(clip, &MediaOptions::default().preset, rounds)?
+        );
         return Ok(());
     }
     if a.vision {

@@ -1,8 +1,11 @@
 //! GGUF v3: writer/reader round trip, validation errors, and a cross-check against the `gguf`
 //! Python package (reader, dequantizers and the quantizers it implements).
 
+mod common;
+
 use reel::model::qwen2_5_vl::GgufModelConfig;
-use reel::quant::{self, preset::convert_rows, row_bytes};
+use reel::quant::{self, row_bytes};
+use reel::quantize::preset::convert_rows;
 use reel::store::gguf::{self, GgufModel, GgufStore, GgufWriter, MetaValue, TensorPlan, ValueType};
 use reel::DType;
 use std::path::{Path, PathBuf};
@@ -402,7 +405,7 @@ fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("REEL_PY") {
         return PathBuf::from(p);
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py/bin/python");
+    let p = common::root().join(".venv-py/bin/python");
     assert!(
         p.exists(),
         "{} not found: run scripts/setup.sh (it creates .venv-py with the gguf package), or set REEL_PY",
@@ -491,7 +494,7 @@ fn crosscheck_with_gguf_python_package() {
     let expect = serde_json::json!({"tensors": manifest, "metadata": meta});
     std::fs::write(dump.join("expect.json"), expect.to_string()).unwrap();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf_crosscheck.py");
+    let script = common::root().join("tests/gguf_crosscheck.py");
     let out = Command::new(&py)
         .arg(&script)
         .arg(&path)
@@ -559,7 +562,7 @@ fn gguf_store_is_a_weight_store() {
 fn model_config_from_the_embedded_json() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cfg.gguf");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model/config.json");
+    let fixture = common::model_dir().join("config.json");
     let cfg = std::fs::read_to_string(fixture).unwrap();
     let meta = vec![
         (

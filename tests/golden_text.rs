@@ -125,3 +125,63 @@ fn text_bf16_matches_transformers_bf16() {
     let want: Vec<u32> = g["greedy.tokens"].i64().iter().map(|&x| x as u32).collect();
     assert_eq!(out.generated_tokens, want, "bf16 greedy tokens");
 }
+
+/// The decode step of the fixture model replayed from its captured graph gives the same
+/// logits and tokens, bit for bit, as eager execution over several steps.
+#[test]
+fn decode_graph_replay_matches_eager() {
+    use reel::backend::SampleArgs;
+    use reel::model::text;
+    if let Err(e) = reel::backend::cuda::open(0) {
+        if std::env::var("REEL_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+            panic!("REEL_REQUIRE_CUDA=1 but the CUDA backend did not open: {e}");
+        }
+        println!("cuda: skipped ({e})");
+        return;
+    }
+    let dir = model_dir();
+    let run = |graphs: bool| -> (Vec<i32>, Vec<Vec<f32>>, usize) {
+        let model = Model::load(&dir).unwrap();
+        let mut e = Engine::new(
+            model,
+            EngineOptions {
+                device: Device::Cuda(0),
+                act: DType::BF16,
+                ctx: 64,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap();
+        let ids = e.model.text_prompt("Hello, who are you?", None).unwrap();
+        let n = ids.len();
+        let pos: Vec<i32> = (0..3).flat_map(|_| 0..n as i32).collect();
+        let be = e.be.as_mut();
+        let logits = e.text.forward(be, &ids, &pos, None).unwrap();
+        let first = reel::engine::sampling::argmax(&logits).unwrap();
+        e.text.decode_executor(be).unwrap().set_graphs(graphs);
+        let (mut toks, mut all) = (Vec::new(), Vec::new());
+        for step in 0..6 {
+            let p = [(n + step) as i32; 3];
+            let input = (step == 0).then_some(first);
+            let pend = e
+                .text
+                .decode_start(be, input, &p, &SampleArgs::greedy())
+                .unwrap();
+            toks.push(be.read_token_wait(pend).unwrap());
+            let exec = e.text.decode_executor(be).unwrap();
+            all.push(exec.read_f32(be, text::OUT_LOGITS).unwrap());
+        }
+        let captures = e.text.decode_executor(be).unwrap().captures();
+        (toks, all, captures)
+    };
+    let (tg, lg, cg) = run(true);
+    let (te, le, ce) = run(false);
+    assert_eq!(
+        (cg, ce),
+        (1, 0),
+        "one capture with graphs on, none with them off"
+    );
+    assert_eq!(tg, te);
+    assert_eq!(lg, le);
+    assert!(tg.iter().all(|&t| t >= 0), "{tg:?}");
+}

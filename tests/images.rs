@@ -3,7 +3,9 @@
 //! (tests/fixtures/gen_images.py), and files Pillow refuses must be refused with an error
 //! naming the file.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use reel::media::image::{decode_rgb_with, read_rgb, ImageLimits};
@@ -11,7 +13,7 @@ use reel::media::jpeg::{self, JpegDecoder};
 use serde_json::Value;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images")
+    common::fixtures().join("images")
 }
 
 fn index() -> Value {

@@ -1,7 +1,10 @@
 //! Media pipeline against the Python references in tests/fixtures (qwen-vl-utils 0.0.14 and
 //! the Video-R1 fork, Pillow, torchvision, decord, transformers 4.49), plus bad-media handling.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixture;
+use std::path::Path;
 #[cfg(feature = "video")]
 use std::process::Command;
 
@@ -12,18 +15,6 @@ use reel::media::{
     VideoRequest,
 };
 use serde_json::Value;
-
-fn fixture(rel: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "fixture missing: {} (reference files are committed on main under tests/fixtures; merge main)",
-        p.display()
-    );
-    p
-}
 
 fn json(rel: &str) -> Value {
     let p = fixture(rel);
@@ -1011,19 +1002,4 @@ fn image_formats_and_alpha() {
     let j = reel::media::image::read_rgb(&f, &Default::default()).unwrap();
     let (_, m) = diff_u8(&j.data, rgb.as_raw());
     assert!(m < 40, "JPEG differs from its source by {m}");
-}
-
-/// Not a timed test: prints the media benchmark (`cargo test --test media -- --ignored bench`).
-#[test]
-#[ignore]
-#[cfg(feature = "video")]
-fn bench_720p_minute_clip() {
-    if !have_ffmpeg_cli() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    for (name, preset) in presets() {
-        let t = media::bench::bench_720p_minute(dir.path(), &preset).unwrap();
-        println!("{name}: {t:?}; total {:.2} s", t.total_s());
-    }
 }

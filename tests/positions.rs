@@ -1,11 +1,11 @@
 //! 3-D position ids and rope_delta against transformers 4.49's get_rope_index, for every
 //! golden case of the fixture (text, images, videos at s = 1.0 and 1.25, image + video).
 
+mod common;
+
 use reel::model::qwen2_5_vl::positions::{rope_index, VisionKind, VisionSpan};
 use safetensors::{Dtype, SafeTensors};
-use std::path::Path;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// spatial_merge_size: the fixture's config leaves it at transformers' default.
 const MERGE: usize = 2;
 
@@ -40,7 +40,7 @@ struct Case {
 }
 
 fn load_cases() -> (Vec<Case>, u32, u32, f32) {
-    let root = Path::new(FIXTURE);
+    let root = common::fixtures();
     let cases: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("cases.json")).unwrap()).unwrap();
     let tok = &cases["token_ids"];

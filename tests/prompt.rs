@@ -2,6 +2,9 @@
 //! the chat template's output, the fixture cases' full `input_ids`, Video-R1's question text,
 //! answer parsing, and clear errors on bad input.
 
+mod common;
+
+use common::fixtures;
 use std::path::{Path, PathBuf};
 
 use reel::prompt::messages::messages_from_value;
@@ -12,10 +15,6 @@ use reel::prompt::{
     VideoItem, VisionKind,
 };
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn real_tokenizer() -> Tokenizer {
     Tokenizer::from_file(fixtures().join("real_tokenizer/tokenizer.json")).unwrap()

@@ -4,13 +4,13 @@
 //! runs first and greedily continues each prompt; the quantized file is then teacher-forced along
 //! the same tokens, so both see identical inputs at every compared position. Per position:
 //! KL(source || file) of the softmax distributions and whether the argmaxes agree
-//! (reel::quant::quality).
+//! (reel::quantize::quality).
 
 use anyhow::{bail, Context, Result};
 use reel::engine::sampling::argmax;
 use reel::engine::{Device, Engine, EngineOptions};
 use reel::model::Model;
-use reel::quant::quality::{Accumulator, LogitStats};
+use reel::quantize::quality::{Accumulator, LogitStats};
 use reel::DType;
 use std::path::Path;
 use std::time::Instant;

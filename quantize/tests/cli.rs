@@ -1,19 +1,19 @@
 //! reel-quantize end to end: checkpoints in, GGUF files out, read back with reel's reader.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::model_dir;
 use reel::quant::dequantize_row;
 use reel::store::gguf::GgufModel;
 use reel::DType;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reel-quantize"))
-}
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model")
 }
 
 fn run(args: &[&str]) -> Output {
@@ -97,7 +97,7 @@ fn check_against_source(
 fn fixture_model_to_q8_0_is_self_contained() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
-    let fx = fixture();
+    let fx = model_dir();
     let o = run(&[
         "--model",
         fx.to_str().unwrap(),
@@ -367,7 +367,7 @@ fn bad_inputs_are_clear_errors_and_leave_no_file() {
     // Missing output directory.
     let o = run(&[
         "--model",
-        fixture().to_str().unwrap(),
+        model_dir().to_str().unwrap(),
         "--type",
         "q8_0",
         "--out",
@@ -382,7 +382,7 @@ fn bad_inputs_are_clear_errors_and_leave_no_file() {
     // Unknown preset: clap names the flag.
     let o = run(&[
         "--model",
-        fixture().to_str().unwrap(),
+        model_dir().to_str().unwrap(),
         "--type",
         "q3_k",
         "--out",

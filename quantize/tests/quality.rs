@@ -1,16 +1,16 @@
 //! reel-quantize --report on the fixture model and on a synthetic model from
 //! reel-synth-checkpoint, and the synthetic checkpoint's own statistics.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::model_dir;
 use reel::quant::dequantize_row;
 use reel::store::gguf::GgufModel;
 use reel::DType;
 use safetensors::SafeTensors;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model")
-}
 
 /// Runs reel-quantize with --report --json; returns the JSON object and stderr.
 fn report(model: &Path, preset: &str, dir: &Path, extra: &[&str]) -> (serde_json::Value, String) {
@@ -55,9 +55,9 @@ fn report_on_fixture_model() {
     std::fs::write(&prompts, "Hello, who are you?\n\nWhat is 2 + 2?\n").unwrap();
     let p = prompts.to_str().unwrap();
     let args = ["--report-prompts", p, "--report-tokens", "6"];
-    let (bf16, _) = report(&fixture(), "bf16", dir.path(), &args);
-    let (q8, _) = report(&fixture(), "q8_0", dir.path(), &args);
-    let (q4, err) = report(&fixture(), "q4_k_m", dir.path(), &args);
+    let (bf16, _) = report(&model_dir(), "bf16", dir.path(), &args);
+    let (q8, _) = report(&model_dir(), "q8_0", dir.path(), &args);
+    let (q4, err) = report(&model_dir(), "q4_k_m", dir.path(), &args);
     for (name, v) in [("bf16", &bf16), ("q8_0", &q8), ("q4_k_m", &q4)] {
         print_row("fixture", name, v);
         // 2 prompts (the blank line is skipped) x 6 positions.
@@ -86,7 +86,7 @@ fn report_flags_are_checked() {
     std::fs::write(&empty, "\n  \n").unwrap();
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_reel-quantize"))
-            .args(["--model", fixture().to_str().unwrap(), "--type", "q8_0"])
+            .args(["--model", model_dir().to_str().unwrap(), "--type", "q8_0"])
             .arg("--out")
             .arg(dir.path().join("x.gguf"))
             .arg("--quiet")

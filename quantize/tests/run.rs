@@ -2,24 +2,24 @@
 //! divergence and top-1 agreement of next-token distributions against the bf16 file, over the
 //! positions of 8 greedy steps on the fixture prompts (teacher-forced on the bf16 tokens).
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::model_dir;
 use reel::engine::{Device, Engine, EngineOptions};
 use reel::model::qwen2_5_vl::positions;
 use reel::model::Model;
-use reel::quant::quality::compare_logits;
+use reel::quantize::quality::compare_logits;
 use reel::DType;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model")
-}
 
 fn quantize(preset: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("model-{preset}.gguf"));
     let o = Command::new(env!("CARGO_BIN_EXE_reel-quantize"))
         .args([
             "--model",
-            fixture_model().to_str().unwrap(),
+            model_dir().to_str().unwrap(),
             "--type",
             preset,
             "--out",
@@ -73,7 +73,7 @@ fn every_preset_runs_with_quality_report() {
         prompts.iter().map(|p| logits(&bf16, p, None)).collect()
     };
     // The bf16 file holds the checkpoint's own bf16 values: it must reproduce the directory.
-    let (direct, _) = logits(&fixture_model(), prompts[0], None);
+    let (direct, _) = logits(&model_dir(), prompts[0], None);
     assert_eq!(
         direct, reference[0].0,
         "bf16 GGUF differs from the safetensors checkpoint"

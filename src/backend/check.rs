@@ -56,7 +56,7 @@ pub fn quant_row_bytes(op: &str, dt: DType, k: usize) -> Result<usize> {
     need(dt.is_quantized(), op, || {
         format!("{dt} is not a quantized weight type")
     })?;
-    need(k > 0 && k % dt.block_len() == 0, op, || {
+    need(k > 0 && k.is_multiple_of(dt.block_len()), op, || {
         format!(
             "K = {k} is not a positive multiple of the {dt} block size {}",
             dt.block_len()
@@ -229,14 +229,25 @@ pub fn matmul_fused(
 ) -> Result<MatmulDims> {
     const OP: &str = "matmul_fused";
     act(OP, "out", out)?;
-    let n = if w.shape.rank() == 2 { w.shape.dim(0) } else { 0 };
+    let n = if w.shape.rank() == 2 {
+        w.shape.dim(0)
+    } else {
+        0
+    };
     let y = match epi {
         Epilogue::SwiGlu => {
             need(n % 2 == 0, OP, || {
-                format!("SwiGLU needs w = [gate; up] with an even row count, got {:?}", w.shape)
+                format!(
+                    "SwiGLU needs w = [gate; up] with an even row count, got {:?}",
+                    w.shape
+                )
             })?;
             need(out.shape.row_len() == n / 2, OP, || {
-                format!("SwiGLU out {:?} must have {} columns (half of w's {n} rows)", out.shape, n / 2)
+                format!(
+                    "SwiGLU out {:?} must have {} columns (half of w's {n} rows)",
+                    out.shape,
+                    n / 2
+                )
             })?;
             TRef {
                 shape: crate::tensor::Shape::new(&[out.shape.rows(), n]),
@@ -246,7 +257,8 @@ pub fn matmul_fused(
         _ => *out,
     };
     // The matmul's own contract, on the [M, N] intermediate the epilogue reads.
-    let d = matmul(x, w, bias, &y).map_err(|e| bad(OP, e.to_string().trim_start_matches("matmul: ")))?;
+    let d = matmul(x, w, bias, &y)
+        .map_err(|e| bad(OP, e.to_string().trim_start_matches("matmul: ")))?;
     if let Epilogue::Add(r) = epi {
         act(OP, "res", r)?;
         need(r.shape == out.shape, OP, || {
@@ -254,27 +266,6 @@ pub fn matmul_fused(
         })?;
         need(!overlaps(r, out), OP, || "res must not overlap out".into())?;
     }
-    Ok(d)
-}
-
-/// [`attention_varlen`]'s operands plus the vision RoPE's: pos [N, 2] i32, head_dim a
-/// multiple of 4.
-pub fn attention_varlen_rope(
-    q: &TRef,
-    k: &TRef,
-    v: &TRef,
-    cu: &TRef,
-    pos: &TRef,
-    out: &TRef,
-) -> Result<VarlenDims> {
-    const OP: &str = "attention_varlen_rope";
-    let d = attention_varlen(q, k, v, cu, out)
-        .map_err(|e| bad(OP, e.to_string().trim_start_matches("attention_varlen: ")))?;
-    need(d.head_dim % 4 == 0, OP, || {
-        format!("head_dim {} must be a multiple of 4", d.head_dim)
-    })?;
-    i32_of(OP, "pos", pos)?;
-    dims(OP, "pos", pos, &[d.tokens, 2])?;
     Ok(d)
 }
 

@@ -1,5 +1,5 @@
-//! Fused ops as the op sequences they stand for: the default bodies of
-//! [`Backend::matmul_fused`] and [`Backend::attention_varlen_rope`], which the CPU backend
+//! Fused ops as the op sequences they stand for: the default body of
+//! [`Backend::matmul_fused`], which the CPU backend
 //! inherits (so its results are exactly the unfused graph's) and which a device backend calls
 //! for operand combinations its fused kernels do not take.
 
@@ -62,29 +62,4 @@ pub fn matmul_fused_composed(
             })
         }
     }
-}
-
-/// `rope_vision` of q and of k into scratch copies, then `attention_varlen`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_varlen_rope_composed(
-    be: &mut (impl Backend + ?Sized),
-    q: TRef,
-    k: TRef,
-    v: TRef,
-    cu_seqlens: TRef,
-    pos: TRef,
-    theta: f32,
-    out: TRef,
-    scale: f32,
-) -> Result<()> {
-    check::attention_varlen_rope(&q, &k, &v, &cu_seqlens, &pos, &out)?;
-    let qr = scratch(be, &q, q.shape)?;
-    with_scratch(be, qr, |be, qr| {
-        let kr = scratch(be, &k, k.shape)?;
-        with_scratch(be, kr, |be, kr| {
-            be.rope_vision(q, pos, qr, theta)?;
-            be.rope_vision(k, pos, kr, theta)?;
-            be.attention_varlen(qr, kr, v, cu_seqlens, out, scale)
-        })
-    })
 }

@@ -1,7 +1,7 @@
 //! Operands on the host, through a backend's `read` / `write`: how an op runs on the host with
 //! its reference definition when a backend does not compute it itself (`Backend::sample`'s
 //! default, `sample_on_host`). A new op can start that way: its trait method's default body
-//! reads the operands here, calls its `cpu::reference` function and writes the result, so
+//! reads the operands here, calls its `harness` reference function and writes the result, so
 //! every backend has it (the CPU backend included) until one overrides it with a kernel.
 
 use super::{Backend, TRef};

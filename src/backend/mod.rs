@@ -1,8 +1,8 @@
 //! The compute interface. `model/` builds graphs of generic ops; a backend implements each op
 //! and owns its memory. Nothing here knows it is running Qwen.
 //!
-//! Conventions every backend follows (the CPU backend is the reference; [`check`] holds each
-//! op's contract, [`sample`] the sampling definition):
+//! Conventions every backend follows ([`check`] holds each op's contract, [`harness`] its scalar
+//! reference and cases, [`sample`] the sampling definition):
 //! - Tensors are row-major. A [`TRef`] may have a first-dimension stride (`row_stride`, in
 //!   elements) larger than its row length, to view a column block of a wider matrix (e.g. q, k or
 //!   v inside a packed qkv projection); everything below the first dimension is contiguous.
@@ -16,6 +16,7 @@ pub mod check;
 pub mod cpu;
 pub mod cuda;
 pub mod fused;
+pub mod harness;
 pub mod host;
 pub mod sample;
 
@@ -316,24 +317,6 @@ pub trait Backend: Send {
         out: TRef,
         scale: f32,
     ) -> Result<()>;
-    /// [`Backend::attention_varlen`] of `rope_vision(q)`, `rope_vision(k)` and v (positions
-    /// `[N, 2]` I32, `theta`): the vision RoPE applied to q and k as they are read, with the
-    /// rounding of the unfused sequence (the rotated q and k rounded once to their own types).
-    /// The default is that sequence.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_varlen_rope(
-        &mut self,
-        q: TRef,
-        k: TRef,
-        v: TRef,
-        cu_seqlens: TRef,
-        pos: TRef,
-        theta: f32,
-        out: TRef,
-        scale: f32,
-    ) -> Result<()> {
-        fused::attention_varlen_rope_composed(self, q, k, v, cu_seqlens, pos, theta, out, scale)
-    }
     /// `out[i, :] = x[idx[i], :]`.
     fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()>;
     /// `dst[idx[i], :] = src[i, :]` (in place on dst).

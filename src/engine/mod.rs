@@ -28,6 +28,25 @@ pub struct EngineOptions {
     pub page_size: usize,
 }
 
+impl EngineOptions {
+    /// Each option's rule, in one place (the CLI reports a violation under its flag).
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.act, DType::F32 | DType::BF16) {
+            return Err(Error::setting(
+                "act",
+                format!("activations must be f32 or bf16, not {}", self.act),
+            ));
+        }
+        if self.ctx == 0 {
+            return Err(Error::setting("ctx", "the KV cache needs at least 1 token"));
+        }
+        if self.page_size == 0 {
+            return Err(Error::setting("page_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
@@ -317,15 +336,7 @@ impl Engine {
     /// Loads a model and puts its language model on the chosen backend.
     pub fn new(model: Model, opts: EngineOptions) -> Result<Engine> {
         let t0 = Instant::now();
-        if !matches!(opts.act, DType::F32 | DType::BF16) {
-            return Err(Error::flag("--dtype", "activations must be f32 or bf16"));
-        }
-        if opts.ctx == 0 {
-            return Err(Error::flag(
-                "--ctx",
-                "the KV cache needs at least one token",
-            ));
-        }
+        opts.validate()?;
         let mut be = open_backend(opts.device)?;
         let text_model = model.arch.load_text(be.as_mut(), model.store.as_ref())?;
         let text = TextRunner::new(be.as_mut(), text_model, opts.act, opts.ctx, opts.page_size)?;

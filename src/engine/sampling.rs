@@ -41,22 +41,26 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Each parameter's rule, in one place (the CLI reports a violation under its flag). The
+    /// ranges are transformers' (4.49): `TopPLogitsWarper` refuses top_p outside [0, 1] (0
+    /// keeps only the most likely token), `RepetitionPenaltyLogitsProcessor` a penalty <= 0;
+    /// temperature 0 means greedy here, as `do_sample=False` does there.
+    pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::flag(
-                "--temperature",
+            return Err(Error::setting(
+                "temperature",
                 format!("must be a finite number >= 0, got {}", self.temperature),
             ));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
-            return Err(Error::flag(
-                "--top-p",
+            return Err(Error::setting(
+                "top_p",
                 format!("must lie in [0, 1], got {}", self.top_p),
             ));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(Error::flag(
-                "--repetition-penalty",
+            return Err(Error::setting(
+                "repetition_penalty",
                 format!(
                     "must be a finite number > 0, got {}",
                     self.repetition_penalty
@@ -249,47 +253,55 @@ mod tests {
     }
 
     #[test]
-    fn bad_params_name_their_flag() {
+    fn bad_params_name_their_setting() {
         let bad = [
             (
                 SamplingParams {
                     temperature: -1.0,
                     ..Default::default()
                 },
-                "--temperature",
+                "temperature",
             ),
             (
                 SamplingParams {
                     temperature: f32::NAN,
                     ..Default::default()
                 },
-                "--temperature",
+                "temperature",
             ),
             (
                 SamplingParams {
                     top_p: 1.5,
                     ..Default::default()
                 },
-                "--top-p",
+                "top_p",
             ),
             (
                 SamplingParams {
                     top_p: -0.1,
                     ..Default::default()
                 },
-                "--top-p",
+                "top_p",
             ),
             (
                 SamplingParams {
                     repetition_penalty: 0.0,
                     ..Default::default()
                 },
-                "--repetition-penalty",
+                "repetition_penalty",
             ),
         ];
-        for (p, flag) in bad {
+        for (p, name) in bad {
             let e = Sampler::new(p).err().expect("rejected").to_string();
-            assert!(e.starts_with(flag), "{e}");
+            assert!(e.starts_with(&format!("{name}: must")), "{e}");
+        }
+        // The ends of transformers' ranges are accepted: top_p 0 and 1, temperature 0.
+        for top_p in [0.0, 1.0] {
+            let p = SamplingParams {
+                top_p,
+                ..Default::default()
+            };
+            assert!(p.validate().is_ok(), "top_p {top_p}");
         }
         let mut s = Sampler::new(SamplingParams {
             repetition_penalty: 1.2,

@@ -27,6 +27,9 @@ pub const KNOWN_FIELDS: [&str; 8] = [
     "data_source",
 ];
 
+/// Largest evaluation file read (the Video-R1 sets are a few MB).
+pub const MAX_DATA_FILE: u64 = 1 << 30;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataType {
     Video,
@@ -159,7 +162,7 @@ pub struct LoadOptions {
 /// Reads an evaluation file.
 pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Dataset> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fence::read_bounded(path, MAX_DATA_FILE, "an evaluation file")?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::file(
             path,

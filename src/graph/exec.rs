@@ -7,7 +7,7 @@
 //! caller's extra tensors). Per-step values must already sit in the executor's input buffers
 //! and the KV tables when a step starts; the kernels read them from there.
 
-use super::{plan, Graph, Op, Plan, Source, ValueId};
+use super::{plan, Graph, Operands, Plan, Source, ValueId};
 use crate::backend::{Backend, BufId, GraphId, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -260,37 +260,16 @@ impl Executor {
 
     /// Runs every node in order. `kv` is required by graphs with cache ops.
     pub fn run(&self, be: &mut dyn Backend, kv: Option<&PagedKv>) -> Result<()> {
-        let need_kv =
-            || kv.ok_or_else(|| Error::Other("graph uses the KV cache but none was given".into()));
+        let mut inputs = Vec::with_capacity(8);
         for node in &self.graph.nodes {
-            let t = |v: ValueId| self.tref(v);
-            let out = node.out.map(t);
-            let o = || out.expect("op without output");
-            match node.op {
-                Op::Embedding { table, ids } => be.embedding(t(table), t(ids), o())?,
-                Op::RmsNorm { x, w, eps } => be.rms_norm(t(x), t(w), o(), eps)?,
-                Op::MatMul { x, w, bias } => be.matmul(t(x), t(w), bias.map(t), o())?,
-                Op::Add { a, b } => be.add(t(a), t(b), o())?,
-                Op::SwiGlu { gate, up } => be.swiglu(t(gate), t(up), o())?,
-                Op::Gelu { x } => be.gelu(t(x), o())?,
-                Op::RopeMrope { x, pos, p } => be.rope_mrope(t(x), t(pos), o(), p)?,
-                Op::RopeVision { x, pos, theta } => be.rope_vision(t(x), t(pos), o(), theta)?,
-                Op::KvAppend { k, v, layer } => be.kv_append(t(k), t(v), need_kv()?, layer)?,
-                Op::AttentionPaged { q, layer, scale } => {
-                    be.attention_paged(t(q), need_kv()?, layer, o(), scale)?
-                }
-                Op::AttentionVarlen {
-                    q,
-                    k,
-                    v,
-                    cu_seqlens,
-                    scale,
-                } => be.attention_varlen(t(q), t(k), t(v), t(cu_seqlens), o(), scale)?,
-                Op::GatherRows { x, idx } => be.gather_rows(t(x), t(idx), o())?,
-                Op::ScatterRows { src, idx, dst } => be.scatter_rows(t(src), t(idx), t(dst))?,
-                Op::Cast { x } => be.cast(t(x), o())?,
-                Op::Argmax { x } => be.argmax(t(x), o())?,
-            }
+            inputs.clear();
+            inputs.extend(node.inputs.iter().map(|&v| self.tref(v)));
+            let operands = Operands {
+                inputs: &inputs,
+                out: node.out.map(|v| self.tref(v)),
+                kv,
+            };
+            node.run(be, &operands)?;
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! A [`Graph`] is built once per shape (a prefill of T tokens, or the decode step) with every
 //! shape known up front. [`plan`] gives each intermediate an offset in one arena, reusing memory
 //! whose lifetime has ended; [`Executor`] binds the plan to a backend and runs the nodes in
-//! order.
+//! order. A node is a backend op and its operands ([`Node`]): the executor has no per-op code,
+//! so a new backend op enters graphs through [`Graph::call`] or a builder method here.
 
 mod exec;
 mod plan;
@@ -11,8 +12,10 @@ mod plan;
 pub use exec::Executor;
 pub use plan::{plan, Plan};
 
-use crate::backend::{MropeParams, TRef};
+use crate::backend::{Backend, MropeParams, PagedKv, TRef};
+use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape};
+use std::sync::Arc;
 
 /// A value (tensor) of a graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,133 +46,54 @@ pub struct Value {
     pub keep: bool,
 }
 
-/// One op. Inputs and outputs are values; ops on the KV cache name their layer.
-#[derive(Clone, Debug)]
-pub enum Op {
-    Embedding {
-        table: ValueId,
-        ids: ValueId,
-    },
-    RmsNorm {
-        x: ValueId,
-        w: ValueId,
-        eps: f32,
-    },
-    MatMul {
-        x: ValueId,
-        w: ValueId,
-        bias: Option<ValueId>,
-    },
-    Add {
-        a: ValueId,
-        b: ValueId,
-    },
-    SwiGlu {
-        gate: ValueId,
-        up: ValueId,
-    },
-    Gelu {
-        x: ValueId,
-    },
-    RopeMrope {
-        x: ValueId,
-        pos: ValueId,
-        p: MropeParams,
-    },
-    RopeVision {
-        x: ValueId,
-        pos: ValueId,
-        theta: f32,
-    },
-    KvAppend {
-        k: ValueId,
-        v: ValueId,
-        layer: usize,
-    },
-    AttentionPaged {
-        q: ValueId,
-        layer: usize,
-        scale: f32,
-    },
-    AttentionVarlen {
-        q: ValueId,
-        k: ValueId,
-        v: ValueId,
-        cu_seqlens: ValueId,
-        scale: f32,
-    },
-    GatherRows {
-        x: ValueId,
-        idx: ValueId,
-    },
-    /// Writes `src` rows into `dst` in place; `dst` must be an arena value defined earlier.
-    ScatterRows {
-        src: ValueId,
-        idx: ValueId,
-        dst: ValueId,
-    },
-    Cast {
-        x: ValueId,
-    },
-    Argmax {
-        x: ValueId,
-    },
+/// The operands a node's call receives: its inputs as backend tensors (in the order the node
+/// lists them), its output, and the KV cache for ops on it.
+pub struct Operands<'a> {
+    pub inputs: &'a [TRef],
+    pub out: Option<TRef>,
+    pub kv: Option<&'a PagedKv>,
 }
 
-impl Op {
-    /// Values the op reads.
-    pub fn inputs(&self) -> Vec<ValueId> {
-        match *self {
-            Op::Embedding { table, ids } => vec![table, ids],
-            Op::RmsNorm { x, w, .. } => vec![x, w],
-            Op::MatMul { x, w, bias } => {
-                let mut v = vec![x, w];
-                v.extend(bias);
-                v
-            }
-            Op::Add { a, b } => vec![a, b],
-            Op::SwiGlu { gate, up } => vec![gate, up],
-            Op::Gelu { x } | Op::Cast { x } | Op::Argmax { x } => vec![x],
-            Op::RopeMrope { x, pos, .. } | Op::RopeVision { x, pos, .. } => vec![x, pos],
-            Op::KvAppend { k, v, .. } => vec![k, v],
-            Op::AttentionPaged { q, .. } => vec![q],
-            Op::AttentionVarlen {
-                q,
-                k,
-                v,
-                cu_seqlens,
-                ..
-            } => vec![q, k, v, cu_seqlens],
-            Op::GatherRows { x, idx } => vec![x, idx],
-            Op::ScatterRows { src, idx, dst } => vec![src, idx, dst],
-        }
+impl Operands<'_> {
+    pub fn input(&self, i: usize) -> TRef {
+        self.inputs[i]
     }
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Embedding { .. } => "embedding",
-            Op::RmsNorm { .. } => "rms_norm",
-            Op::MatMul { .. } => "matmul",
-            Op::Add { .. } => "add",
-            Op::SwiGlu { .. } => "swiglu",
-            Op::Gelu { .. } => "gelu",
-            Op::RopeMrope { .. } => "rope_mrope",
-            Op::RopeVision { .. } => "rope_vision",
-            Op::KvAppend { .. } => "kv_append",
-            Op::AttentionPaged { .. } => "attention_paged",
-            Op::AttentionVarlen { .. } => "attention_varlen",
-            Op::GatherRows { .. } => "gather_rows",
-            Op::ScatterRows { .. } => "scatter_rows",
-            Op::Cast { .. } => "cast",
-            Op::Argmax { .. } => "argmax",
-        }
+    pub fn out(&self) -> TRef {
+        self.out.expect("op without output")
+    }
+
+    pub fn kv(&self) -> Result<&PagedKv> {
+        self.kv
+            .ok_or_else(|| Error::Other("graph uses the KV cache but none was given".into()))
     }
 }
 
-#[derive(Clone, Debug)]
+/// How a node runs: one backend op on its operands (scalars such as eps or a layer index are
+/// captured when the node is built).
+pub type Call = Arc<dyn Fn(&mut dyn Backend, &Operands) -> Result<()> + Send + Sync>;
+
+/// One op: the backend method it calls, the values it reads and the value it writes. Any
+/// backend op can be a node ([`Graph::call`]); the builder methods below name the model's.
+#[derive(Clone)]
 pub struct Node {
-    pub op: Op,
+    pub op: &'static str,
+    /// Values the op reads, in its call's order (an in-place destination included).
+    pub inputs: Vec<ValueId>,
     pub out: Option<ValueId>,
+    call: Call,
+}
+
+impl Node {
+    pub fn run(&self, be: &mut dyn Backend, operands: &Operands) -> Result<()> {
+        (self.call)(be, operands)
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({:?}) -> {:?}", self.op, self.inputs, self.out)
+    }
 }
 
 /// A graph under construction or ready to plan. `act` is the activation type of intermediates.
@@ -209,14 +133,35 @@ impl Graph {
         ValueId(self.values.len() as u32 - 1)
     }
 
-    fn push_node(&mut self, op: Op, out: Option<(Shape, DType)>) -> Option<ValueId> {
+    /// A node that runs `call` on `inputs` and, with `out`, writes a new arena value of that
+    /// shape and type (returned). Any backend op can enter a graph this way.
+    pub fn call(
+        &mut self,
+        op: &'static str,
+        inputs: &[ValueId],
+        out: Option<(Shape, DType)>,
+        call: impl Fn(&mut dyn Backend, &Operands) -> Result<()> + Send + Sync + 'static,
+    ) -> Option<ValueId> {
         let out = out.map(|(s, d)| self.push_value(s, d, Source::Arena));
-        self.nodes.push(Node { op, out });
+        self.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            out,
+            call: Arc::new(call),
+        });
         out
     }
 
-    fn op(&mut self, op: Op, shape: Shape, dtype: DType) -> ValueId {
-        self.push_node(op, Some((shape, dtype))).unwrap()
+    fn op(
+        &mut self,
+        op: &'static str,
+        inputs: &[ValueId],
+        shape: Shape,
+        dtype: DType,
+        call: impl Fn(&mut dyn Backend, &Operands) -> Result<()> + Send + Sync + 'static,
+    ) -> ValueId {
+        self.call(op, inputs, Some((shape, dtype)), call)
+            .expect("an output was asked for")
     }
 
     /// A host-written input.
@@ -323,12 +268,20 @@ impl Graph {
             self.value(ids).shape.numel(),
             self.value(table).shape.dim(1),
         );
-        self.op(Op::Embedding { table, ids }, Shape::new(&[t, d]), self.act)
+        self.op(
+            "embedding",
+            &[table, ids],
+            Shape::new(&[t, d]),
+            self.act,
+            |be, o| be.embedding(o.input(0), o.input(1), o.out()),
+        )
     }
 
     pub fn rms_norm(&mut self, x: ValueId, w: ValueId, eps: f32) -> ValueId {
         let s = self.value(x).shape;
-        self.op(Op::RmsNorm { x, w, eps }, s, self.act)
+        self.op("rms_norm", &[x, w], s, self.act, move |be, o| {
+            be.rms_norm(o.input(0), o.input(1), o.out(), eps)
+        })
     }
 
     pub fn matmul(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>) -> ValueId {
@@ -340,45 +293,63 @@ impl Graph {
             "matmul: x has {k} columns, weight has {}",
             ws.dim(1)
         );
+        let mut inputs = vec![x, w];
+        inputs.extend(bias);
         self.op(
-            Op::MatMul { x, w, bias },
+            "matmul",
+            &inputs,
             Shape::new(&[m, ws.dim(0)]),
             self.act,
+            |be, o| be.matmul(o.input(0), o.input(1), o.inputs.get(2).copied(), o.out()),
         )
     }
 
     pub fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
         let s = self.value(a).shape;
-        self.op(Op::Add { a, b }, s, self.act)
+        self.op("add", &[a, b], s, self.act, |be, o| {
+            be.add(o.input(0), o.input(1), o.out())
+        })
     }
 
     pub fn swiglu(&mut self, gate: ValueId, up: ValueId) -> ValueId {
         let s = self.value(gate).shape;
-        self.op(Op::SwiGlu { gate, up }, s, self.act)
+        self.op("swiglu", &[gate, up], s, self.act, |be, o| {
+            be.swiglu(o.input(0), o.input(1), o.out())
+        })
     }
 
     pub fn gelu(&mut self, x: ValueId) -> ValueId {
         let s = self.value(x).shape;
-        self.op(Op::Gelu { x }, s, self.act)
+        self.op("gelu", &[x], s, self.act, |be, o| {
+            be.gelu(o.input(0), o.out())
+        })
     }
 
     pub fn rope_mrope(&mut self, x: ValueId, pos: ValueId, p: MropeParams) -> ValueId {
         let s = self.value(x).shape;
-        self.op(Op::RopeMrope { x, pos, p }, s, self.act)
+        self.op("rope_mrope", &[x, pos], s, self.act, move |be, o| {
+            be.rope_mrope(o.input(0), o.input(1), o.out(), p)
+        })
     }
 
     pub fn rope_vision(&mut self, x: ValueId, pos: ValueId, theta: f32) -> ValueId {
         let s = self.value(x).shape;
-        self.op(Op::RopeVision { x, pos, theta }, s, self.act)
+        self.op("rope_vision", &[x, pos], s, self.act, move |be, o| {
+            be.rope_vision(o.input(0), o.input(1), o.out(), theta)
+        })
     }
 
     pub fn kv_append(&mut self, k: ValueId, v: ValueId, layer: usize) {
-        self.push_node(Op::KvAppend { k, v, layer }, None);
+        self.call("kv_append", &[k, v], None, move |be, o| {
+            be.kv_append(o.input(0), o.input(1), o.kv()?, layer)
+        });
     }
 
     pub fn attention_paged(&mut self, q: ValueId, layer: usize, scale: f32) -> ValueId {
         let s = self.value(q).shape;
-        self.op(Op::AttentionPaged { q, layer, scale }, s, self.act)
+        self.op("attention_paged", &[q], s, self.act, move |be, o| {
+            be.attention_paged(o.input(0), o.kv()?, layer, o.out(), scale)
+        })
     }
 
     pub fn attention_varlen(
@@ -391,39 +362,48 @@ impl Graph {
     ) -> ValueId {
         let s = self.value(q).shape;
         self.op(
-            Op::AttentionVarlen {
-                q,
-                k,
-                v,
-                cu_seqlens,
-                scale,
-            },
+            "attention_varlen",
+            &[q, k, v, cu_seqlens],
             s,
             self.act,
+            move |be, o| {
+                be.attention_varlen(
+                    o.input(0),
+                    o.input(1),
+                    o.input(2),
+                    o.input(3),
+                    o.out(),
+                    scale,
+                )
+            },
         )
     }
 
     pub fn gather_rows(&mut self, x: ValueId, idx: ValueId) -> ValueId {
         let (n, s) = (self.value(idx).shape.numel(), self.value(x).shape);
-        self.op(
-            Op::GatherRows { x, idx },
-            s.with_rows(n),
-            self.value(x).dtype,
-        )
+        let dt = self.value(x).dtype;
+        self.op("gather_rows", &[x, idx], s.with_rows(n), dt, |be, o| {
+            be.gather_rows(o.input(0), o.input(1), o.out())
+        })
     }
 
+    /// Writes `src` rows into `dst` in place; `dst` must be an arena value defined earlier.
     pub fn scatter_rows(&mut self, src: ValueId, idx: ValueId, dst: ValueId) {
-        self.push_node(Op::ScatterRows { src, idx, dst }, None);
+        self.call("scatter_rows", &[src, idx, dst], None, |be, o| {
+            be.scatter_rows(o.input(0), o.input(1), o.input(2))
+        });
     }
 
     pub fn cast(&mut self, x: ValueId, dtype: DType) -> ValueId {
         let s = self.value(x).shape;
-        self.op(Op::Cast { x }, s, dtype)
+        self.op("cast", &[x], s, dtype, |be, o| be.cast(o.input(0), o.out()))
     }
 
     pub fn argmax(&mut self, x: ValueId) -> ValueId {
         let r = self.value(x).shape.rows();
-        self.op(Op::Argmax { x }, Shape::new(&[r]), DType::I32)
+        self.op("argmax", &[x], Shape::new(&[r]), DType::I32, |be, o| {
+            be.argmax(o.input(0), o.out())
+        })
     }
 
     /// Follows views to the value that owns the memory.

@@ -35,7 +35,7 @@ fn lifetimes(g: &Graph) -> Vec<Option<(usize, usize)>> {
             l.0 = l.0.min(n);
             l.1 = l.1.max(n);
         }
-        for input in node.op.inputs() {
+        for &input in &node.inputs {
             let r = g.root(input);
             if matches!(g.value(r).src, Source::Arena | Source::Input) {
                 let l = life[r.0 as usize].get_or_insert((n, n));

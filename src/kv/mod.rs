@@ -263,11 +263,9 @@ impl KvCache {
         ctx_tokens: usize,
         page_size: usize,
     ) -> Result<KvCache> {
+        // EngineOptions::validate reports this to users; here it guards direct callers.
         if ctx_tokens == 0 {
-            return Err(Error::flag(
-                "--ctx",
-                "the context must hold at least 1 token",
-            ));
+            return Err(Error::Cache("the capacity must be at least 1 token".into()));
         }
         if !spec.dtype.is_float() {
             return Err(Error::Cache(format!(
@@ -666,7 +664,7 @@ mod tests {
         let e = KvCache::new(&mut be, spec(), 0, 16)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("--ctx:"), "{e}");
+        assert!(e.contains("at least 1 token"), "{e}");
         assert!(KvCache::new(&mut be, spec(), 64, 0).is_err());
         let bad = KvSpec {
             dtype: DType::Q8_0,

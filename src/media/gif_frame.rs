@@ -54,7 +54,7 @@ pub(crate) fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<Frames, Strin
         .as_deref()
         .or(global.as_deref())
         .unwrap_or(&[]);
-    let mut data = Vec::with_capacity(w * h * 3);
+    let mut data = super::image::rgb_buffer(w, h)?;
     for &i in &idx {
         let i = i as usize;
         match pal.get(i * 3..i * 3 + 3) {

@@ -53,10 +53,19 @@ fn over_white(c: u8, a: u8) -> u8 {
     (((x >> 8) + x) >> 8) as u8
 }
 
+/// Largest image file read (a compressed image this large is far past the pixel limit).
+pub const MAX_IMAGE_FILE: u64 = 1 << 30;
+
 /// Reads an image file as one RGB frame.
 pub fn read_rgb(path: &Path, limits: &ImageLimits) -> Result<Frames> {
     let bytes =
-        std::fs::read(path).map_err(|e| Error::media(path, format!("cannot read image: {e}")))?;
+        crate::fence::read_bounded(path, MAX_IMAGE_FILE, "an image file").map_err(|e| match e {
+            Error::File { path, msg } => Error::Media { path, msg },
+            Error::Io { path, source } => {
+                Error::media(path, format!("cannot read image: {source}"))
+            }
+            other => other,
+        })?;
     let jpeg = JpegDecoder::from_env().map_err(|m| Error::media(path, m))?;
     decode_rgb_with(&bytes, limits, jpeg).map_err(|m| Error::media(path, m))
 }
@@ -65,6 +74,18 @@ pub fn read_rgb(path: &Path, limits: &ImageLimits) -> Result<Frames> {
 /// JPEG goes through the decoder `REEL_JPEG` picks (see [`super::jpeg`]).
 pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Frames, String> {
     decode_rgb_with(bytes, limits, JpegDecoder::from_env()?)
+}
+
+/// An RGB buffer for `w`×`h` pixels, or an error naming the size.
+pub(crate) fn rgb_buffer(w: usize, h: usize) -> Result<Vec<u8>, String> {
+    let n = w
+        .checked_mul(h)
+        .and_then(|p| p.checked_mul(3))
+        .ok_or_else(|| format!("a {w}x{h} RGB image does not fit in memory"))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| format!("cannot allocate {n} bytes for a {w}x{h} RGB image"))?;
+    Ok(v)
 }
 
 /// Formats Pillow opens but reel does not, by their leading bytes, for a clear error.
@@ -88,8 +109,18 @@ const UNSUPPORTED: &[(&[u8], &str)] = &[
     (b"%!PS", "EPS"),
 ];
 
-/// As [`decode_rgb`], with the JPEG decoder given.
+/// As [`decode_rgb`], with the JPEG decoder given. The decoders run behind
+/// [`crate::fence::guard`]: a panic inside one is an error.
 pub fn decode_rgb_with(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    jpeg: JpegDecoder,
+) -> Result<Frames, String> {
+    crate::fence::guard(|| decode_unfenced(bytes, limits, jpeg))
+        .map_err(|p| format!("the image decoder panicked: {p}"))?
+}
+
+fn decode_unfenced(
     bytes: &[u8],
     limits: &ImageLimits,
     jpeg: JpegDecoder,
@@ -150,7 +181,7 @@ pub fn decode_rgb_with(
         _ => false,
     };
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut data = Vec::with_capacity(w * h * 3);
+    let mut data = rgb_buffer(w, h)?;
     let hi = |v: u16| (v >> 8) as u8;
     // Pillow's "I;16" → "RGB" (I16_RGB) clips at 255 instead of taking the high byte.
     let clip16 = |v: u16| if v >> 8 == 0 { v as u8 } else { 255 };

@@ -374,7 +374,11 @@ fn decode_turbo(t: &Turbo, bytes: &[u8], h: &JpegHeader) -> Result<Frames, Strin
         _ => (TJPF_CMYK, 4),
     };
     let (wu, hu) = (w as usize, hh as usize);
-    let mut out = vec![0u8; wu * hu * ch];
+    let n = wu * hu * ch;
+    let mut out = Vec::new();
+    out.try_reserve_exact(n)
+        .map_err(|_| format!("cannot allocate {n} bytes for a {wu}x{hu} JPEG"))?;
+    out.resize(n, 0);
     // SAFETY: `out` holds width × height × channels bytes, which is what tjDecompress2 writes
     // with pitch 0 (tightly packed) for this pixel format.
     let rc = unsafe {

@@ -1,7 +1,8 @@
 //! Pixels in: video decoding (FFmpeg), frame sampling, resizing, normalization, patchify.
 //!
 //! This module knows nothing about the model. It turns files into uint8 RGB frames
-//! ([`Frames`], T×H×W×3), resizes them with the two reference kernels (Pillow bicubic for
+//! ([`Frames`], T×H×W×3; video frames are decoded from the nearest keyframes, see
+//! [`seek`]), resizes them with the two reference kernels (Pillow bicubic for
 //! images, torchvision's antialiased bicubic for video), and turns them into normalized patch
 //! rows ([`PixelRows`]) from plain parameters ([`PatchParams`]). The sizing and sampling rules
 //! follow qwen-vl-utils; both its upstream constants and the Video-R1 fork's are [`Preset`]s.
@@ -19,6 +20,8 @@
 pub mod bench;
 #[cfg(feature = "video")]
 pub mod decode;
+#[cfg(feature = "video")]
+pub mod ffmpeg_guard;
 mod gif_frame;
 pub mod image;
 pub mod jpeg;
@@ -26,6 +29,7 @@ pub mod pixels;
 pub mod resize_pil;
 pub mod resize_tv;
 pub mod sample;
+pub mod seek;
 pub mod size;
 
 use std::path::Path;
@@ -34,6 +38,24 @@ use crate::{Error, Result};
 
 pub use pixels::{PatchParams, PixelRows};
 pub use sample::{FrameRequest, VideoPixelRequest};
+
+/// Most frames a video element may sample.
+pub const MAX_SAMPLED_FRAMES: u64 = 1 << 14;
+/// Most pixels of one video frame (as [`image::ImageLimits`] allows an image).
+pub const MAX_FRAME_PIXELS: u64 = 1 << 28;
+/// Most bytes of RGB frames one media element may hold, decoded or resized.
+pub const MAX_MEDIA_BYTES: u64 = 8 << 30;
+
+/// Fails unless `t` frames of `h`×`w` RGB fit [`MAX_MEDIA_BYTES`].
+fn check_frames_size(t: u64, h: u64, w: u64) -> Result<(), String> {
+    let bytes = t.saturating_mul(h).saturating_mul(w).saturating_mul(3);
+    if bytes > MAX_MEDIA_BYTES {
+        return Err(format!(
+            "{t} frame(s) of {w}x{h} would take {bytes} bytes, over the limit of {MAX_MEDIA_BYTES}"
+        ));
+    }
+    Ok(())
+}
 
 /// The qwen-vl-utils constants. Two sets exist: upstream (PyPI 0.0.14) and the copy inside
 /// Video-R1 (`src/qwen-vl-utils`, as committed, which is what its models were trained with).
@@ -163,9 +185,33 @@ pub fn image_target_size(
 /// smart_resize, Pillow bicubic).
 pub fn load_image(path: &Path, preset: &Preset, req: &ImageRequest) -> Result<LoadedImage> {
     let rgb = image::read_rgb(path, &image::ImageLimits::default())?;
+    resize_image(rgb, path, preset, req)
+}
+
+/// [`load_image`] on the bytes of an image file (`origin` names it in errors), with the
+/// decoder limits and the JPEG decoder given.
+pub fn load_image_bytes(
+    bytes: &[u8],
+    origin: &Path,
+    limits: &image::ImageLimits,
+    jpeg: jpeg::JpegDecoder,
+    preset: &Preset,
+    req: &ImageRequest,
+) -> Result<LoadedImage> {
+    let rgb = image::decode_rgb_with(bytes, limits, jpeg).map_err(|m| Error::media(origin, m))?;
+    resize_image(rgb, origin, preset, req)
+}
+
+fn resize_image(
+    rgb: Frames,
+    path: &Path,
+    preset: &Preset,
+    req: &ImageRequest,
+) -> Result<LoadedImage> {
     let (h, w) = (rgb.h as u32, rgb.w as u32);
     let (th, tw) = image_target_size(h, w, preset, req)
         .and_then(nonzero)
+        .and_then(|(th, tw)| check_frames_size(1, th as u64, tw as u64).map(|_| (th, tw)))
         .map_err(|m| Error::media(path, m))?;
     let data = resize_pil::resize_bicubic(&rgb.data, rgb.h, rgb.w, 3, th as usize, tw as usize);
     Ok(LoadedImage {
@@ -191,6 +237,21 @@ pub struct LoadedVideo {
     pub max_pixels: f64,
     /// The sampled frames after the torchvision bicubic-antialias resize.
     pub frames: Frames,
+    pub timings: VideoTimings,
+}
+
+/// Where the time of loading one video went.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VideoTimings {
+    /// Opening and probing the file, and indexing its packets when seeking.
+    pub probe_s: f64,
+    /// Decoding and converting the sampled frames to RGB.
+    pub decode_s: f64,
+    pub resize_s: f64,
+    /// Frames the decoders returned.
+    pub frames_decoded: u64,
+    /// How the frames were decoded, in words (forward pass, or decode runs from keyframes).
+    pub path: String,
 }
 
 /// What a probe of a video file reports.
@@ -217,7 +278,20 @@ pub fn plan_video(
     preset: &Preset,
     req: &VideoRequest,
 ) -> Result<(Vec<u64>, f64), String> {
+    let pixels = info.width as u64 * info.height as u64;
+    if pixels > MAX_FRAME_PIXELS {
+        return Err(format!(
+            "video frames of {}x{} = {pixels} pixels are over the limit of {MAX_FRAME_PIXELS}",
+            info.width, info.height
+        ));
+    }
     let n = sample::smart_nframes(&req.frames, info.frames, info.fps, preset)?;
+    if n > MAX_SAMPLED_FRAMES {
+        return Err(format!(
+            "{n} sampled frames are over the limit of {MAX_SAMPLED_FRAMES}"
+        ));
+    }
+    check_frames_size(n, info.height as u64, info.width as u64)?;
     Ok((
         sample::frame_indices(info.frames, n),
         sample::sample_fps(n, info.frames, info.fps),
@@ -240,26 +314,65 @@ pub fn video_target_size(
     Ok((size, max_p))
 }
 
+/// Decoding options for [`load_video`]: seeking on unless `REEL_VIDEO_SEEK=0`, threads from
+/// rayon's global pool (the CLI's `--threads`, else all cores).
+#[cfg(feature = "video")]
+pub fn video_decode_options() -> decode::DecodeOptions {
+    let seek = std::env::var("REEL_VIDEO_SEEK").map_or(true, |v| v.trim() != "0");
+    let n = rayon::current_num_threads();
+    let all = std::thread::available_parallelism().map_or(n, |c| c.get());
+    decode::DecodeOptions {
+        seek,
+        // All cores: let FFmpeg size a single decoder's frame threads as it always has.
+        threads: if n == all { 0 } else { n },
+    }
+}
+
 /// Decodes a video, samples it and resizes the frames as qwen-vl-utils does.
 #[cfg(feature = "video")]
 pub fn load_video(path: &Path, preset: &Preset, req: &VideoRequest) -> Result<LoadedVideo> {
+    load_video_with(path, preset, req, &video_decode_options())
+}
+
+/// [`load_video`] with explicit decoding options.
+#[cfg(feature = "video")]
+pub fn load_video_with(
+    path: &Path,
+    preset: &Preset,
+    req: &VideoRequest,
+    opts: &decode::DecodeOptions,
+) -> Result<LoadedVideo> {
     let mut plan_out = None;
-    let decoded = decode::decode_sampled(path, |info| {
-        let (idx, fps) = plan_video(info, preset, req)?;
-        plan_out = Some(fps);
-        Ok(idx)
-    })?;
+    let decoded = decode::decode_sampled_with(
+        path,
+        |info| {
+            let (idx, fps) = plan_video(info, preset, req)?;
+            plan_out = Some(fps);
+            Ok(idx)
+        },
+        opts,
+    )?;
     let sample_fps = plan_out.unwrap_or(0.0);
     let f = &decoded.frames;
+    let t = std::time::Instant::now();
     let ((th, tw), max_pixels) = video_target_size(f.h as u32, f.w as u32, f.t as u64, preset, req)
+        .and_then(|r| check_frames_size(f.t as u64, r.0 .0 as u64, r.0 .1 as u64).map(|_| r))
         .map_err(|m| Error::media(path, m))?;
     let frames = resize_tv::resize_frames(f, th as usize, tw as usize);
+    let st = &decoded.stats;
     Ok(LoadedVideo {
         info: decoded.info,
         indices: decoded.indices,
         sample_fps,
         max_pixels,
         frames,
+        timings: VideoTimings {
+            probe_s: st.probe_s,
+            decode_s: st.decode_s,
+            resize_s: t.elapsed().as_secs_f64(),
+            frames_decoded: st.frames_decoded,
+            path: st.describe(),
+        },
     })
 }
 

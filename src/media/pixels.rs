@@ -77,7 +77,7 @@ pub fn normalize_table(p: &PatchParams) -> [[f32; 256]; 3] {
 /// Frames (T×H×W×3, sides multiples of patch·merge) to patch rows.
 pub fn patchify(f: &Frames, p: &PatchParams) -> Result<PixelRows> {
     let unit = p.patch_size * p.merge_size;
-    if f.t == 0 || f.h == 0 || f.w == 0 || f.h % unit != 0 || f.w % unit != 0 {
+    if f.t == 0 || f.h == 0 || f.w == 0 || !f.h.is_multiple_of(unit) || !f.w.is_multiple_of(unit) {
         return Err(Error::Other(format!(
             "patchify: frames {}x{}x{} are empty or not multiples of {unit}",
             f.t, f.h, f.w

@@ -163,13 +163,18 @@ pub fn resize_bicubic_aa(
     if (h, w) == (oh, ow) {
         return src.to_vec();
     }
+    // Channels are independent planes: resized in parallel, so that a few large frames still
+    // keep every core busy.
+    use rayon::prelude::*;
+    let planes: Vec<Vec<f32>> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let plane: Vec<f32> = src.chunks_exact(c).map(|px| px[ch] as f32).collect();
+            resize_plane(&plane, h, w, oh, ow)
+        })
+        .collect();
     let mut out = vec![0u8; oh * ow * c];
-    let mut plane = vec![0f32; h * w];
-    for ch in 0..c {
-        for (p, px) in plane.iter_mut().zip(src.chunks_exact(c)) {
-            *p = px[ch] as f32;
-        }
-        let r = resize_plane(&plane, h, w, oh, ow);
+    for (ch, r) in planes.iter().enumerate() {
         for (o, v) in out.chunks_exact_mut(c).zip(r) {
             o[ch] = v.clamp(0.0, 255.0).round_ties_even() as u8;
         }
@@ -177,7 +182,7 @@ pub fn resize_bicubic_aa(
     out
 }
 
-/// Resizes every frame to `oh`×`ow` (frames in parallel).
+/// Resizes every frame to `oh`×`ow` (frames, and their channels, in parallel on rayon's pool).
 pub fn resize_frames(f: &Frames, oh: usize, ow: usize) -> Frames {
     use rayon::prelude::*;
     let out: Vec<Vec<u8>> = (0..f.t)

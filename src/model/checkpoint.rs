@@ -3,6 +3,7 @@
 
 use crate::backend::{Backend, TRef};
 use crate::error::{Error, Result};
+use crate::fence;
 use crate::model::config::{GenerationConfig, PreprocessorConfig};
 use crate::model::inventory::Inventory;
 use crate::store::gguf::{GgufModel, KEY_CONFIG_JSON};
@@ -38,7 +39,7 @@ pub fn open_with<C>(path: &Path, parse: impl FnOnce(&str, &Path) -> Result<C>) -
         Location::Safetensors { dir, file } => (dir, file),
     };
     let cp = dir.join("config.json");
-    let text = std::fs::read_to_string(&cp).map_err(|e| Error::io(&cp, e))?;
+    let text = fence::read_text_bounded(&cp, fence::MAX_JSON_FILE, "a config.json")?;
     let config = parse(&text, &cp)?;
     let generation = GenerationConfig::from_dir(&dir)?;
     let preprocessor = PreprocessorConfig::from_dir(&dir)?;

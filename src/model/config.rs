@@ -4,8 +4,29 @@
 //! file and the field as it appears there).
 
 use crate::error::{Error, Result};
+use crate::fence;
 use serde_json::Value;
 use std::path::Path;
+
+/// Sane maxima for the sizes a config file gives, checked before anything is sized by them
+/// (a corrupt or hostile file must not ask for terabytes). Real models sit far below: the
+/// largest published ones have ~130 layers, widths under 64k and vocabularies under 1M.
+pub mod limits {
+    /// Decoder layers or vision blocks.
+    pub const MAX_LAYERS: usize = 1024;
+    /// Hidden, intermediate and output widths.
+    pub const MAX_WIDTH: usize = 1 << 20;
+    /// Attention heads (query or key/value) and the head dimension.
+    pub const MAX_HEADS: usize = 1 << 16;
+    /// Vocabulary entries.
+    pub const MAX_VOCAB: usize = 1 << 24;
+    /// Context positions.
+    pub const MAX_POSITIONS: usize = 1 << 30;
+    /// Patch side, temporal patch, merge size, input channels.
+    pub const MAX_PATCH: usize = 1024;
+    /// Pixels of a frame (min_pixels / max_pixels), as the image decoders allow.
+    pub const MAX_PIXELS: usize = 1 << 28;
+}
 
 /// The language model.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,6 +169,17 @@ impl<'a> Fields<'a> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
+    /// Fails unless `v` (the value of `key`) is at most `max`.
+    pub(crate) fn at_most(&self, key: &str, v: usize, max: usize) -> Result<()> {
+        if v > max {
+            return Err(self.err(
+                key,
+                format!("{v} is over the limit of {max} (corrupt file?)"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn has(&self, key: &str) -> bool {
         self.raw(key).is_some()
     }
@@ -278,7 +310,7 @@ pub(crate) fn first_with<'a>(srcs: &'a [Fields<'a>], key: &str) -> &'a Fields<'a
 impl GenerationConfig {
     /// Reads generation_config.json; the file must exist.
     pub fn from_file(path: &Path) -> Result<GenerationConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = fence::read_text_bounded(path, fence::MAX_JSON_FILE, "a config file")?;
         GenerationConfig::from_json(&text, path)
     }
 
@@ -328,7 +360,7 @@ impl PreprocessorConfig {
     /// `min_pixels`/`max_pixels`, which win over `size.shortest_edge`/`size.longest_edge`
     /// (the newer spelling of the same limits), as in the HF image processor.
     pub fn from_file(path: &Path) -> Result<PreprocessorConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = fence::read_text_bounded(path, fence::MAX_JSON_FILE, "a config file")?;
         PreprocessorConfig::from_json(&text, path)
     }
 
@@ -367,6 +399,10 @@ impl PreprocessorConfig {
             if v == 0 {
                 return Err(f.err(key, "must be positive"));
             }
+            f.at_most(key, v, limits::MAX_PATCH)?;
+        }
+        for (key, v) in [("min_pixels", p.min_pixels), ("max_pixels", p.max_pixels)] {
+            f.at_most(key, v, limits::MAX_PIXELS)?;
         }
         if p.min_pixels > p.max_pixels {
             return Err(f.err(

@@ -2,8 +2,7 @@
 //! cut into patch rows, and the prompt with its vision pads expanded. Each architecture's
 //! `prepare` fills these (see `Architecture::prepare`).
 
-use crate::error::Result;
-use crate::media::{self, PixelRows, Preset};
+use crate::media::{PixelRows, Preset};
 use crate::prompt::VisionKind;
 use std::path::PathBuf;
 
@@ -62,33 +61,4 @@ pub struct Prepared {
     pub decode_s: f64,
     /// Normalizing and patchifying, rendering and tokenizing the prompt.
     pub preprocess_s: f64,
-}
-
-/// Decode + preprocess time of a 1-minute 720p 30 fps H.264 clip (generated in `dir` with the
-/// ffmpeg CLI) at the default (Video-R1 evaluation) settings, as a printable line.
-#[cfg(not(feature = "video"))]
-pub fn bench_media(dir: &std::path::Path) -> Result<String> {
-    Err(crate::error::Error::media(
-        dir,
-        "this build has no video support (cargo feature `video` is off)",
-    ))
-}
-
-/// Decode + preprocess time of a 1-minute 720p 30 fps H.264 clip (generated in `dir` with the
-/// ffmpeg CLI) at the default (Video-R1 evaluation) settings, as a printable line.
-#[cfg(feature = "video")]
-pub fn bench_media(dir: &std::path::Path) -> Result<String> {
-    let t = media::bench::bench_720p_minute(dir, &MediaOptions::default().preset)?;
-    Ok(format!(
-        "media: 60 s 1280x720 30 fps H.264 ({} frames) -> {} sampled frames at {}x{} ({} patch rows): decode {:.3} s, resize {:.3} s, patchify {:.3} s, total {:.3} s",
-        t.frames_total,
-        t.frames_sampled,
-        t.resized_size.1,
-        t.resized_size.0,
-        t.rows,
-        t.probe_and_decode_s,
-        t.resize_s,
-        t.patchify_s,
-        t.total_s()
-    ))
 }

@@ -89,11 +89,21 @@ pub fn vision_items(messages: &[Message]) -> Vec<&ContentItem> {
         .collect()
 }
 
+/// Largest messages file read.
+const MAX_MESSAGES_FILE: u64 = 64 << 20;
+/// Sane maxima of the per-item media settings (pixels per frame, a side, sampled frames,
+/// frame rate, pixels over all frames); larger values are refused rather than sized by.
+const MAX_ITEM_PIXELS: u64 = 1 << 28;
+const MAX_ITEM_SIDE: u64 = 1 << 16;
+const MAX_ITEM_FRAMES: u64 = 1 << 14;
+const MAX_ITEM_FPS: f64 = 1000.0;
+const MAX_ITEM_TOTAL_PIXELS: f64 = (1u64 << 36) as f64;
+
 /// Reads a messages file (`--messages FILE`): a JSON list of messages, or an object with a
 /// `"messages"` list. Relative media paths are resolved against the file's directory.
 pub fn load_messages(path: impl AsRef<Path>) -> Result<Vec<Message>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::fence::read_text_bounded(path, MAX_MESSAGES_FILE, "a messages file")?;
     let base = path.parent().unwrap_or(Path::new(""));
     parse_messages(&text, base).map_err(|e| match e {
         Error::Prompt(msg) => Error::file(path, msg),
@@ -234,10 +244,10 @@ fn parse_item(v: &Value, base: &Path) -> Result<ContentItem, String> {
             };
             Ok(ContentItem::Image(ImageItem {
                 path: media_path(key, raw, base)?,
-                min_pixels: uint(obj, "min_pixels")?,
-                max_pixels: uint(obj, "max_pixels")?,
-                resized_height: uint(obj, "resized_height")?,
-                resized_width: uint(obj, "resized_width")?,
+                min_pixels: bounded(obj, "min_pixels", MAX_ITEM_PIXELS)?,
+                max_pixels: bounded(obj, "max_pixels", MAX_ITEM_PIXELS)?,
+                resized_height: bounded(obj, "resized_height", MAX_ITEM_SIDE)?,
+                resized_width: bounded(obj, "resized_width", MAX_ITEM_SIDE)?,
             }))
         }
         "video" => {
@@ -251,19 +261,19 @@ fn parse_item(v: &Value, base: &Path) -> Result<ContentItem, String> {
                         .into(),
                 );
             }
-            let fps = positive_float(obj, "fps")?;
-            let total_pixels = positive_float(obj, "total_pixels")?;
+            let fps = positive_float(obj, "fps", MAX_ITEM_FPS)?;
+            let total_pixels = positive_float(obj, "total_pixels", MAX_ITEM_TOTAL_PIXELS)?;
             Ok(ContentItem::Video(VideoItem {
                 path: media_path("video", raw, base)?,
                 fps,
-                nframes: uint(obj, "nframes")?,
-                min_pixels: uint(obj, "min_pixels")?,
-                max_pixels: uint(obj, "max_pixels")?,
+                nframes: bounded(obj, "nframes", MAX_ITEM_FRAMES)?,
+                min_pixels: bounded(obj, "min_pixels", MAX_ITEM_PIXELS)?,
+                max_pixels: bounded(obj, "max_pixels", MAX_ITEM_PIXELS)?,
                 total_pixels,
-                min_frames: uint(obj, "min_frames")?,
-                max_frames: uint(obj, "max_frames")?,
-                resized_height: uint(obj, "resized_height")?,
-                resized_width: uint(obj, "resized_width")?,
+                min_frames: bounded(obj, "min_frames", MAX_ITEM_FRAMES)?,
+                max_frames: bounded(obj, "max_frames", MAX_ITEM_FRAMES)?,
+                resized_height: bounded(obj, "resized_height", MAX_ITEM_SIDE)?,
+                resized_width: bounded(obj, "resized_width", MAX_ITEM_SIDE)?,
             }))
         }
         other => Err(format!(
@@ -326,14 +336,22 @@ fn uint(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
     }
 }
 
-fn positive_float(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+/// [`uint`], at most `max`.
+fn bounded(obj: &Map<String, Value>, key: &str, max: u64) -> Result<Option<u64>, String> {
+    match uint(obj, key)? {
+        Some(v) if v > max => Err(format!("{key:?} is {v}, over the limit of {max}")),
+        v => Ok(v),
+    }
+}
+
+fn positive_float(obj: &Map<String, Value>, key: &str, max: f64) -> Result<Option<f64>, String> {
     let Some(v) = obj.get(key) else {
         return Ok(None);
     };
     match v.as_f64() {
-        Some(f) if f > 0.0 && f.is_finite() => Ok(Some(f)),
+        Some(f) if f > 0.0 && f <= max => Ok(Some(f)),
         _ => Err(format!(
-            "{key:?} must be a positive number, got {}",
+            "{key:?} must be a positive number up to {max}, got {}",
             show(v)
         )),
     }

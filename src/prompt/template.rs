@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
+use minijinja::value::{Kwargs, StringInput};
 use minijinja::{Environment, ErrorKind};
 use serde_json::{json, Map, Value};
 
 use super::messages::{ContentItem, Message};
 use crate::error::{Error, Result};
+use crate::fence;
 
 /// The stock Qwen2-VL / Qwen2.5-VL chat template (as shipped in the Qwen checkpoints'
 /// chat_template.json and tokenizer_config.json; Apache-2.0).
@@ -64,6 +66,15 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat_template";
 
+/// Bounds on what a template (a file from the checkpoint) may make the engine do. Fuel counts
+/// template instructions, so no loop runs unbounded; the rendered prompt is capped; the
+/// filters that take a width allocate at most what the caps allow.
+const MAX_TEMPLATE_SOURCE: usize = 1 << 20;
+const FUEL: u64 = 20_000_000;
+const MAX_RENDERED: usize = 64 << 20;
+const MAX_FILTER_WIDTH: usize = 1024;
+const MAX_RECURSION: usize = 100;
+
 impl ChatTemplate {
     /// The built-in stock template.
     pub fn stock() -> Self {
@@ -112,22 +123,37 @@ impl ChatTemplate {
     }
 
     fn new(source: String, origin: String) -> Result<Self> {
+        if source.len() > MAX_TEMPLATE_SOURCE {
+            return Err(Error::Prompt(format!(
+                "chat template ({origin}) is {} bytes, over the limit of {MAX_TEMPLATE_SOURCE}",
+                source.len()
+            )));
+        }
         let mut env = Environment::new();
         // transformers renders with these settings; templates are written for them.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(MAX_RECURSION);
         env.add_function(
             "raise_exception",
             |msg: String| -> Result<String, minijinja::Error> {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template_owned(NAME, source.clone()).map_err(|e| {
-            Error::Prompt(format!(
-                "chat template ({origin}) does not compile: {}",
-                jinja_msg(&e)
-            ))
-        })?;
+        add_bounded_filters(&mut env);
+        fence::guard(|| env.add_template_owned(NAME, source.clone()))
+            .map_err(|p| {
+                Error::Prompt(format!(
+                    "chat template ({origin}): the template engine panicked while compiling it: {p}"
+                ))
+            })?
+            .map_err(|e| {
+                Error::Prompt(format!(
+                    "chat template ({origin}) does not compile: {}",
+                    jinja_msg(&e)
+                ))
+            })?;
         Ok(Self {
             env,
             source,
@@ -163,14 +189,126 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .expect("template was added in new()");
-        tmpl.render(Value::Object(ctx)).map_err(|e| {
-            Error::Prompt(format!(
-                "chat template ({}): {}",
-                self.origin,
-                jinja_msg(&e)
-            ))
-        })
+        let mut out = CappedWriter(Vec::new());
+        let rendered = fence::guard(|| tmpl.render_captured_to(Value::Object(ctx), &mut out));
+        let fail = |msg: String| Error::Prompt(format!("chat template ({}): {msg}", self.origin));
+        match rendered {
+            Err(p) => return Err(fail(format!("the template engine panicked: {p}"))),
+            Ok(Err(e)) if out.0.len() >= MAX_RENDERED => {
+                return Err(fail(format!(
+                    "renders more than {MAX_RENDERED} bytes ({})",
+                    jinja_msg(&e)
+                )))
+            }
+            Ok(Err(e)) => return Err(fail(jinja_msg(&e))),
+            Ok(Ok(_)) => {}
+        }
+        String::from_utf8(out.0).map_err(|_| fail("rendered invalid UTF-8".into()))
     }
+}
+
+/// Collects rendered output, refusing to grow past [`MAX_RENDERED`] bytes.
+struct CappedWriter(Vec<u8>);
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED {
+            self.0.resize(MAX_RENDERED, 0);
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn too_wide(what: &str, width: usize) -> minijinja::Error {
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{what} width {width} is over the limit of {MAX_FILTER_WIDTH}"),
+    )
+}
+
+/// The first width or precision in a format string (`%-08.3f`, `{:>12}`) over
+/// [`MAX_FILTER_WIDTH`], if any.
+fn widest_field(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if !matches!(c, b'%' | b':' | b'.') {
+            continue;
+        }
+        let mut j = i + 1;
+        while j < b.len() && j < i + 4 && b"-+ #0<>^=".contains(&b[j]) {
+            j += 1;
+        }
+        let digits = b[j..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 {
+            continue;
+        }
+        let w = s[j..j + digits].parse::<usize>().unwrap_or(usize::MAX);
+        if w > MAX_FILTER_WIDTH {
+            return Some(w);
+        }
+    }
+    None
+}
+
+/// Replaces the built-in filters whose arguments size an allocation (`indent`, `tojson`'s
+/// indent, `format`'s field widths) with versions that check those arguments first.
+fn add_bounded_filters(env: &mut Environment<'static>) {
+    env.add_filter(
+        "indent",
+        |value: StringInput<'_>,
+         width: Option<usize>,
+         first: Option<bool>,
+         blank: Option<bool>,
+         kwargs: Kwargs|
+         -> Result<minijinja::Value, minijinja::Error> {
+            let w = match width {
+                Some(w) => w,
+                None => kwargs.get::<Option<usize>>("width")?.unwrap_or(4),
+            };
+            let lines = value.as_str().bytes().filter(|&b| b == b'\n').count() + 1;
+            if w > MAX_FILTER_WIDTH || lines.saturating_mul(w) > MAX_RENDERED {
+                return Err(too_wide("indent", w));
+            }
+            minijinja::filters::indent(value, width, first, blank, kwargs)
+        },
+    );
+    env.add_filter(
+        "tojson",
+        |value: &minijinja::Value,
+         indent: Option<minijinja::Value>,
+         kwargs: Kwargs|
+         -> Result<minijinja::Value, minijinja::Error> {
+            let given = match &indent {
+                Some(v) => Some(v.clone()),
+                None => kwargs.get::<Option<minijinja::Value>>("indent")?,
+            };
+            if let Some(w) = given.and_then(|v| usize::try_from(v).ok()) {
+                if w > MAX_FILTER_WIDTH {
+                    return Err(too_wide("tojson indent", w));
+                }
+            }
+            minijinja::filters::tojson(value, indent, kwargs)
+        },
+    );
+    env.add_filter(
+        "format",
+        |state: &minijinja::State<'_, '_>,
+         format_str: &minijinja::Value,
+         args: minijinja::value::Rest<minijinja::Value>|
+         -> Result<minijinja::Value, minijinja::Error> {
+            if let Some(s) = format_str.as_str() {
+                if let Some(w) = widest_field(s) {
+                    return Err(too_wide("format field", w));
+                }
+            }
+            minijinja::filters::format(state, format_str, args)
+        },
+    );
 }
 
 /// Puts `system` first as a system message. It is an error to combine it with a conversation
@@ -227,8 +365,10 @@ fn jinja_msg(e: &minijinja::Error) -> String {
 }
 
 fn read_text(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
+    match std::fs::metadata(path) {
+        Ok(_) => {
+            fence::read_text_bounded(path, fence::MAX_JSON_FILE, "a chat template file").map(Some)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),
     }

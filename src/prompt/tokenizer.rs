@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fence;
 
 /// A loaded tokenizer. Cloning is cheap (the vocabulary is shared).
 #[derive(Clone)]
@@ -31,16 +32,30 @@ impl Tokenizer {
     /// Loads a `tokenizer.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = fence::read_bounded(path, fence::MAX_TOKENIZER_FILE, "a tokenizer.json")?;
         Self::from_bytes(&bytes, path)
     }
 
     /// Parses the contents of a `tokenizer.json` (e.g. one embedded in a GGUF file);
     /// `origin` names it in errors.
+    ///
+    /// The text is checked to be well-formed JSON (an object) first: the `tokenizers` crate
+    /// panics on some syntax errors (e.g. inside `decoder`) instead of returning them. Its
+    /// construction runs behind [`fence::guard`] for whatever else it panics on.
     pub fn from_bytes(bytes: &[u8], origin: impl Into<PathBuf>) -> Result<Self> {
         let origin = origin.into();
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| Error::file(&origin, format!("not a valid tokenizer.json: {e}")))?;
+        let bad = |msg: String| Error::file(&origin, format!("not a valid tokenizer.json: {msg}"));
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes) {
+            Ok(top) if !top.get("model").is_some_and(serde_json::Value::is_object) => {
+                return Err(bad("no `model` object".into()))
+            }
+            Ok(_) => {}
+            Err(e) if e.is_data() => return Err(bad("expected a JSON object".into())),
+            Err(e) => return Err(bad(format!("malformed JSON: {e}"))),
+        }
+        let inner = fence::guard(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|p| bad(format!("the tokenizers library panicked: {p}")))?
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(inner),
             origin,
@@ -55,9 +70,8 @@ impl Tokenizer {
     /// Token ids of `text`. Nothing is prepended or appended (Qwen adds no BOS), but added
     /// tokens written in the text, such as `<|im_start|>` or `<|video_pad|>`, become their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
+        let enc = fence::guard(|| self.inner.encode(text, false))
+            .map_err(|p| self.panicked("encoding", p))?
             .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -76,9 +90,16 @@ impl Tokenizer {
     /// Ids outside the vocabulary (the model's embedding rows beyond the tokenizer's, e.g.
     /// 151665..152063 in Qwen2.5-VL) decode to nothing, as in transformers.
     fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
+        fence::guard(|| self.inner.decode(ids, skip_special))
+            .map_err(|p| self.panicked("decoding", p))?
             .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
+    }
+
+    fn panicked(&self, what: &str, msg: String) -> Error {
+        Error::Tokenizer(format!(
+            "{}: {what} failed: the tokenizers library panicked: {msg}",
+            self.origin.display()
+        ))
     }
 
     /// The id of a token written exactly (e.g. `"<|video_pad|>"`), or an error naming it.

@@ -30,13 +30,11 @@
 //! multiply-adds (Rust never contracts `a * b + c`). A llama.cpp binary built with FMA
 //! contraction may differ in rare ties.
 
-pub mod preset;
 pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
 pub mod q8_k;
-pub mod quality;
-mod simd;
+pub(crate) mod simd;
 
 pub use q4_k::{dequantize_row_q4_k, get_scale_min_k4, quantize_row_q4_k, vec_dot_q4_k_scalar};
 pub use q6_k::{dequantize_row_q6_k, quantize_row_q6_k, vec_dot_q6_k_scalar};
@@ -60,12 +58,14 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// Whether the AVX2+FMA(+F16C) paths are used: detected once at run time; `REEL_QUANT_SCALAR=1` forces
-/// the scalar reference (to A/B a suspected SIMD bug).
+/// Whether the AVX2+FMA(+F16C) paths are used: detected once at run time; `REEL_QUANT_SCALAR=1`
+/// or `REEL_CPU_ISA=scalar` forces the scalar reference (to A/B a suspected SIMD bug).
 pub fn has_avx2_fma() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        if std::env::var_os("REEL_QUANT_SCALAR").is_some_and(|v| v != "0") {
+        if std::env::var_os("REEL_QUANT_SCALAR").is_some_and(|v| v != "0")
+            || std::env::var("REEL_CPU_ISA").is_ok_and(|v| v.trim().eq_ignore_ascii_case("scalar"))
+        {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
@@ -96,7 +96,7 @@ pub fn row_bytes(dtype: DType, k: usize) -> Result<usize> {
             "quant: unsupported weight type {dtype}"
         )));
     }
-    if k % dtype.block_len() != 0 {
+    if !k.is_multiple_of(dtype.block_len()) {
         return Err(Error::Other(format!(
             "quant: row length {k} is not a multiple of the {dtype} block size {}",
             dtype.block_len()

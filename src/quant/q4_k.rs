@@ -204,7 +204,7 @@ fn quantize_block(x: &[f32], y: &mut [u8]) {
 /// # Panics
 /// If the lengths do not fit; use [`crate::quant::quantize_row`] for a checked call.
 pub fn quantize_row_q4_k(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0 && dst.len() == src.len() / QK_K * BLOCK_BYTES);
+    assert!(src.len().is_multiple_of(QK_K) && dst.len() == src.len() / QK_K * BLOCK_BYTES);
     for (x, y) in src
         .chunks_exact(QK_K)
         .zip(dst.chunks_exact_mut(BLOCK_BYTES))
@@ -231,7 +231,7 @@ pub(crate) fn block_scales(b: &[u8]) -> [(f32, f32); 8] {
 /// # Panics
 /// If the lengths do not fit.
 pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
-    assert!(dst.len() % QK_K == 0 && src.len() == dst.len() / QK_K * BLOCK_BYTES);
+    assert!(dst.len().is_multiple_of(QK_K) && src.len() == dst.len() / QK_K * BLOCK_BYTES);
     for (b, y) in src
         .chunks_exact(BLOCK_BYTES)
         .zip(dst.chunks_exact_mut(QK_K))
@@ -252,7 +252,7 @@ pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
 
 /// Scalar reference dot product: the dequantized weights times `x`, summed in order.
 pub fn vec_dot_q4_k_scalar(w: &[u8], x: &[f32]) -> f32 {
-    assert!(x.len() % QK_K == 0 && w.len() == x.len() / QK_K * BLOCK_BYTES);
+    assert!(x.len().is_multiple_of(QK_K) && w.len() == x.len() / QK_K * BLOCK_BYTES);
     let mut acc = 0.0f32;
     for (b, xs) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(QK_K)) {
         let s = block_scales(b);

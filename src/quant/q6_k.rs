@@ -133,7 +133,7 @@ fn quantize_block(x: &[f32], y: &mut [u8]) {
 /// # Panics
 /// If the lengths do not fit; use [`crate::quant::quantize_row`] for a checked call.
 pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0 && dst.len() == src.len() / QK_K * BLOCK_BYTES);
+    assert!(src.len().is_multiple_of(QK_K) && dst.len() == src.len() / QK_K * BLOCK_BYTES);
     for (x, y) in src
         .chunks_exact(QK_K)
         .zip(dst.chunks_exact_mut(BLOCK_BYTES))
@@ -169,7 +169,7 @@ pub(crate) fn unpack_block(b: &[u8], q: &mut [i8; QK_K]) -> [f32; 16] {
 /// # Panics
 /// If the lengths do not fit.
 pub fn dequantize_row_q6_k(src: &[u8], dst: &mut [f32]) {
-    assert!(dst.len() % QK_K == 0 && src.len() == dst.len() / QK_K * BLOCK_BYTES);
+    assert!(dst.len().is_multiple_of(QK_K) && src.len() == dst.len() / QK_K * BLOCK_BYTES);
     let mut q = [0i8; QK_K];
     for (b, y) in src
         .chunks_exact(BLOCK_BYTES)
@@ -184,7 +184,7 @@ pub fn dequantize_row_q6_k(src: &[u8], dst: &mut [f32]) {
 
 /// Scalar reference dot product: the dequantized weights times `x`, summed in order.
 pub fn vec_dot_q6_k_scalar(w: &[u8], x: &[f32]) -> f32 {
-    assert!(x.len() % QK_K == 0 && w.len() == x.len() / QK_K * BLOCK_BYTES);
+    assert!(x.len().is_multiple_of(QK_K) && w.len() == x.len() / QK_K * BLOCK_BYTES);
     let mut acc = 0.0f32;
     let mut q = [0i8; QK_K];
     for (b, xs) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(QK_K)) {

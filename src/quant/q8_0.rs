@@ -15,7 +15,7 @@ pub const BLOCK_BYTES: usize = 34;
 /// # Panics
 /// If the lengths do not fit; use [`crate::quant::quantize_row`] for a checked call.
 pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK8_0 == 0 && dst.len() == src.len() / QK8_0 * BLOCK_BYTES);
+    assert!(src.len().is_multiple_of(QK8_0) && dst.len() == src.len() / QK8_0 * BLOCK_BYTES);
     for (x, y) in src
         .chunks_exact(QK8_0)
         .zip(dst.chunks_exact_mut(BLOCK_BYTES))
@@ -63,7 +63,7 @@ pub struct BlockQ8_0 {
 /// # Panics
 /// If the lengths do not fit.
 pub fn quantize_row_q8_0_act(src: &[f32], dst: &mut [BlockQ8_0]) {
-    assert!(src.len() % QK8_0 == 0 && dst.len() == src.len() / QK8_0);
+    assert!(src.len().is_multiple_of(QK8_0) && dst.len() == src.len() / QK8_0);
     for (x, y) in src.chunks_exact(QK8_0).zip(dst) {
         *y = quantize_block(x);
     }
@@ -119,7 +119,7 @@ pub fn vec_dot_q8_0_q8_0_scalar(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 /// # Panics
 /// If the lengths do not fit.
 pub fn dequantize_row_q8_0(src: &[u8], dst: &mut [f32]) {
-    assert!(dst.len() % QK8_0 == 0 && src.len() == dst.len() / QK8_0 * BLOCK_BYTES);
+    assert!(dst.len().is_multiple_of(QK8_0) && src.len() == dst.len() / QK8_0 * BLOCK_BYTES);
     for (b, y) in src
         .chunks_exact(BLOCK_BYTES)
         .zip(dst.chunks_exact_mut(QK8_0))
@@ -133,7 +133,7 @@ pub fn dequantize_row_q8_0(src: &[u8], dst: &mut [f32]) {
 
 /// Scalar reference dot product: the dequantized weights times `x`, summed in order.
 pub fn vec_dot_q8_0_scalar(w: &[u8], x: &[f32]) -> f32 {
-    assert!(x.len() % QK8_0 == 0 && w.len() == x.len() / QK8_0 * BLOCK_BYTES);
+    assert!(x.len().is_multiple_of(QK8_0) && w.len() == x.len() / QK8_0 * BLOCK_BYTES);
     let mut acc = 0.0f32;
     for (b, xs) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(QK8_0)) {
         let d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();

@@ -37,7 +37,7 @@ impl Default for BlockQ8K {
 /// # Panics
 /// If the lengths do not fit.
 pub fn quantize_row_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
-    assert!(src.len() % QK_K == 0 && dst.len() == src.len() / QK_K);
+    assert!(src.len().is_multiple_of(QK_K) && dst.len() == src.len() / QK_K);
     for (x, y) in src.chunks_exact(QK_K).zip(dst) {
         let mut max = 0.0f32;
         let mut amax = 0.0f32;

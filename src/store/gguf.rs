@@ -27,6 +27,12 @@ pub const GGUF_VERSION: u32 = 3;
 pub const DEFAULT_ALIGNMENT: usize = 32;
 /// ggml's limit on tensor rank.
 pub const MAX_DIMS: usize = 4;
+/// Most items one metadata array may hold, and all arrays together (a reel file's largest is
+/// a tensor's 5-D shape; llama.cpp vocabularies hold ~260k strings). Parsed values take more
+/// memory than their bytes in the file, so counts are capped, not only checked against the
+/// bytes left.
+pub const MAX_ARRAY_ITEMS: usize = 1 << 22;
+pub const MAX_METADATA_VALUES: usize = 1 << 23;
 
 pub const KEY_ALIGNMENT: &str = "general.alignment";
 pub const KEY_ARCHITECTURE: &str = "general.architecture";
@@ -270,6 +276,20 @@ struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata values parsed so far (array items included), against [`MAX_METADATA_VALUES`].
+    values: usize,
+}
+
+/// Fewest bytes a value of type `ty` occupies in the file.
+fn min_value_bytes(ty: ValueType) -> usize {
+    match ty {
+        ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
+        ValueType::U16 | ValueType::I16 => 2,
+        ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
+        ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
+        // Item type u32 + count u64.
+        ValueType::Array => 12,
+    }
 }
 
 impl<'a> Cursor<'a> {
@@ -320,6 +340,13 @@ impl<'a> Cursor<'a> {
         what: &dyn Fn() -> String,
         depth: usize,
     ) -> Result<MetaValue> {
+        self.values += 1;
+        if self.values > MAX_METADATA_VALUES {
+            return Err(self.err(format!(
+                "{}: more than {MAX_METADATA_VALUES} metadata values in all (corrupt file?)",
+                what()
+            )));
+        }
         Ok(match ty {
             ValueType::U8 => MetaValue::U8(self.take(1, what)?[0]),
             ValueType::I8 => MetaValue::I8(self.take(1, what)?[0] as i8),
@@ -348,7 +375,13 @@ impl<'a> Cursor<'a> {
                 let id = self.u32(what)?;
                 let item_type = ValueType::from_id(id)
                     .ok_or_else(|| self.err(format!("{}: unknown array item type {id}", what())))?;
-                let n = self.count(1, what)?;
+                let n = self.count(min_value_bytes(item_type), what)?;
+                if n > MAX_ARRAY_ITEMS {
+                    return Err(self.err(format!(
+                        "{}: array of {n} items, over the limit of {MAX_ARRAY_ITEMS}",
+                        what()
+                    )));
+                }
                 let mut items = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(item_type, what, depth + 1)?);
@@ -359,10 +392,24 @@ impl<'a> Cursor<'a> {
     }
 }
 
+type Owner = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// File bytes in 8-byte-aligned storage (for [`GgufStore::from_bytes`]).
+struct Words {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Words {
+    fn as_ref(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+    }
+}
+
 /// A GGUF file, memory-mapped. Tensors are handed out as [`HostBytes`] views of the map.
 pub struct GgufStore {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Owner,
     version: u32,
     alignment: usize,
     data_offset: usize,
@@ -400,18 +447,40 @@ impl GgufStore {
         // SAFETY: the map is read-only; a file truncated by someone else while mapped is outside
         // what any mmap-based reader can guard against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let map = Arc::new(map);
-        let parsed = Self::parse(&path, &map)?;
-        Ok(GgufStore {
-            path,
-            map,
-            ..parsed
-        })
+        Self::parse(&path, Arc::new(map))
     }
 
-    fn parse(path: &Path, map: &Arc<Mmap>) -> Result<GgufStore> {
-        let b: &[u8] = map;
-        let mut c = Cursor { b, pos: 0, path };
+    /// Parses and validates a GGUF image held in memory (as [`open`](Self::open) does a file);
+    /// `origin` names it in errors. The bytes are copied to 8-byte-aligned storage so tensor
+    /// views are aligned as a memory map's are.
+    pub fn from_bytes(origin: impl AsRef<Path>, bytes: &[u8]) -> Result<GgufStore> {
+        let path = origin.as_ref();
+        if bytes.len() < 24 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "GGUF: truncated header: the file has {} bytes, a header needs 24",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        let owner = Arc::new(Words {
+            words,
+            len: bytes.len(),
+        });
+        Self::parse(path, owner)
+    }
+
+    fn parse(path: &Path, map: Owner) -> Result<GgufStore> {
+        let b: &[u8] = (*map).as_ref();
+        let mut c = Cursor {
+            b,
+            pos: 0,
+            path,
+            values: 0,
+        };
         let magic = c.take(4, &|| "header".into())?;
         if magic != GGUF_MAGIC {
             return Err(c.err(format!(
@@ -426,8 +495,10 @@ impl GgufStore {
         }
         // Counts are checked against the bytes left (one per item at least) so a corrupt count
         // fails cleanly instead of allocating; precise truncation errors come while parsing.
-        let n_tensors = c.count(1, &|| "header (tensor count)".into())?;
-        let n_kv = c.count(1, &|| "header (metadata count)".into())?;
+        // A tensor info takes at least 32 bytes (name length, one dim, rank, type, offset), a
+        // metadata entry at least 13 (key length, type, a one-byte value).
+        let n_tensors = c.count(32, &|| "header (tensor count)".into())?;
+        let n_kv = c.count(13, &|| "header (metadata count)".into())?;
 
         let mut metadata = Vec::with_capacity(n_kv.min(4096));
         let mut meta_index = HashMap::with_capacity(n_kv.min(4096));
@@ -584,8 +655,7 @@ impl GgufStore {
     }
     /// The bytes of a tensor info obtained from this store.
     pub fn bytes_of(&self, t: &GgufTensorInfo) -> HostBytes {
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.map.clone();
-        HostBytes::new(owner, t.offset, t.len)
+        HostBytes::new(self.map.clone(), t.offset, t.len)
     }
     /// All metadata, in file order.
     pub fn metadata(&self) -> &[(String, MetaValue)] {
@@ -630,7 +700,11 @@ impl GgufModel {
     /// `general.architecture`, `reel.config_json` and `reel.tokenizer_json` (all strings), and
     /// checks that the optional texts, where present, are strings.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufModel> {
-        let store = GgufStore::open(path)?;
+        GgufModel::from_store(GgufStore::open(path)?)
+    }
+
+    /// [`open`](Self::open)'s checks on a store already parsed.
+    pub fn from_store(store: GgufStore) -> Result<GgufModel> {
         for key in [KEY_ARCHITECTURE, KEY_CONFIG_JSON, KEY_TOKENIZER_JSON] {
             store.require_str(key)?;
         }

@@ -118,7 +118,11 @@ impl SafetensorsStore {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let text = crate::fence::read_text_bounded(
+            index,
+            crate::fence::MAX_JSON_FILE,
+            "a safetensors index",
+        )?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::file(index, format!("malformed JSON: {e}")))?;
         let Some(map) = v.get("weight_map").and_then(Value::as_object) else {
@@ -132,6 +136,18 @@ impl SafetensorsStore {
                     format!("weight_map entry `{name}`: expected a file name, found {file}"),
                 ));
             };
+            // Shards sit beside the index: a path that leads elsewhere is refused.
+            let plain = Path::new(file)
+                .file_name()
+                .is_some_and(|f| f == std::ffi::OsStr::new(file));
+            if !plain {
+                return Err(Error::file(
+                    index,
+                    format!(
+                        "weight_map entry `{name}`: shard {file:?} is not a file name in the checkpoint directory"
+                    ),
+                ));
+            }
             wanted.insert(name.clone(), file.to_string());
         }
         let mut files: Vec<&String> = wanted.values().collect();
@@ -301,15 +317,7 @@ fn open_shard(path: &Path, id: usize) -> Result<(Shard, BTreeMap<String, Entry>)
     // SAFETY: the map is read-only and private to this process; like every memory-mapped
     // loader, it relies on nobody truncating the checkpoint while it is in use.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let mut entries = parse_header(&map, path, id)?;
-    // The map is page-aligned, so an entry is aligned when its file offset is.
-    for e in entries.values_mut() {
-        if let Some(dt) = e.dtype {
-            if e.start % dt.block_bytes().min(8) != 0 {
-                e.copy = Some(aligned_copy(&map[e.start..e.start + e.len]));
-            }
-        }
-    }
+    let entries = entries_of(&map, path, id)?;
     let owner: Owner = Arc::new(map);
     Ok((
         Shard {
@@ -318,6 +326,27 @@ fn open_shard(path: &Path, id: usize) -> Result<(Shard, BTreeMap<String, Entry>)
         },
         entries,
     ))
+}
+
+/// The checked entries of a shard whose whole contents are `buf` (page-aligned, as a map
+/// is), with aligned copies of the entries whose data is not.
+fn entries_of(buf: &[u8], path: &Path, id: usize) -> Result<BTreeMap<String, Entry>> {
+    let mut entries = parse_header(buf, path, id)?;
+    for e in entries.values_mut() {
+        if let Some(dt) = e.dtype {
+            if e.start % dt.block_bytes().min(8) != 0 {
+                e.copy = Some(aligned_copy(&buf[e.start..e.start + e.len]));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Checks the contents of one safetensors file held in memory as [`SafetensorsStore`] checks
+/// a shard (`origin` names it in errors); returns its tensor count. For tools and tests that
+/// vet a file without mapping it.
+pub fn check_shard(buf: &[u8], origin: &Path) -> Result<usize> {
+    entries_of(buf, origin, 0).map(|e| e.len())
 }
 
 /// Parses and checks a safetensors header. `buf` is the whole file.

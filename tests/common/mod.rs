@@ -1,12 +1,33 @@
-//! Shared helpers for the integration tests: fixture paths and golden tensors.
+//! Shared helpers for the integration tests (the quantize crate's too, through `#[path]`):
+//! fixture paths and golden tensors.
 #![allow(dead_code)]
 
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The repository root: this package's directory (the quantize crate's parent).
+pub fn root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match here.file_name() {
+        Some(n) if n == "quantize" => here.parent().expect("the workspace root").into(),
+        _ => here.into(),
+    }
+}
+
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    root().join("tests/fixtures")
+}
+
+/// A fixture file, which must exist.
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = fixtures().join(rel);
+    assert!(
+        p.exists(),
+        "fixture missing: {} (reference files are committed on main under tests/fixtures; merge main)",
+        p.display()
+    );
+    p
 }
 
 pub fn model_dir() -> PathBuf {

@@ -7,27 +7,29 @@
 //! written).
 //!
 //! Layout: `elementwise.rs` (add, swiglu, gelu, cast, embedding, gather/scatter, argmax),
-//! `norm.rs`, `matmul.rs` (threaded SIMD GEMV/GEMM for float weights; quantized weights through
-//! `quant`'s integer block dot products), `rope.rs`, `attention.rs`, `simd.rs` (feature
-//! detection, bf16 rounding), and `reference.rs`: plain scalar versions of every op on host
-//! slices, the truth the op harness (tests/ops.rs) compares against. The fast paths share no
-//! code with the reference. Operand checks are each op's contract in `backend::check`;
-//! sampling runs on the host with `backend::sample`.
+//! `norm.rs`, `matmul.rs` (operand checks and the choice of path) and `gemm/` (threaded
+//! GEMV/GEMM per instruction set, float and quantized weights), `isa.rs` (which instruction set:
+//! AVX-512, AVX2 or scalar, `REEL_CPU_ISA`), `rope.rs`, `attention.rs`, `simd.rs` (element
+//! conversions, bf16 rounding). The scalar references that every backend, this one included, is
+//! checked against are in `backend::harness`, sharing no code with these paths. Operand checks
+//! are each op's contract in `backend::check`; sampling runs on the host with `backend::sample`.
 //!
 //! Threads: ops run on rayon; [`CpuBackend::with_threads`] gives the backend its own pool,
 //! otherwise rayon's global pool is used (sized by `RAYON_NUM_THREADS`).
 
 mod attention;
 mod elementwise;
+mod gemm;
+pub mod isa;
 mod matmul;
 mod norm;
-pub mod reference;
 mod rope;
 pub mod simd;
 
 use super::{Backend, BufId, HostBytes, MropeParams, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
+pub use isa::Isa;
 use std::sync::Arc;
 
 enum Storage {
@@ -42,7 +44,7 @@ struct Align64([u8; 64]);
 pub struct CpuBackend {
     bufs: Vec<Option<Storage>>,
     pool: Option<Arc<rayon::ThreadPool>>,
-    simd: bool,
+    isa: Isa,
 }
 
 impl Default for CpuBackend {
@@ -90,12 +92,13 @@ pub(crate) fn op_err(op: &str, msg: impl std::fmt::Display) -> Error {
 }
 
 impl CpuBackend {
-    /// A backend on rayon's global pool, with SIMD where the CPU has AVX2+FMA.
+    /// A backend on rayon's global pool, with the best instruction set the CPU has (or the one
+    /// `REEL_CPU_ISA` names, see [`isa::selected`]).
     pub fn new() -> CpuBackend {
         CpuBackend {
             bufs: Vec::new(),
             pool: None,
-            simd: simd::has_avx2_fma(),
+            isa: isa::selected(),
         }
     }
 
@@ -111,14 +114,30 @@ impl CpuBackend {
         })
     }
 
-    /// Turns the SIMD paths off (the portable scalar fast paths remain); for tests and
-    /// comparisons. Turning it on has no effect on a CPU without AVX2+FMA.
+    /// Turns the SIMD paths off (the portable scalar fast paths remain) or back on (the best
+    /// instruction set); for tests and comparisons.
     pub fn set_simd(&mut self, on: bool) {
-        self.simd = on && simd::has_avx2_fma();
+        self.isa = if on { Isa::best() } else { Isa::Scalar };
     }
 
     pub fn simd_enabled(&self) -> bool {
-        self.simd
+        self.isa.simd()
+    }
+
+    /// Runs the kernels of `isa`; an error if this CPU lacks it.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        if !isa.supported() {
+            return Err(Error::backend(
+                "cpu",
+                format!("this CPU cannot run the {isa} kernels"),
+            ));
+        }
+        self.isa = isa;
+        Ok(())
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub fn threads(&self) -> usize {
@@ -187,7 +206,7 @@ impl CpuBackend {
         } else {
             t.dtype.block_bytes()
         };
-        if (p as usize) % align != 0 {
+        if !(p as usize).is_multiple_of(align) {
             return Err(Error::backend(
                 "cpu",
                 format!(
@@ -241,11 +260,7 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!(
-            "cpu ({} threads, {})",
-            self.threads(),
-            if self.simd { "avx2+fma" } else { "scalar" }
-        )
+        format!("cpu ({} threads, {})", self.threads(), self.isa.describe())
     }
 
     fn load_weight(&mut self, bytes: HostBytes) -> Result<BufId> {
@@ -300,12 +315,12 @@ impl Backend for CpuBackend {
         elementwise::embedding(self, table, ids, out)
     }
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
+        let (s, simd) = (&*self, self.isa.simd());
         s.install(|| norm::rms_norm(s, x, w, out, eps, simd))
     }
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
-        s.install(|| matmul::matmul(s, x, w, bias, out, simd))
+        let (s, isa) = (&*self, self.isa);
+        s.install(|| matmul::matmul(s, x, w, bias, out, isa))
     }
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
         let s = &*self;
@@ -338,7 +353,7 @@ impl Backend for CpuBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
+        let (s, simd) = (&*self, self.isa.simd());
         s.install(|| attention::paged(s, q, kv, layer, out, scale, simd))
     }
     fn attention_varlen(
@@ -350,7 +365,7 @@ impl Backend for CpuBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
-        let (s, simd) = (&*self, self.simd);
+        let (s, simd) = (&*self, self.isa.simd());
         s.install(|| attention::varlen(s, q, k, v, cu, out, scale, simd))
     }
     fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()> {

@@ -37,3 +37,18 @@ impl CudaBackend {
         )
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn argmax(
+            &mut self,
+            x: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_argmax(x, out)
+        }
+    };
+}
+pub(super) use backend_ops;

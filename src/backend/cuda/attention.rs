@@ -318,3 +318,41 @@ impl CudaBackend {
         self.launch(kern, l, &p)
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn kv_append(
+            &mut self,
+            k: $crate::backend::TRef,
+            v: $crate::backend::TRef,
+            kv: &$crate::backend::PagedKv,
+            layer: usize,
+        ) -> $crate::error::Result<()> {
+            self.op_kv_append(k, v, kv, layer)
+        }
+        fn attention_paged(
+            &mut self,
+            q: $crate::backend::TRef,
+            kv: &$crate::backend::PagedKv,
+            layer: usize,
+            out: $crate::backend::TRef,
+            scale: f32,
+        ) -> $crate::error::Result<()> {
+            self.op_attention_paged(q, kv, layer, out, scale)
+        }
+        fn attention_varlen(
+            &mut self,
+            q: $crate::backend::TRef,
+            k: $crate::backend::TRef,
+            v: $crate::backend::TRef,
+            cu_seqlens: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+            scale: f32,
+        ) -> $crate::error::Result<()> {
+            self.op_attention_varlen(q, k, v, cu_seqlens, out, scale)
+        }
+    };
+}
+pub(super) use backend_ops;

@@ -45,7 +45,14 @@ pub struct LtShape {
 }
 
 impl LtShape {
-    pub fn of(m: usize, n: usize, k: usize, x_stride: usize, w_stride: usize, out_stride: usize) -> LtShape {
+    pub fn of(
+        m: usize,
+        n: usize,
+        k: usize,
+        x_stride: usize,
+        w_stride: usize,
+        out_stride: usize,
+    ) -> LtShape {
         LtShape {
             m: n as u64,
             n: m as u64,
@@ -105,7 +112,9 @@ fn lt_err(what: &str, e: impl std::fmt::Debug) -> crate::error::Error {
 
 impl Lt {
     /// Loads libcublasLt (13.x) and creates a handle and the workspace, or says why not.
-    pub fn load(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> std::result::Result<Lt, String> {
+    pub fn load(
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    ) -> std::result::Result<Lt, String> {
         if !unsafe { sys::is_culib_present() } {
             return Err("libcublasLt.so.13 is not on the loader path".into());
         }
@@ -126,7 +135,9 @@ impl Lt {
                 unsafe {
                     let _ = cudarc::cublaslt::result::destroy_handle(handle);
                 }
-                return Err(format!("allocating its {WORKSPACE_BYTES}-byte workspace: {e}"));
+                return Err(format!(
+                    "allocating its {WORKSPACE_BYTES}-byte workspace: {e}"
+                ));
             }
         };
         use cudarc::driver::DevicePtr;
@@ -151,7 +162,11 @@ impl Lt {
         use sys::cublasLtMatmulPreferenceAttributes_t as P;
         use sys::cudaDataType_t as T;
         let s = key.shape;
-        let out_t = if key.out_f32 { T::CUDA_R_32F } else { T::CUDA_R_16BF };
+        let out_t = if key.out_f32 {
+            T::CUDA_R_32F
+        } else {
+            T::CUDA_R_16BF
+        };
         unsafe {
             let desc = cudarc::cublaslt::result::create_matmul_desc(
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -172,7 +187,11 @@ impl Lt {
                     &epi as *const _ as _,
                     std::mem::size_of_val(&epi),
                 )?;
-                let bt = if f32_bias { T::CUDA_R_32F } else { T::CUDA_R_16BF };
+                let bt = if f32_bias {
+                    T::CUDA_R_32F
+                } else {
+                    T::CUDA_R_16BF
+                };
                 set(
                     D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                     &bt as *const _ as _,
@@ -193,14 +212,40 @@ impl Lt {
                 cudarc::cublaslt::result::set_matmul_pref_attribute(pref, attr, v, n)
                     .map_err(|e| lt_err("preference attribute", e))
             };
-            setp(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const u64 as _, 8)?;
+            setp(
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as _,
+                8,
+            )?;
             let [aa, ab, ad] = key.align;
-            setp(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa as *const u32 as _, 4)?;
-            setp(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab as *const u32 as _, 4)?;
-            setp(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad as *const u32 as _, 4)?;
-            setp(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad as *const u32 as _, 4)?;
+            setp(
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                &aa as *const u32 as _,
+                4,
+            )?;
+            setp(
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                &ab as *const u32 as _,
+                4,
+            )?;
+            setp(
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                &ad as *const u32 as _,
+                4,
+            )?;
+            setp(
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                &ad as *const u32 as _,
+                4,
+            )?;
             let heur = cudarc::cublaslt::result::get_matmul_algo_heuristic(
-                self.handle, desc, a, b, d, d, pref,
+                self.handle,
+                desc,
+                a,
+                b,
+                d,
+                d,
+                pref,
             );
             let _ = cudarc::cublaslt::result::destroy_matmul_pref(pref);
             match heur {

@@ -231,3 +231,65 @@ impl CudaBackend {
         )
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn embedding(
+            &mut self,
+            table: $crate::backend::TRef,
+            ids: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_embedding(table, ids, out)
+        }
+        fn add(
+            &mut self,
+            a: $crate::backend::TRef,
+            b: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_add(a, b, out)
+        }
+        fn swiglu(
+            &mut self,
+            gate: $crate::backend::TRef,
+            up: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_swiglu(gate, up, out)
+        }
+        fn gelu(
+            &mut self,
+            x: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_gelu(x, out)
+        }
+        fn gather_rows(
+            &mut self,
+            x: $crate::backend::TRef,
+            idx: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_gather_rows(x, idx, out)
+        }
+        fn scatter_rows(
+            &mut self,
+            src: $crate::backend::TRef,
+            idx: $crate::backend::TRef,
+            dst: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_scatter_rows(src, idx, dst)
+        }
+        fn cast(
+            &mut self,
+            x: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_cast(x, out)
+        }
+    };
+}
+pub(super) use backend_ops;

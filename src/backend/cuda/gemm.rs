@@ -1,14 +1,18 @@
-//! The dense bf16 GEMM (`matmul` at M > 8 with bf16 x and w in 16-byte aligned rows, and
-//! every `matmul_fused`): which implementation runs it, and the launchers of kernels/gemm.cu
-//! (mma.sync, two tile configurations, fused epilogues), kernels/gemm_wgmma.cu (sm_90a) and
-//! kernels/epilogue.cu (the epilogue as its own pass, after cuBLASLt).
+//! Candidate dense bf16 GEMMs behind `REEL_GEMM`, and `matmul_fused`: the launchers of
+//! kernels/gemm.cu's multi-stage mma.sync kernels (two tile configurations, fused epilogues),
+//! cuBLASLt (cublaslt.rs) and kernels/epilogue.cu (the epilogue as its own pass after it).
 //!
-//! `REEL_GEMM` picks the implementation when the backend opens ([`GemmChoice`]):
-//! - `auto` (default): cuBLASLt when `libcublasLt.so.13` loads, else the mma.sync kernels;
-//! - `cublaslt`: cuBLASLt (falls back like `auto`, saying so once on stderr);
-//! - `wgmma`: the Hopper kernel (sm_90a only; elsewhere the mma.sync kernels);
-//! - `mma`: the mma.sync kernels, 128 x 256 tiles for N >= 2048 and 128 x 128 below;
-//! - `mma128`, `mma256`: one mma.sync tile configuration for every shape (kernel tables).
+//! `REEL_GEMM` is read when the backend opens ([`GemmChoice`]):
+//! - `mma` (default): matmul.rs's gemm_bf16_mma, and `matmul_fused` as the op sequence
+//!   (matmul, then the elementwise op), the kernels every result so far was measured with;
+//! - `tiles`: gemm_bf16_128x256 for N >= 2048, gemm_bf16_128x128 below, epilogues fused;
+//! - `mma128`, `mma256`: one of those for every shape;
+//! - `cublaslt`: cuBLASLt (`libcublasLt.so.13`, loaded at run time) with the epilogue pass;
+//!   without the library, one line on stderr and the default.
+//!
+//! The candidates take bf16 x and w in 16-byte aligned rows with bf16 or f32 out; other operands,
+//! and shapes cuBLASLt has no algorithm for, run the default. None is the default until a GPU
+//! run has measured it against gemm_bf16_mma (docs/gpu-results.md).
 //!
 //! Epilogues: the hand-written kernels apply them in registers/smem; after cuBLASLt (bias in
 //! its own epilogue, `CUBLASLT_EPILOGUE_BIAS`), GELU and the residual add run in place on the
@@ -33,25 +37,25 @@ kernels! {
 /// What `REEL_GEMM` asks for (module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmChoice {
-    Auto,
-    CublasLt,
-    Wgmma,
     Mma,
+    Tiles,
     Mma128,
     Mma256,
+    CublasLt,
 }
 
 impl GemmChoice {
-    pub const NAMES: &'static str = "auto, cublaslt, wgmma, mma, mma128, mma256";
+    pub const NAMES: &'static str = "mma, tiles, mma128, mma256, cublaslt";
+    /// Every value, as the op harness runs them side by side.
+    pub const VALUES: &'static [&'static str] = &["mma", "tiles", "mma128", "mma256", "cublaslt"];
 
     pub fn parse(s: &str) -> Option<GemmChoice> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
-            "" | "auto" => GemmChoice::Auto,
-            "cublaslt" | "lt" => GemmChoice::CublasLt,
-            "wgmma" => GemmChoice::Wgmma,
-            "mma" => GemmChoice::Mma,
+            "" | "mma" => GemmChoice::Mma,
+            "tiles" => GemmChoice::Tiles,
             "mma128" => GemmChoice::Mma128,
             "mma256" => GemmChoice::Mma256,
+            "cublaslt" => GemmChoice::CublasLt,
             _ => return None,
         })
     }
@@ -59,15 +63,18 @@ impl GemmChoice {
     /// `REEL_GEMM`, or an error naming the variable and the accepted values.
     pub fn from_env() -> Result<GemmChoice> {
         match std::env::var("REEL_GEMM") {
-            Err(_) => Ok(GemmChoice::Auto),
+            Err(_) => Ok(GemmChoice::Mma),
             Ok(v) => GemmChoice::parse(&v).ok_or_else(|| {
-                err(format!("REEL_GEMM={v:?} is not one of: {}", GemmChoice::NAMES))
+                err(format!(
+                    "REEL_GEMM={v:?} is not one of: {}",
+                    GemmChoice::NAMES
+                ))
             }),
         }
     }
 }
 
-/// An implementation of the dense GEMM.
+/// A candidate implementation of the dense GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmImpl {
     /// gemm_bf16_128x128
@@ -76,8 +83,6 @@ pub enum GemmImpl {
     Mma256,
     /// cuBLASLt (+ gemm_epilogue_bf16 for GELU, ADD and SwiGLU)
     Lt,
-    /// gemm_bf16_wgmma (sm_90a)
-    Wgmma,
 }
 
 impl GemmImpl {
@@ -86,19 +91,11 @@ impl GemmImpl {
             GemmImpl::Mma128 => "gemm_bf16_128x128",
             GemmImpl::Mma256 => "gemm_bf16_128x256",
             GemmImpl::Lt => "cublasLt",
-            GemmImpl::Wgmma => "gemm_bf16_wgmma",
         }
     }
 }
 
-/// What the backend could load: cuBLASLt, and whether the device runs the sm_90a kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GemmAvail {
-    pub lt: bool,
-    pub wgmma: bool,
-}
-
-/// The mma.sync tile configuration for an output N wide (columns of w): 256-wide tiles halve
+/// The tile configuration `tiles` picks for an output N wide (rows of w): 256-wide tiles halve
 /// the X re-reads once N fills them.
 pub fn mma_config(n: usize) -> GemmImpl {
     if n >= 2048 {
@@ -108,15 +105,15 @@ pub fn mma_config(n: usize) -> GemmImpl {
     }
 }
 
-/// The implementation a GEMM of N columns (rows of w) runs with, from the choice and what is
-/// available; pure, so the selection is tested without a device.
-pub fn pick_gemm(n: usize, choice: GemmChoice, avail: GemmAvail) -> GemmImpl {
+/// The candidate a GEMM of N columns runs with (None: the default, gemm_bf16_mma), from the
+/// choice and whether cuBLASLt loaded; pure, so the selection is tested without a device.
+pub fn pick_gemm(n: usize, choice: GemmChoice, lt_loaded: bool) -> Option<GemmImpl> {
     match choice {
-        GemmChoice::Auto | GemmChoice::CublasLt if avail.lt => GemmImpl::Lt,
-        GemmChoice::Wgmma if avail.wgmma => GemmImpl::Wgmma,
-        GemmChoice::Mma128 => GemmImpl::Mma128,
-        GemmChoice::Mma256 => GemmImpl::Mma256,
-        _ => mma_config(n),
+        GemmChoice::Mma => None,
+        GemmChoice::Tiles => Some(mma_config(n)),
+        GemmChoice::Mma128 => Some(GemmImpl::Mma128),
+        GemmChoice::Mma256 => Some(GemmImpl::Mma256),
+        GemmChoice::CublasLt => lt_loaded.then_some(GemmImpl::Lt),
     }
 }
 
@@ -148,16 +145,29 @@ fn epi_code(e: &Epilogue) -> i32 {
 }
 
 impl CudaBackend {
-    /// The dense GEMM's operands qualify: bf16 x and w with 16-byte aligned rows, bf16 or f32
-    /// out (any K: the kernels read K tails byte-exact).
-    fn gemm_operands_ok(&self, x: &TRef, w: &TRef, out: &TRef) -> Result<bool> {
+    /// The `REEL_GEMM` candidate for these operands, or None for the default kernels: the
+    /// candidates take bf16 x and w with 16-byte aligned rows and bf16 or f32 out.
+    pub(super) fn gemm_candidate(
+        &self,
+        x: &TRef,
+        w: &TRef,
+        out: &TRef,
+    ) -> Result<Option<GemmImpl>> {
+        let Some(imp) = pick_gemm(w.shape.dim(0), self.gemm_choice, self.lt.is_some()) else {
+            return Ok(None);
+        };
         let (xp, wp) = (self.ptr(x, "gemm x")?, self.ptr(w, "gemm w")?);
-        let xs = if x.shape.rows() <= 1 { x.shape.row_len() } else { x.row_stride };
-        Ok(x.dtype == DType::BF16
+        let xs = if x.shape.rows() <= 1 {
+            x.shape.row_len()
+        } else {
+            x.row_stride
+        };
+        let ok = x.dtype == DType::BF16
             && w.dtype == DType::BF16
             && matches!(out.dtype, DType::BF16 | DType::F32)
             && rows_16b(xp, xs, x.dtype)
-            && rows_16b(wp, w.row_stride, w.dtype))
+            && rows_16b(wp, w.row_stride, w.dtype);
+        Ok(ok.then_some(imp))
     }
 
     pub(super) fn op_matmul_fused(
@@ -169,24 +179,20 @@ impl CudaBackend {
         out: TRef,
     ) -> Result<()> {
         let d = check::matmul_fused(&x, &w, bias.as_ref(), &epi, &out)?;
-        // Small M (decode), quantized or f32 operands: the op sequence (GEMV + elementwise).
-        if d.m <= super::matmul::GEMV_ROWS || !self.gemm_operands_ok(&x, &w, &out)? {
-            return crate::backend::fused::matmul_fused_composed(self, x, w, bias, epi, out);
+        // Small M (decode), the default choice, or operands no candidate takes: the op sequence.
+        if d.m > super::matmul::GEMV_ROWS {
+            if let Some(imp) = self.gemm_candidate(&x, &w, &out)? {
+                if self.gemm(imp, x, w, bias, epi, out, d.m, d.n, d.k)? {
+                    return Ok(());
+                }
+            }
         }
-        let imp = pick_gemm(d.n, self.gemm_choice, self.gemm_avail());
-        self.gemm(imp, x, w, bias, epi, out, d.m, d.n, d.k)
+        crate::backend::fused::matmul_fused_composed(self, x, w, bias, epi, out)
     }
 
-    pub(super) fn gemm_avail(&self) -> GemmAvail {
-        GemmAvail {
-            lt: self.lt.is_some(),
-            wgmma: self.info.cc == (9, 0),
-        }
-    }
-
-    /// Runs `out = epi(x @ w^T + bias)` with implementation `imp` (operands already checked:
-    /// `check::matmul_fused` and [`Self::gemm_operands_ok`]); cuBLASLt shapes it has no
-    /// algorithm for, and the wgmma kernel's unsupported cases, go to the mma kernels.
+    /// Runs `out = epi(x @ w^T + bias)` with candidate `imp` (operands already checked:
+    /// `check::matmul_fused` and [`Self::gemm_candidate`]). Ok(false): cuBLASLt has no algorithm
+    /// for the shape, nothing was launched (the caller runs the default).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(
         &mut self,
@@ -199,20 +205,16 @@ impl CudaBackend {
         m: usize,
         n: usize,
         k: usize,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         fits_i32("matmul", &[m, n, k])?;
         if m == 0 || n == 0 {
-            return Ok(());
+            return Ok(true);
         }
         match imp {
-            GemmImpl::Lt => {
-                if self.gemm_lt(x, w, bias, epi, out, m, n, k)? {
-                    return Ok(());
-                }
-                self.gemm_mma(mma_config(n), x, w, bias, epi, out, m, n, k)
-            }
-            GemmImpl::Wgmma => self.gemm_wgmma(x, w, bias, epi, out, m, n, k),
-            i => self.gemm_mma(i, x, w, bias, epi, out, m, n, k),
+            GemmImpl::Lt => self.gemm_lt(x, w, bias, epi, out, m, n, k),
+            i => self
+                .gemm_mma(i, x, w, bias, epi, out, m, n, k)
+                .map(|()| true),
         }
     }
 
@@ -229,7 +231,10 @@ impl CudaBackend {
         k: usize,
     ) -> Result<ReelGemmParams> {
         let (bias_p, bias_dt) = match bias {
-            Some(b) => (self.ptr(b, "matmul bias")?, dt_code(b.dtype, "matmul bias")?),
+            Some(b) => (
+                self.ptr(b, "matmul bias")?,
+                dt_code(b.dtype, "matmul bias")?,
+            ),
             None => (0, REEL_DT_NONE),
         };
         let (res, res_stride, res_dt) = match epi {
@@ -250,7 +255,11 @@ impl CudaBackend {
             N: n as i32,
             K: k as i32,
             bias_dt,
-            x_stride: if m <= 1 { k as i64 } else { x.row_stride as i64 },
+            x_stride: if m <= 1 {
+                k as i64
+            } else {
+                x.row_stride as i64
+            },
             w_stride: w.row_stride as i64,
             out_stride: out.row_stride as i64,
             res_stride,
@@ -287,7 +296,11 @@ impl CudaBackend {
         })?;
         p.tiles_m = tm as i32;
         p.tiles_n = tn as i32;
-        let kern: Kernel = if imp == GemmImpl::Mma256 { GEMM_128X256 } else { GEMM_128X128 };
+        let kern: Kernel = if imp == GemmImpl::Mma256 {
+            GEMM_128X256
+        } else {
+            GEMM_128X128
+        };
         let l = Launch {
             grid: ((tm * tn) as u32, 1, 1),
             block: 256,
@@ -361,22 +374,24 @@ impl CudaBackend {
         )?;
         Ok(true)
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_wgmma(
-        &mut self,
-        x: TRef,
-        w: TRef,
-        bias: Option<TRef>,
-        epi: Epilogue,
-        out: TRef,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        self.gemm_mma(mma_config(n), x, w, bias, epi, out, m, n, k)
-    }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there).
+macro_rules! backend_ops {
+    () => {
+        fn matmul_fused(
+            &mut self,
+            x: $crate::backend::TRef,
+            w: $crate::backend::TRef,
+            bias: Option<$crate::backend::TRef>,
+            epi: $crate::backend::Epilogue,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_matmul_fused(x, w, bias, epi, out)
+        }
+    };
+}
+pub(super) use backend_ops;
 
 #[cfg(test)]
 mod tests {
@@ -384,23 +399,39 @@ mod tests {
 
     #[test]
     fn choice_parsing_and_selection() {
-        assert_eq!(GemmChoice::parse("AUTO"), Some(GemmChoice::Auto));
+        assert_eq!(GemmChoice::parse("MMA"), Some(GemmChoice::Mma));
+        assert_eq!(GemmChoice::parse(""), Some(GemmChoice::Mma));
         assert_eq!(GemmChoice::parse("cublaslt"), Some(GemmChoice::CublasLt));
         assert_eq!(GemmChoice::parse("mma256"), Some(GemmChoice::Mma256));
         assert_eq!(GemmChoice::parse("cutlass"), None);
-        let all = GemmAvail { lt: true, wgmma: true };
-        let none = GemmAvail { lt: false, wgmma: false };
-        // auto: cuBLASLt when loaded, never the (unmeasured) wgmma kernel.
-        assert_eq!(pick_gemm(3840, GemmChoice::Auto, all), GemmImpl::Lt);
-        assert_eq!(pick_gemm(3840, GemmChoice::Auto, none), GemmImpl::Mma256);
-        assert_eq!(pick_gemm(1280, GemmChoice::Auto, none), GemmImpl::Mma128);
-        // Requests fall back when their provider is missing.
-        assert_eq!(pick_gemm(1280, GemmChoice::CublasLt, none), GemmImpl::Mma128);
-        assert_eq!(pick_gemm(5120, GemmChoice::Wgmma, all), GemmImpl::Wgmma);
-        assert_eq!(pick_gemm(5120, GemmChoice::Wgmma, none), GemmImpl::Mma256);
-        assert_eq!(pick_gemm(5120, GemmChoice::Mma, all), GemmImpl::Mma256);
-        assert_eq!(pick_gemm(5120, GemmChoice::Mma128, all), GemmImpl::Mma128);
-        assert_eq!(pick_gemm(64, GemmChoice::Mma256, all), GemmImpl::Mma256);
+        for v in GemmChoice::VALUES {
+            assert!(GemmChoice::parse(v).is_some(), "{v}");
+            assert!(GemmChoice::NAMES.contains(v), "{v}");
+        }
+        // The default is gemm_bf16_mma whatever loaded.
+        assert_eq!(pick_gemm(3840, GemmChoice::Mma, true), None);
+        assert_eq!(
+            pick_gemm(3840, GemmChoice::Tiles, false),
+            Some(GemmImpl::Mma256)
+        );
+        assert_eq!(
+            pick_gemm(1280, GemmChoice::Tiles, false),
+            Some(GemmImpl::Mma128)
+        );
+        assert_eq!(
+            pick_gemm(1280, GemmChoice::CublasLt, true),
+            Some(GemmImpl::Lt)
+        );
+        // cuBLASLt asked for but missing: the default.
+        assert_eq!(pick_gemm(1280, GemmChoice::CublasLt, false), None);
+        assert_eq!(
+            pick_gemm(64, GemmChoice::Mma256, true),
+            Some(GemmImpl::Mma256)
+        );
+        assert_eq!(
+            pick_gemm(5120, GemmChoice::Mma128, true),
+            Some(GemmImpl::Mma128)
+        );
     }
 
     /// The dynamic smem figures are the kernels' (kernels/gemm.cu GemmCfg), and fit the

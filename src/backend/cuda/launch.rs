@@ -138,7 +138,7 @@ pub fn check_launch(
             l.grid
         ));
     }
-    if l.block == 0 || l.block % 32 != 0 || l.block > 1024 {
+    if l.block == 0 || !l.block.is_multiple_of(32) || l.block > 1024 {
         return Err(format!(
             "{name}: block of {} threads is not a multiple of 32 in 32..=1024",
             l.block

@@ -3,11 +3,11 @@
 //! Q4_K and Q6_K weights).
 //!
 //! Dispatch ([`pick`], a pure function of the shape, the types and the alignment):
-//! - float weights: bf16 x and w with 16-byte aligned rows take the tensor-core GEMM for M > 8
-//!   (any K: the GEMMs read K tails byte-exact; which GEMM is `gemm::pick_gemm`'s choice) and,
-//!   for M <= 8 (decode, memory-bound), the 16-byte GEMV when K % 8 == 0; anything else
-//!   (f32/f16 x or w, unaligned rows, a small M with K % 8 != 0) takes the scalar GEMV, in
-//!   slices of 8 rows;
+//! - float weights: bf16 x and w take the 16-byte GEMV for M <= 8 (decode, memory-bound) when
+//!   K % 8 == 0 and rows are 16-byte aligned, and the tensor-core GEMM (gemm_bf16_mma) otherwise:
+//!   it reads any K (zero-filled tails) at any row alignment (the ViT MLP's K = 3420), so no
+//!   bf16 shape falls to the scalar kernel (`REEL_GEMM` may swap the GEMM for a candidate,
+//!   gemm.rs); f32/f16 x or w take the scalar GEMV, in slices of 8 rows;
 //! - quantized weights: M <= 8 takes the dequant-fused GEMV (weights streamed once through
 //!   16-byte loads, exact dequantization, f32 sums); larger M with bf16 activations in 16-byte
 //!   aligned rows takes the tensor-core GEMM (weight tiles dequantized to bf16 in smem); larger
@@ -16,8 +16,9 @@
 //!
 //! ptxas (CUDA 13.0, -O3), registers per kernel, no spills and no stack frame on sm_80/86/89/90a:
 //! qgemv_* 72-80 (`__launch_bounds__(256, 2)`: without the occupancy hint ptxas capped the Q8_0
-//! GEMV at 64 registers and spilled), qgemm_* 125-128. Static smem 40 KB for the quantized GEMV
-//! (8 x 2 KB weight windows + 24 KB of x) and the quantized GEMM; the bf16 GEMMs are in gemm.rs.
+//! GEMV at 64 registers and spilled), qgemm_* 125-128, gemm_bf16_mma 128. Static smem 40 KB for
+//! the quantized GEMV (8 x 2 KB weight windows + 24 KB of x) and both GEMMs; the candidate GEMMs
+//! are in gemm.rs.
 
 use super::launch::{kernels, Kernel, Launch};
 use super::params::{
@@ -32,6 +33,7 @@ use crate::tensor::DType;
 kernels! {
     GEMV_V16 = "gemv" / "gemv_bf16_v16";
     GEMV_SCALAR = "gemv" / "gemv_scalar";
+    GEMM_MMA = "gemm" / "gemm_bf16_mma";
     QGEMV_Q8_0_BF16 = "quant" / "qgemv_q8_0_bf16";
     QGEMV_Q8_0_F32 = "quant" / "qgemv_q8_0_f32";
     QGEMV_Q4_K_BF16 = "quant" / "qgemv_q4_k_bf16";
@@ -90,9 +92,9 @@ pub enum MatmulKernel {
     GemvV16,
     /// gemv_scalar: any float types, K, strides and alignment; slices of 8 rows.
     GemvScalar,
-    /// The dense bf16 GEMM on tensor cores, M > 8 (implementations in gemm.rs: mma.sync tiles,
-    /// cuBLASLt, wgmma).
-    Gemm,
+    /// gemm_bf16_mma: bf16 x and w on tensor cores, any K and row alignment (REEL_GEMM
+    /// candidates in gemm.rs).
+    GemmMma,
     /// qgemv_<type>_<stage>: quantized weights, slices of 8 rows.
     QGemv(QType, XStage),
     /// qgemm_<type>: quantized weights dequantized to bf16 tiles, bf16 x, M > 8.
@@ -126,12 +128,12 @@ pub fn pick(c: &MatmulCase) -> MatmulKernel {
             MatmulKernel::QGemv(q, XStage::F32)
         };
     }
-    let bf16_rows =
-        c.x == DType::BF16 && c.w == DType::BF16 && c.x_rows_16b && c.w_rows_16b;
-    if bf16_rows && c.m > GEMV_ROWS {
-        MatmulKernel::Gemm
-    } else if bf16_rows && c.k % 8 == 0 {
+    let bf16 = c.x == DType::BF16 && c.w == DType::BF16;
+    let v16 = bf16 && c.k.is_multiple_of(8) && c.x_rows_16b && c.w_rows_16b;
+    if v16 && c.m <= GEMV_ROWS {
         MatmulKernel::GemvV16
+    } else if bf16 {
+        MatmulKernel::GemmMma
     } else {
         MatmulKernel::GemvScalar
     }
@@ -144,7 +146,7 @@ impl MatmulKernel {
         match self {
             GemvV16 => GEMV_V16,
             GemvScalar => GEMV_SCALAR,
-            Gemm => super::gemm::GEMM_128X128,
+            GemmMma => GEMM_MMA,
             QGemv(Q8_0, XStage::Bf16) => QGEMV_Q8_0_BF16,
             QGemv(Q8_0, XStage::F32) => QGEMV_Q8_0_F32,
             QGemv(Q4K, XStage::Bf16) => QGEMV_Q4_K_BF16,
@@ -158,11 +160,10 @@ impl MatmulKernel {
     }
 
     /// Launch shape for an [M, N] output: (grid, block). GEMVs: one warp per output column, 8
-    /// per block, grid.y walks M in slices of 8 rows; the quantized GEMM: 128 x 128 output tiles
-    /// (the dense GEMM launches through gemm.rs, which has its own grid).
+    /// per block, grid.y walks M in slices of 8 rows; GEMMs: 128 x 128 output tiles.
     pub fn grid(self, m: usize, n: usize) -> Result<((u32, u32, u32), u32)> {
         let (gx, gy, block) = match self {
-            MatmulKernel::Gemm | MatmulKernel::QGemm(_) => (
+            MatmulKernel::GemmMma | MatmulKernel::QGemm(_) => (
                 n.div_ceil(REEL_GEMM_BN as usize),
                 m.div_ceil(REEL_GEMM_BM as usize),
                 REEL_GEMM_THREADS,
@@ -202,7 +203,7 @@ impl CudaBackend {
         kern: MatmulKernel,
         bytes: usize,
     ) -> Result<()> {
-        need(wp % 2 == 0, || {
+        need(wp.is_multiple_of(2), || {
             format!("matmul: {} weight at an odd address", w.dtype)
         })?;
         if matches!(kern, MatmulKernel::QGemv(..)) {
@@ -235,6 +236,7 @@ impl CudaBackend {
             )
         })?;
         fits_i32(OP, &[d.m, d.n, d.k])?;
+        let bias_ref = bias;
         let (bias, bias_dt) = match &bias {
             Some(b) => (
                 self.ptr(b, "matmul bias")?,
@@ -258,9 +260,13 @@ impl CudaBackend {
             x_rows_16b: rows_16b(xp, xs, x.dtype),
             w_rows_16b: rows_16b(wp, w.row_stride, w.dtype),
         });
-        if kern == MatmulKernel::Gemm {
-            let imp = super::gemm::pick_gemm(d.n, self.gemm_choice, self.gemm_avail());
-            return self.gemm(imp, x, w, bias, Epilogue::None, out, d.m, d.n, d.k);
+        if kern == MatmulKernel::GemmMma {
+            // A REEL_GEMM candidate, when one is selected and takes these operands.
+            if let Some(imp) = self.gemm_candidate(&x, &w, &out)? {
+                if self.gemm(imp, x, w, bias_ref, Epilogue::None, out, d.m, d.n, d.k)? {
+                    return Ok(());
+                }
+            }
         }
         let (grid, block) = kern.grid(d.m, d.n)?;
         let l = Launch {
@@ -295,3 +301,20 @@ impl CudaBackend {
         self.launch(kern.kernel(), l, &p)
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn matmul(
+            &mut self,
+            x: $crate::backend::TRef,
+            w: $crate::backend::TRef,
+            bias: Option<$crate::backend::TRef>,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_matmul(x, w, bias, out)
+        }
+    };
+}
+pub(super) use backend_ops;

@@ -3,7 +3,10 @@
 //! quant.cu's matmul kernels; `attention.rs` attention.cu and attention_mma.cu; the other files
 //! share their kernel file's name). Each op first checks its operands against the op's
 //! contract (`backend::check`); a launcher adds only what is the device's own (alignment for
-//! 16-byte loads, grid and int32 limits, pointer lookups).
+//! 16-byte loads, grid and int32 limits, pointer lookups). A launcher file declares its kernels
+//! (`kernels!`, joined into [`KERNEL_TABLES`]) and the trait methods it implements
+//! (`backend_ops!`, expanded in `impl Backend for CudaBackend` below), so a kernel for an op
+//! touches no other Rust file.
 //!
 //! Buffers are `CudaSlice<u8>` in a table indexed by [`BufId`]; kernels receive raw device
 //! addresses inside one parameter struct per launch (kernels/params.h, bound by bindgen).
@@ -30,7 +33,6 @@ pub mod launch;
 
 mod argmax;
 mod attention;
-pub mod bench;
 pub mod cublaslt;
 mod elementwise;
 pub mod gemm;
@@ -56,10 +58,7 @@ pub(crate) const KERNEL_TABLES: &[&[launch::Kernel]] = &[
 
 pub use embedded::{ARCHS, MODULES};
 
-use super::{
-    Backend, BufId, Epilogue, GraphId, HostBytes, MemStats, MropeParams, PagedKv, PendingToken,
-    TRef,
-};
+use super::{Backend, BufId, GraphId, HostBytes, MemStats, PendingToken, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use cudarc::driver::sys::CUdevice_attribute as DevAttr;
@@ -192,54 +191,36 @@ impl CudaBackend {
     }
 
     /// Selects the dense GEMM (what `REEL_GEMM` does at open): loads cuBLASLt the first time
-    /// it is wanted; when it cannot load, or the wgmma kernel cannot run here, says so once on
-    /// stderr and keeps the mma.sync kernels.
+    /// it is asked for; when it cannot load, says so once on stderr and keeps the default.
     pub fn set_gemm(&mut self, choice: gemm::GemmChoice) {
-        use gemm::GemmChoice as C;
         self.gemm_choice = choice;
-        if matches!(choice, C::Auto | C::CublasLt) && self.lt.is_none() && self.lt_note.is_none() {
+        if choice == gemm::GemmChoice::CublasLt && self.lt.is_none() && self.lt_note.is_none() {
             match cublaslt::Lt::load(&self.stream) {
                 Ok(lt) => {
                     self.mem_allocated(cublaslt::WORKSPACE_BYTES);
                     self.lt = Some(lt);
                 }
                 Err(why) => {
-                    eprintln!("reel: cuBLASLt unavailable ({why}); dense GEMMs use the mma.sync kernels");
+                    eprintln!("reel: cuBLASLt unavailable ({why}); dense GEMMs use gemm_bf16_mma");
                     self.lt_note = Some(why);
                 }
             }
         }
-        if choice == C::Wgmma && !self.gemm_avail().wgmma {
-            eprintln!(
-                "reel: REEL_GEMM=wgmma needs sm_90 (this is sm_{}{}); dense GEMMs use the mma.sync kernels",
-                self.info.cc.0, self.info.cc.1
-            );
-        }
     }
 
-    /// Which dense GEMM runs the tensor-core shapes, in words (for `reel bench` and the logs).
+    /// Which dense GEMM runs the tensor-core shapes, in words (for `reel info`, `reel bench`).
     pub fn gemm_summary(&self) -> String {
-        use gemm::GemmImpl as I;
-        let avail = self.gemm_avail();
-        match gemm::pick_gemm(4096, self.gemm_choice, avail) {
-            I::Lt => format!(
-                "cuBLASLt {}",
-                self.lt.as_ref().map_or(String::new(), |l| l.version_string())
-            ),
-            I::Wgmma => "wgmma (sm_90a)".into(),
-            I::Mma128 | I::Mma256 => {
-                let base = match self.gemm_choice {
-                    gemm::GemmChoice::Mma128 => "mma.sync 128x128",
-                    gemm::GemmChoice::Mma256 => "mma.sync 128x256",
-                    _ => "mma.sync 128x128/128x256",
-                };
-                match &self.lt_note {
-                    Some(why) if self.gemm_choice != gemm::GemmChoice::Mma => {
-                        format!("{base} (no cuBLASLt: {why})")
-                    }
-                    _ => base.into(),
-                }
-            }
+        use gemm::GemmChoice as C;
+        match self.gemm_choice {
+            C::Mma => "gemm_bf16_mma".into(),
+            C::Tiles => "gemm_bf16_128x128/128x256 (REEL_GEMM=tiles)".into(),
+            C::Mma128 => "gemm_bf16_128x128 (REEL_GEMM=mma128)".into(),
+            C::Mma256 => "gemm_bf16_128x256 (REEL_GEMM=mma256)".into(),
+            C::CublasLt => match (&self.lt, &self.lt_note) {
+                (Some(lt), _) => format!("cuBLASLt {} (REEL_GEMM=cublaslt)", lt.version_string()),
+                (None, Some(why)) => format!("gemm_bf16_mma (no cuBLASLt: {why})"),
+                (None, None) => "gemm_bf16_mma".into(),
+            },
         }
     }
 
@@ -363,7 +344,7 @@ pub(crate) fn fits_i32(what: &str, dims: &[usize]) -> Result<()> {
 /// Whether rows of a tensor at address `ptr` with `row_stride` elements of `dt` all start on
 /// 16-byte boundaries (16-byte loads, cp.async).
 pub(crate) fn rows_16b(ptr: u64, row_stride: usize, dt: DType) -> bool {
-    ptr % 16 == 0 && dt.bytes_for(row_stride) % 16 == 0
+    ptr.is_multiple_of(16) && dt.bytes_for(row_stride).is_multiple_of(16)
 }
 
 impl Backend for CudaBackend {
@@ -483,79 +464,16 @@ impl Backend for CudaBackend {
             .map_err(|e| err(format!("synchronize: {e}")))
     }
 
-    fn embedding(&mut self, table: TRef, ids: TRef, out: TRef) -> Result<()> {
-        self.op_embedding(table, ids, out)
-    }
-    fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
-        self.op_rms_norm(x, w, out, eps)
-    }
-    fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
-        self.op_matmul(x, w, bias, out)
-    }
-    fn matmul_fused(
-        &mut self,
-        x: TRef,
-        w: TRef,
-        bias: Option<TRef>,
-        epi: Epilogue,
-        out: TRef,
-    ) -> Result<()> {
-        self.op_matmul_fused(x, w, bias, epi, out)
-    }
-    fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
-        self.op_add(a, b, out)
-    }
-    fn swiglu(&mut self, gate: TRef, up: TRef, out: TRef) -> Result<()> {
-        self.op_swiglu(gate, up, out)
-    }
-    fn gelu(&mut self, x: TRef, out: TRef) -> Result<()> {
-        self.op_gelu(x, out)
-    }
-    fn rope_mrope(&mut self, x: TRef, pos: TRef, out: TRef, p: MropeParams) -> Result<()> {
-        self.op_rope_mrope(x, pos, out, p)
-    }
-    fn rope_vision(&mut self, x: TRef, pos: TRef, out: TRef, theta: f32) -> Result<()> {
-        self.op_rope_vision(x, pos, out, theta)
-    }
-    fn kv_append(&mut self, k: TRef, v: TRef, kv: &PagedKv, layer: usize) -> Result<()> {
-        self.op_kv_append(k, v, kv, layer)
-    }
-    fn attention_paged(
-        &mut self,
-        q: TRef,
-        kv: &PagedKv,
-        layer: usize,
-        out: TRef,
-        scale: f32,
-    ) -> Result<()> {
-        self.op_attention_paged(q, kv, layer, out, scale)
-    }
-    fn attention_varlen(
-        &mut self,
-        q: TRef,
-        k: TRef,
-        v: TRef,
-        cu_seqlens: TRef,
-        out: TRef,
-        scale: f32,
-    ) -> Result<()> {
-        self.op_attention_varlen(q, k, v, cu_seqlens, out, scale)
-    }
-    fn gather_rows(&mut self, x: TRef, idx: TRef, out: TRef) -> Result<()> {
-        self.op_gather_rows(x, idx, out)
-    }
-    fn scatter_rows(&mut self, src: TRef, idx: TRef, dst: TRef) -> Result<()> {
-        self.op_scatter_rows(src, idx, dst)
-    }
-    fn cast(&mut self, x: TRef, out: TRef) -> Result<()> {
-        self.op_cast(x, out)
-    }
-    fn argmax(&mut self, x: TRef, out: TRef) -> Result<()> {
-        self.op_argmax(x, out)
-    }
-    fn sample(&mut self, logits: TRef, args: TRef, out: TRef) -> Result<()> {
-        self.op_sample(logits, args, out)
-    }
+    // Each launcher file's ops (its `backend_ops!`).
+    argmax::backend_ops!();
+    attention::backend_ops!();
+    elementwise::backend_ops!();
+    matmul::backend_ops!();
+    gemm::backend_ops!();
+    norm::backend_ops!();
+    rope::backend_ops!();
+    sampling::backend_ops!();
+
     fn capture_begin(&mut self) -> Result<bool> {
         self.g_capture_begin()
     }

@@ -44,3 +44,20 @@ impl CudaBackend {
         )
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn rms_norm(
+            &mut self,
+            x: $crate::backend::TRef,
+            w: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+            eps: f32,
+        ) -> $crate::error::Result<()> {
+            self.op_rms_norm(x, w, out, eps)
+        }
+    };
+}
+pub(super) use backend_ops;

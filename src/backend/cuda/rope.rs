@@ -88,3 +88,29 @@ impl CudaBackend {
         )
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn rope_mrope(
+            &mut self,
+            x: $crate::backend::TRef,
+            pos: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+            p: $crate::backend::MropeParams,
+        ) -> $crate::error::Result<()> {
+            self.op_rope_mrope(x, pos, out, p)
+        }
+        fn rope_vision(
+            &mut self,
+            x: $crate::backend::TRef,
+            pos: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+            theta: f32,
+        ) -> $crate::error::Result<()> {
+            self.op_rope_vision(x, pos, out, theta)
+        }
+    };
+}
+pub(super) use backend_ops;

@@ -39,3 +39,19 @@ impl CudaBackend {
         )
     }
 }
+
+/// This file's ops in `impl Backend for CudaBackend` (cuda/mod.rs expands it there, as
+/// `KERNEL_TABLES` takes the file's `kernels!` table).
+macro_rules! backend_ops {
+    () => {
+        fn sample(
+            &mut self,
+            logits: $crate::backend::TRef,
+            args: $crate::backend::TRef,
+            out: $crate::backend::TRef,
+        ) -> $crate::error::Result<()> {
+            self.op_sample(logits, args, out)
+        }
+    };
+}
+pub(super) use backend_ops;

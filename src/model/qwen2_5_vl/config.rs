@@ -2,7 +2,11 @@
 //! field by field (every error names the file and the field).
 
 use crate::error::{Error, Result};
+use crate::fence;
 use crate::model::checkpoint::{self, gguf_config_origin, Files};
+use crate::model::config::limits::{
+    MAX_HEADS, MAX_LAYERS, MAX_PATCH, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH,
+};
 use crate::model::config::{
     first_with, parse_json_object, Config, Fields, Obj, TextConfig, TokenIds,
 };
@@ -77,7 +81,7 @@ const DEFAULT_VISION_END: u32 = 151653;
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = fence::read_text_bounded(path, fence::MAX_JSON_FILE, "a config.json")?;
         ModelConfig::from_json(&text, path)
     }
 
@@ -240,11 +244,30 @@ fn parse_text(srcs: &[Fields]) -> Result<TextConfig> {
     let vocab_size = req("vocab_size")?;
 
     let f = |key: &str| first_with(srcs, key);
+    // Sizes first, before anything below multiplies or allocates by them.
+    for (key, v, max) in [
+        ("hidden_size", hidden_size, MAX_WIDTH),
+        ("num_hidden_layers", num_hidden_layers, MAX_LAYERS),
+        ("num_attention_heads", num_attention_heads, MAX_HEADS),
+        ("num_key_value_heads", num_key_value_heads, MAX_HEADS),
+        ("intermediate_size", intermediate_size, MAX_WIDTH),
+        ("vocab_size", vocab_size, MAX_VOCAB),
+    ] {
+        f(key).at_most(key, v, max)?;
+    }
     let head_dim_given = f("head_dim").usize("head_dim")?;
+    if let Some(d) = head_dim_given {
+        f("head_dim").at_most("head_dim", d, MAX_HEADS)?;
+    }
     let rms_norm_eps = f("rms_norm_eps").f32("rms_norm_eps")?.unwrap_or(1e-6);
     let max_position_embeddings = f("max_position_embeddings")
         .usize("max_position_embeddings")?
         .unwrap_or(32_768);
+    f("max_position_embeddings").at_most(
+        "max_position_embeddings",
+        max_position_embeddings,
+        MAX_POSITIONS,
+    )?;
     let tie_word_embeddings = f("tie_word_embeddings")
         .bool("tie_word_embeddings")?
         .unwrap_or(false);
@@ -290,6 +313,9 @@ fn parse_text(srcs: &[Fields]) -> Result<TextConfig> {
             "missing (Qwen2.5-VL needs the M-RoPE sections, e.g. [16, 24, 24])",
         )
     })?;
+    for &v in &sec {
+        rf.at_most("mrope_section", v, MAX_HEADS)?;
+    }
     let mrope_section: [usize; 3] = sec.as_slice().try_into().map_err(|_| {
         rf.err(
             "mrope_section",
@@ -417,6 +443,20 @@ fn parse_vision(vf: &Fields) -> Result<VisionConfig> {
     pos("spatial_merge_size", spatial_merge_size)?;
     pos("in_channels", in_channels)?;
     pos("window_size", window_size)?;
+    for (key, v, max) in [
+        ("depth", depth, MAX_LAYERS),
+        ("hidden_size", hidden_size, MAX_WIDTH),
+        ("num_heads", num_heads, MAX_HEADS),
+        ("intermediate_size", intermediate_size, MAX_WIDTH),
+        ("patch_size", patch_size, MAX_PATCH),
+        ("temporal_patch_size", temporal_patch_size, MAX_PATCH),
+        ("spatial_merge_size", spatial_merge_size, MAX_PATCH),
+        ("in_channels", in_channels, MAX_PATCH),
+        ("out_hidden_size", out_hidden_size, MAX_WIDTH),
+        ("window_size", window_size, MAX_WIDTH),
+    ] {
+        vf.at_most(key, v, max)?;
+    }
     if hidden_size % num_heads != 0 {
         return Err(vf.err(
             "num_heads",

@@ -261,7 +261,7 @@ fn build(
 ) -> Result<VisionGraph> {
     let d = cfg.hidden_size;
     let heads = cfg.num_heads;
-    if heads == 0 || d % heads != 0 || (d / heads) % 4 != 0 {
+    if heads == 0 || !d.is_multiple_of(heads) || !(d / heads).is_multiple_of(4) {
         return Err(err(format!(
             "hidden_size {d} / num_heads {heads} must give a head_dim divisible by 4"
         )));

@@ -48,7 +48,7 @@ pub fn load_tensor(store: &dyn WeightStore, spec: &TensorSpec) -> Result<TensorI
         return Ok(t);
     }
     let cols: usize = t.shape[1..].iter().product();
-    if t.dtype.is_quantized() && cols % t.dtype.block_len() != 0 {
+    if t.dtype.is_quantized() && !cols.is_multiple_of(t.dtype.block_len()) {
         return Err(Error::Checkpoint(format!(
             "tensor `{}` in {}: {} blocks do not fit its {cols}-wide matrix rows",
             t.name,

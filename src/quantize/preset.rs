@@ -17,9 +17,9 @@
 //!   multiple of 32, else BF16 (llama.cpp goes to Q5_0/Q8_0 then F16; reel has no Q5_0 and keeps
 //!   bf16 checkpoints lossless). The vision MLP's 3420-wide rows hit this.
 
-use super::{dequantize_row, quantize_row, row_bytes};
 use crate::error::{Error, Result};
 use crate::model::inventory::{Role, TensorClass, Tower};
+use crate::quant::{dequantize_row, quantize_row, row_bytes};
 use crate::tensor::DType;
 use rayon::prelude::*;
 use std::fmt;
@@ -139,13 +139,15 @@ pub fn choose_type(
         }
     };
     let row = *shape.last().unwrap();
-    if row % want.block_len() == 0 {
+    if row.is_multiple_of(want.block_len()) {
         return Choice {
             dtype: want,
             fallback: None,
         };
     }
-    let dtype = if want.is_quantized() && want != DType::Q8_0 && row % DType::Q8_0.block_len() == 0
+    let dtype = if want.is_quantized()
+        && want != DType::Q8_0
+        && row.is_multiple_of(DType::Q8_0.block_len())
     {
         DType::Q8_0
     } else {
@@ -171,7 +173,7 @@ pub fn convert_rows(
 ) -> Result<()> {
     let sb = row_bytes(src_dtype, row_len)?;
     let db = row_bytes(dst, row_len)?;
-    if sb == 0 || src.len() % sb != 0 || out.len() != src.len() / sb * db {
+    if sb == 0 || !src.len().is_multiple_of(sb) || out.len() != src.len() / sb * db {
         return Err(Error::Other(format!(
             "quant: converting rows of {row_len} from {src_dtype} ({} bytes) to {dst} ({} bytes): sizes do not fit",
             src.len(),
@@ -366,9 +368,9 @@ mod tests {
             }
         };
         let row = *shape.last().unwrap();
-        if row % want.block_len() == 0 {
+        if row.is_multiple_of(want.block_len()) {
             want
-        } else if matches!(want, DType::Q4K | DType::Q6K) && row % 32 == 0 {
+        } else if matches!(want, DType::Q4K | DType::Q6K) && row.is_multiple_of(32) {
             DType::Q8_0
         } else {
             DType::BF16

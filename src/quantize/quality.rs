@@ -88,7 +88,7 @@ impl Accumulator {
 pub fn compare_logits(reference: &[f32], candidate: &[f32], vocab: usize) -> Result<LogitStats> {
     if vocab == 0
         || reference.len() != candidate.len()
-        || reference.len() % vocab != 0
+        || !reference.len().is_multiple_of(vocab)
         || reference.is_empty()
     {
         return Err(Error::Other(format!(

@@ -1,0 +1,578 @@
+//! AVX-512 float GEMM: `out[M, N] = x[M, K] · w[N, K]ᵀ`, f32 accumulation.
+//!
+//! Two element kinds share one structure:
+//! - [`Dp`]: bf16 activations × bf16 weights with `vdpbf16ps` (AVX512_BF16). Each 32-bit lane
+//!   holds a pair of consecutive K elements; products of two bf16 values are exact in f32, and
+//!   the instruction adds the two products into the f32 accumulator (rounding each add to
+//!   nearest even, with denormal inputs and outputs flushed to zero). Only used where the
+//!   activations already are bf16, so nothing is rounded that the reference does not round.
+//! - [`F32`]: f32 activations (bf16 ones widened first) × bf16/f16/f32 weights widened to f32
+//!   while packing, with FMA.
+//!
+//! Large M (prefill, the vision tower): weights are packed per call, one panel of [`NR`] = 48
+//! columns × a K block at a time, into a thread-local buffer laid out `[k][48]` so the
+//! microkernel reads it contiguously; activations are packed once per call into `[k][MR]` tiles.
+//! The `MR × 48` microkernel (MR = 8) keeps 24 zmm accumulators and issues 24 multiply-adds per
+//! three vector loads and eight broadcasts: one multiply-add per cycle, the core's peak, on the
+//! 2-core Zen 4 it was tuned on (MR × NR of 12 × 32, 8 × 48 and 6 × 64 ran alike). Threads take (panel, row chunk) units; each panel's
+//! weights are read from memory once per row chunk (once per call unless N is too small to keep
+//! every thread busy), so the weights are read once for the whole batch.
+//!
+//! Small M (decode, short batches): no packing; each task dots up to [`RM`] activation rows
+//! with [`RN`] weight rows straight from their stored layout (lanes over K, masked tails,
+//! a horizontal sum at the end). One pass over the weights serves every activation row.
+
+#![cfg(target_arch = "x86_64")]
+
+use super::super::{SPtr, View};
+use super::{with_scratch, Bias, Slot};
+
+/// [`super::store_row`] for f32 and bf16 outputs: bias added in f32, then bf16 rounded to
+/// nearest even as `simd::f32_to_bf16_bits` does (NaN kept quiet), sixteen lanes at a time.
+///
+/// # Safety
+/// AVX-512 F/BW must be available; `dst` holds `row.len()` writable elements of `dt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn store_row(row: &mut [f32], bias: Bias, dst: *mut u8, dt: DType) {
+    if !matches!(dt, DType::F32 | DType::BF16) {
+        return super::store_row(row, bias, dst, dt);
+    }
+    let n = row.len();
+    let mut i = 0;
+    while i < n {
+        let k = mask16(n - i);
+        let mut v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(i));
+        if let Some(b) = bias {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b.as_ptr().add(i)));
+        }
+        if dt == DType::F32 {
+            _mm512_mask_storeu_ps((dst as *mut f32).add(i), k, v);
+        } else {
+            let b = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                b,
+                _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
+            ));
+            let nan = _mm512_cmpgt_epu32_mask(
+                _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff)),
+                _mm512_set1_epi32(0x7f80_0000),
+            );
+            let q = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+            let r = _mm512_mask_blend_epi32(nan, r, q);
+            _mm256_mask_storeu_epi16((dst as *mut i16).add(i), k, _mm512_cvtepi32_epi16(r));
+        }
+        i += 16;
+    }
+}
+use crate::tensor::DType;
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// Weight columns per packed panel (NV zmm of 16 lanes).
+pub const NR: usize = 16 * NV;
+/// zmm vectors per panel row.
+const NV: usize = 3;
+/// Activation rows per microkernel call.
+pub const MR: usize = 8;
+/// Largest K block, in 4-byte units (bf16 pairs or f32), whose packed panel (KCU · NR · 4 bytes)
+/// stays in L2.
+const KCU: usize = 2048;
+/// Weight rows per small-M task step.
+const RN: usize = 4;
+/// Activation rows per small-M step.
+const RM: usize = 4;
+
+/// Which products the kernel computes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// bf16 × bf16 pairs, `vdpbf16ps`.
+    Dp,
+    /// f32 × f32, FMA.
+    F32,
+}
+
+impl Kind {
+    /// K elements per 4-byte unit.
+    fn per_unit(self) -> usize {
+        match self {
+            Kind::Dp => 2,
+            Kind::F32 => 1,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+
+/// 16×16 transpose of 32-bit elements.
+#[inline(always)]
+unsafe fn transpose16(r: &mut [__m512i; 16]) {
+    let mut a = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    let mut b = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    // b[4i + j], 128-bit lane L, holds rows 4i..4i+4 of column 4L + j.
+    for j in 0..4 {
+        let d0 = _mm512_shuffle_i32x4::<0x88>(b[j], b[4 + j]);
+        let d1 = _mm512_shuffle_i32x4::<0xDD>(b[j], b[4 + j]);
+        let e0 = _mm512_shuffle_i32x4::<0x88>(b[8 + j], b[12 + j]);
+        let e1 = _mm512_shuffle_i32x4::<0xDD>(b[8 + j], b[12 + j]);
+        r[j] = _mm512_shuffle_i32x4::<0x88>(d0, e0);
+        r[8 + j] = _mm512_shuffle_i32x4::<0xDD>(d0, e0);
+        r[4 + j] = _mm512_shuffle_i32x4::<0x88>(d1, e1);
+        r[12 + j] = _mm512_shuffle_i32x4::<0xDD>(d1, e1);
+    }
+}
+
+/// Mask of the first `n` (≤ 32) lanes.
+#[inline(always)]
+fn mask32(n: usize) -> u32 {
+    if n >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << n) - 1
+    }
+}
+
+#[inline(always)]
+fn mask16(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// Sixteen K units of one weight row from element `e` (of `left` remaining elements) as 32-bit
+/// lanes: bf16 pairs for [`Kind::Dp`], f32 values for [`Kind::F32`]. Lanes past the row are 0.
+#[inline(always)]
+unsafe fn load_w16(kind: Kind, dt: DType, p: *const u8, left: usize) -> __m512i {
+    match (kind, dt) {
+        (Kind::Dp, _) => _mm512_maskz_loadu_epi16(mask32(left), p as *const i16),
+        (Kind::F32, DType::BF16) => {
+            let h = _mm256_maskz_loadu_epi16(mask16(left), p as *const i16);
+            _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))
+        }
+        (Kind::F32, DType::F16) => {
+            let h = _mm256_maskz_loadu_epi16(mask16(left), p as *const i16);
+            _mm512_castps_si512(_mm512_cvtph_ps(h))
+        }
+        (Kind::F32, _) => _mm512_maskz_loadu_epi32(mask16(left), p as *const i32),
+    }
+}
+
+/// Packs weight rows `n0..n0 + cnt` (cnt ≤ NR; missing columns are zero), K elements
+/// `k0..k1`, into `bp` as `[unit][NR]` 32-bit lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn pack_b(kind: Kind, w: &View, n0: usize, cnt: usize, k0: usize, k1: usize, bp: *mut u32) {
+    let pu = kind.per_unit();
+    let es = w.dt.bytes_for(1);
+    let units = (k1 - k0).div_ceil(pu);
+    let col: [*const u8; NR] = std::array::from_fn(|c| w.at(n0 + c.min(cnt - 1), k0) as *const u8);
+    // Sixteen rows at a time (sixteen sequential streams for the prefetchers), each read
+    // a few lines ahead.
+    for half in 0..NV {
+        for g in 0..units.div_ceil(16) {
+            let e = 16 * pu * g;
+            let left = (k1 - k0 - e).min(16 * pu);
+            let u0 = 16 * g;
+            let rows = (units - u0).min(16);
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (c, rc) in r.iter_mut().enumerate() {
+                let cc = 16 * half + c;
+                if cc < cnt {
+                    let p = col[cc].add(e * es);
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(512) as *const i8);
+                    *rc = load_w16(kind, w.dt, p, left);
+                }
+            }
+            transpose16(&mut r);
+            let dst = bp.add(u0 * NR + 16 * half);
+            for (j, rj) in r.iter().enumerate().take(rows) {
+                _mm512_storeu_si512(dst.add(j * NR) as *mut _, *rj);
+            }
+        }
+    }
+}
+
+/// Packs activations into `data` as `[tile][unit][MR]` 32-bit lanes, tiles of MR rows (missing
+/// rows zero): for [`Kind::Dp`] from bf16 rows, for [`Kind::F32`] from f32 rows.
+fn pack_a(
+    kind: Kind,
+    m: usize,
+    k: usize,
+    row: impl Fn(usize) -> *const u8 + Sync,
+    data: &mut [u32],
+) {
+    let units = k.div_ceil(kind.per_unit());
+    let per_tile = units * MR;
+    data.par_chunks_mut(per_tile)
+        .enumerate()
+        .for_each(|(t, dt)| {
+            let valid = MR.min(m - t * MR);
+            if valid < MR {
+                dt.fill(0);
+            }
+            for i in 0..valid {
+                let p = row(t * MR + i);
+                match kind {
+                    Kind::Dp => {
+                        let s = p as *const u16;
+                        for u in 0..k / 2 {
+                            dt[u * MR + i] =
+                                unsafe { (s.add(2 * u) as *const u32).read_unaligned() };
+                        }
+                        if k % 2 == 1 {
+                            dt[(units - 1) * MR + i] = unsafe { *s.add(k - 1) } as u32;
+                        }
+                    }
+                    Kind::F32 => {
+                        let s = p as *const u32;
+                        for u in 0..k {
+                            dt[u * MR + i] = unsafe { *s.add(u) };
+                        }
+                    }
+                }
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Microkernel
+
+#[inline(always)]
+unsafe fn madd(kind: Kind, acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+    match kind {
+        Kind::Dp => _mm512_dpbf16_ps(
+            acc,
+            std::mem::transmute::<__m512i, __m512bh>(a),
+            std::mem::transmute::<__m512i, __m512bh>(b),
+        ),
+        Kind::F32 => _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc),
+    }
+}
+
+/// `c[i][0..NR] (+)= Σ_u a[u][i] · b[u][0..NR]` for MR rows; `c` rows are NR floats apart.
+#[inline(always)]
+unsafe fn ukr(kind: Kind, units: usize, a: *const u32, b: *const u32, c: *mut f32, first: bool) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    if !first {
+        for (i, ai) in acc.iter_mut().enumerate() {
+            for (v, a) in ai.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(c.add(i * NR + 16 * v));
+            }
+        }
+    }
+    for u in 0..units {
+        let mut bv = [_mm512_setzero_si512(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_si512(b.add(u * NR + 16 * v) as *const _);
+        }
+        let au = a.add(u * MR);
+        for (i, ai) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32(*au.add(i) as i32);
+            for v in 0..NV {
+                ai[v] = madd(kind, ai[v], av, bv[v]);
+            }
+        }
+    }
+    for (i, ai) in acc.iter().enumerate() {
+        for (v, a) in ai.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * NR + 16 * v), *a);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn ukr_dp(units: usize, a: *const u32, b: *const u32, c: *mut f32, first: bool) {
+    ukr(Kind::Dp, units, a, b, c, first)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn ukr_f32(units: usize, a: *const u32, b: *const u32, c: *mut f32, first: bool) {
+    ukr(Kind::F32, units, a, b, c, first)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers
+
+/// K blocks: at most KCU units each, equal sizes, multiples of 16 units.
+fn k_blocks(kind: Kind, k: usize) -> Vec<(usize, usize)> {
+    let pu = kind.per_unit();
+    let units = k.div_ceil(pu);
+    let nb = units.div_ceil(KCU).max(1);
+    let per = units.div_ceil(nb).div_ceil(16) * 16;
+    (0..nb)
+        .map(|b| ((b * per * pu).min(k), ((b + 1) * per * pu).min(k)))
+        .filter(|(a, b)| a < b)
+        .collect()
+}
+
+/// Packed large-M GEMM. `x` holds bf16 rows for [`Kind::Dp`] and f32 rows (`xf`, contiguous)
+/// for [`Kind::F32`].
+#[allow(clippy::too_many_arguments)]
+pub fn packed(
+    kind: Kind,
+    x: &View,
+    xf: Option<&[f32]>,
+    w: &View,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Bias,
+    out: &View,
+) {
+    let xp = SPtr(x.p.get());
+    let (xdt, xstride) = (x.dt, x.stride);
+    let xfp = SPtr(xf.map_or(std::ptr::null_mut(), |v| v.as_ptr() as *mut u8));
+    let units_k = k.div_ceil(kind.per_unit());
+    let tiles = m.div_ceil(MR);
+    with_scratch(Slot::A, tiles * units_k * MR * 4, false, |abuf| {
+        let a = unsafe { std::slice::from_raw_parts_mut(abuf as *mut u32, tiles * units_k * MR) };
+        pack_a(
+            kind,
+            m,
+            k,
+            |r| match kind {
+                Kind::Dp => unsafe { xp.get().add(xdt.bytes_for(r * xstride)) },
+                Kind::F32 => unsafe { xfp.get().add(4 * r * k) },
+            },
+            a,
+        );
+        let ap = SPtr(abuf);
+        let blocks = k_blocks(kind, k);
+        let panels = n.div_ceil(NR);
+        let threads = rayon::current_num_threads();
+        // Split the rows only when the panels alone cannot keep every thread busy.
+        let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
+        let tiles_per_chunk = tiles.div_ceil(chunks);
+        let chunks = tiles.div_ceil(tiles_per_chunk);
+        let max_units = blocks
+            .iter()
+            .map(|(a, b)| (b - a).div_ceil(kind.per_unit()))
+            .max()
+            .unwrap_or(0);
+        let (w, out) = (*w, *out);
+        (0..panels * chunks).into_par_iter().for_each(|unit| {
+            let (j, ch) = (unit / chunks, unit % chunks);
+            let n0 = j * NR;
+            let cnt = NR.min(n - n0);
+            let t0 = ch * tiles_per_chunk;
+            let t1 = (t0 + tiles_per_chunk).min(tiles);
+            let bbytes = max_units.div_ceil(16) * 16 * NR * 4;
+            with_scratch(Slot::B, bbytes, false, |bpp| {
+                with_scratch(Slot::C, tiles_per_chunk * MR * NR * 4, false, |cb| {
+                    let bpp = bpp as *mut u32;
+                    let cbuf = cb as *mut f32;
+                    for (bi, &(k0, k1)) in blocks.iter().enumerate() {
+                        let units = (k1 - k0).div_ceil(kind.per_unit());
+                        let u0 = k0 / kind.per_unit();
+                        unsafe {
+                            pack_b(kind, &w, n0, cnt, k0, k1, bpp);
+                            for t in t0..t1 {
+                                let at = (ap.get() as *const u32).add((t * units_k + u0) * MR);
+                                let cp = cbuf.add((t - t0) * MR * NR);
+                                match kind {
+                                    Kind::Dp => ukr_dp(units, at, bpp, cp, bi == 0),
+                                    Kind::F32 => ukr_f32(units, at, bpp, cp, bi == 0),
+                                }
+                            }
+                        }
+                    }
+                    for r in t0 * MR..(t1 * MR).min(m) {
+                        let c = unsafe {
+                            std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
+                        };
+                        unsafe {
+                            store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt)
+                        };
+                    }
+                })
+            })
+        });
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small M: lanes over K, straight from the stored rows.
+
+/// 16 (F32) or 32 (Dp) K elements of a row from element `e`, `left` remaining, as the kernel's
+/// operand (zero past the end).
+#[inline(always)]
+unsafe fn load_k(kind: Kind, dt: DType, p: *const u8, left: usize) -> __m512i {
+    load_w16(kind, dt, p, left)
+}
+
+/// Dots `R` activation rows with `C` weight rows over all K; `res[r][c]`.
+#[inline(always)]
+unsafe fn dots<const R: usize, const C: usize>(
+    kind: Kind,
+    xdt: DType,
+    x: [*const u8; R],
+    wdt: DType,
+    w: [*const u8; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    let step = 16 * kind.per_unit();
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut e = 0;
+    while e < k {
+        let left = k - e;
+        let mut wv = [_mm512_setzero_si512(); C];
+        for c in 0..C {
+            wv[c] = load_k(kind, wdt, w[c].add(wdt.bytes_for(e)), left);
+        }
+        for r in 0..R {
+            let xv = load_k(kind, xdt, x[r].add(xdt.bytes_for(e)), left);
+            for c in 0..C {
+                acc[r][c] = madd(kind, acc[r][c], xv, wv[c]);
+            }
+        }
+        e += step;
+    }
+    let mut res = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            res[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+    res
+}
+
+/// Rows `j0..j1` of w against every activation row; `out` is `[m][j1 - j0]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_rows(
+    kind: Kind,
+    xrow: &dyn Fn(usize) -> *const u8,
+    xdt: DType,
+    m: usize,
+    w: &View,
+    j0: usize,
+    j1: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let cnt = j1 - j0;
+    // One activation row (decode): eight weight rows per pass keep more loads in flight.
+    let wide = if m == 1 { 2 * RN } else { RN };
+    let mut j = j0;
+    while j < j1 {
+        let nc = if j1 - j >= wide { wide } else { 1 };
+        let mut r = 0;
+        while r < m {
+            let nr = RM.min(m - r);
+            macro_rules! go {
+                ($R:literal, $C:literal) => {{
+                    let xs: [*const u8; $R] = std::array::from_fn(|i| xrow(r + i));
+                    let ws: [*const u8; $C] = std::array::from_fn(|i| w.at(j + i, 0) as *const u8);
+                    let res = dots::<$R, $C>(kind, xdt, xs, w.dt, ws, k);
+                    for i in 0..$R {
+                        for c in 0..$C {
+                            out[(r + i) * cnt + (j - j0) + c] = res[i][c];
+                        }
+                    }
+                }};
+            }
+            match (nr, nc) {
+                (1, 8) => go!(1, 8),
+                (4, 4) => go!(4, 4),
+                (3, 4) => go!(3, 4),
+                (2, 4) => go!(2, 4),
+                (1, 4) => go!(1, 4),
+                (4, _) => go!(4, 1),
+                (3, _) => go!(3, 1),
+                (2, _) => go!(2, 1),
+                _ => go!(1, 1),
+            }
+            r += nr;
+        }
+        j += nc;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_rows_dp(
+    xrow: &dyn Fn(usize) -> *const u8,
+    xdt: DType,
+    m: usize,
+    w: &View,
+    j0: usize,
+    j1: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    small_rows(Kind::Dp, xrow, xdt, m, w, j0, j1, k, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_rows_f32(
+    xrow: &dyn Fn(usize) -> *const u8,
+    xdt: DType,
+    m: usize,
+    w: &View,
+    j0: usize,
+    j1: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    small_rows(Kind::F32, xrow, xdt, m, w, j0, j1, k, out)
+}
+
+/// Small-M GEMM: tasks over weight rows, each dotting its rows with all M activation rows.
+#[allow(clippy::too_many_arguments)]
+pub fn small(
+    kind: Kind,
+    x: &View,
+    xf: Option<&[f32]>,
+    w: &View,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Bias,
+    out: &View,
+) {
+    let xp = SPtr(x.p.get());
+    let (xdt0, xstride) = (x.dt, x.stride);
+    let xfp = SPtr(xf.map_or(std::ptr::null_mut(), |v| v.as_ptr() as *mut u8));
+    let xdt = if kind == Kind::Dp { xdt0 } else { DType::F32 };
+    let threads = rayon::current_num_threads();
+    // ~4 tasks per thread, whole groups of RN rows.
+    let chunk = (n.div_ceil(4 * threads).div_ceil(RN) * RN).max(RN);
+    let (w, out) = (*w, *out);
+    (0..n.div_ceil(chunk)).into_par_iter().for_each_init(
+        || vec![0f32; m * chunk],
+        |buf, c| {
+            let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+            let cnt = j1 - j0;
+            let xrow = |r: usize| -> *const u8 {
+                match kind {
+                    Kind::Dp => unsafe { xp.get().add(xdt0.bytes_for(r * xstride)) },
+                    Kind::F32 => unsafe { xfp.get().add(4 * r * k) },
+                }
+            };
+            let o = &mut buf[..m * cnt];
+            unsafe {
+                match kind {
+                    Kind::Dp => small_rows_dp(&xrow, xdt, m, &w, j0, j1, k, o),
+                    Kind::F32 => small_rows_f32(&xrow, xdt, m, &w, j0, j1, k, o),
+                }
+            }
+            for r in 0..m {
+                let row = &mut o[r * cnt..(r + 1) * cnt];
+                unsafe { store_row(row, bias.map(|b| &b[j0..j1]), out.at(r, j0), out.dt) };
+            }
+        },
+    );
+}

@@ -1,0 +1,216 @@
+//! The CPU GEMM behind `matmul`: `out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias)`, f32 accumulation,
+//! rounded once to the output type. One entry per weight family, each dispatching on the
+//! [`Isa`] the backend chose:
+//! - [`float`]: bf16 / f16 / f32 weights. AVX-512: `avx512.rs` (packed panels and an `MR × 32`
+//!   microkernel for large M, lanes-over-K dots for small M; `vdpbf16ps` when both operands are
+//!   bf16). AVX2: `avx2.rs` tiles. Scalar: [`scalar_tile`].
+//! - [`quantized`]: Q8_0 / Q4_K / Q6_K weights against int8 activation blocks (`quant.rs`).
+//!
+//! Every path is compared with the scalar one in `tests.rs` (float paths within a stated bound,
+//! the integer paths bit for bit).
+
+use super::isa::{self, Isa};
+use super::simd::{load, store};
+use super::{SPtr, View};
+use crate::tensor::DType;
+use rayon::prelude::*;
+
+mod avx2;
+mod avx512;
+mod qavx512;
+pub(crate) mod quant;
+#[cfg(test)]
+mod tests;
+
+/// 64 bytes, 64-byte aligned: the unit of the packing buffers.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub [u32; 16]);
+
+/// Per-thread packing buffers, kept between calls: a fresh multi-megabyte allocation per call
+/// would be a fresh memory map whose pages the kernel faults in and clears every time.
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    /// Packed activations (on the calling thread).
+    A,
+    /// A packed weight panel (per worker).
+    B,
+    /// Accumulators (per worker).
+    C,
+}
+
+thread_local! {
+    static SCRATCH: [std::cell::RefCell<Vec<Line>>; 3] = const {
+        [
+            std::cell::RefCell::new(Vec::new()),
+            std::cell::RefCell::new(Vec::new()),
+            std::cell::RefCell::new(Vec::new()),
+        ]
+    };
+}
+
+/// Runs `f` with this thread's `slot` buffer of at least `bytes` bytes (contents unspecified;
+/// zeroed where `zero`).
+pub(crate) fn with_scratch<R>(
+    slot: Slot,
+    bytes: usize,
+    zero: bool,
+    f: impl FnOnce(*mut u8) -> R,
+) -> R {
+    let lines = bytes.div_ceil(64).max(1);
+    SCRATCH.with(|s| match s[slot as usize].try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < lines {
+                *v = vec![Line([0; 16]); lines];
+            } else if zero {
+                v[..lines].fill(Line([0; 16]));
+            }
+            f(v.as_mut_ptr() as *mut u8)
+        }
+        // Re-entered on this thread (a worker that stole another GEMM's job): a private buffer.
+        Err(_) => f(vec![Line([0; 16]); lines].as_mut_ptr() as *mut u8),
+    })
+}
+
+/// A bias row (already widened to f32), or none.
+pub(crate) type Bias<'a> = Option<&'a [f32]>;
+
+/// Rows up to which the AVX-512 float path dots stored rows directly instead of packing panels.
+const SMALL_M: usize = 8;
+
+/// Adds the bias to `row` and stores it as `dt` at `dst`.
+///
+/// # Safety
+/// `dst` must hold `row.len()` writable elements of `dt`.
+#[inline]
+pub(crate) unsafe fn store_row(row: &mut [f32], bias: Bias, dst: *mut u8, dt: DType) {
+    if let Some(b) = bias {
+        for (o, &bj) in row.iter_mut().zip(b) {
+            *o += bj;
+        }
+    }
+    store(dst, dt, row)
+}
+
+/// Activations widened to contiguous f32 rows (M·K·4 bytes; small next to the weights).
+fn widen(x: &View, m: usize, k: usize) -> Vec<f32> {
+    let mut xf = vec![0f32; m * k];
+    xf.par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(r, row)| unsafe { load(x.at(r, 0), x.dt, row) });
+    xf
+}
+
+/// Float weights (BF16, F16, F32). `x`, `w`, `out` are checked views of `[m, k]`, `[n, k]`,
+/// `[m, n]`; `bias` has `n` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn float(
+    isa: Isa,
+    x: &View,
+    w: &View,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Bias,
+    out: &View,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        let dp = isa::has_bf16_dot(isa) && x.dt == DType::BF16 && w.dt == DType::BF16;
+        let kind = if dp {
+            avx512::Kind::Dp
+        } else {
+            avx512::Kind::F32
+        };
+        let xf = (!dp).then(|| widen(x, m, k));
+        if m <= SMALL_M {
+            avx512::small(kind, x, xf.as_deref(), w, m, n, k, bias, out);
+        } else {
+            avx512::packed(kind, x, xf.as_deref(), w, m, n, k, bias, out);
+        }
+        return;
+    }
+    tiled(isa, x, w, m, n, k, bias, out)
+}
+
+/// Weight rows per work unit of the AVX2 / scalar paths.
+const NT: usize = 16;
+/// Activation rows per work unit of the AVX2 / scalar paths.
+const MB: usize = 64;
+
+/// The AVX2 and scalar paths: (64-row block of x) × (16-row tile of w) units on rayon.
+#[allow(clippy::too_many_arguments)]
+fn tiled(isa: Isa, x: &View, w: &View, m: usize, n: usize, k: usize, bias: Bias, out: &View) {
+    let xf = widen(x, m, k);
+    let ntiles = n.div_ceil(NT);
+    let mblocks = m.div_ceil(MB);
+    let xp = SPtr(xf.as_ptr() as *mut u8);
+    let (w, out) = (*w, *out);
+    (0..mblocks * ntiles).into_par_iter().for_each_init(
+        || vec![0f32; MB * NT],
+        |acc, u| {
+            let (mb, t) = (u / ntiles, u % ntiles);
+            let (r0, n0) = (mb * MB, t * NT);
+            let rows = MB.min(m - r0);
+            let cnt = NT.min(n - n0);
+            let acc = &mut acc[..rows * cnt];
+            acc.fill(0.0);
+            let xr = unsafe { (xp.get() as *const f32).add(r0 * k) };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512 => unsafe { avx2::tile(xr, k, rows, &w, n0, cnt, acc) },
+                _ => unsafe { scalar_tile(xr, k, rows, &w, n0, cnt, acc) },
+            }
+            for r in 0..rows {
+                let row = &mut acc[r * cnt..(r + 1) * cnt];
+                unsafe {
+                    store_row(
+                        row,
+                        bias.map(|b| &b[n0..n0 + cnt]),
+                        out.at(r0 + r, n0),
+                        out.dt,
+                    )
+                };
+            }
+        },
+    );
+}
+
+/// The scalar path: each weight row is widened to f32 once, then dotted with every x row using
+/// eight independent partial sums (which the compiler vectorizes for the baseline target).
+///
+/// # Safety
+/// `x` holds `rows · k` floats and `w` rows `n0..n0 + cnt` of `k` elements.
+unsafe fn scalar_tile(
+    x: *const f32,
+    k: usize,
+    rows: usize,
+    w: &View,
+    n0: usize,
+    cnt: usize,
+    acc: &mut [f32],
+) {
+    let mut wrow = vec![0f32; k];
+    for j in 0..cnt {
+        load(w.at(n0 + j, 0), w.dt, &mut wrow);
+        for r in 0..rows {
+            let xr = std::slice::from_raw_parts(x.add(r * k), k);
+            let mut part = [0f32; 8];
+            let (xc, wc) = (xr.chunks_exact(8), wrow.chunks_exact(8));
+            let (xt, wt) = (xc.remainder(), wc.remainder());
+            for (a, b) in xc.zip(wc) {
+                for l in 0..8 {
+                    part[l] += a[l] * b[l];
+                }
+            }
+            let mut s: f32 = part.iter().sum();
+            for (a, b) in xt.iter().zip(wt) {
+                s += a * b;
+            }
+            acc[r * cnt + j] += s;
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Every instruction-set path of the GEMM against an exact reference, on random data and odd
+//! shapes (row counts around the microkernels' 8 rows and the small-M limit, columns around the
+//! 48- and 16-wide panels, K tails that are not multiples of 8/16/32, K blocks, strided views).
+//!
+//! Float paths: the exact dot product is taken in f64; a path passes if every output is within
+//! the a-priori bound of an f32 dot product in any order, `|got − exact| ≤ (K + 2)·2⁻²⁴·Σ|xᵢwᵢ|`,
+//! plus one rounding of the output type (2⁻⁸ relative for bf16, 2⁻¹¹ for f16). The paths are not
+//! bit-identical to each other: they sum in different orders, `vdpbf16ps` included.
+//!
+//! Quantized paths: integer dots are exact and the float steps follow the scalar reference's
+//! order, so every path must give the scalar path's bits, and those of M independent
+//! `vec_dot_quantized_scalar` rows.
+
+use super::super::{CpuBackend, Isa};
+use crate::backend::{Backend, HostBytes, TRef};
+use crate::quant;
+use crate::tensor::{DType, Shape};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self, scale: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    }
+}
+
+fn round(v: f32, dt: DType) -> f32 {
+    super::super::simd::round_to(v, dt)
+}
+
+fn bytes(v: &[f32], dt: DType) -> Vec<u8> {
+    let mut b = Vec::new();
+    for &x in v {
+        match dt {
+            DType::F32 => b.extend_from_slice(&x.to_le_bytes()),
+            DType::BF16 => b.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
+            DType::F16 => b.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),
+            _ => unreachable!(),
+        }
+    }
+    b
+}
+
+fn read(be: &mut CpuBackend, t: &TRef) -> Vec<f32> {
+    let mut raw = vec![0u8; t.span_bytes()];
+    be.read(t.buf, t.offset, &mut raw).unwrap();
+    let es = t.dtype.bytes_for(1);
+    let mut out = Vec::new();
+    for r in 0..t.shape.rows() {
+        for c in 0..t.shape.row_len() {
+            let o = (r * t.row_stride + c) * es;
+            out.push(match t.dtype {
+                DType::F32 => f32::from_le_bytes(raw[o..o + 4].try_into().unwrap()),
+                DType::BF16 => half::bf16::from_le_bytes([raw[o], raw[o + 1]]).to_f32(),
+                DType::F16 => half::f16::from_le_bytes([raw[o], raw[o + 1]]).to_f32(),
+                _ => unreachable!(),
+            });
+        }
+    }
+    out
+}
+
+/// A `[rows, cols]` activation tensor with `pad` spare elements per row, filled with `v`.
+fn put(be: &mut CpuBackend, v: &[f32], dt: DType, rows: usize, cols: usize, pad: usize) -> TRef {
+    let stride = cols + pad;
+    let mut full = vec![0f32; rows * stride];
+    for r in 0..rows {
+        full[r * stride..r * stride + cols].copy_from_slice(&v[r * cols..(r + 1) * cols]);
+    }
+    let b = be.alloc(dt.bytes_for(full.len()).max(4)).unwrap();
+    be.write(b, 0, &bytes(&full, dt)).unwrap();
+    TRef {
+        row_stride: stride,
+        ..TRef::new(b, 0, dt, Shape::new(&[rows, cols]))
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    Isa::available()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_float(
+    m: usize,
+    n: usize,
+    k: usize,
+    act: DType,
+    wdt: DType,
+    bias: bool,
+    xpad: usize,
+    opad: usize,
+) {
+    let mut r = Rng(0x9E37_79B9 ^ (m * 1_000_003 + n * 1009 + k) as u64);
+    let x: Vec<f32> = (0..m * k).map(|_| round(r.f(1.0), act)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| round(r.f(0.05), wdt)).collect();
+    let b: Vec<f32> = (0..n).map(|_| round(r.f(0.5), wdt)).collect();
+    let mut be = CpuBackend::new();
+    let xt = put(&mut be, &x, act, m, k, xpad);
+    let wb = be.load_weight(HostBytes::from_vec(bytes(&w, wdt))).unwrap();
+    let wt = TRef::new(wb, 0, wdt, Shape::new(&[n, k]));
+    let bt = bias.then(|| {
+        let bb = be.load_weight(HostBytes::from_vec(bytes(&b, wdt))).unwrap();
+        TRef::new(bb, 0, wdt, Shape::new(&[n]))
+    });
+    let ot = put(&mut be, &vec![0.0; m * n], act, m, n, opad);
+    let out_ulp = match act {
+        DType::BF16 => 2f64.powi(-8),
+        DType::F16 => 2f64.powi(-11),
+        _ => 0.0,
+    };
+    for isa in isas() {
+        be.set_isa(isa).unwrap();
+        // Sentinels in the padding must survive.
+        let sentinel = vec![7.0f32; m * (n + opad)];
+        be.write(ot.buf, 0, &bytes(&sentinel, act)).unwrap();
+        be.matmul(xt, wt, bt, ot).unwrap();
+        let got = read(&mut be, &ot);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for l in 0..k {
+                    let p = x[i * k + l] as f64 * w[j * k + l] as f64;
+                    exact += p;
+                    mag += p.abs();
+                }
+                if bias {
+                    exact += b[j] as f64;
+                    mag += (b[j] as f64).abs();
+                }
+                let bound = (k + 2) as f64 * 2f64.powi(-24) * mag + out_ulp * exact.abs() + 1e-30;
+                let g = got[i * n + j] as f64;
+                assert!(
+                    (g - exact).abs() <= bound,
+                    "{isa} {m}x{k} @ {n}x{k} {wdt} act {act}: out[{i},{j}] = {g}, exact {exact}, bound {bound}"
+                );
+            }
+        }
+        if opad > 0 {
+            let all = read(
+                &mut be,
+                &TRef::new(ot.buf, 0, act, Shape::new(&[m, n + opad])),
+            );
+            for i in 0..m {
+                for j in n..n + opad {
+                    assert_eq!(all[i * (n + opad) + j], 7.0, "{isa}: padding written");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn float_paths_match_the_exact_product() {
+    for (m, n, k) in [
+        (1, 1, 1),
+        (1, 9, 2),
+        (1, 33, 17),
+        (2, 31, 31),
+        (3, 40, 33),
+        (4, 64, 65),
+        (5, 33, 15),
+        (6, 17, 16),
+        (12, 48, 32),
+        (9, 49, 40),
+        (13, 65, 127),
+        (25, 100, 1280),
+        (33, 47, 3420),
+    ] {
+        for act in [DType::BF16, DType::F32] {
+            check_float(m, n, k, act, DType::BF16, n % 2 == 1, 0, 0);
+        }
+    }
+    // Other weight types, f16 output, strided views and biases.
+    check_float(7, 37, 99, DType::F32, DType::F16, true, 3, 2);
+    check_float(2, 21, 45, DType::BF16, DType::F32, true, 1, 5);
+    check_float(14, 50, 61, DType::BF16, DType::F16, false, 0, 1);
+    check_float(9, 35, 77, DType::F16, DType::BF16, true, 2, 0);
+    check_float(3, 19, 130, DType::BF16, DType::BF16, true, 7, 3);
+    check_float(40, 70, 95, DType::BF16, DType::BF16, false, 5, 3);
+}
+
+#[test]
+fn float_paths_block_long_rows() {
+    // K beyond one packed block of each kind (2048 f32 units, 4096 bf16 elements), odd tails.
+    check_float(13, 33, 4097, DType::F32, DType::BF16, true, 0, 0);
+    check_float(13, 33, 8195, DType::BF16, DType::BF16, false, 0, 0);
+    check_float(2, 5, 4099, DType::BF16, DType::BF16, true, 0, 0);
+}
+
+/// Random, well-formed quantized rows: real quantization of random values.
+fn qweights(dtype: DType, n: usize, k: usize, r: &mut Rng) -> Vec<u8> {
+    let rb = dtype.bytes_for(k);
+    let mut w = vec![0u8; n * rb];
+    for row in w.chunks_mut(rb) {
+        let v: Vec<f32> = (0..k)
+            .map(|i| r.f(0.05) * if i % 37 == 0 { 8.0 } else { 1.0 })
+            .collect();
+        quant::quantize_row(dtype, &v, row).unwrap();
+    }
+    w
+}
+
+fn check_quant(dtype: DType, m: usize, n: usize, k: usize, act: DType, bias: bool) {
+    let mut r = Rng(0x51ED_2701 ^ (m * 7919 + n * 31 + k) as u64);
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| round(r.f(1.0) * if i % 53 == 0 { 10.0 } else { 1.0 }, act))
+        .collect();
+    let w = qweights(dtype, n, k, &mut r);
+    let b: Vec<f32> = (0..n).map(|_| round(r.f(0.5), DType::BF16)).collect();
+    // The reference: M independent scalar GEMV rows, bias added in f32, rounded once.
+    let rb = dtype.bytes_for(k);
+    let mut want = vec![0f32; m * n];
+    for i in 0..m {
+        let a = quant::quantize_activation(dtype, &x[i * k..(i + 1) * k]).unwrap();
+        for j in 0..n {
+            let mut v =
+                quant::vec_dot_quantized_scalar(dtype, &w[j * rb..(j + 1) * rb], &a).unwrap();
+            if bias {
+                v += b[j];
+            }
+            want[i * n + j] = round(v, act);
+        }
+    }
+    let mut be = CpuBackend::new();
+    let xt = put(&mut be, &x, act, m, k, 3);
+    let wb = be.load_weight(HostBytes::from_vec(w)).unwrap();
+    let wt = TRef::new(wb, 0, dtype, Shape::new(&[n, k]));
+    let bt = bias.then(|| {
+        let bb = be
+            .load_weight(HostBytes::from_vec(bytes(&b, DType::BF16)))
+            .unwrap();
+        TRef::new(bb, 0, DType::BF16, Shape::new(&[n]))
+    });
+    let ot = put(&mut be, &vec![0.0; m * n], act, m, n, 1);
+    for isa in isas() {
+        be.set_isa(isa).unwrap();
+        be.matmul(xt, wt, bt, ot).unwrap();
+        let got = read(&mut be, &ot);
+        for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                e.to_bits(),
+                "{isa} {dtype} {m}x{k} @ {n}x{k}: out[{}, {}] = {g}, scalar GEMV {e}",
+                idx / n,
+                idx % n
+            );
+        }
+    }
+}
+
+#[test]
+fn quantized_paths_are_bit_identical_to_scalar_gemv_rows() {
+    for dtype in [DType::Q8_0, DType::Q4K, DType::Q6K] {
+        let bl = dtype.block_len();
+        for (m, n, k) in [
+            (1, 1, bl),
+            (1, 37, 3 * bl),
+            (2, 17, 2 * bl),
+            (3, 33, 5 * bl),
+            (5, 16, bl),
+            (8, 48, 4 * bl),
+            (13, 31, 3 * bl),
+            (33, 65, 2 * bl),
+        ] {
+            for act in [DType::F32, DType::BF16] {
+                check_quant(dtype, m, n, k, act, (m + n) % 2 == 0);
+            }
+        }
+    }
+    // Q8_0 with block counts around the 8-way float accumulation, and a 7B-like row.
+    check_quant(DType::Q8_0, 6, 19, 96, DType::F32, true);
+    check_quant(DType::Q8_0, 20, 40, 17 * 32, DType::BF16, false);
+    check_quant(DType::Q4K, 17, 70, 3584, DType::BF16, true);
+}
+
+#[test]
+fn avx512_row_store_rounds_like_the_scalar_store() {
+    if !Isa::Avx512.supported() {
+        return;
+    }
+    // A sweep of f32 bit patterns (ties, NaNs, infinities, denormals), with and without a bias.
+    let mut vals: Vec<f32> = (0..200_003u32)
+        .map(|i| f32::from_bits(i.wrapping_mul(21_473)))
+        .collect();
+    vals.extend([
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::MAX,
+        1.0 + 1.0 / 256.0,
+        -0.0,
+    ]);
+    let bias: Vec<f32> = (0..vals.len())
+        .map(|i| (i % 7) as f32 * 0.25 - 0.5)
+        .collect();
+    for dt in [DType::BF16, DType::F32] {
+        for b in [None, Some(&bias[..])] {
+            let (mut r1, mut r2) = (vals.clone(), vals.clone());
+            let mut want = vec![0u8; dt.bytes_for(vals.len())];
+            let mut got = want.clone();
+            unsafe {
+                super::store_row(&mut r1, b, want.as_mut_ptr(), dt);
+                super::avx512::store_row(&mut r2, b, got.as_mut_ptr(), dt);
+            }
+            assert!(want == got, "{dt} bias {}", b.is_some());
+        }
+    }
+}

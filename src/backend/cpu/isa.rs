@@ -1,0 +1,213 @@
+//! Which instruction set the CPU backend's hot kernels use, chosen once at run time.
+//!
+//! Three paths, each tested against the scalar reference on this machine's CPU when it has them:
+//! - `avx512`: AVX-512 F/BW/VL with AVX512_VNNI (`vpdpbusd` for the int8 dots of quantized
+//!   weights), and AVX512_BF16 (`vdpbf16ps`) for bf16 weights times bf16 activations where the
+//!   CPU has it (otherwise bf16 weights are widened to f32 in registers, as for f32 activations).
+//! - `avx2`: AVX2 + FMA + F16C (the 256-bit kernels).
+//! - `scalar`: plain Rust, the reference the others are compared with.
+//!
+//! `REEL_CPU_ISA=avx512|avx2|scalar` forces a path (for tests and A/B timing); asking for one the
+//! CPU lacks, or an unknown name, is an error where the backend is opened (see [`from_env`]).
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::sync::OnceLock;
+
+/// A kernel family, in increasing order of capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Every path this CPU can run, best first.
+    pub fn available() -> Vec<Isa> {
+        let f = features();
+        let mut v = Vec::new();
+        if f.avx512() {
+            v.push(Isa::Avx512);
+        }
+        if f.avx2() {
+            v.push(Isa::Avx2);
+        }
+        v.push(Isa::Scalar);
+        v
+    }
+
+    /// The best path this CPU can run.
+    pub fn best() -> Isa {
+        Isa::available()[0]
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        Isa::available().contains(&self)
+    }
+
+    /// Whether any SIMD path is on (the ops other than matmul have one SIMD variant, AVX2).
+    pub fn simd(self) -> bool {
+        self != Isa::Scalar
+    }
+
+    /// The path's instructions as used on this CPU, for `reel info` and the benches.
+    pub fn describe(self) -> String {
+        let f = features();
+        match self {
+            Isa::Scalar => "scalar".into(),
+            Isa::Avx2 => "avx2 (avx2+fma+f16c)".into(),
+            Isa::Avx512 => format!(
+                "avx512 (avx512f/bw/vl, avx512_vnni{})",
+                if f.avx512_bf16 {
+                    ", avx512_bf16"
+                } else {
+                    "; no avx512_bf16: bf16 weights widen to f32"
+                }
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" => Ok(Isa::Avx512),
+            _ => Err(Error::Other(format!(
+                "REEL_CPU_ISA: unknown instruction set `{s}` (expected avx512, avx2 or scalar)"
+            ))),
+        }
+    }
+}
+
+/// The x86 features the kernels look at, detected once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    pub avx2: bool,
+    pub fma: bool,
+    pub f16c: bool,
+    pub avx512f: bool,
+    pub avx512bw: bool,
+    pub avx512vl: bool,
+    pub avx512_vnni: bool,
+    pub avx512_bf16: bool,
+}
+
+impl Features {
+    fn avx2(&self) -> bool {
+        self.avx2 && self.fma && self.f16c
+    }
+    fn avx512(&self) -> bool {
+        self.avx2() && self.avx512f && self.avx512bw && self.avx512vl && self.avx512_vnni
+    }
+}
+
+pub fn features() -> Features {
+    static F: OnceLock<Features> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Features {
+                avx2: is_x86_feature_detected!("avx2"),
+                fma: is_x86_feature_detected!("fma"),
+                f16c: is_x86_feature_detected!("f16c"),
+                avx512f: is_x86_feature_detected!("avx512f"),
+                avx512bw: is_x86_feature_detected!("avx512bw"),
+                avx512vl: is_x86_feature_detected!("avx512vl"),
+                avx512_vnni: is_x86_feature_detected!("avx512vnni"),
+                avx512_bf16: is_x86_feature_detected!("avx512bf16"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Features::default()
+        }
+    })
+}
+
+/// Whether `vdpbf16ps` may be used (the AVX-512 path on a CPU with AVX512_BF16).
+pub fn has_bf16_dot(isa: Isa) -> bool {
+    isa == Isa::Avx512 && features().avx512_bf16
+}
+
+/// The path `REEL_CPU_ISA` asks for, or the best one when it is unset or empty. Errors name the
+/// variable: an unknown value, or a path this CPU cannot run.
+pub fn from_env() -> Result<Isa> {
+    let Some(v) = std::env::var_os("REEL_CPU_ISA") else {
+        return Ok(Isa::best());
+    };
+    let v = v.to_string_lossy();
+    if v.trim().is_empty() {
+        return Ok(Isa::best());
+    }
+    let isa: Isa = v.parse()?;
+    if !isa.supported() {
+        return Err(Error::Other(format!(
+            "REEL_CPU_ISA={v}: this CPU cannot run the {isa} kernels (available: {})",
+            Isa::available()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(isa)
+}
+
+/// [`from_env`], evaluated once; on an error the best path is used and the error printed once
+/// (the CLI calls [`from_env`] first, so there the error stops the run instead).
+pub fn selected() -> Isa {
+    static S: OnceLock<Isa> = OnceLock::new();
+    *S.get_or_init(|| match from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            let best = Isa::best();
+            eprintln!("warning: {e}; using {best}");
+            best
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for i in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(i.name().parse::<Isa>().unwrap(), i);
+        }
+        assert_eq!(" AVX2 ".parse::<Isa>().unwrap(), Isa::Avx2);
+        let e = "sse4".parse::<Isa>().unwrap_err().to_string();
+        assert!(e.contains("REEL_CPU_ISA") && e.contains("sse4"), "{e}");
+    }
+
+    #[test]
+    fn available_paths_are_ordered_and_end_in_scalar() {
+        let a = Isa::available();
+        assert_eq!(*a.last().unwrap(), Isa::Scalar);
+        assert!(a.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(Isa::best(), a[0]);
+        if a.contains(&Isa::Avx512) {
+            assert!(a.contains(&Isa::Avx2));
+        }
+    }
+}
