@@ -317,3 +317,42 @@ typedef struct ReelSampleParams {
     int32_t x_dt;
     int32_t pad_;
 } ReelSampleParams;
+
+// ---- Decode GEMV on a per-warp cp.async ring (kernels/gemv_ring.cuh; launcher
+// src/backend/cuda/decode.rs), a candidate behind REEL_GEMV / REEL_QGEMV ----
+// out = epilogue(x[K] @ w[N, K]^T + bias) for one row of x (M = 1). 256 threads = 8 warps; warp
+// w of CTA b takes weight rows [(8 b + w) * rows_per_warp, +rows_per_warp) and streams each row
+// through `stages` smem slots of REEL_RING_SLOT bytes in windows of whole 256-weight units
+// (cp.async, 16-byte chunks, so any 2-byte row alignment works). x is staged once per CTA
+// (optionally RMS-normalized first): as bf16/f32 for bf16 weights, as 32-element int8 blocks
+// for the dp4a kernels of quantized weights. Dynamic smem: x_bytes + 8 * stages * SLOT.
+// The launcher runs the plain epilogue without the norm prologue (matmul at M = 1).
+#define REEL_GV_BF16 0   // weight kind codes besides REEL_QT_* (1..3)
+#define REEL_RING_SLOT 2320  // 2304 B of window (16 Q4_K units) + 16 B read-ahead pad
+#define REEL_RING_WARPS 8
+#define REEL_RING_MAX_STAGES 4
+#define REEL_GV_EPI_PLAIN 0     // out[n] = round(acc + bias[n])
+#define REEL_GV_EPI_RESIDUAL 1  // out[n] = round(round(acc + bias[n]) + res[n])
+#define REEL_GV_EPI_SWIGLU 2    // rows 2i, 2i+1 are (gate, up): out[i] = round(round(silu(g)) * u)
+
+typedef struct ReelGemvParams {
+    uint64_t x;       // [K] activation (x_dt)
+    uint64_t w;       // weight rows, w_stride bytes apart (bf16 elements or ggml blocks)
+    uint64_t bias;    // [N] (bias_dt) or 0
+    uint64_t norm_w;  // [K] RMSNorm weight (norm_dt), or 0: no norm prologue
+    uint64_t res;     // [N] residual (res_dt), REEL_GV_EPI_RESIDUAL only
+    uint64_t out;     // [N], or [N / 2] for REEL_GV_EPI_SWIGLU (out_dt)
+    int64_t w_stride;
+    int32_t N;
+    int32_t K;
+    int32_t x_dt;
+    int32_t bias_dt;   // REEL_DT_NONE without bias
+    int32_t norm_dt;
+    int32_t res_dt;
+    int32_t out_dt;
+    int32_t epi;       // REEL_GV_EPI_*
+    int32_t rows_per_warp;
+    int32_t stages;    // 1..REEL_RING_MAX_STAGES
+    int32_t x_bytes;   // bytes of staged x at the start of dynamic smem (multiple of 16)
+    float eps;         // RMSNorm epsilon
+} ReelGemvParams;

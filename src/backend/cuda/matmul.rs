@@ -237,6 +237,11 @@ impl CudaBackend {
         })?;
         fits_i32(OP, &[d.m, d.n, d.k])?;
         let bias_ref = bias;
+        // Decode (M = 1) on a ring GEMV candidate when REEL_GEMV / REEL_QGEMV select one
+        // (decode.rs).
+        if self.try_ring(&x, &w, bias_ref.as_ref(), &out, &d)? {
+            return Ok(());
+        }
         let (bias, bias_dt) = match &bias {
             Some(b) => (
                 self.ptr(b, "matmul bias")?,

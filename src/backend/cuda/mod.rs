@@ -34,6 +34,7 @@ pub mod launch;
 mod argmax;
 mod attention;
 pub mod cublaslt;
+pub mod decode;
 mod elementwise;
 pub mod gemm;
 mod graph;
@@ -48,6 +49,7 @@ mod tests;
 pub(crate) const KERNEL_TABLES: &[&[launch::Kernel]] = &[
     argmax::KERNELS,
     attention::KERNELS,
+    decode::KERNELS,
     elementwise::KERNELS,
     gemm::KERNELS,
     matmul::KERNELS,
@@ -91,6 +93,9 @@ pub struct DeviceInfo {
     pub sms: u32,
     /// Opt-in shared memory per block, bytes.
     pub smem_optin: u32,
+    /// Shared memory per multiprocessor, bytes (what resident blocks share).
+    pub smem_per_sm: u32,
+    pub max_threads_per_sm: u32,
 }
 
 struct DevBuf {
@@ -118,6 +123,8 @@ pub struct CudaBackend {
     lt: Option<cublaslt::Lt>,
     /// Why cuBLASLt is not in use (None when it is, or was not asked for).
     lt_note: Option<String>,
+    /// Which decode GEMV candidates run (decode.rs; REEL_GEMV / REEL_QGEMV).
+    decode: decode::DecodeSel,
 }
 
 impl CudaBackend {
@@ -166,6 +173,10 @@ impl CudaBackend {
             sms: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             smem_optin: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
                 as u32,
+            smem_per_sm: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?
+                as u32,
+            max_threads_per_sm: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?
+                as u32,
         };
         let kernels = Kernels::load(&ctx).map_err(err)?;
         // A created stream: graph capture is impossible on the legacy default stream.
@@ -185,6 +196,7 @@ impl CudaBackend {
             gemm_choice,
             lt: None,
             lt_note: None,
+            decode: decode::DecodeSel::from_env()?,
         };
         be.set_gemm(gemm_choice);
         Ok(be)

@@ -45,6 +45,17 @@ struct Mm {
 /// The dense GEMM candidates (`REEL_GEMM`, backend/cuda/gemm.rs), side by side on CUDA.
 pub const GEMM_VARIANTS: &[&str] = &["mma", "tiles", "mma128", "mma256", "cublaslt"];
 
+/// The decode GEMV candidates (backend/cuda/decode.rs) for a weight type at M = 1.
+fn gemv_variants(c: Case, w: DType) -> Case {
+    if w.is_quantized() {
+        c.variants("cuda", "REEL_QGEMV", &["f32", "dp4a"])
+    } else if w == DType::BF16 {
+        c.variants("cuda", "REEL_GEMV", &["v16", "ring"])
+    } else {
+        c
+    }
+}
+
 impl Mm {
     fn plain(m: usize, n: usize, k: usize, w: DType) -> Mm {
         Mm {
@@ -176,6 +187,8 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         let c = mm.case(mm.label(), Use::Check);
         t.push(if m > 8 && w == DType::BF16 {
             c.variants("cuda", "REEL_GEMM", GEMM_VARIANTS)
+        } else if m == 1 {
+            gemv_variants(c, w)
         } else {
             c
         });
@@ -212,7 +225,8 @@ pub(super) fn cases(t: &mut Vec<Case>) {
             xpad,
             opad,
         };
-        t.push(mm.case(mm.label(), Use::Check));
+        let c = mm.case(mm.label(), Use::Check);
+        t.push(if m == 1 { gemv_variants(c, w) } else { c });
     }
 
     // Timed at the model's shapes: the decode step's GEMVs (M = 1, memory-bound) and the
@@ -240,7 +254,10 @@ pub(super) fn cases(t: &mut Vec<Case>) {
                 continue;
             }
             let mm = Mm::plain(1, n, k, w);
-            t.push(mm.case(format!("decode {name} M=1 N={n} K={k} {w}"), Use::Perf));
+            t.push(gemv_variants(
+                mm.case(format!("decode {name} M=1 N={n} K={k} {w}"), Use::Perf),
+                w,
+            ));
             if name != "lm_head" {
                 let mm = Mm::plain(4096, n, k, w);
                 let c = mm.case(format!("prefill {name} M=4096 N={n} K={k} {w}"), Use::Perf);
