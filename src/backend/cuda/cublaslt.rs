@@ -267,7 +267,7 @@ impl Lt {
 
     /// Enqueues `out = x @ w^T (+ bias)` on `stream`; Ok(false) when cuBLASLt has no algorithm
     /// for this shape and alignment (the caller runs its own kernel).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::not_unsafe_ptr_arg_deref)]
     pub fn matmul(
         &mut self,
         stream: sys::cudaStream_t,

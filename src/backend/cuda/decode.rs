@@ -276,11 +276,11 @@ impl CudaBackend {
         let ok = match kind {
             RingKind::Bf16 => {
                 self.decode.gemv == GemvChoice::Ring
-                    && d.k % 8 == 0
+                    && d.k.is_multiple_of(8)
                     && rows_16b(wp, w.row_stride, w.dtype)
             }
             // The contract gives whole blocks; the window reads need an even base.
-            _ => self.decode.qgemv == QgemvChoice::Dp4a && wp % 2 == 0,
+            _ => self.decode.qgemv == QgemvChoice::Dp4a && wp.is_multiple_of(2),
         };
         (ok && x.dtype.is_float()).then_some(kind)
     }
@@ -434,7 +434,7 @@ mod tests {
             assert!(p.ctas <= per_sm * dev.sms, "{kind:?} {n}x{k}: {p:?}");
             assert!(p.ctas * 8 * p.rows_per_warp >= n, "{p:?} covers {n} rows");
             assert!(p.ctas * 8 * (p.rows_per_warp) < n + 8 * p.rows_per_warp);
-            assert!(!swiglu || p.rows_per_warp % 2 == 0, "{p:?}");
+            assert!(!swiglu || p.rows_per_warp.is_multiple_of(2), "{p:?}");
             assert!(p.dyn_smem + 128 <= dev.smem_optin);
             assert!((1..=4).contains(&p.stages));
         }

@@ -328,10 +328,7 @@ impl CudaBackend {
             return Ok(false);
         }
         let mut p = self.gemm_params(&x, &w, bias.as_ref(), &epi, &out, m, n, k)?;
-        let bias_arg = match &bias {
-            Some(b) => Some((p.bias, b.dtype)),
-            None => None,
-        };
+        let bias_arg = bias.as_ref().map(|b| (p.bias, b.dtype));
         // Where the product goes: out itself (in place for GELU / ADD), or a scratch [M, 2F].
         let (y, y_stride) = if epi == Epilogue::SwiGlu {
             let bytes = m * n * 2;
@@ -355,10 +352,10 @@ impl CudaBackend {
         p.x = y;
         p.x_stride = y_stride as i64;
         let cols = if epi == Epilogue::SwiGlu { n / 2 } else { n };
-        let aligned = |ptr: u64, stride: i64| ptr % 16 == 0 && stride % 8 == 0;
+        let aligned = |ptr: u64, stride: i64| ptr.is_multiple_of(16) && stride % 8 == 0;
         let vec = aligned(p.x, p.x_stride)
             && aligned(p.out, p.out_stride)
-            && (epi != Epilogue::SwiGlu || (n / 2) % 8 == 0)
+            && (epi != Epilogue::SwiGlu || (n / 2).is_multiple_of(8))
             && (!matches!(epi, Epilogue::Add(_)) || p.res_dt != 1 || aligned(p.res, p.res_stride));
         p.pad_ = vec as i32;
         let units = m * cols.div_ceil(8);
