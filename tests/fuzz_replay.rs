@@ -89,7 +89,11 @@ fn replay(t: Target) {
         }
     }
     // Mutation loop: seeded by the target so every run sees the same cases.
-    let mut rng = Rng::new(t.name().bytes().fold(7u64, |h, b| h * 31 + b as u64));
+    let mut rng = Rng::new(
+        t.name()
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+    );
     let n = cases_per_target();
     for case in 0..n {
         let base = &inputs[rng.below(inputs.len())].1;
@@ -372,10 +376,13 @@ fn make_seeds() {
     .unwrap();
     write_seed(Target::Image, "rgba_5x3.png", buf.get_ref());
     let mut buf = std::io::Cursor::new(Vec::new());
-    image::GrayImage::from_fn(6, 4, |x, y| image::Luma([(x * 30 + y) as u8]))
-        .write_to(&mut buf, image::ImageFormat::Gif)
-        .unwrap();
-    write_seed(Target::Image, "gray_6x4.gif", buf.get_ref());
+    image::RgbaImage::from_fn(6, 4, |x, y| {
+        let v = (x * 30 + y) as u8;
+        image::Rgba([v, v, v, 255])
+    })
+    .write_to(&mut buf, image::ImageFormat::Gif)
+    .unwrap();
+    write_seed(Target::Image, "grey_6x4.gif", buf.get_ref());
     for f in ["clip_other.mp4", "broken.mp4"] {
         copy_seed(
             Target::Video,

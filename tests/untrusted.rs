@@ -64,7 +64,6 @@ fn run_args(model: &Path) -> Vec<String> {
         "0",
         "--max-new-tokens",
         "2",
-        "--prompt",
         "hi",
     ]
     .iter()
@@ -186,10 +185,9 @@ fn corrupt_embedded_tokenizer_is_an_error() {
             &g,
             "--device",
             "cpu",
-            "--prompt",
-            "hi",
             "--max-new-tokens",
             "1",
+            "hi",
         ],
     ] {
         let o = reel_limited(&args);

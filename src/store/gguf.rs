@@ -493,12 +493,12 @@ impl GgufStore {
                 "unsupported version {version} (reel reads version {GGUF_VERSION})"
             )));
         }
-        // Counts are checked against the bytes left (one per item at least) so a corrupt count
-        // fails cleanly instead of allocating; precise truncation errors come while parsing.
-        // A tensor info takes at least 32 bytes (name length, one dim, rank, type, offset), a
-        // metadata entry at least 13 (key length, type, a one-byte value).
-        let n_tensors = c.count(32, &|| "header (tensor count)".into())?;
-        let n_kv = c.count(13, &|| "header (metadata count)".into())?;
+        // Counts are checked against the bytes left so a corrupt count fails cleanly instead of
+        // allocating (capacities are capped too); precise truncation errors come while parsing
+        // the entries. A tensor info takes at least 32 bytes (name length, one dim, rank, type,
+        // offset): checked once the metadata before them is read.
+        let n_tensors = c.count(1, &|| "header (tensor count)".into())?;
+        let n_kv = c.count(1, &|| "header (metadata count)".into())?;
 
         let mut metadata = Vec::with_capacity(n_kv.min(4096));
         let mut meta_index = HashMap::with_capacity(n_kv.min(4096));
@@ -525,6 +525,12 @@ impl GgufStore {
             }
         };
 
+        let rest = (c.b.len() - c.pos) as u64;
+        if (n_tensors as u64).saturating_mul(32) > rest {
+            return Err(c.err(format!(
+                "truncated tensor infos: {n_tensors} tensors do not fit in the remaining {rest} bytes"
+            )));
+        }
         let mut raw = Vec::with_capacity(n_tensors.min(4096));
         let mut index = HashMap::with_capacity(n_tensors.min(4096));
         for i in 0..n_tensors {

@@ -25,7 +25,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::super::View;
-use super::avx512::store_row;
+use super::avx512::{store_row, transpose16};
 use super::{with_scratch, Bias, Slot};
 use crate::quant::q8_0::{BlockQ8_0, BLOCK_BYTES as Q8_0_BYTES};
 use crate::quant::q8_k::BlockQ8K;
@@ -428,33 +428,6 @@ pub unsafe fn q6k_rows4(w: [&[u8]; 4], y: &[BlockQ8K]) -> [f32; 4] {
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: packed panels.
-
-/// 16×16 transpose of 32-bit elements.
-#[inline(always)]
-unsafe fn transpose16(r: &mut [__m512i; 16]) {
-    let mut a = [_mm512_setzero_si512(); 16];
-    for i in 0..8 {
-        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    let mut b = [_mm512_setzero_si512(); 16];
-    for i in 0..4 {
-        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-    }
-    for j in 0..4 {
-        let d0 = _mm512_shuffle_i32x4::<0x88>(b[j], b[4 + j]);
-        let d1 = _mm512_shuffle_i32x4::<0xDD>(b[j], b[4 + j]);
-        let e0 = _mm512_shuffle_i32x4::<0x88>(b[8 + j], b[12 + j]);
-        let e1 = _mm512_shuffle_i32x4::<0xDD>(b[8 + j], b[12 + j]);
-        r[j] = _mm512_shuffle_i32x4::<0x88>(d0, e0);
-        r[8 + j] = _mm512_shuffle_i32x4::<0xDD>(d0, e0);
-        r[4 + j] = _mm512_shuffle_i32x4::<0x88>(d1, e1);
-        r[12 + j] = _mm512_shuffle_i32x4::<0xDD>(d1, e1);
-    }
-}
 
 /// Loads 64 bytes at byte `off` of each of the panel's columns (zero for missing ones) and
 /// transposes them: lane `n` of result `i` is 32-bit word `i` of column `n`.
