@@ -3,6 +3,7 @@
 // loop, converts through f32 and rounds once at the store, as the CPU twins do.
 // CPU twins: src/backend/cpu (add, swiglu, gelu, cast, embedding, gather_rows, scatter_rows).
 #include "common.cuh"
+#include "epilogue.cuh"
 
 template <int OP>
 __device__ __forceinline__ float elt_op(float a, float b, int out_dt);
@@ -10,18 +11,12 @@ __device__ __forceinline__ float elt_op(float a, float b, int out_dt);
 // out = round(a + b)
 template <>
 __device__ __forceinline__ float elt_op<0>(float a, float b, int) { return a + b; }
-// out = round(round(silu(gate)) * up); silu in f32 with accurate expf.
+// out = round(round(silu(gate)) * up) (epilogue.cuh, shared with the GEMM epilogues).
 template <>
-__device__ __forceinline__ float elt_op<1>(float g, float u, int out_dt) {
-    return round_dt(g / (1.0f + expf(-g)), out_dt) * u;
-}
-// exact GELU: 0.5 x (1 + erf(x / sqrt 2)) in f64, written as 0.5 x erfc(-x / sqrt 2): for
-// x << 0, 1 + erf cancels catastrophically in f32 (the result is tiny but must stay accurate).
+__device__ __forceinline__ float elt_op<1>(float g, float u, int out_dt) { return epi_swiglu(g, u, out_dt); }
+// exact GELU (epilogue.cuh).
 template <>
-__device__ __forceinline__ float elt_op<2>(float x, float, int) {
-    const double xd = (double)x;
-    return (float)(0.5 * xd * erfc(-xd * 0.70710678118654752440));
-}
+__device__ __forceinline__ float elt_op<2>(float x, float, int) { return epi_gelu(x); }
 // cast
 template <>
 __device__ __forceinline__ float elt_op<3>(float x, float, int) { return x; }

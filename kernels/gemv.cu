@@ -83,3 +83,15 @@ extern "C" __global__ void __launch_bounds__(256) gemv_scalar(ReelMatmulParams p
     const float mine = warp_sum_rows(acc, lane);
     if (lane < mc) gemv_store(p, m0 + lane, n, mine);
 }
+
+// ---- Decode GEMV on the per-warp ring (gemv_ring.cuh), a REEL_GEMV candidate: M = 1, bf16
+// weights, K % 8 == 0, 16-byte aligned weight rows; x staged as bf16 (bf16 activations) or f32
+// (f32/f16 ones). ----
+#include "gemv_ring.cuh"
+
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_ring_bf16_xb(ReelGemvParams p) {
+    gemv_ring<REEL_GV_BF16, REEL_XS_BF16>(p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_ring_bf16_xf(ReelGemvParams p) {
+    gemv_ring<REEL_GV_BF16, REEL_XS_F32>(p);
+}

@@ -168,3 +168,54 @@ REEL_HD int fa_p_elem(int reg, int half) { return (reg & 1) * 2 + half; }
 // of each matrix, i.e. k = 2c + {0, 1}, n = g: the B layout.
 REEL_HD int ldsm_vt_row(int lane) { return (lane % 8) + ((lane / 8) % 2) * 8; }
 REEL_HD int ldsm_vt_col(int lane) { return (lane / 16) * 8; }
+
+// ---- dense GEMM (kernels/gemm.cu): CTA order, operand row maps ----
+
+// CTA `pid` of a tiles_m x tiles_n grid -> its output tile. Ids walk groups of `group` M tiles
+// with the M tile fastest inside a group, so a wave of consecutive CTAs shares few W tiles
+// (they stay in L2) and its X tiles come from `group` row blocks. A bijection onto the tiles
+// (checked on the host for the model's shapes).
+REEL_HD void gemm_tile_of(int pid, int tiles_m, int tiles_n, int group, int* tm, int* tn) {
+    const int per_group = group * tiles_n;
+    const int first_m = (pid / per_group) * group;
+    const int gm = tiles_m - first_m < group ? tiles_m - first_m : group;
+    const int in = pid % per_group;
+    *tm = first_m + in % gm;
+    *tn = in / gm;
+}
+
+// SwiGLU through one GEMM: the B tile of output tile tn holds, for each of its bn / 2 output
+// features, the gate row and the up row, interleaved in groups of 8 (tile rows 16 q .. 16 q + 7
+// are gates of features 8 q .., rows 16 q + 8 .. 16 q + 15 the matching ups). Each mma n8 tile
+// is then all gates or all ups, and a thread's C elements of n-tiles 2 i and 2 i + 1 are the
+// gate and the up of the same feature. Tile row r -> feature; the physical w row is
+// feature + (up ? F : 0) for w = [gate rows F; up rows F].
+REEL_HD int swiglu_feature(int tn, int bn, int r) { return tn * (bn / 2) + (r / 16) * 8 + r % 8; }
+REEL_HD bool swiglu_is_up(int r) { return (r / 8) % 2 == 1; }
+
+// Bytes of the 16-byte chunk at column k0 + c of a K-long bf16 row that lie inside the row
+// (0 past the end): the cp.async src-size, so K tails need no padding in memory.
+REEL_HD int gemm_chunk_bytes(int k0, int c, int K) {
+    const int left = (K - (k0 + c)) * 2;
+    return left <= 0 ? 0 : (left >= 16 ? 16 : left);
+}
+
+// ---- gemm_bf16_mma's loads at any row alignment (mma.cuh gemm_load_tile_any) ----
+// A tile row's 8-element chunk at column k (a multiple of 8) of a K-long row holds
+// gemm_chunk_valid(k, K) real elements (0 past the end); the rest is zero-filled.
+REEL_HD int gemm_chunk_valid(int k, int K) {
+    const int left = K - k;
+    return left <= 0 ? 0 : (left >= 8 ? 8 : left);
+}
+// The chunk is copied in 16 / granule pieces of `granule` bytes, the largest power of two
+// (16, 8, 4, 2) its global byte address is a multiple of: 16 as one cp.async.cg, 8 and 4 as
+// cp.async.ca, 2 as plain loads. bf16 rows of any stride start at least 2-byte aligned.
+REEL_HD int gemm_granule(unsigned long long addr) {
+    return addr % 16 == 0 ? 16 : (addr % 8 == 0 ? 8 : (addr % 4 == 0 ? 4 : 2));
+}
+// Bytes piece j (covering chunk bytes [j g, j g + g)) reads from global memory when the chunk
+// has `valid` real elements: its cp.async src-size (the rest of the piece is zero-filled).
+REEL_HD int gemm_piece_bytes(int valid, int granule, int j) {
+    const int left = valid * 2 - j * granule;
+    return left <= 0 ? 0 : (left >= granule ? granule : left);
+}

@@ -15,6 +15,15 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 #endif
 }
 
+// 16-byte cp.async that reads only the first `bytes` (0..16) of the source and zero-fills the
+// rest: K tails of rows that are 16-byte aligned but not a whole number of chunks long.
+__device__ __forceinline__ void cp_async16_n(void* smem, const void* gmem, int bytes) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::);
@@ -73,6 +82,54 @@ __device__ __forceinline__ void gemm_load_tile(GemmTile& dst, const __nv_bfloat1
         const bool valid = row0 + r < rows_total && k0 + c < K;
         const __nv_bfloat16* g = valid ? src + (int64_t)(row0 + r) * stride + k0 + c : src;
         cp_async16(&dst[r][c], g, valid);
+    }
+}
+
+// cp.async of `cp` (4 or 8) bytes through L1 that reads the first `bytes` (0..cp) of the
+// source and zero-fills the rest (cp.async.cg takes only 16).
+template <int CP>
+__device__ __forceinline__ void cp_async_ca(void* smem, const void* gmem, int bytes) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(gmem), "n"(CP), "r"(bytes));
+#endif
+}
+
+// gemm_load_tile for any K and any row alignment (rows 2-byte aligned, as every bf16 row is):
+// each 8-element chunk keeps its real elements (gemm_chunk_valid) and is copied in pieces of
+// the largest granule its global address allows (gemm_granule): one 16-byte cp.async.cg, two
+// 8-byte or four 4-byte cp.async.ca, or eight plain 2-byte loads (odd strides), each piece
+// reading only its in-range bytes (gemm_piece_bytes). 16-byte aligned rows with K % 8 == 0 take
+// exactly gemm_load_tile's copies. Plain stores land before the function returns, as
+// gemm_block asks.
+__device__ __forceinline__ void gemm_load_tile_any(GemmTile& dst, const __nv_bfloat16* src, int64_t stride,
+                                                   int row0, int rows_total, int k0, int K) {
+#pragma unroll
+    for (int it = 0; it < (REEL_GEMM_BM * REEL_GEMM_BK / 8) / REEL_GEMM_THREADS; ++it) {
+        const int i = threadIdx.x + it * REEL_GEMM_THREADS;
+        const int r = gemm_chunk_row(i), c = gemm_chunk_col(i);
+        const int valid = row0 + r < rows_total ? gemm_chunk_valid(k0 + c, K) : 0;
+        const __nv_bfloat16* g = valid > 0 ? src + (int64_t)(row0 + r) * stride + k0 + c : src;
+        const int gran = valid > 0 ? gemm_granule((unsigned long long)g) : 16;
+        __nv_bfloat16* s = &dst[r][c];
+        if (gran == 16) {
+            cp_async16_n(s, g, gemm_piece_bytes(valid, 16, 0));
+        } else if (gran == 8) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int b = gemm_piece_bytes(valid, 8, j);
+                cp_async_ca<8>(s + 4 * j, b > 0 ? g + 4 * j : src, b);
+            }
+        } else if (gran == 4) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int b = gemm_piece_bytes(valid, 4, j);
+                cp_async_ca<4>(s + 2 * j, b > 0 ? g + 2 * j : src, b);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s[e] = e < valid ? g[e] : __float2bfloat16_rn(0.0f);
+        }
     }
 }
 

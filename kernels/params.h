@@ -135,6 +135,44 @@ typedef struct ReelMatmulParams {
     int32_t pad_;
 } ReelMatmulParams;
 
+// ---- Dense bf16 GEMM with a fused epilogue (kernels/gemm.cu, gemm_wgmma.cu) ----
+// y = round(x[M, K] @ w[N, K]^T + bias) in the output type, then per REEL_EPI_*:
+//   NONE   out = y
+//   GELU   out = round(gelu(y))                  (exact erf)
+//   SWIGLU w holds gate rows [0, F) then up rows [F, 2F) (bias likewise), N = 2F, out [M, F]:
+//          out = round(round(silu(y_gate)) * y_up)
+//   ADD    out = round(y + res)                  (res [M, N], any float type)
+// Each rounding is the one the unfused op sequence makes (matmul, then the elementwise op).
+#define REEL_EPI_NONE 0
+#define REEL_EPI_GELU 1
+#define REEL_EPI_SWIGLU 2
+#define REEL_EPI_ADD 3
+// CTAs of consecutive ids walk groups of this many M tiles (gemm_tile_of in index_math.h), so
+// the W tiles a wave reads stay in L2.
+#define REEL_GEMM_GROUP_M 8
+
+typedef struct ReelGemmParams {
+    uint64_t x;
+    uint64_t w;
+    uint64_t bias;
+    uint64_t out;
+    uint64_t res;       // REEL_EPI_ADD only
+    int32_t M;
+    int32_t N;          // rows of w (SwiGLU: 2F)
+    int32_t K;
+    int32_t bias_dt;    // REEL_DT_NONE or a float type
+    int64_t x_stride;   // elements; rows 16-byte aligned (the launcher checks)
+    int64_t w_stride;
+    int64_t out_stride;
+    int64_t res_stride;
+    int32_t out_dt;     // REEL_DT_BF16 or REEL_DT_F32
+    int32_t res_dt;
+    int32_t epi;        // REEL_EPI_*
+    int32_t tiles_m;    // output tiles of the launch (the grid is tiles_m * tiles_n CTAs)
+    int32_t tiles_n;
+    int32_t pad_;
+} ReelGemmParams;
+
 // Index of the max of each row (lowest index on ties; NaN counts as the maximum, as torch).
 typedef struct ReelArgmaxParams {
     uint64_t x;
@@ -289,3 +327,42 @@ typedef struct ReelSampleParams {
     int32_t x_dt;
     int32_t args_stride;
 } ReelSampleParams;
+
+// ---- Decode GEMV on a per-warp cp.async ring (kernels/gemv_ring.cuh; launcher
+// src/backend/cuda/decode.rs), a candidate behind REEL_GEMV / REEL_QGEMV ----
+// out = epilogue(x[K] @ w[N, K]^T + bias) for one row of x (M = 1). 256 threads = 8 warps; warp
+// w of CTA b takes weight rows [(8 b + w) * rows_per_warp, +rows_per_warp) and streams each row
+// through `stages` smem slots of REEL_RING_SLOT bytes in windows of whole 256-weight units
+// (cp.async, 16-byte chunks, so any 2-byte row alignment works). x is staged once per CTA
+// (optionally RMS-normalized first): as bf16/f32 for bf16 weights, as 32-element int8 blocks
+// for the dp4a kernels of quantized weights. Dynamic smem: x_bytes + 8 * stages * SLOT.
+// The launcher runs the plain epilogue without the norm prologue (matmul at M = 1).
+#define REEL_GV_BF16 0   // weight kind codes besides REEL_QT_* (1..3)
+#define REEL_RING_SLOT 2320  // 2304 B of window (16 Q4_K units) + 16 B read-ahead pad
+#define REEL_RING_WARPS 8
+#define REEL_RING_MAX_STAGES 4
+#define REEL_GV_EPI_PLAIN 0     // out[n] = round(acc + bias[n])
+#define REEL_GV_EPI_RESIDUAL 1  // out[n] = round(round(acc + bias[n]) + res[n])
+#define REEL_GV_EPI_SWIGLU 2    // rows 2i, 2i+1 are (gate, up): out[i] = round(round(silu(g)) * u)
+
+typedef struct ReelGemvParams {
+    uint64_t x;       // [K] activation (x_dt)
+    uint64_t w;       // weight rows, w_stride bytes apart (bf16 elements or ggml blocks)
+    uint64_t bias;    // [N] (bias_dt) or 0
+    uint64_t norm_w;  // [K] RMSNorm weight (norm_dt), or 0: no norm prologue
+    uint64_t res;     // [N] residual (res_dt), REEL_GV_EPI_RESIDUAL only
+    uint64_t out;     // [N], or [N / 2] for REEL_GV_EPI_SWIGLU (out_dt)
+    int64_t w_stride;
+    int32_t N;
+    int32_t K;
+    int32_t x_dt;
+    int32_t bias_dt;   // REEL_DT_NONE without bias
+    int32_t norm_dt;
+    int32_t res_dt;
+    int32_t out_dt;
+    int32_t epi;       // REEL_GV_EPI_*
+    int32_t rows_per_warp;
+    int32_t stages;    // 1..REEL_RING_MAX_STAGES
+    int32_t x_bytes;   // bytes of staged x at the start of dynamic smem (multiple of 16)
+    float eps;         // RMSNorm epsilon
+} ReelGemvParams;

@@ -41,6 +41,7 @@
 #include "common.cuh"
 #include "mma.cuh"
 #include "quant_decode.h"
+#include "gemv_ring.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // Decode GEMV
@@ -175,6 +176,21 @@ QGEMV(qgemv_q4_k_bf16, REEL_QT_Q4_K, __nv_bfloat16)
 QGEMV(qgemv_q4_k_f32, REEL_QT_Q4_K, float)
 QGEMV(qgemv_q6_k_bf16, REEL_QT_Q6_K, __nv_bfloat16)
 QGEMV(qgemv_q6_k_f32, REEL_QT_Q6_K, float)
+
+// ---------------------------------------------------------------------------------------------
+// Decode GEMV with integer dot products (gemv_ring.cuh), a REEL_QGEMV candidate: x quantized
+// once per CTA to 32-element int8 blocks in smem, dp4a against the weight blocks read from the
+// ring, scales applied per block in f32. Any float activation type; M = 1.
+
+extern "C" __global__ void __launch_bounds__(256, 2) qgemv_dp4a_q8_0(ReelGemvParams p) {
+    gemv_ring<REEL_QT_Q8_0, REEL_XS_Q8>(p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) qgemv_dp4a_q4_k(ReelGemvParams p) {
+    gemv_ring<REEL_QT_Q4_K, REEL_XS_Q8>(p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) qgemv_dp4a_q6_k(ReelGemvParams p) {
+    gemv_ring<REEL_QT_Q6_K, REEL_XS_Q8>(p);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Prefill GEMM

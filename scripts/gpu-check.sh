@@ -19,7 +19,10 @@
 # Environment: NVCC (prepare; default: the setup venv), OUT (report folder; default gpu-out/),
 # REEL_BENCH_FILTER (substrings of the op table's `op shape`, space-separated, to time only
 # those rows, e.g. "matmul attention_paged"), REEL_GPU_STEPS (groups to run:
-# tests,sanitizer,bench,e2e). REEL_TEST_DEVICE=cuda is exported
+# tests,sanitizer,bench,e2e,profile), REEL_GPU_GEMMS (REEL_GEMM candidates timed end to end
+# besides the default; default "tiles cublaslt"). Kernel candidates behind selectors (REEL_GEMM
+# and the others in README's environment table) are rows with variants in the op table, so
+# the tests and bench groups check and time every value. REEL_TEST_DEVICE=cuda is exported
 # for every test binary (the golden tests pick the CUDA backend from it), and REEL_REQUIRE_CUDA=1
 # (the kernel tests fail rather than skip when the backend does not open). A step whose output
 # says "cuda: skipped" counts as failed.
@@ -155,9 +158,10 @@ run() {
     grep -E "test result|panicked|FAIL|ERROR|error" "$out/step.log" | tail -n 5 || true
   }
   have() { [ -x "$BIN/$1" ]; }
-  # REEL_GPU_STEPS picks groups (comma-separated: tests, sanitizer, bench, e2e; default all), so
+  # REEL_GPU_STEPS picks groups (comma-separated: tests, sanitizer, bench, e2e, profile; default
+  # all), so
   # the check can be split over several calls when one must stay under a time limit.
-  want() { [[ ",${REEL_GPU_STEPS:-tests,sanitizer,bench,e2e}," == *",$1,"* ]]; }
+  want() { [[ ",${REEL_GPU_STEPS:-tests,sanitizer,bench,e2e,profile}," == *",$1,"* ]]; }
 
   want tests && have reel-lib && step "kernel tests vs f64 (lib backend::cuda)" 180 "$BIN/reel-lib" backend::cuda --test-threads=1 --nocapture
   want tests && have ops && step "op harness CUDA vs CPU (tests/ops.rs)" 240 "$BIN/ops" --test-threads=1 --nocapture
@@ -211,6 +215,47 @@ run() {
         --weights "$w" --prompt-len 512 --decode-tokens 64 --decode-at 1024,4096,16384 $extra
       { echo; echo "\`\`\`"; sed -n '1,60p' "$out/step.log"; echo "\`\`\`"; } >> "$report"
     done
+  fi
+  # Candidates end to end: the Video-R1 time to first token with each REEL_GEMM value (the
+  # kernel table above has them per shape; bf16 weights, the default is the first row above).
+  if want e2e && [ -x "$BIN/reel-cli" ]; then
+    local g
+    for g in ${REEL_GPU_GEMMS:-tiles cublaslt}; do
+      step "reel bench --video-r1 REEL_GEMM=$g" 240 env REEL_GEMM="$g" "$BIN/reel-cli" bench \
+        --synthetic 7b --device cuda --weights bf16 --prompt-len 512 --decode-tokens 16 --video-r1
+      { echo; echo "\`\`\`"; sed -n '1,40p' "$out/step.log"; echo "\`\`\`"; } >> "$report"
+    done
+  fi
+  # Per-kernel profile of the Video-R1 input's time to first token and of a decode run:
+  # Nsight Systems' kernel summary (all launches, low overhead), and Nsight Compute's per-kernel
+  # summary of the decode run (kernel replay is slow: decode only, a few tokens).
+  if want profile && [ -x "$BIN/reel-cli" ]; then
+    { echo; echo "### Per-kernel profile"; echo; } >> "$report"
+    local ttft=(bench --synthetic 7b --device cuda --weights bf16 --prompt-len 128 --decode-tokens 4 --video-r1)
+    local dec=(bench --synthetic 7b --device cuda --weights bf16 --prompt-len 128 --decode-tokens 16)
+    if command -v nsys >/dev/null 2>&1; then
+      step "nsys: Video-R1 time to first token" 240 nsys profile -o "$out/ttft" --force-overwrite true \
+        --stats=false "$BIN/reel-cli" "${ttft[@]}"
+      nsys stats --report cuda_gpu_kern_sum --format csv -o "$out/ttft" "$out/ttft.nsys-rep" >/dev/null 2>&1 || true
+      step "nsys: decode" 180 nsys profile -o "$out/decode" --force-overwrite true \
+        --stats=false "$BIN/reel-cli" "${dec[@]}"
+      nsys stats --report cuda_gpu_kern_sum --format csv -o "$out/decode" "$out/decode.nsys-rep" >/dev/null 2>&1 || true
+      local f
+      for f in ttft decode; do
+        { echo; echo "nsys kernel summary, $f (top 25 by total time):"; echo; echo "\`\`\`";
+          head -n 26 "$out/${f}_cuda_gpu_kern_sum.csv" 2>/dev/null | cut -c1-220 || echo "(no summary)";
+          echo "\`\`\`"; } >> "$report"
+      done
+    else
+      echo "| nsys | not installed | - |" >> "$report"
+    fi
+    if command -v ncu >/dev/null 2>&1; then
+      step "ncu: decode per-kernel summary" 240 ncu --print-summary per-kernel \
+        --metrics gpu__time_duration.sum "$BIN/reel-cli" "${dec[@]}"
+      { echo; echo "\`\`\`"; grep -E "^  [a-z_0-9]+|gpu__time_duration" "$out/step.log" | head -n 80; echo "\`\`\`"; } >> "$report"
+    else
+      echo "| ncu | not installed | - |" >> "$report"
+    fi
   fi
   echo >> "$report"
   echo "Full log: gpu-check.log" >> "$report"

@@ -338,7 +338,139 @@ static void check_attention_model() {
     }
 }
 
+// ---- host model of gemm_bf16_mma's loads (mma.cuh gemm_load_tile_any) ----
+// Replays every CTA of the GEMM over bf16 operands at arbitrary row strides and base offsets:
+// each stage's tiles are filled chunk by chunk, piece by piece, with the kernel's own index
+// functions (gemm_chunk_row/col, gemm_chunk_valid, gemm_granule, gemm_piece_bytes) and the
+// cp.async semantics (src-size bytes copied, the rest of the piece zero-filled; 16-byte pieces
+// need 16-byte aligned addresses, 8- and 4-byte pieces their own size); the tile starts each
+// stage as NaN so a hole poisons the result. The tile product (the mma part, whose fragments
+// are checked above) is summed in f64 and compared exactly with a scalar reference: operands
+// are small integers, so every partial sum is exact.
+static uint16_t bf16_bits(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return (uint16_t)(u >> 16);  // the test values are exact in bf16
+}
+static float bf16_val(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+struct EmuOperand {
+    std::vector<uint16_t> mem;  // the buffer; element e lives at byte address VBASE + 2 e
+    long base;                  // first element of row 0
+    long stride;                // elements between rows
+    int rows;
+};
+static const unsigned long long VBASE = 0x7f0000000000ull;  // 256-byte aligned, as cudaMalloc
+// One stage's tile of an operand (rows row0.., k in [k0, k0 + BK)), as gemm_load_tile_any fills it.
+static void emu_load_tile_any(const EmuOperand& o, int row0, int k0, int K, float tile[REEL_GEMM_BM][REEL_GEMM_BK]) {
+    for (int r = 0; r < REEL_GEMM_BM; ++r)
+        for (int k = 0; k < REEL_GEMM_BK; ++k) tile[r][k] = NAN;
+    for (int it = 0; it < (REEL_GEMM_BM * REEL_GEMM_BK / 8) / REEL_GEMM_THREADS; ++it)
+        for (int t = 0; t < REEL_GEMM_THREADS; ++t) {
+            const int i = t + it * REEL_GEMM_THREADS;
+            const int r = gemm_chunk_row(i), c = gemm_chunk_col(i);
+            const int valid = row0 + r < o.rows ? gemm_chunk_valid(k0 + c, K) : 0;
+            const long e0 = valid > 0 ? o.base + (long)(row0 + r) * o.stride + k0 + c : 0;
+            const unsigned long long addr = VBASE + 2ull * e0;
+            const int gran = valid > 0 ? gemm_granule(addr) : 16;
+            CHECK(gran == 16 || gran == 8 || gran == 4 || gran == 2, "granule %d", gran);
+            CHECK(addr % gran == 0, "piece address %llx not %d-byte aligned", addr, gran);
+            // The smem chunk starts 16-byte aligned (rows of REEL_GEMM_LDS bf16), so each piece's
+            // destination is aligned to its size.
+            CHECK(((r * REEL_GEMM_LDS + c) * 2) % 16 == 0, "smem chunk alignment");
+            for (int j = 0; j < 16 / gran; ++j) {
+                const int b = gemm_piece_bytes(valid, gran, j);
+                CHECK(b >= 0 && b <= gran && b % 2 == 0, "piece bytes %d of %d", b, gran);
+                for (int byte = 0; byte < gran; byte += 2) {
+                    const int e = (j * gran + byte) / 2;  // element of the chunk
+                    float v = 0.0f;
+                    if (byte < b) {
+                        // Read only real elements of the row, inside the buffer.
+                        CHECK(k0 + c + e < K && row0 + r < o.rows, "read past the row: k %d of %d", k0 + c + e, K);
+                        CHECK(e0 + e >= 0 && e0 + e < (long)o.mem.size(), "read outside the buffer");
+                        v = bf16_val(o.mem[e0 + e]);
+                    } else {
+                        // Zero-filled bytes are exactly the ones past the row's end or the last row.
+                        CHECK(!(row0 + r < o.rows && k0 + c + e < K), "real element k %d zero-filled", k0 + c + e);
+                    }
+                    tile[r][c + e] = v;
+                }
+            }
+        }
+}
+static void check_gemm_any(int M, int N, int K, long xbase, long xstride, long wbase, long wstride, uint64_t seed) {
+    EmuOperand x{{}, xbase, xstride, M}, w{{}, wbase, wstride, N};
+    for (EmuOperand* o : {&x, &w}) {
+        o->mem.assign(o->base + (size_t)o->rows * o->stride + 8, bf16_bits(NAN));
+        for (int r = 0; r < o->rows; ++r)
+            for (int k = 0; k < K; ++k) {
+                seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+                o->mem[o->base + (long)r * o->stride + k] = bf16_bits((float)((int)(seed % 9) - 4));
+            }
+    }
+    static float A[REEL_GEMM_BM][REEL_GEMM_BK], B[REEL_GEMM_BN][REEL_GEMM_BK];
+    std::vector<double> out((size_t)M * N, NAN);
+    const int ktiles = (K + REEL_GEMM_BK - 1) / REEL_GEMM_BK;
+    for (int m_blk = 0; m_blk < M; m_blk += REEL_GEMM_BM)
+        for (int n_blk = 0; n_blk < N; n_blk += REEL_GEMM_BN) {
+            static double acc[REEL_GEMM_BM][REEL_GEMM_BN];
+            std::memset(acc, 0, sizeof(acc));
+            for (int kt = 0; kt < ktiles; ++kt) {
+                emu_load_tile_any(x, m_blk, kt * REEL_GEMM_BK, K, A);
+                emu_load_tile_any(w, n_blk, kt * REEL_GEMM_BK, K, B);
+                for (int r = 0; r < REEL_GEMM_BM; ++r)
+                    for (int n = 0; n < REEL_GEMM_BN; ++n)
+                        for (int k = 0; k < REEL_GEMM_BK; ++k) acc[r][n] += (double)A[r][k] * B[n][k];
+            }
+            for (int r = 0; r < REEL_GEMM_BM && m_blk + r < M; ++r)
+                for (int n = 0; n < REEL_GEMM_BN && n_blk + n < N; ++n) out[(size_t)(m_blk + r) * N + n_blk + n] = acc[r][n];
+        }
+    int bad = 0;
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            double want = 0.0;
+            for (int k = 0; k < K; ++k)
+                want += (double)bf16_val(x.mem[x.base + (long)i * x.stride + k]) * bf16_val(w.mem[w.base + (long)j * w.stride + k]);
+            const double got = out[(size_t)i * N + j];
+            if (!(got == want) && bad++ < 3)
+                CHECK(false, "gemm_any M %d N %d K %d strides %ld/%ld bases %ld/%ld: (%d,%d) = %g, want %g", M, N, K,
+                      xstride, wstride, xbase, wbase, i, j, got, want);
+        }
+    CHECK(bad == 0, "gemm_any M %d N %d K %d: %d wrong outputs", M, N, K, bad);
+}
+static void check_gemm_any_shapes() {
+    // K tails of every length mod 8 and mod 32, contiguous rows (stride K: 16-, 8-, 4- and
+    // 2-byte aligned rows depending on K), padded and odd strides, and bases off 16-byte
+    // boundaries (column views). M and N cross the 128-wide tiles.
+    const int ks[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 63, 100, 3420, 3421};
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (int K : ks) {
+        const bool big = K > 1000;
+        const int M = big ? 130 : 131, N = big ? 129 : 257;
+        check_gemm_any(M, N, K, 0, K, 0, K, seed++);  // contiguous, as the model's activations
+        check_gemm_any(M, N, K, 1, K + 3, 4, K + 2, seed++);
+        if (!big) {
+            check_gemm_any(M, N, K, 2, K + 1, 3, K + 5, seed++);
+            check_gemm_any(17, 9, K, 8, K + 8, 0, (K + 7) / 8 * 8, seed++);
+        }
+    }
+    // The ViT MLP down-projection rows: stride 3420 bf16 = 6840 bytes, so even rows are 16-byte
+    // aligned and odd rows 8-byte aligned.
+    CHECK(gemm_granule(VBASE + 2ull * 3420 * 0) == 16 && gemm_granule(VBASE + 2ull * 3420 * 1) == 8,
+          "ViT down rows alternate 16/8-byte alignment");
+    CHECK(gemm_chunk_valid(3416, 3420) == 4 && gemm_chunk_valid(3424, 3420) == 0 && gemm_chunk_valid(8, 3420) == 8,
+          "chunk valid counts");
+    CHECK(gemm_piece_bytes(4, 16, 0) == 8 && gemm_piece_bytes(4, 8, 1) == 0 && gemm_piece_bytes(5, 8, 1) == 2 &&
+              gemm_piece_bytes(8, 4, 3) == 4 && gemm_piece_bytes(0, 16, 0) == 0,
+          "piece bytes");
+}
+
 int main() {
+    check_gemm_any_shapes();
     // Split ranges: every token of [0, kv_len) in exactly one split, splits in order.
     static int seen[5000];
     for (int splits = 1; splits <= 70; ++splits) {

@@ -7,7 +7,7 @@
 //! Layout rules shared by all ops are in the module docs of [`super`]: row-major, a first
 //! dimension stride (`row_stride`), contiguous below it.
 
-use super::{PagedKv, TRef};
+use super::{Epilogue, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -207,6 +207,66 @@ pub fn matmul(x: &TRef, w: &TRef, bias: Option<&TRef>, out: &TRef) -> Result<Mat
         k,
         quant_row_bytes,
     })
+}
+
+/// Whether two tensors share bytes (same buffer, intersecting byte ranges).
+pub fn overlaps(a: &TRef, b: &TRef) -> bool {
+    a.buf == b.buf
+        && a.span_bytes() > 0
+        && b.span_bytes() > 0
+        && a.offset < b.offset + b.span_bytes()
+        && b.offset < a.offset + a.span_bytes()
+}
+
+/// `out = epi(round(x @ w^T + bias))`: the dimensions of the matmul (`n` = rows of w; for
+/// SwiGLU that is 2F and out has F columns).
+pub fn matmul_fused(
+    x: &TRef,
+    w: &TRef,
+    bias: Option<&TRef>,
+    epi: &Epilogue,
+    out: &TRef,
+) -> Result<MatmulDims> {
+    const OP: &str = "matmul_fused";
+    act(OP, "out", out)?;
+    let n = if w.shape.rank() == 2 {
+        w.shape.dim(0)
+    } else {
+        0
+    };
+    let y = match epi {
+        Epilogue::SwiGlu => {
+            need(n % 2 == 0, OP, || {
+                format!(
+                    "SwiGLU needs w = [gate; up] with an even row count, got {:?}",
+                    w.shape
+                )
+            })?;
+            need(out.shape.row_len() == n / 2, OP, || {
+                format!(
+                    "SwiGLU out {:?} must have {} columns (half of w's {n} rows)",
+                    out.shape,
+                    n / 2
+                )
+            })?;
+            TRef {
+                shape: crate::tensor::Shape::new(&[out.shape.rows(), n]),
+                ..*out
+            }
+        }
+        _ => *out,
+    };
+    // The matmul's own contract, on the [M, N] intermediate the epilogue reads.
+    let d = matmul(x, w, bias, &y)
+        .map_err(|e| bad(OP, e.to_string().trim_start_matches("matmul: ")))?;
+    if let Epilogue::Add(r) = epi {
+        act(OP, "res", r)?;
+        need(r.shape == out.shape, OP, || {
+            format!("res {:?} differs from out {:?}", r.shape, out.shape)
+        })?;
+        need(!overlaps(r, out), OP, || "res must not overlap out".into())?;
+    }
+    Ok(d)
 }
 
 /// A row-wise map: `rows` first-dimension slices of `cols` contiguous elements (each operand

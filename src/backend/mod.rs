@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod fused;
 pub mod harness;
 pub mod host;
 pub mod sample;
@@ -218,6 +219,22 @@ pub struct MropeParams {
     pub sections: [usize; 3],
 }
 
+/// What [`Backend::matmul_fused`] applies to `y = round(x @ w^T + bias)` (rounded to the
+/// output type) before the store. Each variant is exactly the unfused op sequence
+/// (`matmul`, then the elementwise op), rounding where that sequence rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    /// `out = y`.
+    None,
+    /// `out = round(gelu(y))`, exact erf ([`Backend::gelu`]).
+    Gelu,
+    /// w is `[gate rows F; up rows F]` (`[2F, K]`, bias `[2F]` likewise) and out is `[M, F]`:
+    /// `out = round(round(silu(y[:, :F])) * y[:, F:])` ([`Backend::swiglu`]).
+    SwiGlu,
+    /// `out = round(y + res)` with res `[M, N]` ([`Backend::add`]); res must not overlap out.
+    Add(TRef),
+}
+
 /// Device memory a backend has allocated through its buffer table, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemStats {
@@ -273,6 +290,18 @@ pub trait Backend: Send {
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()>;
     /// `out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`, f32 accumulation, rounded once.
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()>;
+    /// `matmul` followed by an elementwise epilogue in one op (see [`Epilogue`]); backends with
+    /// GEMM epilogues run it as one kernel. The default is the op sequence itself.
+    fn matmul_fused(
+        &mut self,
+        x: TRef,
+        w: TRef,
+        bias: Option<TRef>,
+        epi: Epilogue,
+        out: TRef,
+    ) -> Result<()> {
+        fused::matmul_fused_composed(self, x, w, bias, epi, out)
+    }
     /// `out = round(a + b)`, same shapes.
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()>;
     /// `out = round(round(silu(gate)) * up)`.

@@ -3,9 +3,11 @@
 //! Q4_K and Q6_K weights).
 //!
 //! Dispatch ([`pick`], a pure function of the shape, the types and the alignment):
-//! - float weights: bf16 x and w with K % 8 == 0 and 16-byte aligned rows take the 16-byte GEMV
-//!   for M <= 8 (decode, memory-bound) and the tensor-core GEMM above; anything else (f32/f16
-//!   x or w, K % 8 != 0, unaligned rows) takes the scalar GEMV, in slices of 8 rows;
+//! - float weights: bf16 x and w take the 16-byte GEMV for M <= 8 (decode, memory-bound) when
+//!   K % 8 == 0 and rows are 16-byte aligned, and the tensor-core GEMM (gemm_bf16_mma) otherwise:
+//!   it reads any K (zero-filled tails) at any row alignment (the ViT MLP's K = 3420), so no
+//!   bf16 shape falls to the scalar kernel (`REEL_GEMM` may swap the GEMM for a candidate,
+//!   gemm.rs); f32/f16 x or w take the scalar GEMV, in slices of 8 rows;
 //! - quantized weights: M <= 8 takes the dequant-fused GEMV (weights streamed once through
 //!   16-byte loads, exact dequantization, f32 sums); larger M with bf16 activations in 16-byte
 //!   aligned rows takes the tensor-core GEMM (weight tiles dequantized to bf16 in smem); larger
@@ -15,7 +17,8 @@
 //! ptxas (CUDA 13.0, -O3), registers per kernel, no spills and no stack frame on sm_80/86/89/90a:
 //! qgemv_* 72-80 (`__launch_bounds__(256, 2)`: without the occupancy hint ptxas capped the Q8_0
 //! GEMV at 64 registers and spilled), qgemm_* 125-128, gemm_bf16_mma 128. Static smem 40 KB for
-//! the quantized GEMV (8 x 2 KB weight windows + 24 KB of x) and both GEMMs.
+//! the quantized GEMV (8 x 2 KB weight windows + 24 KB of x) and both GEMMs; the candidate GEMMs
+//! are in gemm.rs.
 
 use super::launch::{kernels, Kernel, Launch};
 use super::params::{
@@ -23,7 +26,7 @@ use super::params::{
     REEL_QGEMV_WARPS, REEL_QT_Q4_K, REEL_QT_Q6_K, REEL_QT_Q8_0,
 };
 use super::{dt_code, err, fits_i32, need, rows_16b, CudaBackend};
-use crate::backend::{check, TRef};
+use crate::backend::{check, Epilogue, TRef};
 use crate::error::Result;
 use crate::tensor::DType;
 
@@ -89,7 +92,8 @@ pub enum MatmulKernel {
     GemvV16,
     /// gemv_scalar: any float types, K, strides and alignment; slices of 8 rows.
     GemvScalar,
-    /// gemm_bf16_mma: bf16 x and w on tensor cores, M > 8.
+    /// gemm_bf16_mma: bf16 x and w on tensor cores, any K and row alignment (REEL_GEMM
+    /// candidates in gemm.rs).
     GemmMma,
     /// qgemv_<type>_<stage>: quantized weights, slices of 8 rows.
     QGemv(QType, XStage),
@@ -124,17 +128,14 @@ pub fn pick(c: &MatmulCase) -> MatmulKernel {
             MatmulKernel::QGemv(q, XStage::F32)
         };
     }
-    let v16 = c.x == DType::BF16
-        && c.w == DType::BF16
-        && c.k.is_multiple_of(8)
-        && c.x_rows_16b
-        && c.w_rows_16b;
-    if !v16 {
-        MatmulKernel::GemvScalar
-    } else if c.m <= GEMV_ROWS {
+    let bf16 = c.x == DType::BF16 && c.w == DType::BF16;
+    let v16 = bf16 && c.k.is_multiple_of(8) && c.x_rows_16b && c.w_rows_16b;
+    if v16 && c.m <= GEMV_ROWS {
         MatmulKernel::GemvV16
-    } else {
+    } else if bf16 {
         MatmulKernel::GemmMma
+    } else {
+        MatmulKernel::GemvScalar
     }
 }
 
@@ -235,6 +236,12 @@ impl CudaBackend {
             )
         })?;
         fits_i32(OP, &[d.m, d.n, d.k])?;
+        let bias_ref = bias;
+        // Decode (M = 1) on a ring GEMV candidate when REEL_GEMV / REEL_QGEMV select one
+        // (decode.rs).
+        if self.try_ring(&x, &w, bias_ref.as_ref(), &out, &d)? {
+            return Ok(());
+        }
         let (bias, bias_dt) = match &bias {
             Some(b) => (
                 self.ptr(b, "matmul bias")?,
@@ -258,6 +265,14 @@ impl CudaBackend {
             x_rows_16b: rows_16b(xp, xs, x.dtype),
             w_rows_16b: rows_16b(wp, w.row_stride, w.dtype),
         });
+        if kern == MatmulKernel::GemmMma {
+            // A REEL_GEMM candidate, when one is selected and takes these operands.
+            if let Some(imp) = self.gemm_candidate(&x, &w, &out)? {
+                if self.gemm(imp, x, w, bias_ref, Epilogue::None, out, d.m, d.n, d.k)? {
+                    return Ok(());
+                }
+            }
+        }
         let (grid, block) = kern.grid(d.m, d.n)?;
         let l = Launch {
             grid,

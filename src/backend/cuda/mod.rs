@@ -33,7 +33,10 @@ pub mod launch;
 
 mod argmax;
 mod attention;
+pub mod cublaslt;
+pub mod decode;
 mod elementwise;
+pub mod gemm;
 mod graph;
 pub mod matmul;
 mod norm;
@@ -46,7 +49,9 @@ mod tests;
 pub(crate) const KERNEL_TABLES: &[&[launch::Kernel]] = &[
     argmax::KERNELS,
     attention::KERNELS,
+    decode::KERNELS,
     elementwise::KERNELS,
+    gemm::KERNELS,
     matmul::KERNELS,
     norm::KERNELS,
     rope::KERNELS,
@@ -88,6 +93,9 @@ pub struct DeviceInfo {
     pub sms: u32,
     /// Opt-in shared memory per block, bytes.
     pub smem_optin: u32,
+    /// Shared memory per multiprocessor, bytes (what resident blocks share).
+    pub smem_per_sm: u32,
+    pub max_threads_per_sm: u32,
 }
 
 struct DevBuf {
@@ -110,6 +118,13 @@ pub struct CudaBackend {
     mem: MemStats,
     /// Captured graphs and pinned token slots (graph.rs).
     graph: graph::GraphState,
+    /// The dense GEMM asked for (`REEL_GEMM`) and cuBLASLt when it loaded (gemm.rs).
+    gemm_choice: gemm::GemmChoice,
+    lt: Option<cublaslt::Lt>,
+    /// Why cuBLASLt is not in use (None when it is, or was not asked for).
+    lt_note: Option<String>,
+    /// Which decode GEMV candidates run (decode.rs; REEL_GEMV / REEL_QGEMV).
+    decode: decode::DecodeSel,
 }
 
 impl CudaBackend {
@@ -158,13 +173,18 @@ impl CudaBackend {
             sms: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             smem_optin: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
                 as u32,
+            smem_per_sm: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?
+                as u32,
+            max_threads_per_sm: attr(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?
+                as u32,
         };
         let kernels = Kernels::load(&ctx).map_err(err)?;
         // A created stream: graph capture is impossible on the legacy default stream.
         let stream = ctx
             .new_stream()
             .map_err(|e| err(format!("device {ordinal}: creating a stream: {e}")))?;
-        Ok(CudaBackend {
+        let gemm_choice = gemm::GemmChoice::from_env()?;
+        let mut be = CudaBackend {
             ctx,
             stream,
             kernels,
@@ -173,7 +193,47 @@ impl CudaBackend {
             scratch: None,
             mem: MemStats::default(),
             graph: graph::GraphState::default(),
-        })
+            gemm_choice,
+            lt: None,
+            lt_note: None,
+            decode: decode::DecodeSel::from_env()?,
+        };
+        be.set_gemm(gemm_choice);
+        Ok(be)
+    }
+
+    /// Selects the dense GEMM (what `REEL_GEMM` does at open): loads cuBLASLt the first time
+    /// it is asked for; when it cannot load, says so once on stderr and keeps the default.
+    pub fn set_gemm(&mut self, choice: gemm::GemmChoice) {
+        self.gemm_choice = choice;
+        if choice == gemm::GemmChoice::CublasLt && self.lt.is_none() && self.lt_note.is_none() {
+            match cublaslt::Lt::load(&self.stream) {
+                Ok(lt) => {
+                    self.mem_allocated(cublaslt::WORKSPACE_BYTES);
+                    self.lt = Some(lt);
+                }
+                Err(why) => {
+                    eprintln!("reel: cuBLASLt unavailable ({why}); dense GEMMs use gemm_bf16_mma");
+                    self.lt_note = Some(why);
+                }
+            }
+        }
+    }
+
+    /// Which dense GEMM runs the tensor-core shapes, in words (for `reel info`, `reel bench`).
+    pub fn gemm_summary(&self) -> String {
+        use gemm::GemmChoice as C;
+        match self.gemm_choice {
+            C::Mma => "gemm_bf16_mma".into(),
+            C::Tiles => "gemm_bf16_128x128/128x256 (REEL_GEMM=tiles)".into(),
+            C::Mma128 => "gemm_bf16_128x128 (REEL_GEMM=mma128)".into(),
+            C::Mma256 => "gemm_bf16_128x256 (REEL_GEMM=mma256)".into(),
+            C::CublasLt => match (&self.lt, &self.lt_note) {
+                (Some(lt), _) => format!("cuBLASLt {} (REEL_GEMM=cublaslt)", lt.version_string()),
+                (None, Some(why)) => format!("gemm_bf16_mma (no cuBLASLt: {why})"),
+                (None, None) => "gemm_bf16_mma".into(),
+            },
+        }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -302,8 +362,13 @@ pub(crate) fn rows_16b(ptr: u64, row_stride: usize, dt: DType) -> bool {
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         format!(
-            "cuda:{} {} (sm_{}{}, {} SMs)",
-            self.info.ordinal, self.info.name, self.info.cc.0, self.info.cc.1, self.info.sms
+            "cuda:{} {} (sm_{}{}, {} SMs; GEMM {})",
+            self.info.ordinal,
+            self.info.name,
+            self.info.cc.0,
+            self.info.cc.1,
+            self.info.sms,
+            self.gemm_summary()
         )
     }
 
@@ -416,6 +481,7 @@ impl Backend for CudaBackend {
     attention::backend_ops!();
     elementwise::backend_ops!();
     matmul::backend_ops!();
+    gemm::backend_ops!();
     norm::backend_ops!();
     rope::backend_ops!();
     sampling::backend_ops!();

@@ -249,15 +249,18 @@ fn matmul_dispatch() {
     assert_eq!(pick(&case(1, 4608, 3584, bf, bf, true)), GemvV16);
     assert_eq!(pick(&case(8, 4608, 3584, bf, bf, true)), GemvV16);
     assert_eq!(pick(&case(9, 4608, 3584, bf, bf, true)), GemmMma);
-    // ViT down_proj without padding: K = 3420 is not a multiple of 8.
-    assert_eq!(pick(&case(4096, 1280, 3420, bf, bf, true)), GemvScalar);
+    // ViT down_proj: K = 3420 is not a multiple of 8; the GEMM reads its tails (and its
+    // 8-byte aligned rows) at any M, the 16-byte GEMV cannot.
+    assert_eq!(pick(&case(4096, 1280, 3420, bf, bf, false)), GemmMma);
+    assert_eq!(pick(&case(4, 1280, 3420, bf, bf, false)), GemmMma);
     // A column view at a 2-byte offset, or a row stride of 132 elements.
-    assert_eq!(pick(&case(64, 128, 128, bf, bf, false)), GemvScalar);
+    assert_eq!(pick(&case(64, 128, 128, bf, bf, false)), GemmMma);
+    assert_eq!(pick(&case(1, 128, 128, bf, bf, false)), GemmMma);
     let one_unaligned = MatmulCase {
         w_rows_16b: false,
-        ..case(64, 128, 128, bf, bf, true)
+        ..case(3, 128, 128, bf, bf, true)
     };
-    assert_eq!(pick(&one_unaligned), GemvScalar);
+    assert_eq!(pick(&one_unaligned), GemmMma);
     // f32 activations or f16/f32 weights take the scalar path at any M.
     assert_eq!(
         pick(&case(512, 3584, 3584, bf, DType::F32, true)),

@@ -42,6 +42,20 @@ struct Mm {
     opad: usize,
 }
 
+/// The dense GEMM candidates (`REEL_GEMM`, backend/cuda/gemm.rs), side by side on CUDA.
+pub const GEMM_VARIANTS: &[&str] = &["mma", "tiles", "mma128", "mma256", "cublaslt"];
+
+/// The decode GEMV candidates (backend/cuda/decode.rs) for a weight type at M = 1.
+fn gemv_variants(c: Case, w: DType) -> Case {
+    if w.is_quantized() {
+        c.variants("cuda", "REEL_QGEMV", &["f32", "dp4a"])
+    } else if w == DType::BF16 {
+        c.variants("cuda", "REEL_GEMV", &["v16", "ring"])
+    } else {
+        c
+    }
+}
+
 impl Mm {
     fn plain(m: usize, n: usize, k: usize, w: DType) -> Mm {
         Mm {
@@ -149,6 +163,17 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         (200, 257, 264, DType::BF16, true, 0, 0),
         (129, 64, 3420, DType::BF16, true, 0, 0),
         (3, 40, 21, DType::BF16, true, 0, 0),
+        // The tensor-core GEMM's K tails and row alignments: the ViT down-projection's N and
+        // K (rows 8-byte aligned), an odd K (2-byte aligned rows), K below one chunk, odd and
+        // padded strides, a small M with an unaligned K (the GEMM, not a GEMV).
+        (33, 1280, 3420, DType::BF16, true, 0, 0),
+        (40, 70, 3421, DType::BF16, false, 0, 1),
+        (130, 129, 7, DType::BF16, true, 0, 0),
+        (17, 136, 9, DType::BF16, false, 3, 0),
+        (20, 33, 17, DType::BF16, true, 1, 2),
+        (19, 40, 15, DType::BF16, false, 0, 0),
+        (140, 72, 264, DType::BF16, true, 5, 0),
+        (4, 1280, 3420, DType::BF16, true, 0, 0),
     ] {
         let mm = Mm {
             m,
@@ -159,7 +184,14 @@ pub(super) fn cases(t: &mut Vec<Case>) {
             xpad,
             opad,
         };
-        t.push(mm.case(mm.label(), Use::Check));
+        let c = mm.case(mm.label(), Use::Check);
+        t.push(if m > 8 && w == DType::BF16 {
+            c.variants("cuda", "REEL_GEMM", GEMM_VARIANTS)
+        } else if m == 1 {
+            gemv_variants(c, w)
+        } else {
+            c
+        });
     }
 
     // Quantized weights: (type, M, N, K, bias, x pad, out pad). M = 1 and 3 take the CUDA
@@ -193,7 +225,8 @@ pub(super) fn cases(t: &mut Vec<Case>) {
             xpad,
             opad,
         };
-        t.push(mm.case(mm.label(), Use::Check));
+        let c = mm.case(mm.label(), Use::Check);
+        t.push(if m == 1 { gemv_variants(c, w) } else { c });
     }
 
     // Timed at the model's shapes: the decode step's GEMVs (M = 1, memory-bound) and the
@@ -221,10 +254,18 @@ pub(super) fn cases(t: &mut Vec<Case>) {
                 continue;
             }
             let mm = Mm::plain(1, n, k, w);
-            t.push(mm.case(format!("decode {name} M=1 N={n} K={k} {w}"), Use::Perf));
+            t.push(gemv_variants(
+                mm.case(format!("decode {name} M=1 N={n} K={k} {w}"), Use::Perf),
+                w,
+            ));
             if name != "lm_head" {
                 let mm = Mm::plain(4096, n, k, w);
-                t.push(mm.case(format!("prefill {name} M=4096 N={n} K={k} {w}"), Use::Perf));
+                let c = mm.case(format!("prefill {name} M=4096 N={n} K={k} {w}"), Use::Perf);
+                t.push(if w == DType::BF16 {
+                    c.variants("cuda", "REEL_GEMM", GEMM_VARIANTS)
+                } else {
+                    c
+                });
             }
         }
     }
@@ -237,7 +278,154 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         ("merger fc2", 4096, hidden, 5120),
     ] {
         let mm = Mm::plain(m, n, k, DType::BF16);
-        t.push(mm.case(format!("{name} M={m} N={n} K={k} bf16"), Use::Perf));
+        t.push(
+            mm.case(format!("{name} M={m} N={n} K={k} bf16"), Use::Perf)
+                .variants("cuda", "REEL_GEMM", GEMM_VARIANTS),
+        );
+    }
+    fused_cases(t);
+}
+
+/// `matmul_fused`'s reference: the matmul rounded to `out`, then the epilogue's op
+/// (`res` for Add; SwiGLU's w is [gate; up], `n` = 2F).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fused(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    epi: Epi,
+    res: &[f32],
+    out: DType,
+) -> Vec<f32> {
+    let y = matmul(x, m, k, w, n, bias, out);
+    match epi {
+        Epi::None => y,
+        Epi::Gelu => super::elementwise::gelu(&y, out),
+        Epi::Add => super::elementwise::add(&y, res, out),
+        Epi::SwiGlu => {
+            let f = n / 2;
+            let (mut g, mut u) = (Vec::new(), Vec::new());
+            for r in y.chunks_exact(n) {
+                g.extend_from_slice(&r[..f]);
+                u.extend_from_slice(&r[f..]);
+            }
+            super::elementwise::swiglu(&g, &u, out)
+        }
+    }
+}
+
+/// The epilogue of a `matmul_fused` case (the [`crate::backend::Epilogue`] without operands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epi {
+    None,
+    Gelu,
+    SwiGlu,
+    Add,
+}
+
+fn fused_case(m: usize, n: usize, k: usize, bias: bool, epi: Epi, shape: String, u: Use) -> Case {
+    let cols = if epi == Epi::SwiGlu { n / 2 } else { n };
+    Case::new("matmul_fused", shape, Bound::Reduction, move |cx| {
+        let dt = cx.dt;
+        let (xt, x) = cx.input(dt, &[m, k], 1.0, 0)?;
+        let (ws, w) = cx.weight(DType::BF16, n, k, 0.05)?;
+        let b = cx.vals(n, 0.5, DType::BF16);
+        let bt = if bias {
+            Some(cx.put_weight(&b, DType::BF16, &[n])?)
+        } else {
+            None
+        };
+        let (rt, r) = cx.input(dt, &[m, cols], 1.0, 0)?;
+        let o = cx.out(dt, &[m, cols], 0)?;
+        let e = match epi {
+            Epi::None => crate::backend::Epilogue::None,
+            Epi::Gelu => crate::backend::Epilogue::Gelu,
+            Epi::SwiGlu => crate::backend::Epilogue::SwiGlu,
+            Epi::Add => crate::backend::Epilogue::Add(rt),
+        };
+        Ok(Built::new(
+            move |be, i| be.matmul_fused(xt, ws.at(i), bt, e, o),
+            move |be| {
+                let want = matmul_fused(&x, m, k, &w, n, bias.then_some(&b[..]), epi, &r, dt);
+                Ok((read(be, &o)?, want))
+            },
+        ))
+    })
+    .cost(move |dt| Cost {
+        bytes: (DType::BF16.bytes_for(n * k)
+            + dt.bytes_for(m * k + m * cols)
+            + if epi == Epi::Add {
+                dt.bytes_for(m * cols)
+            } else {
+                0
+            }) as f64,
+        flops: 2.0 * (m * n * k) as f64,
+    })
+    .used(u)
+    .variants("cuda", "REEL_GEMM", GEMM_VARIANTS)
+}
+
+/// `matmul_fused`: each epilogue at tile tails (M 130, N and F off the 128/256-wide tiles),
+/// with and without bias, one decode row (the op sequence), and the model's fusable shapes
+/// timed: the ViT MLP (gate/up + SwiGLU, down + residual), the merger's fc1 + GELU, the text
+/// prefill's gate/up + SwiGLU and O / down + residual.
+fn fused_cases(t: &mut Vec<Case>) {
+    for (m, n, k, bias, epi) in [
+        (130usize, 264usize, 136usize, true, Epi::None),
+        (130, 264, 136, true, Epi::Gelu),
+        (130, 300, 72, false, Epi::SwiGlu),
+        (130, 600, 72, true, Epi::SwiGlu),
+        (70, 264, 136, true, Epi::Add),
+        (9, 40, 64, false, Epi::Add),
+        (1, 80, 64, true, Epi::SwiGlu),
+        (33, 80, 3420, true, Epi::Gelu),
+    ] {
+        t.push(fused_case(
+            m,
+            n,
+            k,
+            bias,
+            epi,
+            format!(
+                "{m}x{k} @ {n}x{k} {epi:?}{}",
+                if bias { " +bias" } else { "" }
+            ),
+            Use::Check,
+        ));
+    }
+    let (hidden, inter) = (3584usize, 18944usize);
+    for (name, m, n, k, epi) in [
+        (
+            "vit gate/up+swiglu",
+            16384usize,
+            2 * 3420usize,
+            1280usize,
+            Epi::SwiGlu,
+        ),
+        ("vit down+res", 16384, 1280, 3420, Epi::Add),
+        ("merger fc1+gelu", 4096, 5120, 5120, Epi::Gelu),
+        (
+            "prefill gate/up+swiglu",
+            4096,
+            2 * inter,
+            hidden,
+            Epi::SwiGlu,
+        ),
+        ("prefill o+res", 4096, hidden, hidden, Epi::Add),
+        ("prefill down+res", 4096, hidden, inter, Epi::Add),
+    ] {
+        t.push(fused_case(
+            m,
+            n,
+            k,
+            true,
+            epi,
+            format!("{name} M={m} N={n} K={k} bf16"),
+            Use::Perf,
+        ));
     }
 }
 
