@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::engine::sampling::{Sampler, SamplingParams};
+use crate::engine::sampling::SamplingParams;
 use crate::engine::{Engine, Request, StopReason};
 use crate::error::{Error, Result};
 use crate::model::inputs::{MediaOptions, VisionInput};
@@ -205,21 +205,12 @@ impl Chat {
                 full.len()
             )));
         }
-        let layout = model.arch.prompt_layout(&full, &self.vision)?;
-        // At least the last prompt token is prefilled: its logits give the first token.
-        let mut reuse = self
-            .cached
-            .iter()
-            .zip(&full)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(full.len() - 1);
-        if layout.vision_rows.iter().any(|&r| r as usize >= reuse) {
-            reuse = 0;
-        }
         let max_new = self.max_new_tokens.min(ctx - full.len()).max(1);
         let stops = model.eos_tokens();
-        if reuse == 0 {
+        // The whole conversation goes to the engine each turn: its prefix cache keeps the KV
+        // pages of earlier turns (and its vision cache their embeddings), so only the new
+        // tokens are prefilled and the tower does not run again for media it has seen.
+        {
             let req = Request {
                 prompt_tokens: full.clone(),
                 sampling: self.sampling,
@@ -237,12 +228,12 @@ impl Chat {
             cached.truncate(engine.text.kv_len());
             self.cached = cached;
             let t = &out.timings;
-            return Ok(Answer {
+            Ok(Answer {
                 stats: AnswerStats {
                     prompt_tokens: full.len(),
-                    reused_tokens: 0,
-                    prefilled_tokens: full.len(),
-                    vision_run: !self.vision.is_empty(),
+                    reused_tokens: t.cached_tokens,
+                    prefilled_tokens: full.len() - t.cached_tokens,
+                    vision_run: t.media_reused < self.vision.len(),
                     vision_s: t.vision_s,
                     generated_tokens: out.generated_tokens.len(),
                     ttft_s: (t_gen - t0).as_secs_f64() + t.ttft_s,
@@ -251,67 +242,8 @@ impl Chat {
                     tokens: out.generated_tokens,
                 },
                 text: out.text,
-            });
+            })
         }
-
-        // Only the new tokens are prefilled, at their positions in the whole conversation.
-        let be = engine.be.as_mut();
-        engine.text.truncate(be, reuse)?;
-        self.cached.truncate(reuse);
-        let n = full.len();
-        let pos: Vec<i32> = (0..3)
-            .flat_map(|r| layout.positions[r * n + reuse..(r + 1) * n].iter().copied())
-            .collect();
-        let mut logits = engine.text.forward(be, &full[reuse..], &pos, None)?;
-        self.cached = full.clone();
-        let mut sampler = Sampler::new(self.sampling)?;
-        let mut history = full.clone();
-        let mut generated = Vec::new();
-        let mut ttft_s = 0.0;
-        let mut t_first = t0;
-        let stop = loop {
-            let tok = sampler.sample(&logits, &history)?;
-            if generated.is_empty() {
-                ttft_s = t0.elapsed().as_secs_f64();
-                t_first = Instant::now();
-            }
-            generated.push(tok);
-            history.push(tok);
-            on_token(tok);
-            if stops.contains(&tok) {
-                break StopReason::Eos;
-            }
-            if generated.len() == max_new {
-                break StopReason::MaxTokens;
-            }
-            let p = model
-                .arch
-                .decode_positions(history.len() - 1, layout.rope_delta);
-            logits = engine.text.forward(be, &[tok], &p, None)?;
-            self.cached.push(tok);
-        };
-        let decode_s = t_first.elapsed().as_secs_f64();
-        let n_dec = generated.len().saturating_sub(1);
-        let text = model.tokenizer.decode_skip_special(&generated)?;
-        Ok(Answer {
-            stats: AnswerStats {
-                prompt_tokens: n,
-                reused_tokens: reuse,
-                prefilled_tokens: n - reuse,
-                vision_run: false,
-                vision_s: 0.0,
-                generated_tokens: generated.len(),
-                ttft_s,
-                decode_tokens_per_s: if n_dec > 0 {
-                    n_dec as f64 / decode_s.max(1e-9)
-                } else {
-                    0.0
-                },
-                stop: Some(stop),
-                tokens: generated,
-            },
-            text,
-        })
     }
 }
 
