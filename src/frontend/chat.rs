@@ -2,11 +2,9 @@
 //!
 //! Images and videos are decoded and preprocessed once, when they are added. Each question
 //! renders the whole conversation with the chat template (so the tokens are exactly those a
-//! fresh run of the same conversation prefills), finds the longest prefix already in the KV
-//! cache, drops the cached tokens past it, and prefills only the rest, then decodes. When the
-//! new part holds image or video pads (the first question about newly added media) the vision
-//! tower has to run, and the turn goes through [`Engine::generate`] with the whole
-//! conversation: the engine encodes media only as part of a full prefill.
+//! fresh run of the same conversation prefills) and hands it to [`Engine::generate`]: the
+//! engine's prefix cache holds the KV pages of earlier turns and its vision cache the embeddings
+//! of media already encoded, so only the new tokens are prefilled.
 
 use std::path::Path;
 use std::time::Instant;
@@ -61,8 +59,6 @@ pub struct Chat {
     pending: Vec<(ContentItem, VisionInput)>,
     /// Prepared inputs of the media in `messages`, in prompt order.
     vision: Vec<VisionInput>,
-    /// The tokens whose KV the engine's cache holds, in order.
-    cached: Vec<u32>,
     /// Media given at the start, kept across `/reset`.
     initial: Vec<(ContentItem, VisionInput)>,
     pub stats: Vec<AnswerStats>,
@@ -83,7 +79,6 @@ impl Chat {
             messages: Vec::new(),
             pending: Vec::new(),
             vision: Vec::new(),
-            cached: Vec::new(),
             initial: Vec::new(),
             stats: Vec::new(),
         })
@@ -132,7 +127,6 @@ impl Chat {
     pub fn reset(&mut self) {
         self.messages.clear();
         self.vision.clear();
-        self.cached.clear();
         self.pending = self.initial.clone();
         self.stats.clear();
     }
@@ -175,12 +169,10 @@ impl Chat {
                 Ok(a)
             }
             Err(e) => {
-                // The question is withdrawn; its media wait for the next one. The cache may
-                // hold part of the failed turn, so the next question starts afresh.
+                // The question is withdrawn; its media wait for the next one.
                 self.messages.pop();
                 self.vision.truncate(n_vision);
                 self.pending = pending;
-                self.cached.clear();
                 Err(e)
             }
         }
@@ -223,10 +215,6 @@ impl Chat {
             };
             let t_gen = Instant::now();
             let out = engine.generate(&req, on_token)?;
-            let mut cached = full.clone();
-            cached.extend_from_slice(&out.generated_tokens);
-            cached.truncate(engine.text.kv_len());
-            self.cached = cached;
             let t = &out.timings;
             Ok(Answer {
                 stats: AnswerStats {
