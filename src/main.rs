@@ -191,8 +191,8 @@ struct EvalArgs {
     /// Results file: one JSON line per item, written as each completes.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Requests handed to the engine at once (items still run one at a time).
-    #[arg(long, default_value_t = 1)]
+    /// Items in the engine at once, decoded together in one batched step.
+    #[arg(long, default_value_t = 8)]
     max_batch: usize,
     /// Most frames sampled from a video (Video-R1 reports 16, 32 and 64).
     #[arg(long, default_value_t = reel::eval::prompt::DEFAULT_MAX_FRAMES)]
@@ -779,6 +779,7 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
             opts,
         )?;
         println!("{report}");
+        print_profile();
         return Ok(());
     }
     let defaults = reel::engine::bench::BenchConfig::default();
@@ -807,7 +808,15 @@ fn bench_flags(a: BenchArgs) -> Result<()> {
     } else {
         print!("{}", report.to_text());
     }
+    print_profile();
     Ok(())
+}
+
+/// The per-op table of `REEL_PROFILE=1`, on standard error.
+fn print_profile() {
+    if let Some(t) = reel::graph::profile::report() {
+        eprintln!("per-op time (REEL_PROFILE=1; the backend synchronized around every op):\n{t}");
+    }
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -870,7 +879,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         Default::default()
     };
-    let opts = engine_options(&a.backend, a.ctx)?;
+    let mut opts = engine_options(&a.backend, a.ctx)?;
+    opts.max_batch = a.max_batch;
     let model = Model::load(&model_dir)?;
     let mut engine = Engine::new(model, opts)?;
     let run_opts = reel::frontend::eval::RunOptions {

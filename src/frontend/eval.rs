@@ -6,18 +6,19 @@
 //! it completes; an item whose media or generation fails is written with its error and the run
 //! goes on.
 //!
-//! Generation goes through [`generate_batch`], which takes up to `max_batch` prepared requests
-//! and reports each output as it finishes. Today it runs them one at a time through
-//! [`Engine::generate`]; an engine that decodes several sequences at once replaces it there
-//! without changing the rest.
+//! Up to `max_batch` items are in the engine at once: each is prepared when a place frees up
+//! and submitted to the engine's scheduler, which decodes every running sequence in one batched
+//! step; an item's line is written as soon as its sequence finishes. Greedy f32 results do not
+//! depend on the batch (the CPU backend's batch-invariant matmuls), so `--max-batch` changes
+//! the speed, not the records.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::sampling::SamplingParams;
-use crate::engine::{Engine, Output, Request};
-use crate::error::Result;
+use crate::engine::{Engine, Event, Output, Request, RequestId};
+use crate::error::{Error, Result};
 use crate::eval::data::{Dataset, Entry, EvalItem};
 use crate::eval::prompt::{self, PromptOptions};
 use crate::eval::report::{unix_now, Generation, ResultLine, Timings};
@@ -68,19 +69,6 @@ pub fn plan<'a>(
     }
     sel.retain(|e| !done.contains(&entry_key(&ds.name, e)));
     group_order(&sel)
-}
-
-/// Runs prepared requests, calling `done(i, output)` as request `i` finishes. The engine runs
-/// them one at a time for now; the outputs may come in any order.
-pub fn generate_batch(
-    engine: &mut Engine,
-    reqs: &[Request],
-    done: &mut dyn FnMut(usize, Result<Output>),
-) {
-    for (i, req) in reqs.iter().enumerate() {
-        let out = engine.generate(req, &mut |_| {});
-        done(i, out);
-    }
 }
 
 /// The stop ids of the protocol: `<|im_end|>` and the checkpoint's EOS list.
@@ -152,11 +140,10 @@ impl Progress {
     }
 }
 
-/// An item ready for the engine.
+/// An item in the engine.
 struct Ready<'a> {
     item: &'a EvalItem,
     entry: &'a Entry,
-    req: Request,
     start: f64,
 }
 
@@ -175,100 +162,144 @@ pub fn run(
     let stops = stop_tokens(engine);
     let mut progress = Progress::new(entries.len(), previous);
     let mut lines = Vec::with_capacity(entries.len());
-    for chunk in entries.chunks(opts.max_batch.max(1)) {
-        let mut ready = Vec::new();
-        for entry in chunk {
-            let start = unix_now();
-            let prepared = match entry {
-                Entry::Error(_) => {
-                    let l = ResultLine::from_entry_error(&ds.name, entry).expect("an error entry");
-                    finish(writer, &mut progress, &mut lines, l)?;
-                    continue;
-                }
-                Entry::Item(it) => prompt::build(it, &opts.prompt)
-                    .and_then(|msgs| engine.model.prepare(&msgs, None, &media))
-                    .map(|p| (it, p)),
-            };
-            match prepared {
-                Ok((item, p)) => ready.push(Ready {
-                    item,
-                    entry,
-                    start,
-                    req: Request {
-                        prompt_tokens: p.prompt_tokens,
-                        sampling: SamplingParams::default(),
-                        max_new_tokens: opts.max_new_tokens,
-                        stop_tokens: stops.clone(),
-                        record_logits: false,
-                        vision: p.vision,
-                        media_decode_s: p.decode_s,
-                        preprocess_s: p.preprocess_s,
-                    },
-                }),
-                Err(e) => {
+    let mut next = entries.iter();
+    let mut running: HashMap<RequestId, Ready> = HashMap::new();
+    let result = (|| -> Result<()> {
+        loop {
+            // Fill the free places; items that fail before generation are written at once.
+            while running.len() < opts.max_batch.max(1) {
+                let Some(entry) = next.next() else { break };
+                let start = unix_now();
+                let failed = |e: String| {
                     let t = Timings {
                         start,
                         end: unix_now(),
                         ..Timings::default()
                     };
-                    let l = ResultLine::failed(&ds.name, entry, e.to_string(), Some(t));
+                    ResultLine::failed(&ds.name, entry, e, Some(t))
+                };
+                let it = match entry {
+                    Entry::Error(_) => {
+                        let l =
+                            ResultLine::from_entry_error(&ds.name, entry).expect("an error entry");
+                        finish(writer, &mut progress, &mut lines, l)?;
+                        continue;
+                    }
+                    Entry::Item(it) => it,
+                };
+                let prepared = prompt::build(it, &opts.prompt)
+                    .and_then(|msgs| engine.model.prepare(&msgs, None, &media));
+                let p = match prepared {
+                    Ok(p) => p,
+                    Err(e) => {
+                        finish(writer, &mut progress, &mut lines, failed(e.to_string()))?;
+                        continue;
+                    }
+                };
+                let req = Request {
+                    prompt_tokens: p.prompt_tokens,
+                    sampling: SamplingParams::default(),
+                    max_new_tokens: opts.max_new_tokens,
+                    stop_tokens: stops.clone(),
+                    record_logits: false,
+                    vision: p.vision,
+                    media_decode_s: p.decode_s,
+                    preprocess_s: p.preprocess_s,
+                };
+                match engine.submit(req) {
+                    Ok(id) => {
+                        running.insert(
+                            id,
+                            Ready {
+                                item: it,
+                                entry,
+                                start,
+                            },
+                        );
+                    }
+                    Err(e) => finish(writer, &mut progress, &mut lines, failed(e.to_string()))?,
+                }
+            }
+            if running.is_empty() {
+                return Ok(());
+            }
+            let events = match engine.step() {
+                Ok(ev) => ev,
+                // A step that fails takes every sequence in it down; the run goes on with the
+                // next items.
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (id, r) in std::mem::take(&mut running) {
+                        engine.cancel(id);
+                        let l = line_of(ds, opts, &r, Err(Error::Other(msg.clone())));
+                        finish(writer, &mut progress, &mut lines, l)?;
+                    }
+                    // Drain the cancelled sequences' events.
+                    while engine.has_work() {
+                        engine.step()?;
+                    }
+                    continue;
+                }
+            };
+            for ev in events {
+                let ev_id = ev.id();
+                let out = match ev {
+                    Event::Token { .. } => continue,
+                    Event::Finished { output, .. } => Ok(*output),
+                    Event::Failed { error, .. } => Err(error),
+                };
+                if let Some(r) = running.remove(&ev_id) {
+                    let l = line_of(ds, opts, &r, out);
                     finish(writer, &mut progress, &mut lines, l)?;
                 }
             }
         }
-        let reqs: Vec<Request> = ready.iter().map(|r| r.req.clone()).collect();
-        let mut write_err = None;
-        generate_batch(engine, &reqs, &mut |i, out| {
-            if write_err.is_some() {
-                return;
-            }
-            let r = &ready[i];
-            let end = unix_now();
-            let line = match out {
-                Ok(o) => {
-                    let t = &o.timings;
-                    let mut l = ResultLine::scored(
-                        &ds.name,
-                        r.item,
-                        Generation {
-                            text: o.text.clone(),
-                            prompt_tokens: o.prompt_tokens.len(),
-                            generated_tokens: o.generated_tokens.len(),
-                            timings: Timings {
-                                start: r.start,
-                                end,
-                                media_s: Some(t.media_decode_s + t.preprocess_s),
-                                // The engine's prefill time includes the vision tower.
-                                prefill_s: Some(t.prefill_s),
-                                decode_s: Some(t.decode_s),
-                            },
-                        },
-                    );
-                    if opts.record_prompt_ids {
-                        l.prompt_ids = Some(o.prompt_tokens);
-                    }
-                    l
-                }
-                Err(e) => {
-                    let t = Timings {
-                        start: r.start,
-                        end,
-                        ..Timings::default()
-                    };
-                    ResultLine::failed(&ds.name, r.entry, e.to_string(), Some(t))
-                }
-            };
-            if let Err(e) = finish(writer, &mut progress, &mut lines, line) {
-                write_err = Some(e);
-            }
-        });
-        if let Some(e) = write_err {
-            progress.bar.abandon();
-            return Err(e);
-        }
+    })();
+    if let Err(e) = result {
+        progress.bar.abandon();
+        return Err(e);
     }
     progress.bar.finish_and_clear();
     Ok(lines)
+}
+
+/// The result line of a finished (or failed) generation.
+fn line_of(ds: &Dataset, opts: &RunOptions, r: &Ready, out: Result<Output>) -> ResultLine {
+    let end = unix_now();
+    match out {
+        Ok(o) => {
+            let t = &o.timings;
+            let mut l = ResultLine::scored(
+                &ds.name,
+                r.item,
+                Generation {
+                    text: o.text.clone(),
+                    prompt_tokens: o.prompt_tokens.len(),
+                    generated_tokens: o.generated_tokens.len(),
+                    timings: Timings {
+                        start: r.start,
+                        end,
+                        media_s: Some(t.media_decode_s + t.preprocess_s),
+                        // The engine's prefill time includes the vision tower.
+                        prefill_s: Some(t.prefill_s),
+                        decode_s: Some(t.decode_s),
+                    },
+                },
+            );
+            if opts.record_prompt_ids {
+                l.prompt_ids = Some(o.prompt_tokens);
+            }
+            l
+        }
+        Err(e) => {
+            let t = Timings {
+                start: r.start,
+                end,
+                ..Timings::default()
+            };
+            ResultLine::failed(&ds.name, r.entry, e.to_string(), Some(t))
+        }
+    }
 }
 
 fn finish(

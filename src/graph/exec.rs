@@ -260,6 +260,7 @@ impl Executor {
 
     /// Runs every node in order. `kv` is required by graphs with cache ops.
     pub fn run(&self, be: &mut dyn Backend, kv: Option<&PagedKv>) -> Result<()> {
+        let profiling = profile::enabled();
         let mut inputs = Vec::with_capacity(8);
         for node in &self.graph.nodes {
             inputs.clear();
@@ -269,9 +270,67 @@ impl Executor {
                 out: node.out.map(|v| self.tref(v)),
                 kv,
             };
-            node.run(be, &operands)?;
+            if profiling {
+                be.sync()?;
+                let t = std::time::Instant::now();
+                node.run(be, &operands)?;
+                be.sync()?;
+                profile::add(node.op, operands.out.as_ref(), t.elapsed().as_secs_f64());
+            } else {
+                node.run(be, &operands)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Per-op wall time (`REEL_PROFILE=1`): the executor synchronizes the backend around every op
+/// and adds its time under the op's name and output shape; [`report`](profile::report) prints
+/// the table (`reel bench` does at its end). Eager runs only: a replayed CUDA graph is one
+/// launch and is not broken down.
+pub mod profile {
+    use crate::backend::TRef;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    static TABLE: Mutex<Option<HashMap<String, (u64, f64)>>> = Mutex::new(None);
+
+    pub fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("REEL_PROFILE").is_ok_and(|v| v == "1"))
+    }
+
+    pub(super) fn add(op: &str, out: Option<&TRef>, secs: f64) {
+        let key = match out {
+            Some(t) => format!("{op} {}", t.shape),
+            None => op.to_string(),
+        };
+        let mut g = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let e = g.get_or_insert_with(HashMap::new).entry(key).or_default();
+        e.0 += 1;
+        e.1 += secs;
+    }
+
+    /// The table so far, slowest first (`None` when nothing was profiled), and clears it.
+    pub fn report() -> Option<String> {
+        let mut g = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let t = g.take()?;
+        let total: f64 = t.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = t.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let mut s = format!(
+            "{:>10} {:>6} {:>9} {:>6}  op [output shape]\n",
+            "total ms", "calls", "ms/call", "share"
+        );
+        for (k, (n, secs)) in rows {
+            s += &format!(
+                "{:>10.2} {n:>6} {:>9.3} {:>5.1}%  {k}\n",
+                secs * 1e3,
+                secs * 1e3 / n as f64,
+                100.0 * secs / total.max(1e-12)
+            );
+        }
+        Some(s)
     }
 }
 

@@ -9,7 +9,7 @@
 mod exec;
 mod plan;
 
-pub use exec::Executor;
+pub use exec::{profile, Executor};
 pub use plan::{plan, Plan};
 
 use crate::backend::{Backend, MropeParams, PagedKv, TRef};
