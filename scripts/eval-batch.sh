@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `reel eval` throughput, one item at a time against --max-batch B, on a Qwen2.5-VL-7B-shaped
-# checkpoint with random weights (scripts/synth_checkpoint.py, cut to a few decoder layers; the
-# full 32-block vision tower). The items are Video-R1 multiple-choice questions about small
-# images; random weights never stop early, so every item generates --max-new-tokens tokens.
+# checkpoint with random weights (scripts/synth-7b.sh: cut to a few decoder layers, the full
+# 32-block vision tower). The items are Video-R1 multiple-choice questions about small images;
+# an item stops at --max-new-tokens unless the random model happens to produce <|im_end|>.
 #
 # Prints, per run, the generated tokens, the wall time of the items (from the results'
 # timings) and the aggregate tokens/s, then the ratio of the batched rate to the one-at-a-time
@@ -10,8 +10,8 @@
 #
 # Usage: scripts/eval-batch.sh [--batch B] [--items N] [--new-tokens T] [--rounds R]
 #                              [--layers L] [--threads T] [--device cpu|cuda]
-# Environment: REEL_EVALBENCH_CACHE (default ~/.cache/reel-evalbench: the checkpoint, ~4.7 GB
-# at 4 layers), REEL_BIN (a reel binary instead of building one), PYTHON (with numpy).
+# Environment: REEL_EVALBENCH_CACHE (default ~/.cache/reel-evalbench: the checkpoint, ~5.4 GB
+# at 4 layers), REEL_BIN (a reel binary instead of building one), REEL_SYNTH_BIN.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,21 +38,17 @@ for v in BATCH ITEMS NEW ROUNDS LAYERS THREADS; do
 done
 case "$DEVICE" in cpu|cuda) ;; *) die "--device: cpu or cuda" ;; esac
 
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x "$ROOT/.venv-py/bin/python" ]; then PY="$ROOT/.venv-py/bin/python"; else PY=python3; fi
-fi
 MODEL="$CACHE/synth-7b-l$LAYERS"
 if [ ! -f "$MODEL/config.json" ]; then
   mkdir -p "$CACHE"
-  echo "eval-batch.sh: writing the synthetic checkpoint to $MODEL" >&2
-  "$PY" "$ROOT/scripts/synth_checkpoint.py" "$MODEL" --layers "$LAYERS" >&2
+  echo "$(basename "$0"): writing the synthetic checkpoint to $MODEL" >&2
+  "$ROOT/scripts/synth-7b.sh" "$MODEL" "$LAYERS"
 fi
 
 DATA="$CACHE/items-$ITEMS"
 mkdir -p "$DATA/media"
 cp "$ROOT/tests/fixtures/eval/media/scene.png" "$ROOT/tests/fixtures/eval/media/sign.png" "$DATA/media/"
-"$PY" - "$DATA/items.json" "$ITEMS" <<'EOF'
+python3 - "$DATA/items.json" "$ITEMS" <<'EOF'
 import json, sys
 out, n = sys.argv[1], int(sys.argv[2])
 items = []
@@ -90,7 +86,7 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then run 1 "$r"; run "$BATCH" "$r"; else run "$BATCH" "$r"; run 1 "$r"; fi
 done
 
-"$PY" - "$OUT" "$ROUNDS" "$BATCH" "$ITEMS" "$NEW" "$LAYERS" "$DEVICE" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$BATCH" "$ITEMS" "$NEW" "$LAYERS" "$DEVICE" <<'EOF'
 import json, statistics, subprocess, sys
 out, rounds, batch, items, new, layers, device = sys.argv[1:]
 rate = {}

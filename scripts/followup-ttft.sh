@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Time to first token of a follow-up question about an already-encoded video, against the first
 # question's, in `reel chat` on a Qwen2.5-VL-7B-shaped checkpoint with random weights
-# (scripts/synth_checkpoint.py). The video is the Video-R1 evaluation input by default: 16 s of
+# (scripts/synth-7b.sh). The video is the Video-R1 evaluation input by default: 16 s of
 # 448x448 at fps 2 = 32 frames -> 16,384 patches -> 4,096 visual tokens. The first question runs
 # the vision tower and prefills everything; the follow-up reuses the KV pages of the whole
 # conversation so far (prefix cache) and prefills only its own turn.
 #
 # Usage: scripts/followup-ttft.sh [--seconds S] [--size PX] [--layers L] [--device cpu|cuda]
 #                                 [--threads T]
-# Environment: REEL_EVALBENCH_CACHE (default ~/.cache/reel-evalbench), REEL_BIN, PYTHON.
+# Environment: REEL_EVALBENCH_CACHE (default ~/.cache/reel-evalbench), REEL_BIN, REEL_SYNTH_BIN.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,14 +33,11 @@ for v in SECONDS_ SIZE LAYERS THREADS; do
 done
 command -v ffmpeg >/dev/null || die "needs the ffmpeg command (Debian package ffmpeg) to make the clip"
 
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x "$ROOT/.venv-py/bin/python" ]; then PY="$ROOT/.venv-py/bin/python"; else PY=python3; fi
-fi
 MODEL="$CACHE/synth-7b-l$LAYERS"
 if [ ! -f "$MODEL/config.json" ]; then
   mkdir -p "$CACHE"
-  "$PY" "$ROOT/scripts/synth_checkpoint.py" "$MODEL" --layers "$LAYERS" >&2
+  echo "$(basename "$0"): writing the synthetic checkpoint to $MODEL" >&2
+  "$ROOT/scripts/synth-7b.sh" "$MODEL" "$LAYERS"
 fi
 CLIP="$CACHE/clip-${SECONDS_}s-${SIZE}.mp4"
 if [ ! -f "$CLIP" ]; then
