@@ -261,6 +261,10 @@ struct ChatArgs {
     /// KV cache capacity in tokens (the whole conversation must fit).
     #[arg(long, default_value_t = 16384)]
     ctx: usize,
+    /// Keep the line history of a terminal session in memory only, not in
+    /// $XDG_DATA_HOME/reel/chat_history.
+    #[arg(long)]
+    no_history: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -972,7 +976,7 @@ fn print_summary(lines: &[reel::eval::ResultLine], json: bool) -> Result<()> {
 fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
     use reel::frontend::chat::Chat;
     use reel::prompt::VisionKind;
-    use std::io::{BufRead, IsTerminal};
+    use std::sync::atomic::Ordering;
     let flagged = SamplingParams {
         temperature: a.temperature.unwrap_or(0.0),
         top_k: a.top_k,
@@ -1015,29 +1019,20 @@ fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
         eprintln!("{}", chat.add_media(&engine, kind, path)?);
     }
     chat.keep_initial_media();
-    let stdin = std::io::stdin();
-    let interactive = stdin.is_terminal();
-    if interactive {
+    let mut input = ChatInput::open(!a.no_history)?;
+    // Until here Ctrl-C ends the program as usual.
+    let interrupt = ctrl_c_flag()?;
+    if matches!(input, ChatInput::Terminal { .. }) {
         eprintln!(
-            "reel chat on {}: /video F, /image F, /reset, /save F, /stats, /help; Ctrl-D quits",
+            "reel chat on {}: /video F, /image F, /reset, /save F, /stats, /help; Ctrl-C stops an answer, Ctrl-D quits",
             engine.be.name()
         );
     }
     let mut stdout = std::io::stdout();
-    let mut lines = stdin.lock();
-    loop {
-        if interactive {
-            eprint!("> ");
-            let _ = std::io::stderr().flush();
-        }
-        let mut line = String::new();
-        let n = lines
-            .read_line(&mut line)
-            .map_err(|e| Error::Other(format!("stdin: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        let line = line.trim_end_matches(['\n', '\r']);
+    while let Some(line) = input.next_line()? {
+        // A Ctrl-C at the prompt or between answers stops nothing.
+        interrupt.store(false, Ordering::SeqCst);
+        let line = line.as_str();
         if line.trim().is_empty() {
             continue;
         }
@@ -1063,16 +1058,29 @@ fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
                 let _ = stdout.flush();
             }
         };
-        match chat.ask(&mut engine, line, &mut on_token) {
+        let res = chat.ask(&mut engine, line, &mut on_token, interrupt);
+        interrupt.store(false, Ordering::SeqCst);
+        match res {
             Ok(ans) => {
+                let s = &ans.stats;
+                if s.interrupted() && s.generated_tokens == 0 {
+                    eprintln!("[interrupted before the first token: the question is withdrawn]");
+                    continue;
+                }
                 if let Ok(rest) = stream.flush() {
                     print!("{rest}");
                 }
                 println!();
-                let s = &ans.stats;
                 eprintln!(
-                    "[first token {:.3} s | {} tokens at {:.1} tok/s]",
-                    s.ttft_s, s.generated_tokens, s.decode_tokens_per_s
+                    "[{}first token {:.3} s | {} tokens at {:.1} tok/s]",
+                    if s.interrupted() {
+                        "interrupted | "
+                    } else {
+                        ""
+                    },
+                    s.ttft_s,
+                    s.generated_tokens,
+                    s.decode_tokens_per_s
                 );
             }
             Err(e) => {
@@ -1082,6 +1090,154 @@ fn chat(a: ChatArgs, order: Vec<(usize, bool)>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Set by SIGINT once [`ctrl_c_flag`] installed its handler.
+static CTRL_C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn on_sigint(_: libc::c_int) {
+    // Async-signal-safe only: an atomic swap, and _exit on a second Ctrl-C.
+    if CTRL_C.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: _exit may be called from a signal handler.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// Ctrl-C (SIGINT) from here on sets the returned flag, which an answer watches between engine
+/// steps. A second Ctrl-C before the flag was cleared ends the program with status 130: the way
+/// out of a step that cannot stop early (the vision tower on a long video, a media decode).
+///
+/// The handler runs in the interrupted thread, so the flag is set before that thread goes on.
+/// Installed after the line editor, whose own SIGINT handler (which ours replaces) only serves
+/// `Config::enable_signals`, off here: at its prompt Ctrl-C is a key, not a signal.
+fn ctrl_c_flag() -> Result<&'static std::sync::atomic::AtomicBool> {
+    #[cfg(unix)]
+    // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic and calls _exit.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // Blocking reads and writes resume after the handler.
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut()) != 0 {
+            return Err(Error::Other(format!(
+                "installing the Ctrl-C handler: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(&CTRL_C)
+}
+
+/// Where `reel chat` reads its lines: a line editor with history when standard input is a
+/// terminal, plain lines otherwise (pipes, files, scripts).
+enum ChatInput {
+    Terminal {
+        editor: Box<rustyline::DefaultEditor>,
+        /// The history file new lines are appended to.
+        history: Option<PathBuf>,
+    },
+    Plain(std::io::StdinLock<'static>),
+}
+
+impl ChatInput {
+    fn open(file_history: bool) -> Result<ChatInput> {
+        use rustyline::config::{Behavior, Config};
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Ok(ChatInput::Plain(std::io::stdin().lock()));
+        }
+        // The prompt and the line being edited go to the terminal itself, so a redirected
+        // standard output holds only the answers.
+        let config = Config::builder()
+            .behavior(Behavior::PreferTerm)
+            .max_history_size(1000)
+            .map_err(|e| Error::Other(format!("line editor: {e}")))?
+            .build();
+        let mut editor = Box::new(
+            rustyline::DefaultEditor::with_config(config)
+                .map_err(|e| Error::Other(format!("line editor: {e}")))?,
+        );
+        let history = if file_history {
+            history_path().and_then(|p| match load_history(&mut editor, &p) {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    eprintln!(
+                        "note: {}: {e}; the history is kept in memory only",
+                        p.display()
+                    );
+                    None
+                }
+            })
+        } else {
+            None
+        };
+        Ok(ChatInput::Terminal { editor, history })
+    }
+
+    /// The next line; None at the end of the input (Ctrl-D at an empty line of a terminal). At a
+    /// terminal, Ctrl-C drops the line being typed and returns an empty one.
+    fn next_line(&mut self) -> Result<Option<String>> {
+        use rustyline::error::ReadlineError;
+        match self {
+            ChatInput::Plain(r) => {
+                use std::io::BufRead;
+                let mut line = String::new();
+                let n = r
+                    .read_line(&mut line)
+                    .map_err(|e| Error::Other(format!("stdin: {e}")))?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                line.truncate(line.trim_end_matches(['\n', '\r']).len());
+                Ok(Some(line))
+            }
+            ChatInput::Terminal { editor, history } => match editor.readline("> ") {
+                Ok(line) => {
+                    if !line.trim().is_empty() && editor.add_history_entry(line.as_str()).is_ok() {
+                        if let Some(p) = history {
+                            if let Err(e) = editor.append_history(p) {
+                                eprintln!(
+                                    "note: {}: {e}; the history is kept in memory only",
+                                    p.display()
+                                );
+                                *history = None;
+                            }
+                        }
+                    }
+                    Ok(Some(line))
+                }
+                Err(ReadlineError::Interrupted) => Ok(Some(String::new())),
+                Err(ReadlineError::Eof) => Ok(None),
+                Err(e) => Err(Error::Other(format!("terminal: {e}"))),
+            },
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/reel/chat_history`, or `~/.local/share/reel/chat_history`.
+fn history_path() -> Option<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share"))
+        })?;
+    Some(data.join("reel").join("chat_history"))
+}
+
+fn load_history(editor: &mut rustyline::DefaultEditor, p: &Path) -> std::io::Result<()> {
+    use rustyline::error::ReadlineError;
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match editor.load_history(p) {
+        Ok(()) => Ok(()),
+        Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(ReadlineError::Io(e)) => Err(e),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
 }
 
 /// A `/command` of `reel chat`; false ends the loop.
@@ -1127,10 +1283,10 @@ fn chat_command(
                 })?;
             eprintln!("saved {}", p.display());
         }
-        "stats" => match chat.stats.last() {
+        "stats" => match &chat.last {
             None => eprintln!("no answer yet"),
             Some(s) => eprintln!(
-                "prompt {} tokens ({} reused from the cache, {} prefilled) | vision tower {} | first token {:.3} s | {} tokens at {:.1} tok/s",
+                "prompt {} tokens ({} reused from the cache, {} prefilled) | vision tower {} | first token {:.3} s | {} tokens at {:.1} tok/s{}",
                 s.prompt_tokens,
                 s.reused_tokens,
                 s.prefilled_tokens,
@@ -1141,11 +1297,16 @@ fn chat_command(
                 },
                 s.ttft_s,
                 s.generated_tokens,
-                s.decode_tokens_per_s
+                s.decode_tokens_per_s,
+                match (s.interrupted(), s.generated_tokens) {
+                    (false, _) => "",
+                    (true, 0) => " | interrupted before the first token (question withdrawn)",
+                    (true, _) => " | interrupted",
+                }
             ),
         },
         "help" => eprintln!(
-            "/video FILE, /image FILE: add media to the next question | /reset: start over | /save FILE: write the transcript (JSON) | /stats: timings of the last answer | /quit or Ctrl-D: leave"
+            "/video FILE, /image FILE: add media to the next question | /reset: start over | /save FILE: write the transcript (JSON) | /stats: timings of the last answer | Ctrl-C: stop the answer | /quit or Ctrl-D: leave"
         ),
         "quit" | "exit" => return Ok(false),
         other => {
