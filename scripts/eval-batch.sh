@@ -16,7 +16,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${REEL_EVALBENCH_CACHE:-$HOME/.cache/reel-evalbench}"
-BATCH=8 ITEMS=8 NEW=128 ROUNDS=1 LAYERS=4 THREADS=2 DEVICE=cpu
+BATCH=8 ITEMS=8 NEW=1024 ROUNDS=1 LAYERS=4 THREADS=2 DEVICE=cpu
 
 die() { echo "eval-batch.sh: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do

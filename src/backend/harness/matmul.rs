@@ -174,6 +174,11 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         (19, 40, 15, DType::BF16, false, 0, 0),
         (140, 72, 264, DType::BF16, true, 5, 0),
         (4, 1280, 3420, DType::BF16, true, 0, 0),
+        // Batched decode: eight and 64 sequences' rows (the CPU's small-M tiles and their
+        // row/column remainders; the CUDA small-M paths).
+        (8, 100, 1000, DType::BF16, true, 0, 0),
+        (6, 45, 515, DType::BF16, false, 2, 0),
+        (64, 50, 512, DType::BF16, true, 0, 0),
     ] {
         let mm = Mm {
             m,
@@ -215,6 +220,10 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         (DType::Q6K, 70, 133, 768, true, 0, 0),
         (DType::Q6K, 1, 3584, 3584, false, 0, 0),
         (DType::Q6K, 1, 512, 3584, true, 0, 0),
+        (DType::Q8_0, 8, 40, 512, true, 0, 0),
+        (DType::Q4K, 8, 40, 512, false, 0, 0),
+        (DType::Q6K, 8, 40, 512, true, 0, 0),
+        (DType::Q4K, 64, 70, 256, true, 0, 0),
     ] {
         let mm = Mm {
             m,
@@ -258,6 +267,11 @@ pub(super) fn cases(t: &mut Vec<Case>) {
                 mm.case(format!("decode {name} M=1 N={n} K={k} {w}"), Use::Perf),
                 w,
             ));
+            // Batched decode: one pass over the weights for 8 and 64 sequences.
+            for m in [8, 64] {
+                let mm = Mm::plain(m, n, k, w);
+                t.push(mm.case(format!("batched {name} M={m} N={n} K={k} {w}"), Use::Perf));
+            }
             if name != "lm_head" {
                 let mm = Mm::plain(4096, n, k, w);
                 let c = mm.case(format!("prefill {name} M=4096 N={n} K={k} {w}"), Use::Perf);
