@@ -38,12 +38,8 @@ for v in BATCH ITEMS NEW ROUNDS LAYERS THREADS; do
 done
 case "$DEVICE" in cpu|cuda) ;; *) die "--device: cpu or cuda" ;; esac
 
-MODEL="$CACHE/synth-7b-l$LAYERS"
-if [ ! -f "$MODEL/config.json" ]; then
-  mkdir -p "$CACHE"
-  echo "$(basename "$0"): writing the synthetic checkpoint to $MODEL" >&2
-  "$ROOT/scripts/synth-7b.sh" "$MODEL" "$LAYERS"
-fi
+# shellcheck source=scripts/frontend-bench.sh
+. "$ROOT/scripts/frontend-bench.sh"
 
 DATA="$CACHE/items-$ITEMS"
 mkdir -p "$DATA/media"
@@ -66,12 +62,6 @@ for i in range(n):
 json.dump(items, open(out, "w"), indent=1)
 EOF
 
-if [ -n "${REEL_BIN:-}" ]; then
-  REEL="$REEL_BIN"
-else
-  (cd "$ROOT" && cargo build --release --quiet --bin reel) || die "cargo build failed"
-  REEL="$ROOT/target/release/reel"
-fi
 
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT

@@ -33,22 +33,12 @@ for v in SECONDS_ SIZE LAYERS THREADS; do
 done
 command -v ffmpeg >/dev/null || die "needs the ffmpeg command (Debian package ffmpeg) to make the clip"
 
-MODEL="$CACHE/synth-7b-l$LAYERS"
-if [ ! -f "$MODEL/config.json" ]; then
-  mkdir -p "$CACHE"
-  echo "$(basename "$0"): writing the synthetic checkpoint to $MODEL" >&2
-  "$ROOT/scripts/synth-7b.sh" "$MODEL" "$LAYERS"
-fi
+# shellcheck source=scripts/frontend-bench.sh
+. "$ROOT/scripts/frontend-bench.sh"
 CLIP="$CACHE/clip-${SECONDS_}s-${SIZE}.mp4"
 if [ ! -f "$CLIP" ]; then
   ffmpeg -loglevel error -f lavfi -i "testsrc2=size=${SIZE}x${SIZE}:rate=30:duration=$SECONDS_" \
     -c:v libx264 -pix_fmt yuv420p "$CLIP.part.mp4" && mv "$CLIP.part.mp4" "$CLIP"
-fi
-if [ -n "${REEL_BIN:-}" ]; then
-  REEL="$REEL_BIN"
-else
-  (cd "$ROOT" && cargo build --release --quiet --bin reel) || die "cargo build failed"
-  REEL="$ROOT/target/release/reel"
 fi
 
 LOG="$(mktemp)"
