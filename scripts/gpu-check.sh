@@ -71,7 +71,7 @@ for line in sys.stdin:
     t = m["target"]
     name = "reel-lib" if "lib" in t["kind"] else t["name"]
     # Only the targets that exercise the GPU; the CPU-only suites stay home (carry budget).
-    if name not in ("reel-lib", "ops", "golden_text", "golden_vision", "vision"):
+    if name not in ("reel-lib", "ops", "golden_text", "golden_vision", "vision", "batching"):
         continue
     shutil.copy2(exe, os.path.join(out, name))
     print("  ", name)
@@ -174,6 +174,8 @@ run() {
     fi
     step "golden $g (REEL_TEST_DEVICE=cuda)" 240 "$BIN/$g" --test-threads=1 --nocapture
   done
+  want tests && have batching && step "batched greedy = alone (bf16, tests/batching.rs)" 180 \
+    "$BIN/batching" cuda_bf16_batch --test-threads=1 --nocapture
   if ! want sanitizer; then
     :
   elif command -v compute-sanitizer >/dev/null 2>&1; then

@@ -1,7 +1,8 @@
 //! The multi-sequence engine on the fixture model, CPU, f32: a sequence's tokens and logits
 //! are bit-identical whether it runs alone, in a batch of 8 or 64, joins while others decode,
 //! is prefilled in chunks, or reuses a cached prefix; the pool's limits and cancellation; and
-//! the CPU matmul's batch invariance that all of this rests on.
+//! the CPU matmul's batch invariance that all of this rests on. On CUDA (bf16), greedy tokens
+//! of a batch equal those of each request alone.
 
 mod common;
 
@@ -548,4 +549,81 @@ fn matmul_rows_on(be: &mut CpuBackend, isa: &str) {
         "batch-variant matmul paths:\n{}",
         broken.join("\n")
     );
+}
+
+/// On CUDA in bf16, greedy tokens of a batch of eight (chunked prefill joined with decoding
+/// rows, the batched GEMM, paged attention over eight page tables, on-device sampling, a graph
+/// per batch size) equal each request run alone on the same backend. The batched kernels may
+/// round differently from the single-row ones; the fixture's greedy choices are not near ties.
+/// Skipped, saying so, without a device (REEL_REQUIRE_CUDA=1 makes that a failure).
+#[test]
+fn cuda_bf16_batch_greedy_equals_alone() {
+    // Text and images only: the GPU run's test build may leave FFmpeg out.
+    let e0 = engine(1, 0, false, 4096);
+    let greedy = SamplingParams::default();
+    let reqs: Vec<Request> = [
+        (None, vec![text("Hello, who are you?")], 10),
+        (Some("You are terse."), vec![text("Count to ten.")], 12),
+        (
+            None,
+            vec![image("image_56x84.png"), text("What is in the picture?")],
+            9,
+        ),
+        (None, vec![text("Tell me a story.")], 11),
+        (
+            None,
+            vec![image("image_130x145.png"), text("Describe it.")],
+            7,
+        ),
+        (None, vec![text("A")], 6),
+        (
+            None,
+            vec![image("image_90x200.png"), text("And this one?")],
+            8,
+        ),
+        (
+            Some("Answer in French."),
+            vec![text("Where is the station?")],
+            10,
+        ),
+    ]
+    .into_iter()
+    .map(|(sys, content, n)| request(&e0, sys, content, greedy, n, false))
+    .collect();
+    if let Err(e) = reel::backend::cuda::open(0) {
+        if std::env::var("REEL_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+            panic!("REEL_REQUIRE_CUDA=1 but the CUDA backend did not open: {e}");
+        }
+        println!("cuda: skipped: no CUDA device ({e})");
+        return;
+    }
+    let cuda = |max_batch: usize, chunk: usize| {
+        Engine::new(
+            Model::load(&model_dir()).unwrap(),
+            EngineOptions {
+                device: Device::Cuda(0),
+                act: DType::BF16,
+                ctx: 4096,
+                max_batch,
+                prefill_chunk: chunk,
+                prefix_cache: false,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let mut one = cuda(1, 0);
+    let want: Vec<Output> = reqs
+        .iter()
+        .map(|r| one.generate(r, &mut |_| {}).unwrap())
+        .collect();
+    drop(one);
+    let mut e = cuda(8, 32);
+    for (i, (got, want)) in batched(&mut e, &reqs).iter().zip(&want).enumerate() {
+        assert_eq!(got.prompt_tokens, want.prompt_tokens, "request {i}");
+        assert_eq!(
+            got.generated_tokens, want.generated_tokens,
+            "request {i}: batched greedy tokens"
+        );
+    }
 }
