@@ -345,6 +345,16 @@ impl Live {
     }
 
     /// Waits for the exit (at most [`WAIT`]) and returns the status.
+    /// Closes stdin and waits: the program must exit 0 without an error; its stderr.
+    fn finish_cleanly(&mut self) -> String {
+        self.eof();
+        let status = self.wait();
+        let err = self.err.all();
+        assert!(status.success(), "{status}\n{err}");
+        assert!(!err.contains("error"), "{err}");
+        err
+    }
+
     fn wait(&mut self) -> std::process::ExitStatus {
         wait_exit(&mut self.child, &self.err)
     }
@@ -423,11 +433,7 @@ fn sigint_stops_the_answer_and_the_conversation_goes_on() {
         "/stats\nAnd what else?\n/stats\n/save {}\n",
         t.display()
     ));
-    live.eof();
-    let status = live.wait();
-    let err = live.err.all();
-    assert!(status.success(), "{status}\n{err}");
-    assert!(!err.contains("error"), "{err}");
+    let err = live.finish_cleanly();
     let stats: Vec<&str> = err.lines().filter(|l| l.starts_with("prompt ")).collect();
     assert_eq!(stats.len(), 2, "{err}");
     assert!(stats[0].ends_with("| interrupted"), "{}", stats[0]);
@@ -482,11 +488,7 @@ fn sigint_at_the_prompt_does_not_end_the_program() {
         "\n   \n/stats\r\nHello again?\n\n/save {}",
         t.display()
     ));
-    live.eof();
-    let status = live.wait();
-    let err = live.err.all();
-    assert!(status.success(), "{status}\n{err}");
-    assert!(!err.contains("error"), "{err}");
+    let err = live.finish_cleanly();
     assert!(!err.contains("interrupted"), "{err}");
     assert_eq!(answer_ends(&err), 2, "{err}");
     assert_eq!(
