@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use rayon::prelude::*;
 use reel::backend::cpu::CpuBackend;
 use reel::backend::{Backend, HostBytes, TRef};
-use reel::{quant, DType, Shape};
+use reel::{DType, Shape};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -146,15 +146,31 @@ fn random_quantized(dtype: DType, n: usize, k: usize) -> Vec<u8> {
     w
 }
 
-fn setup_quantized(dtype: DType, n: usize, k: usize) -> Gemv {
-    setup_quantized_m(dtype, 1, n, k)
+fn setup_quantized_m(dtype: DType, m: usize, n: usize, k: usize) -> Gemv {
+    setup_quantized_as(dtype, m, n, k, true)
 }
 
-fn setup_quantized_m(dtype: DType, m: usize, n: usize, k: usize) -> Gemv {
-    let mut be = CpuBackend::new();
+/// A quantized matmul; `prepare`: the weight prepared as the model loader does (the K-quants'
+/// interleaved rows on AVX-512), or left as stored rows.
+fn setup_quantized_as(dtype: DType, m: usize, n: usize, k: usize, prepare: bool) -> Gemv {
+    setup_quantized_on(CpuBackend::new(), dtype, m, n, k, prepare)
+}
+
+fn setup_quantized_on(
+    mut be: CpuBackend,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    prepare: bool,
+) -> Gemv {
     let wb = be
         .load_weight(HostBytes::from_vec(random_quantized(dtype, n, k)))
         .unwrap();
+    if prepare {
+        be.prepare_matmul_weight(&TRef::new(wb, 0, dtype, Shape::new(&[n, k])))
+            .unwrap();
+    }
     let xb = be.alloc(m * k * 2).unwrap();
     let xs: Vec<u8> = (0..m * k)
         .flat_map(|i| half::bf16::from_f32((i % 17) as f32 * 0.01 - 0.08).to_le_bytes())
@@ -221,75 +237,50 @@ fn bench(c: &mut Criterion) {
             if !wanted(&format!("{group}/{label}")) {
                 continue;
             }
-            let mut s = setup_quantized(dtype, n, k);
+            let mut s = setup_quantized_m(dtype, 1, n, k);
             let bytes = dtype.bytes_for(n * k) as u64;
             g.throughput(Throughput::Bytes(bytes));
             g.bench_function(label, |b| b.iter(|| s.run()));
-            let t = median_secs(|| s.run(), 9);
+            // The same GEMV on the stored rows (not prepared), alternating with the prepared
+            // weight in the same run for a like-for-like ratio.
+            let mut stored = setup_quantized_as(dtype, 1, n, k, false);
+            let (mut tp, mut ts) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                tp.push(median_secs(|| s.run(), 3));
+                ts.push(median_secs(|| stored.run(), 3));
+            }
+            let med = |mut v: Vec<f64>| {
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                v[v.len() / 2]
+            };
+            let (t, t_stored) = (med(tp), med(ts));
             let gbs = bytes as f64 / t / 1e9;
-            // The f32-activation dots (the numerical reference, and the previous GEMV path) on
-            // the same weights, timed in the same run for a like-for-like comparison.
-            let wq = random_quantized(dtype, n, k);
-            let x: Vec<f32> = (0..k).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
-            let mut o = vec![0f32; n];
-            let rb = dtype.bytes_for(k);
-            let t_ref = median_secs(
-                || {
-                    o.par_chunks_mut(64).enumerate().for_each(|(c, oc)| {
-                        for (i, y) in oc.iter_mut().enumerate() {
-                            let r = c * 64 + i;
-                            *y = quant::vec_dot(dtype, &wq[r * rb..(r + 1) * rb], &x).unwrap();
-                        }
-                    });
-                    black_box(&o);
-                },
-                if n > 100_000 { 3 } else { 7 },
-            );
             summary.push(format!(
-                "{group} {label:<22} {:>8.3} ms {gbs:>6.1} GB/s = {:>3.0}% of read (f32-activation dots: {:>5.1} GB/s)",
+                "{group} {label:<22} {:>8.3} ms {gbs:>6.1} GB/s = {:>3.0}% of read (stored rows: {:>5.1} GB/s)",
                 t * 1e3,
                 100.0 * gbs / read_gbs,
-                bytes as f64 / t_ref / 1e9
+                bytes as f64 / t_stored / 1e9
             ));
         }
         g.finish();
-        // One thread on 64 rows that stay in L2: the kernels' compute ceiling per core.
+        // One thread on 256 rows that stay in L2: the GEMV's compute ceiling per core.
         let name = format!("{group}/kernel");
         if wanted(&name) {
-            let (n, k) = (64, 3584);
-            let wq = random_quantized(dtype, n, k);
-            let rb = dtype.bytes_for(k);
-            let x: Vec<f32> = (0..k).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect();
-            let a = quant::quantize_activation(dtype, &x).unwrap();
-            let reps = 50;
-            let int = median_secs(
-                || {
-                    for _ in 0..reps {
-                        for r in 0..n {
-                            let w = &wq[r * rb..(r + 1) * rb];
-                            black_box(quant::vec_dot_quantized(dtype, w, &a).unwrap());
-                        }
-                    }
-                },
-                5,
-            );
-            let f = median_secs(
-                || {
-                    for _ in 0..reps {
-                        for r in 0..n {
-                            black_box(
-                                quant::vec_dot(dtype, &wq[r * rb..(r + 1) * rb], &x).unwrap(),
-                            );
-                        }
-                    }
-                },
-                5,
-            );
-            let b = (reps * wq.len()) as f64;
+            let (n, k) = (256, 3584);
+            let one = || CpuBackend::with_threads(1).unwrap();
+            let mut p = setup_quantized_on(one(), dtype, 1, n, k, true);
+            let mut st = setup_quantized_on(one(), dtype, 1, n, k, false);
+            let reps = 100;
+            let (mut tp, mut ts) = (f64::MAX, f64::MAX);
+            for _ in 0..3 {
+                tp = tp.min(median_secs(|| (0..reps).for_each(|_| p.run()), 3));
+                ts = ts.min(median_secs(|| (0..reps).for_each(|_| st.run()), 3));
+            }
+            let b = (reps * dtype.bytes_for(n * k)) as f64;
             summary.push(format!(
-                "{group} kernel, 1 thread, in L2: integer dot {:>5.1} GB/s, f32-activation dot {:>5.1} GB/s",
-                b / int / 1e9,
-                b / f / 1e9
+                "{group} GEMV, 1 thread, weights in L2: {:>5.1} GB/s (stored rows: {:>5.1} GB/s)",
+                b / tp / 1e9,
+                b / ts / 1e9
             ));
         }
     }

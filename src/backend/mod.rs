@@ -274,6 +274,12 @@ pub trait Backend: Send {
     /// Makes weight bytes available to ops. The CPU backend keeps the host bytes (zero copy);
     /// device backends copy them once.
     fn load_weight(&mut self, bytes: HostBytes) -> Result<BufId>;
+    /// Says that `w`, a tensor of a [`Backend::load_weight`] buffer, is the weight of matmuls: a
+    /// backend may keep a copy in the layout its kernels read fastest (the CPU interleaves
+    /// K-quant rows for its AVX-512 GEMV). Other ops still see the bytes as loaded.
+    fn prepare_matmul_weight(&mut self, _w: &TRef) -> Result<()> {
+        Ok(())
+    }
     /// A zeroed buffer of `bytes` bytes.
     fn alloc(&mut self, bytes: usize) -> Result<BufId>;
     fn free(&mut self, buf: BufId);

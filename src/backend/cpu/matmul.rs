@@ -25,7 +25,22 @@ pub(super) fn matmul(
         // Quantized weights (Q8_0, Q4_K, Q6_K): each activation row is quantized to int8 blocks
         // once (Q8_0 or Q8_K, as llama.cpp does) and multiplied with integer block dot products.
         let wbytes = unsafe { std::slice::from_raw_parts(be.ptr(&w)?, w.dtype.bytes_for(n * k)) };
-        return gemm::quant::quantized(isa, &xv, wbytes, w.dtype, m, n, k, bias_f.as_deref(), &ov);
+        // The interleaved copy, when it is of exactly this tensor.
+        let x16 = be.x16.get(&w.buf.0).filter(|p| {
+            w.offset == 0 && w.is_contiguous() && (p.dtype, p.n, p.k) == (w.dtype, n, k)
+        });
+        return gemm::quant::quantized(
+            isa,
+            &xv,
+            wbytes,
+            x16,
+            w.dtype,
+            m,
+            n,
+            k,
+            bias_f.as_deref(),
+            &ov,
+        );
     }
     let wv = be.view(&w)?;
     gemm::float(isa, &xv, &wv, m, n, k, bias_f.as_deref(), &ov);

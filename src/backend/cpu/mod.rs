@@ -43,6 +43,10 @@ struct Align64([u8; 64]);
 
 pub struct CpuBackend {
     bufs: Vec<Option<Storage>>,
+    /// Interleaved copies of K-quant matmul weights (`gemm::x16`), by buffer.
+    x16: std::collections::HashMap<u32, gemm::x16::X16>,
+    /// Whether [`Backend::prepare_matmul_weight`] makes them (`REEL_CPU_REPACK=0`: no).
+    repack: bool,
     pool: Option<Arc<rayon::ThreadPool>>,
     isa: Isa,
 }
@@ -97,6 +101,8 @@ impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend {
             bufs: Vec::new(),
+            x16: Default::default(),
+            repack: std::env::var("REEL_CPU_REPACK").map_or(true, |v| v != "0"),
             pool: None,
             isa: isa::selected(),
         }
@@ -268,6 +274,21 @@ impl Backend for CpuBackend {
         Ok(BufId(self.bufs.len() as u32 - 1))
     }
 
+    fn prepare_matmul_weight(&mut self, w: &TRef) -> Result<()> {
+        // The interleaved GEMV is AVX-512's; the layout is only worth its memory there.
+        if !self.repack || self.isa != Isa::Avx512 || w.shape.rank() != 2 || w.offset != 0 {
+            return Ok(());
+        }
+        let (n, k) = (w.shape.rows(), w.shape.row_len());
+        let p = self.ptr(w)?;
+        let bytes = unsafe { std::slice::from_raw_parts(p, w.dtype.bytes_for(n * k)) };
+        let (s, dt) = (&*self, w.dtype);
+        if let Some(x) = s.install(|| gemm::x16::interleave(dt, bytes, n, k)) {
+            self.x16.insert(w.buf.0, x);
+        }
+        Ok(())
+    }
+
     fn alloc(&mut self, bytes: usize) -> Result<BufId> {
         let n = bytes.div_ceil(64).max(1);
         let mut v = Vec::new();
@@ -282,6 +303,7 @@ impl Backend for CpuBackend {
         if let Some(s) = self.bufs.get_mut(buf.0 as usize) {
             *s = None;
         }
+        self.x16.remove(&buf.0);
     }
 
     fn write(&mut self, buf: BufId, offset: usize, data: &[u8]) -> Result<()> {

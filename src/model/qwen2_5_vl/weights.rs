@@ -62,6 +62,35 @@ pub fn load_tensor(store: &dyn WeightStore, spec: &TensorSpec) -> Result<TensorI
     })
 }
 
+/// Loads, checks and puts one tensor on `be`, telling it which are matmul weights.
+fn upload(be: &mut dyn Backend, store: &dyn WeightStore, spec: &TensorSpec) -> Result<TRef> {
+    use Role::*;
+    let t = checkpoint::upload(be, &load_tensor(store, spec)?)?;
+    let matmul = matches!(
+        spec.role,
+        AttnQ
+            | AttnK
+            | AttnV
+            | AttnO
+            | MlpGate
+            | MlpUp
+            | MlpDown
+            | LmHead
+            | VisionPatchEmbed
+            | VisionQkv
+            | VisionProj
+            | VisionGate
+            | VisionUp
+            | VisionDown
+            | MergerFc1
+            | MergerFc2
+    );
+    if matmul {
+        be.prepare_matmul_weight(&t)?;
+    }
+    Ok(t)
+}
+
 /// Tensors by (role, layer), made one inventory row at a time.
 struct ByRole<T>(HashMap<(Role, Option<usize>), T>);
 
@@ -247,7 +276,7 @@ impl TextRefs {
         store: &dyn WeightStore,
         cfg: &ModelConfig,
     ) -> Result<TextRefs> {
-        TextTensors::assemble(cfg, |s| checkpoint::upload(be, &load_tensor(store, s)?))
+        TextTensors::assemble(cfg, |s| upload(be, store, s))
     }
 }
 
@@ -265,6 +294,6 @@ impl VisionWeightRefs {
         store: &dyn WeightStore,
         cfg: &ModelConfig,
     ) -> Result<VisionWeightRefs> {
-        VisionTensors::assemble(cfg, |s| checkpoint::upload(be, &load_tensor(store, s)?))
+        VisionTensors::assemble(cfg, |s| upload(be, store, s))
     }
 }

@@ -21,6 +21,7 @@ mod qavx512;
 pub(crate) mod quant;
 #[cfg(test)]
 mod tests;
+pub(crate) mod x16;
 
 /// 64 bytes, 64-byte aligned: the unit of the packing buffers.
 #[derive(Clone, Copy)]

@@ -26,6 +26,7 @@
 
 use super::super::View;
 use super::avx512::{store_row, transpose16};
+use super::x16::{self, X16};
 use super::{with_scratch, Bias, Slot};
 use crate::quant::q8_0::{BlockQ8_0, BLOCK_BYTES as Q8_0_BYTES};
 use crate::quant::q8_k::BlockQ8K;
@@ -499,6 +500,58 @@ unsafe fn st(p: *mut u8, v: __m512i) {
     _mm512_storeu_si512(p as *mut _, v)
 }
 
+/// Where a panel's sixteen columns come from: stored rows (`cnt` of them, blocks of `bb` bytes),
+/// or one interleaved group (`x16.rs`: lines of `16 × 4` bytes, already lane = column).
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Rows {
+        col: &'a [*const u8; NR],
+        cnt: usize,
+        bb: usize,
+    },
+    X16 {
+        group: *const u8,
+        /// Interleaved bytes per block of the group.
+        gb: usize,
+        /// Q6_K: the group's `d` values, `[block][16]` u16.
+        d: *const u8,
+        dtype: DType,
+    },
+}
+
+impl Src<'_> {
+    /// 32-bit words `w0..w0 + n` (n ≤ 16) of block `s` of the sixteen columns, lane = column;
+    /// the other vectors (and missing columns) zero.
+    #[inline(always)]
+    unsafe fn words(self, s: usize, w0: usize, n: usize) -> [__m512i; 16] {
+        match self {
+            Src::Rows { col, cnt, bb } if n == 16 => load_t(col, cnt, s * bb + 4 * w0),
+            Src::Rows { col, cnt, bb } => load_t_bytes(col, cnt, s * bb + 4 * w0, 4 * n),
+            Src::X16 {
+                group, gb, dtype, ..
+            } => {
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (i, ri) in r.iter_mut().enumerate().take(n) {
+                    let line = x16::line_of(dtype, w0 + i);
+                    *ri = _mm512_loadu_si512(group.add(s * gb + 64 * line) as *const _);
+                }
+                r
+            }
+        }
+    }
+
+    /// Q6_K: block `s`'s `d` (fp16 bits) in the low half of each lane.
+    #[inline(always)]
+    unsafe fn q6_d(self, s: usize) -> __m512i {
+        match self {
+            Src::Rows { col, cnt, bb } => load_t_bytes(col, cnt, s * bb + 208, 2)[0],
+            Src::X16 { d, .. } => {
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(d.add(32 * s) as *const __m256i))
+            }
+        }
+    }
+}
+
 /// Bytes of one packed Q4_K super-block panel: quants `[64][16][4]`, scales `[8][16]` i32,
 /// min pairs `[4][16]` (two i16), d and dmin `[16]` f32.
 const P4_BYTES: usize = 4096 + 512 + 256 + 128;
@@ -509,13 +562,12 @@ const P6_BYTES: usize = 4096 + 1024 + 512 + 64;
 const P8_BYTES: usize = 512 + 64;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-unsafe fn pack_q4k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) {
+unsafe fn pack_q4k(src: Src, nsb: usize, out: *mut u8) {
     let m4 = _mm512_set1_epi8(0xF);
     for s in 0..nsb {
         let o = out.add(s * P4_BYTES);
-        let base = s * q4_k::BLOCK_BYTES;
         for half in 0..2 {
-            let v = load_t(col, cnt, base + 16 + 64 * half);
+            let v = src.words(s, 4 + 16 * half, 16);
             for (i, vi) in v.iter().enumerate() {
                 // Word 8c + t holds groups 16c + t (low nibbles) and 16c + 8 + t (high).
                 let word = 16 * half + i;
@@ -529,7 +581,7 @@ unsafe fn pack_q4k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
         }
         // d, dmin and the 12 scale bytes of every column, lanes = columns; then ggml's word
         // shuffle (`q4_k::scales_mins_k4`) on all sixteen at once.
-        let h = load_t_bytes(col, cnt, base, 16);
+        let h = src.words(s, 0, 4);
         let (u0, u1, u2) = (h[1], h[2], h[3]);
         let k1 = _mm512_set1_epi32(0x3f3f_3f3f);
         let k2 = _mm512_set1_epi32(0x0f0f_0f0f);
@@ -561,15 +613,14 @@ unsafe fn pack_q4k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-unsafe fn pack_q6k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) {
+unsafe fn pack_q6k(src: Src, nsb: usize, out: *mut u8) {
     let m4 = _mm512_set1_epi8(0xF);
     let m30 = _mm512_set1_epi8(0x30);
     for s in 0..nsb {
         let o = out.add(s * P6_BYTES);
-        let base = s * q6_k::BLOCK_BYTES;
-        let ql0 = load_t(col, cnt, base);
-        let ql1 = load_t(col, cnt, base + 64);
-        let qh = load_t(col, cnt, base + 128);
+        let ql0 = src.words(s, 0, 16);
+        let ql1 = src.words(s, 16, 16);
+        let qh = src.words(s, 32, 16);
         for h in 0..2 {
             for t in 0..8 {
                 let ql = if h == 0 { &ql0 } else { &ql1 };
@@ -597,8 +648,8 @@ unsafe fn pack_q6k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
                 st(o.add(64 * (g + 24)), q4);
             }
         }
-        // The sixteen int8 scales (words 0..4) and d (bytes 16, 17) of every column.
-        let h = load_t_bytes(col, cnt, base + 192, 18);
+        // The sixteen int8 scales (words 0..4) of every column, and d.
+        let h = src.words(s, 48, 4);
         for j in 0..16 {
             st(o.add(4096 + 64 * j), sbyte(h[j / 4], (j % 4) as u32));
         }
@@ -610,7 +661,7 @@ unsafe fn pack_q6k(col: &[*const u8; NR], cnt: usize, nsb: usize, out: *mut u8) 
             );
             st(o.add(4096 + 1024 + 64 * p), pair);
         }
-        _mm512_storeu_ps(o.add(4096 + 1536) as *mut f32, cvt_lo16(h[4]));
+        _mm512_storeu_ps(o.add(4096 + 1536) as *mut f32, cvt_lo16(src.q6_d(s)));
     }
 }
 
@@ -861,6 +912,7 @@ pub fn packed(
     dtype: DType,
     acts: &[QuantizedRow],
     w: &[u8],
+    x16: Option<&X16>,
     m: usize,
     n: usize,
     k: usize,
@@ -927,6 +979,24 @@ pub fn packed(
             let col: [*const u8; NR] = std::array::from_fn(|c| unsafe {
                 wp.get().add((n0 + c.min(cnt - 1)) * rb) as *const u8
             });
+            // Panels that are a whole interleaved group read it directly.
+            let src = |col| match x16 {
+                Some(x) if j < x.groups => Src::X16 {
+                    group: x.group(j),
+                    gb: x.block_stride(),
+                    dtype,
+                    d: if dtype == DType::Q6K {
+                        x.q6_d(j)
+                    } else {
+                        std::ptr::null()
+                    },
+                },
+                _ => Src::Rows {
+                    col,
+                    cnt,
+                    bb: dtype.block_bytes(),
+                },
+            };
             let t0 = ch * tiles_per_chunk;
             let t1 = (t0 + tiles_per_chunk).min(tiles);
             with_scratch(Slot::B, panel_bytes, false, |bpp| {
@@ -934,8 +1004,8 @@ pub fn packed(
                     let cbuf = cb as *mut f32;
                     unsafe {
                         match dtype {
-                            DType::Q4K => pack_q4k(&col, cnt, nblk, bpp),
-                            DType::Q6K => pack_q6k(&col, cnt, nblk, bpp),
+                            DType::Q4K => pack_q4k(src(&col), nblk, bpp),
+                            DType::Q6K => pack_q6k(src(&col), nblk, bpp),
                             _ => pack_q8_0(&col, cnt, rb, &pos, bpp),
                         }
                         for t in t0..t1 {

@@ -6,6 +6,7 @@
 
 use super::super::isa::Isa;
 use super::super::View;
+use super::x16::X16;
 use super::{store_row, Bias};
 use crate::error::Result;
 use crate::quant::{self, QuantizedRow};
@@ -34,12 +35,14 @@ pub(crate) fn quantize_rows(
         .collect()
 }
 
-/// `out[r, j] = Σ w[j, :] · a[r]` (+ bias), `w` rows of `rb` bytes.
+/// `out[r, j] = Σ w[j, :] · a[r]` (+ bias), `w` rows of `rb` bytes; `x16`, when given, the
+/// interleaved copy of `w`'s full row groups (AVX-512 only).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quantized(
     isa: Isa,
     x: &View,
     w: &[u8],
+    x16: Option<&X16>,
     dtype: DType,
     m: usize,
     n: usize,
@@ -53,9 +56,16 @@ pub(crate) fn quantized(
     let acts = quantize_rows(x, m, k, dtype)?;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && m > 1 {
-        super::qavx512::packed(dtype, &acts, w, m, n, k, bias, out);
+        super::qavx512::packed(dtype, &acts, w, x16, m, n, k, bias, out);
         return Ok(());
     }
+    #[cfg(target_arch = "x86_64")]
+    let x16 = x16.filter(|_| isa == Isa::Avx512 && m == 1);
+    #[cfg(target_arch = "x86_64")]
+    let mins = match (x16, &acts[0]) {
+        (Some(p), QuantizedRow::Q8K(b)) if p.dtype == DType::Q4K => super::x16::q4k_min_pairs(b),
+        _ => Vec::new(),
+    };
     // One activation row (or no AVX-512): row-by-row dots.
     #[cfg(target_arch = "x86_64")]
     let q4 = (isa == Isa::Avx512 && dtype == DType::Q4K).then(|| match &acts[0] {
@@ -71,6 +81,25 @@ pub(crate) fn quantized(
             let cnt = j1 - j0;
             let mut j = j0;
             while j < j1 {
+                // Whole interleaved groups (chunks start at multiples of 16).
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(p), QuantizedRow::Q8K(b)) = (x16, &acts[0]) {
+                    if j / super::x16::G < p.groups {
+                        let g = j / super::x16::G;
+                        let o: &mut [f32; 16] = (&mut buf[j - j0..j - j0 + 16]).try_into().unwrap();
+                        // SAFETY: x16 is only passed on AVX-512 (+ VNNI) CPUs; its shape is
+                        // `w`'s, checked by matmul.
+                        unsafe {
+                            if p.dtype == DType::Q4K {
+                                super::x16::q4k(p.group(g), b, &mins, o)
+                            } else {
+                                super::x16::q6k(p.group(g), p.q6_d(g), b, o)
+                            }
+                        }
+                        j += super::x16::G;
+                        continue;
+                    }
+                }
                 // AVX-512 GEMV: four weight rows per call where they are there.
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx512 && m == 1 && j + 4 <= j1 && dtype != DType::Q8_0 {

@@ -208,12 +208,41 @@ fn qweights(dtype: DType, n: usize, k: usize, r: &mut Rng) -> Vec<u8> {
     w
 }
 
+/// Random bytes as K-quant blocks (every scale and min bit pattern), with finite small `d`s.
+fn qbytes(dtype: DType, n: usize, k: usize, r: &mut Rng) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..n * dtype.bytes_for(k))
+        .map(|_| r.next() as u8)
+        .collect();
+    let bb = dtype.block_bytes();
+    let d_at: &[usize] = if dtype == DType::Q4K { &[0, 2] } else { &[208] };
+    for b in w.chunks_mut(bb) {
+        for &o in d_at {
+            b[o..o + 2].copy_from_slice(&half::f16::from_f32(r.f(0.01)).to_le_bytes());
+        }
+    }
+    w
+}
+
 fn check_quant(dtype: DType, m: usize, n: usize, k: usize, act: DType, bias: bool) {
+    check_quant_with(dtype, m, n, k, act, bias, qweights)
+}
+
+type Weights = fn(DType, usize, usize, &mut Rng) -> Vec<u8>;
+
+fn check_quant_with(
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    act: DType,
+    bias: bool,
+    weights: Weights,
+) {
     let mut r = Rng(0x51ED_2701 ^ (m * 7919 + n * 31 + k) as u64);
     let x: Vec<f32> = (0..m * k)
         .map(|i| round(r.f(1.0) * if i % 53 == 0 { 10.0 } else { 1.0 }, act))
         .collect();
-    let w = qweights(dtype, n, k, &mut r);
+    let w = weights(dtype, n, k, &mut r);
     let b: Vec<f32> = (0..n).map(|_| round(r.f(0.5), DType::BF16)).collect();
     // The reference: M independent scalar GEMV rows, bias added in f32, rounded once.
     let rb = dtype.bytes_for(k);
@@ -231,8 +260,19 @@ fn check_quant(dtype: DType, m: usize, n: usize, k: usize, act: DType, bias: boo
     }
     let mut be = CpuBackend::new();
     let xt = put(&mut be, &x, act, m, k, 3);
-    let wb = be.load_weight(HostBytes::from_vec(w)).unwrap();
-    let wt = TRef::new(wb, 0, dtype, Shape::new(&[n, k]));
+    // The stored rows, and the same bytes prepared as a matmul weight (AVX-512 interleaves
+    // the K-quants' full groups of sixteen rows; the rest stay stored rows).
+    let mut wts = Vec::new();
+    for prepare in [false, true] {
+        let wb = be.load_weight(HostBytes::from_vec(w.clone())).unwrap();
+        let wt = TRef::new(wb, 0, dtype, Shape::new(&[n, k]));
+        if prepare {
+            be.prepare_matmul_weight(&wt).unwrap();
+            let interleaved = Isa::Avx512.supported() && dtype != DType::Q8_0 && n >= 16;
+            assert_eq!(be.x16.contains_key(&wb.0), interleaved, "{dtype} n = {n}");
+        }
+        wts.push((prepare, wt));
+    }
     let bt = bias.then(|| {
         let bb = be
             .load_weight(HostBytes::from_vec(bytes(&b, DType::BF16)))
@@ -242,16 +282,19 @@ fn check_quant(dtype: DType, m: usize, n: usize, k: usize, act: DType, bias: boo
     let ot = put(&mut be, &vec![0.0; m * n], act, m, n, 1);
     for isa in isas() {
         be.set_isa(isa).unwrap();
-        be.matmul(xt, wt, bt, ot).unwrap();
-        let got = read(&mut be, &ot);
-        for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                e.to_bits(),
-                "{isa} {dtype} {m}x{k} @ {n}x{k}: out[{}, {}] = {g}, scalar GEMV {e}",
-                idx / n,
-                idx % n
-            );
+        for &(prepared, wt) in &wts {
+            be.matmul(xt, wt, bt, ot).unwrap();
+            let got = read(&mut be, &ot);
+            for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{isa} {dtype} {m}x{k} @ {n}x{k} (prepared: {prepared}): out[{}, {}] = {g}, \
+                     scalar GEMV {e}",
+                    idx / n,
+                    idx % n
+                );
+            }
         }
     }
 }
@@ -279,6 +322,20 @@ fn quantized_paths_are_bit_identical_to_scalar_gemv_rows() {
     check_quant(DType::Q8_0, 6, 19, 96, DType::F32, true);
     check_quant(DType::Q8_0, 20, 40, 17 * 32, DType::BF16, false);
     check_quant(DType::Q4K, 17, 70, 3584, DType::BF16, true);
+    // GEMV over several interleaved groups and a tail, at the 7B row length.
+    check_quant(DType::Q4K, 1, 70, 3584, DType::F32, false);
+    check_quant(DType::Q6K, 1, 70, 3584, DType::BF16, true);
+    check_quant(DType::Q6K, 9, 50, 3584, DType::F32, false);
+}
+
+#[test]
+fn k_quant_paths_take_any_block_bytes() {
+    // Every bit of the packed 6-bit scales and mins, and of Q6_K's int8 scales, set at random.
+    for dtype in [DType::Q4K, DType::Q6K] {
+        for (m, n) in [(1, 48), (1, 21), (4, 35)] {
+            check_quant_with(dtype, m, n, 3 * 256, DType::F32, m > 1, qbytes);
+        }
+    }
 }
 
 #[test]
