@@ -4,6 +4,7 @@ use super::simd::{load, store};
 use super::{op_err, CpuBackend, View};
 use crate::backend::{check, sample, TRef};
 use crate::error::Result;
+use crate::tensor::DType;
 use rayon::prelude::*;
 
 /// Elements per work unit: long rows are split so scratch stays in L1/L2 and both cores work.
@@ -21,22 +22,61 @@ fn map_rows(
     let views = ins.iter().map(|t| be.view(t)).collect::<Result<Vec<_>>>()?;
     let o = be.view_mut(&out)?;
     let chunks = o.row_len.div_ceil(CHUNK).max(1);
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = be.isa == super::Isa::Avx512;
     (0..o.rows * chunks).into_par_iter().for_each_init(
         || (vec![Vec::new(); views.len()], Vec::new()),
         |(bufs, res), u| {
             let (r, c) = (u / chunks, u % chunks);
-            let start = c * CHUNK;
-            let n = CHUNK.min(o.row_len - start);
-            for (b, v) in bufs.iter_mut().zip(&views) {
-                b.resize(n, 0.0);
-                unsafe { load(v.at(r, start), v.dt, b) };
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                return unsafe { chunk_avx512(&views, &o, r, c, bufs, res, &f) };
             }
-            res.resize(n, 0.0);
-            f(bufs, res);
-            unsafe { store(o.at(r, start), o.dt, res) };
+            unsafe { chunk(&views, &o, r, c, bufs, res, &f) }
         },
     );
     Ok(())
+}
+
+/// One chunk of [`map_rows`]: chunk `c` of row `r`.
+///
+/// # Safety
+/// The views are checked and `r` is one of their rows.
+#[inline(always)]
+unsafe fn chunk(
+    views: &[View],
+    o: &View,
+    r: usize,
+    c: usize,
+    bufs: &mut [Vec<f32>],
+    res: &mut Vec<f32>,
+    f: &impl Fn(&[Vec<f32>], &mut [f32]),
+) {
+    let start = c * CHUNK;
+    let n = CHUNK.min(o.row_len - start);
+    for (b, v) in bufs.iter_mut().zip(views) {
+        b.resize(n, 0.0);
+        load(v.at(r, start), v.dt, b);
+    }
+    res.resize(n, 0.0);
+    f(bufs, res);
+    store(o.at(r, start), o.dt, res);
+}
+
+/// [`chunk`] compiled for AVX-512 (the conversions and `f` inline into it): the same
+/// operations, vectorized wider than the baseline build allows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn chunk_avx512(
+    views: &[View],
+    o: &View,
+    r: usize,
+    c: usize,
+    bufs: &mut [Vec<f32>],
+    res: &mut Vec<f32>,
+    f: &impl Fn(&[Vec<f32>], &mut [f32]),
+) {
+    chunk(views, o, r, c, bufs, res, f)
 }
 
 pub(super) fn add(be: &CpuBackend, a: TRef, b: TRef, out: TRef) -> Result<()> {
@@ -51,6 +91,23 @@ pub(super) fn add(be: &CpuBackend, a: TRef, b: TRef, out: TRef) -> Result<()> {
 pub(super) fn swiglu(be: &CpuBackend, gate: TRef, up: TRef, out: TRef) -> Result<()> {
     check::swiglu(&gate, &up, &out)?;
     let dt = out.dtype;
+    #[cfg(target_arch = "x86_64")]
+    if be.isa == super::Isa::Avx512
+        && matches!(dt, DType::BF16 | DType::F32)
+        && gate.dtype == dt
+        && up.dtype == dt
+    {
+        let (g, u, o) = (be.view(&gate)?, be.view(&up)?, be.view_mut(&out)?);
+        let chunks = o.row_len.div_ceil(CHUNK).max(1);
+        (0..o.rows * chunks).into_par_iter().for_each(|c| {
+            let (r, start) = (c / chunks, (c % chunks) * CHUNK);
+            let n = CHUNK.min(o.row_len - start);
+            // SAFETY: AVX-512 is only selected where the CPU has it; the views are checked and
+            // the chunk lies inside row r of each.
+            unsafe { avx512::swiglu(g.at(r, start), u.at(r, start), o.at(r, start), n, dt) }
+        });
+        return Ok(());
+    }
     map_rows(be, &[gate, up], out, |i, o| {
         for ((o, &g), &u) in o.iter_mut().zip(&i[0]).zip(&i[1]) {
             let s = super::simd::round_to(g / (1.0 + (-g).exp()), dt);
@@ -223,5 +280,209 @@ mod tests {
         // erfc(3) relative accuracy (where 1 - erf loses everything).
         let e3 = 2.209049699858544e-05;
         assert!((erfc_fast(3.0) - e3).abs() / e3 < 1.2e-7);
+    }
+}
+
+/// AVX-512 versions of the row-wise ops whose scalar loops are slow (a libm call per element).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::tensor::DType;
+    use std::arch::x86_64::*;
+
+    /// `e^x` to within 2 ulp over the whole f32 range: `x = n·ln2 + r` (`|r| ≤ ln2/2`, ln2 in
+    /// two parts), a degree-7 Taylor polynomial for `e^r` (truncation below 1e-8 relative),
+    /// and `vscalefps` for `2^n`, which over- and underflows (to ∞, denormals, 0) as `exp`
+    /// does. NaN stays NaN.
+    #[inline(always)]
+    pub unsafe fn exp(x: __m512) -> __m512 {
+        // Beyond ±104, e^x is ∞ or 0 in f32; the clamp keeps n finite (NaN passes through:
+        // max/min return their second operand when one is NaN).
+        let x = _mm512_min_ps(
+            _mm512_set1_ps(104.0),
+            _mm512_max_ps(_mm512_set1_ps(-104.0), x),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// bf16 → f32 of the sixteen values at `p` that `m` selects (the others zero).
+    #[inline(always)]
+    unsafe fn ld_bf16(p: *const u8, m: u16) -> __m512 {
+        let h = _mm256_maskz_loadu_epi16(m, p as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    /// f32 → bf16 bits (round to nearest even; NaN quiet), as `simd::f32_to_bf16_bits`, in the
+    /// low half of each lane.
+    #[inline(always)]
+    unsafe fn bf16_bits(x: __m512) -> __m512i {
+        let b = _mm512_castps_si512(x);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+            b,
+            _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
+        ));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+        _mm512_mask_mov_epi32(rounded, nan, quiet)
+    }
+
+    /// Rounds to bf16 and back (`simd::round_to(x, BF16)`).
+    #[inline(always)]
+    unsafe fn round_bf16(x: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf16_bits(x)))
+    }
+
+    /// `out = round(round(silu(g)) · u)` for `n` elements of `dt` (BF16 or F32): the scalar
+    /// path's steps, with [`exp`] for libm's `expf` and a masked tail.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn swiglu(g: *const u8, u: *const u8, o: *mut u8, n: usize, dt: DType) {
+        let bf = dt == DType::BF16;
+        let es = if bf { 2 } else { 4 };
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < n {
+            let m: u16 = if n - i >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << (n - i)) - 1
+            };
+            let (gp, up, op) = (g.add(es * i), u.add(es * i), o.add(es * i));
+            let (gv, uv) = if bf {
+                (ld_bf16(gp, m), ld_bf16(up, m))
+            } else {
+                (
+                    _mm512_maskz_loadu_ps(m, gp as *const f32),
+                    _mm512_maskz_loadu_ps(m, up as *const f32),
+                )
+            };
+            let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+            let s = _mm512_div_ps(gv, _mm512_add_ps(one, e));
+            if bf {
+                let v = _mm512_mul_ps(round_bf16(s), uv);
+                _mm256_mask_storeu_epi16(op as *mut i16, m, _mm512_cvtepi32_epi16(bf16_bits(v)));
+            } else {
+                _mm512_mask_storeu_ps(op as *mut f32, m, _mm512_mul_ps(s, uv));
+            }
+            i += 16;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::backend::cpu::simd::{f32_to_bf16_bits, round_to};
+
+        #[test]
+        fn exp_is_within_two_ulp_of_libm() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return;
+            }
+            // Every 97th f32 bit pattern in [-104, 104] and beyond, and the edge values.
+            let mut xs: Vec<f32> = (0..u32::MAX / 97)
+                .map(|i| f32::from_bits(i * 97))
+                .filter(|x| x.abs() < 120.0)
+                .collect();
+            xs.extend([
+                0.0,
+                -0.0,
+                88.72,
+                88.73,
+                -87.3,
+                -103.9,
+                f32::INFINITY,
+                -f32::INFINITY,
+            ]);
+            #[target_feature(enable = "avx512f")]
+            unsafe fn run(xs: &[f32]) -> Vec<f32> {
+                xs.chunks(16)
+                    .flat_map(|c| {
+                        let mut b = [0f32; 16];
+                        b[..c.len()].copy_from_slice(c);
+                        let mut o = [0f32; 16];
+                        _mm512_storeu_ps(o.as_mut_ptr(), exp(_mm512_loadu_ps(b.as_ptr())));
+                        o[..c.len()].to_vec()
+                    })
+                    .collect()
+            }
+            let got = unsafe { run(&xs) };
+            for (&x, &g) in xs.iter().zip(&got) {
+                let want = x.exp();
+                if want.is_infinite() || want == 0.0 || g.is_infinite() || g == 0.0 {
+                    assert_eq!(g, want, "exp({x})");
+                    continue;
+                }
+                let ulp = (g.to_bits() as i64 - want.to_bits() as i64).abs();
+                assert!(ulp <= 2, "exp({x}) = {g}, libm {want} ({ulp} ulp)");
+            }
+            assert!(unsafe { run(&[f32::NAN]) }[0].is_nan());
+        }
+
+        #[test]
+        fn swiglu_matches_the_scalar_steps() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return;
+            }
+            let mut s = 0x1234_5678_9abc_def1u64;
+            let mut next = || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / 16_777_216.0 - 0.5) * 40.0
+            };
+            let n = 1000 + 13; // a masked tail
+            let mut g: Vec<f32> = (0..n).map(|_| next()).collect();
+            let u: Vec<f32> = (0..n).map(|_| next()).collect();
+            g[..6].copy_from_slice(&[f32::NAN, f32::INFINITY, -f32::INFINITY, 0.0, -0.0, 90.0]);
+            for dt in [DType::F32, DType::BF16] {
+                let enc = |v: &[f32]| -> Vec<u8> {
+                    v.iter()
+                        .flat_map(|&x| match dt {
+                            DType::BF16 => f32_to_bf16_bits(x).to_le_bytes().to_vec(),
+                            _ => x.to_le_bytes().to_vec(),
+                        })
+                        .collect()
+                };
+                let (gb, ub) = (enc(&g), enc(&u));
+                let mut ob = vec![0u8; gb.len()];
+                unsafe { swiglu(gb.as_ptr(), ub.as_ptr(), ob.as_mut_ptr(), n, dt) };
+                for i in 0..n {
+                    let (gi, ui) = (round_to(g[i], dt), round_to(u[i], dt));
+                    let want = round_to(round_to(gi / (1.0 + (-gi).exp()), dt) * ui, dt);
+                    let got = match dt {
+                        DType::BF16 => f32::from_bits(
+                            (u16::from_le_bytes([ob[2 * i], ob[2 * i + 1]]) as u32) << 16,
+                        ),
+                        _ => f32::from_le_bytes(ob[4 * i..4 * i + 4].try_into().unwrap()),
+                    };
+                    if want.is_nan() {
+                        assert!(got.is_nan(), "{dt} swiglu({gi}, {ui}) = {got}");
+                        continue;
+                    }
+                    // One step of `dt` (bf16 rounding may land either side of a tie).
+                    let tol = want.abs() * if dt == DType::BF16 { 1.0 / 128.0 } else { 4e-7 };
+                    assert!(
+                        got == want || (got - want).abs() <= tol,
+                        "{dt} swiglu({gi}, {ui}) = {got}, scalar {want}"
+                    );
+                }
+            }
+        }
     }
 }

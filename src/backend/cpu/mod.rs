@@ -337,8 +337,8 @@ impl Backend for CpuBackend {
         elementwise::embedding(self, table, ids, out)
     }
     fn rms_norm(&mut self, x: TRef, w: TRef, out: TRef, eps: f32) -> Result<()> {
-        let (s, simd) = (&*self, self.isa.simd());
-        s.install(|| norm::rms_norm(s, x, w, out, eps, simd))
+        let s = &*self;
+        s.install(|| norm::rms_norm(s, x, w, out, eps))
     }
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
         let (s, isa) = (&*self, self.isa);
