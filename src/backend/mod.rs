@@ -264,6 +264,12 @@ pub trait Backend: Send {
     /// Human-readable name, e.g. `cpu (8 threads, avx2)` or `cuda:0 NVIDIA H100`.
     fn name(&self) -> String;
 
+    /// The multiply-add peak measured on this machine, TFLOP/s, and what was measured (the CPU
+    /// backend: its widest multiply-add on all its threads); `None` where the datasheet serves.
+    fn measured_compute_peak(&self) -> Option<(f64, String)> {
+        None
+    }
+
     /// Device memory in use and its peak, for backends that own device memory (None on the
     /// CPU, whose weights are borrowed host bytes: see the process's peak RSS instead).
     fn memory_stats(&self) -> Option<MemStats> {

@@ -110,8 +110,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Softmax attention of `g` query rows (`q`, g×d) over `nk` keys; `key(j, buf)` / `val(j, buf)`
-/// fill `buf` (d) with key/value j. Writes the unrounded f32 result to `o` (g×d).
+/// Softmax attention of `g` query rows (`q`, g×d) over the first `nk` keys and values of `kf`
+/// and `vf` (rows of d f32). Writes the unrounded f32 result to `o` (g×d).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
@@ -119,37 +120,34 @@ fn attend(
     d: usize,
     nk: usize,
     scale: f32,
-    key: &dyn Fn(usize, &mut [f32]),
-    val: &dyn Fn(usize, &mut [f32]),
+    kf: &[f32],
+    vf: &[f32],
     scores: &mut Vec<f32>,
-    buf: &mut [f32],
     o: &mut [f32],
+    exp: fn(&mut [f32], f32),
 ) {
     scores.clear();
     scores.resize(g * nk, 0.0);
     for j in 0..nk {
-        key(j, buf);
+        let kj = &kf[j * d..(j + 1) * d];
         for h in 0..g {
-            scores[h * nk + j] = dot(&q[h * d..(h + 1) * d], buf) * scale;
+            scores[h * nk + j] = dot(&q[h * d..(h + 1) * d], kj) * scale;
         }
     }
-    let mut inv = vec![0f32; g];
+    let mut inv = [0f32; 64];
     for h in 0..g {
         let s = &mut scores[h * nk..(h + 1) * nk];
         let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - m).exp();
-            sum += *x;
-        }
+        exp(s, m);
+        let sum: f32 = s.iter().fold(0.0, |a, &x| a + x);
         inv[h] = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     }
     o.fill(0.0);
     for j in 0..nk {
-        val(j, buf);
+        let vj = &vf[j * d..(j + 1) * d];
         for h in 0..g {
             let p = scores[h * nk + j];
-            for (oo, &vv) in o[h * d..(h + 1) * d].iter_mut().zip(buf.iter()) {
+            for (oo, &vv) in o[h * d..(h + 1) * d].iter_mut().zip(vj) {
                 *oo += p * vv;
             }
         }
@@ -161,6 +159,121 @@ fn attend(
     }
 }
 
+/// `s[j] = e^(s[j] - m)` with libm's `expf`.
+fn exp_libm(s: &mut [f32], m: f32) {
+    for x in s.iter_mut() {
+        *x = (*x - m).exp();
+    }
+}
+
+/// `s[j] = e^(s[j] - m)`, sixteen at a time (`elementwise::avx512::exp`, within 2 ulp of libm).
+#[cfg(target_arch = "x86_64")]
+fn exp_avx512(s: &mut [f32], m: f32) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn run(s: &mut [f32], m: f32) {
+        use std::arch::x86_64::*;
+        let mv = _mm512_set1_ps(m);
+        for c in s.chunks_mut(16) {
+            let k = ((1u32 << c.len()) - 1) as u16;
+            let v = _mm512_maskz_loadu_ps(k, c.as_ptr());
+            let e = super::elementwise::avx512::exp(_mm512_sub_ps(v, mv));
+            _mm512_mask_storeu_ps(c.as_mut_ptr(), k, e);
+        }
+    }
+    // SAFETY: only chosen by units that run on the AVX-512 path.
+    unsafe { run(s, m) }
+}
+
+/// Query rows per paged-attention unit during prefill: each unit widens its sequence's keys
+/// and values to f32 once for this many rows.
+const PB: usize = 16;
+
+/// One unit of paged attention: rows `rs` (consecutive rows of one sequence, the last one
+/// seeing the most keys) × KV head `kh`.
+///
+/// # Safety
+/// The views and pages are checked by the op.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn paged_unit(
+    u: &PagedUnit,
+    rs: std::ops::Range<usize>,
+    kh: usize,
+    pages: &[usize],
+    first_pos: usize,
+    bufs: &mut Bufs,
+    exp: fn(&mut [f32], f32),
+) {
+    let (g, d, l) = (u.g, u.d, &u.layout);
+    let nk_max = first_pos + rs.len();
+    bufs.kf.resize(nk_max * d, 0.0);
+    bufs.vf.resize(nk_max * d, 0.0);
+    for j in 0..nk_max {
+        for (which, dst) in [(0, &mut bufs.kf), (1, &mut bufs.vf)] {
+            let e = l.elem_index(u.layer, which, pages[j / l.page_size], j % l.page_size, kh);
+            load(
+                u.base.get().add(l.dtype.bytes_for(e)),
+                l.dtype,
+                &mut dst[j * d..(j + 1) * d],
+            );
+        }
+    }
+    for (i, ti) in rs.enumerate() {
+        load(u.q.at(ti, kh * g * d), u.q.dt, &mut bufs.qb);
+        let nk = first_pos + i + 1;
+        attend(
+            &bufs.qb,
+            g,
+            d,
+            nk,
+            u.scale,
+            &bufs.kf,
+            &bufs.vf,
+            &mut bufs.scores,
+            &mut bufs.ob,
+            exp,
+        );
+        store(u.o.at(ti, kh * g * d), u.o.dt, &bufs.ob);
+    }
+}
+
+/// [`paged_unit`] compiled for AVX-512 (the conversions and loops inline into it; the same
+/// operations in the same order), with the vector `exp`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn paged_unit_avx512(
+    u: &PagedUnit,
+    rs: std::ops::Range<usize>,
+    kh: usize,
+    pages: &[usize],
+    first_pos: usize,
+    bufs: &mut Bufs,
+) {
+    paged_unit(u, rs, kh, pages, first_pos, bufs, exp_avx512)
+}
+
+/// What every unit of one paged-attention call shares.
+struct PagedUnit {
+    g: usize,
+    d: usize,
+    layer: usize,
+    scale: f32,
+    layout: KvLayout,
+    base: SPtr,
+    q: super::View,
+    o: super::View,
+}
+
+/// Per-thread scratch of the attention units.
+#[derive(Default)]
+struct Bufs {
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+    qb: Vec<f32>,
+    ob: Vec<f32>,
+    scores: Vec<f32>,
+}
+
 pub(super) fn paged(
     be: &CpuBackend,
     q: TRef,
@@ -168,40 +281,54 @@ pub(super) fn paged(
     layer: usize,
     out: TRef,
     scale: f32,
-    _simd: bool,
 ) -> Result<()> {
     const OP: &str = "attention_paged";
-    let l = kv.layout;
     let pd = check::attention_paged(&q, kv, layer, &out)?;
     let (t, hq, hkv, d) = (pd.tokens, pd.q_heads, pd.kv_heads, pd.head_dim);
     let (seqs, base) = read_seqs(be, OP, kv, t)?;
-    let rows = row_map(&seqs, t);
     let g = hq / hkv;
-    let (qv, ov) = (be.view(&q)?, be.view_mut(&out)?);
-    let ps = l.page_size;
-    let elem = |which: usize, pages: &[usize], j: usize, h: usize| -> *const u8 {
-        let e = l.elem_index(layer, which, pages[j / ps], j % ps, h);
-        unsafe { base.get().add(l.dtype.bytes_for(e)) as *const u8 }
+    if g > 64 {
+        return Err(op_err(
+            OP,
+            format!("{g} query heads per KV head (at most 64)"),
+        ));
+    }
+    let u = PagedUnit {
+        g,
+        d,
+        layer,
+        scale,
+        layout: kv.layout,
+        base,
+        q: be.view(&q)?,
+        o: be.view_mut(&out)?,
     };
-    (0..t * hkv).into_par_iter().for_each_init(
-        || {
-            (
-                vec![0f32; g * d],
-                vec![0f32; g * d],
-                Vec::new(),
-                vec![0f32; d],
-            )
+    // Units: blocks of up to PB consecutive rows of one sequence, × KV heads.
+    let mut blocks = Vec::new();
+    for (b, s) in seqs.iter().enumerate() {
+        let mut i = 0;
+        while i < s.n {
+            let n = PB.min(s.n - i);
+            blocks.push((b, s.q0 + i, n, s.kv_len - s.n + i));
+            i += n;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = be.isa == super::Isa::Avx512;
+    (0..blocks.len() * hkv).into_par_iter().for_each_init(
+        || Bufs {
+            qb: vec![0f32; g * d],
+            ob: vec![0f32; g * d],
+            ..Default::default()
         },
-        |(qb, ob, scores, buf), u| {
-            let (ti, kh) = (u / hkv, u % hkv);
-            let (sb, p) = rows[ti];
-            let pages = &seqs[sb].pages;
-            let nk = p + 1;
-            unsafe { load(qv.at(ti, kh * g * d), qv.dt, qb) };
-            let key = |j: usize, b: &mut [f32]| unsafe { load(elem(0, pages, j, kh), l.dtype, b) };
-            let val = |j: usize, b: &mut [f32]| unsafe { load(elem(1, pages, j, kh), l.dtype, b) };
-            attend(qb, g, d, nk, scale, &key, &val, scores, buf, ob);
-            unsafe { store(ov.at(ti, kh * g * d), ov.dt, ob) };
+        |bufs, x| {
+            let ((b, r0, n, p0), kh) = (blocks[x / hkv], x % hkv);
+            let pages = &seqs[b].pages;
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                return unsafe { paged_unit_avx512(&u, r0..r0 + n, kh, pages, p0, bufs) };
+            }
+            unsafe { paged_unit(&u, r0..r0 + n, kh, pages, p0, bufs, exp_libm) }
         },
     );
     Ok(())
@@ -247,10 +374,9 @@ pub(super) fn varlen(
                 vec![0f32; d],
                 vec![0f32; d],
                 Vec::new(),
-                vec![0f32; d],
             )
         },
-        |(kf, vf, qb, ob, scores, buf), (a, b, hh, i0, i1)| {
+        |(kf, vf, qb, ob, scores), (a, b, hh, i0, i1)| {
             let nk = b - a;
             kf.resize(nk * d, 0.0);
             vf.resize(nk * d, 0.0);
@@ -260,12 +386,9 @@ pub(super) fn varlen(
                     load(vv.at(a + j, hh * d), vv.dt, &mut vf[j * d..(j + 1) * d]);
                 }
             }
-            let (kf, vf) = (&*kf, &*vf);
-            let key = |j: usize, bb: &mut [f32]| bb.copy_from_slice(&kf[j * d..(j + 1) * d]);
-            let val = |j: usize, bb: &mut [f32]| bb.copy_from_slice(&vf[j * d..(j + 1) * d]);
             for i in i0..i1 {
                 unsafe { load(qv.at(i, hh * d), qv.dt, qb) };
-                attend(qb, 1, d, nk, scale, &key, &val, scores, buf, ob);
+                attend(qb, 1, d, nk, scale, kf, vf, scores, ob, exp_libm);
                 unsafe { store(ov.at(i, hh * d), ov.dt, ob) };
             }
         },

@@ -285,7 +285,7 @@ mod tests {
 
 /// AVX-512 versions of the row-wise ops whose scalar loops are slow (a libm call per element).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use crate::tensor::DType;
     use std::arch::x86_64::*;
 

@@ -186,6 +186,80 @@ pub fn selected() -> Isa {
     })
 }
 
+/// The peak multiply-add rate of this core on `isa`, measured: independent chains of
+/// `vdpbf16ps` (64 FLOP each) where the bf16 dot runs, else of 16- or 8-lane FMAs, for about
+/// `secs` seconds. Returns FLOP/s and the instruction, or `None` on the scalar path.
+pub fn peak_flops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // Twelve independent accumulators cover the latency of every unit measured (more made
+        // the compiler spill them).
+        const CHAINS: usize = 12;
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn dp(iters: u64) -> f32 {
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm512_dpbf16_ps(*x, a, a);
+                }
+            }
+            acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn fma512(iters: u64) -> f32 {
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            let a = _mm512_set1_ps(1e-9);
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm512_fmadd_ps(*x, a, a);
+                }
+            }
+            acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fma256(iters: u64) -> f32 {
+            let mut acc = [_mm256_setzero_ps(); CHAINS];
+            let a = _mm256_set1_ps(1e-9);
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, a);
+                }
+            }
+            let mut o = [0f32; 8];
+            let s = acc
+                .iter()
+                .fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v));
+            _mm256_storeu_ps(o.as_mut_ptr(), s);
+            o.iter().sum()
+        }
+        let (run, flops, name): (unsafe fn(u64) -> f32, f64, _) = match isa {
+            Isa::Avx512 if has_bf16_dot(isa) => (dp, (64 * CHAINS) as f64, "vdpbf16ps"),
+            Isa::Avx512 => (fma512, (32 * CHAINS) as f64, "512-bit FMA"),
+            Isa::Avx2 => (fma256, (16 * CHAINS) as f64, "256-bit FMA"),
+            Isa::Scalar => return None,
+        };
+        // SAFETY: `isa` is one this CPU supports (the backend only selects such).
+        let time = |iters: u64| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(unsafe { run(iters) });
+            t.elapsed().as_secs_f64()
+        };
+        // Calibrate on a short run, then the best of three runs of about `secs` / 3 (another
+        // process may take the core for part of one).
+        let probe = 20_000;
+        let iters = ((secs / 3.0 / time(probe).max(1e-9)) * probe as f64).clamp(1e3, 1e9) as u64;
+        let best = (0..3).map(|_| time(iters)).fold(f64::MAX, f64::min);
+        Some((flops * iters as f64 / best, name))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, secs);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

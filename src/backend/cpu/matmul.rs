@@ -43,7 +43,11 @@ pub(super) fn matmul(
         );
     }
     let wv = be.view(&w)?;
-    gemm::float(isa, &xv, &wv, m, n, k, bias_f.as_deref(), &ov);
+    let pre = be
+        .panels
+        .get(&w.buf.0)
+        .filter(|p| w.offset == 0 && w.is_contiguous() && (p.n, p.k) == (n, k));
+    gemm::float(isa, &xv, &wv, pre, m, n, k, bias_f.as_deref(), &ov);
     Ok(())
 }
 

@@ -45,7 +45,12 @@ pub struct CpuBackend {
     bufs: Vec<Option<Storage>>,
     /// Interleaved copies of K-quant matmul weights (`gemm::x16`), by buffer.
     x16: std::collections::HashMap<u32, gemm::x16::X16>,
-    /// Whether [`Backend::prepare_matmul_weight`] makes them (`REEL_CPU_REPACK=0`: no).
+    /// bf16 matmul weights packed into the large-M GEMM's panels (`gemm::Panels`), by buffer.
+    panels: std::collections::HashMap<u32, gemm::Panels>,
+    /// Bytes the panels may still take: they are a second copy of the weights, kept while it
+    /// fits in half the memory available when the first was made.
+    panel_budget: Option<usize>,
+    /// Whether [`Backend::prepare_matmul_weight`] makes these copies (`REEL_CPU_REPACK=0`: no).
     repack: bool,
     pool: Option<Arc<rayon::ThreadPool>>,
     isa: Isa,
@@ -102,6 +107,8 @@ impl CpuBackend {
         CpuBackend {
             bufs: Vec::new(),
             x16: Default::default(),
+            panels: Default::default(),
+            panel_budget: None,
             repack: std::env::var("REEL_CPU_REPACK").map_or(true, |v| v != "0"),
             pool: None,
             isa: isa::selected(),
@@ -264,6 +271,14 @@ impl CpuBackend {
     }
 }
 
+/// `MemAvailable` of /proc/meminfo in bytes (Linux), else `None`.
+fn mem_available() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads, {})", self.threads(), self.isa.describe())
@@ -274,12 +289,33 @@ impl Backend for CpuBackend {
         Ok(BufId(self.bufs.len() as u32 - 1))
     }
 
+    fn measured_compute_peak(&self) -> Option<(f64, String)> {
+        let isa = self.isa;
+        let (tf, what) = self.install(|| super::harness::perf::host_compute_peak(isa))?;
+        Some((tf, format!("measured {what}, {} threads", self.threads())))
+    }
+
     fn prepare_matmul_weight(&mut self, w: &TRef) -> Result<()> {
         // The interleaved GEMV is AVX-512's; the layout is only worth its memory there.
         if !self.repack || self.isa != Isa::Avx512 || w.shape.rank() != 2 || w.offset != 0 {
             return Ok(());
         }
         let (n, k) = (w.shape.rows(), w.shape.row_len());
+        #[cfg(target_arch = "x86_64")]
+        if w.dtype == DType::BF16 && isa::has_bf16_dot(self.isa) {
+            let budget = *self
+                .panel_budget
+                .get_or_insert_with(|| mem_available().unwrap_or(0) / 2);
+            if w.dtype.bytes_for(n * k) > budget {
+                return Ok(());
+            }
+            let v = self.view(w)?;
+            if let Some(p) = self.install(|| gemm::prepack(&v, n, k)) {
+                self.panel_budget = Some(budget - p.bytes().min(budget));
+                self.panels.insert(w.buf.0, p);
+            }
+            return Ok(());
+        }
         let p = self.ptr(w)?;
         let bytes = unsafe { std::slice::from_raw_parts(p, w.dtype.bytes_for(n * k)) };
         let (s, dt) = (&*self, w.dtype);
@@ -304,6 +340,9 @@ impl Backend for CpuBackend {
             *s = None;
         }
         self.x16.remove(&buf.0);
+        if let (Some(p), Some(b)) = (self.panels.remove(&buf.0), &mut self.panel_budget) {
+            *b += p.bytes();
+        }
     }
 
     fn write(&mut self, buf: BufId, offset: usize, data: &[u8]) -> Result<()> {
@@ -375,8 +414,8 @@ impl Backend for CpuBackend {
         out: TRef,
         scale: f32,
     ) -> Result<()> {
-        let (s, simd) = (&*self, self.isa.simd());
-        s.install(|| attention::paged(s, q, kv, layer, out, scale, simd))
+        let s = &*self;
+        s.install(|| attention::paged(s, q, kv, layer, out, scale))
     }
     fn attention_varlen(
         &mut self,

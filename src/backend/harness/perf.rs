@@ -56,6 +56,28 @@ pub fn host_bandwidth(bytes: usize) -> (f64, f64) {
     (copy, read)
 }
 
+/// The CPU's multiply-add peak on `isa`, TFLOP/s, and the instruction measured (`None` on the
+/// scalar path): each thread of the current rayon pool runs the loop at once, and their rates
+/// add up (one per core; a thread that ran twice still timed its own core).
+pub fn host_compute_peak(isa: crate::backend::cpu::Isa) -> Option<(f64, &'static str)> {
+    use rayon::prelude::*;
+    let per: Vec<_> = (0..rayon::current_num_threads())
+        .into_par_iter()
+        .map(|_| crate::backend::cpu::isa::peak_flops(isa, 0.15))
+        .collect();
+    let name = per.first()?.as_ref()?.1;
+    Some((per.iter().flatten().map(|p| p.0).sum::<f64>() / 1e12, name))
+}
+
+/// `t` TFLOP/s with the digits that matter (a CPU's fraction of one, a GPU's hundreds).
+pub fn tflops(t: f64) -> String {
+    if t < 10.0 {
+        format!("{t:.2} TFLOP/s")
+    } else {
+        format!("{t:.0} TFLOP/s")
+    }
+}
+
 /// What a backend can do at best.
 #[derive(Clone, Debug, Default)]
 pub struct Ceiling {
@@ -63,8 +85,10 @@ pub struct Ceiling {
     pub gbps: Option<f64>,
     /// Where it comes from (`measured host read`, `datasheet`).
     pub gbps_source: String,
-    /// Dense bf16 tensor throughput, TFLOP/s (unknown on the CPU).
+    /// Dense bf16 multiply-add throughput, TFLOP/s.
     pub tflops: Option<f64>,
+    /// Where it comes from (`datasheet`, or what the CPU measured).
+    pub tflops_source: String,
     /// A copy measured in the same run (read + write bytes), GB/s.
     pub copy_gbps: Option<f64>,
 }
@@ -75,10 +99,12 @@ impl Ceiling {
         let name = be.name();
         if name.starts_with("cpu") {
             let (copy, read) = host_bandwidth(if quick { 128 << 20 } else { 512 << 20 });
+            let peak = be.measured_compute_peak();
             return Ceiling {
                 gbps: Some(read / 1e9),
                 gbps_source: "measured host read".into(),
-                tflops: None,
+                tflops: peak.as_ref().map(|p| p.0),
+                tflops_source: peak.map_or_else(String::new, |p| p.1),
                 copy_gbps: Some(copy / 1e9),
             };
         }
@@ -87,6 +113,7 @@ impl Ceiling {
             gbps,
             gbps_source: "datasheet".into(),
             tflops,
+            tflops_source: "datasheet".into(),
             copy_gbps: measured_copy(be, if quick { 256 << 20 } else { 1 << 30 }).ok(),
         }
     }
@@ -100,7 +127,7 @@ impl Ceiling {
         let fl = self
             .tflops
             .filter(|_| cost.flops > 0.0)
-            .map(|t| (cost.flops / (t * 1e12), format!("{t:.0} TFLOP/s")));
+            .map(|t| (cost.flops / (t * 1e12), tflops(t)));
         match (bw, fl) {
             (Some(b), Some(f)) => Some(if f.0 > b.0 { f } else { b }),
             (b, f) => b.or(f),
@@ -114,7 +141,7 @@ impl Ceiling {
             None => parts.push("bandwidth unknown".into()),
         }
         match self.tflops {
-            Some(t) => parts.push(format!("{t:.0} TFLOP/s dense bf16 (datasheet)")),
+            Some(t) => parts.push(format!("{} dense bf16 ({})", tflops(t), self.tflops_source)),
             None => parts.push("compute peak unknown".into()),
         }
         if let Some(c) = self.copy_gbps {
@@ -379,6 +406,7 @@ mod tests {
             gbps: Some(1000.0),
             gbps_source: "datasheet".into(),
             tflops: Some(100.0),
+            tflops_source: "datasheet".into(),
             copy_gbps: None,
         };
         let gemv = Cost {

@@ -1,7 +1,7 @@
 //! The figures of a `reel bench` run, their ceilings, and the text report.
 
 use super::synthetic::SyntheticShape;
-use crate::backend::harness::perf::{datasheet_peaks, host_bandwidth};
+use crate::backend::harness::perf::{datasheet_peaks, host_bandwidth, tflops};
 use crate::backend::Backend;
 use serde::Serialize;
 use std::fmt::Write;
@@ -15,8 +15,10 @@ pub struct Ceilings {
     pub bandwidth_source: String,
     /// CPU only: the parallel copy figure (read + write bytes), GB/s.
     pub host_copy_gbps: Option<f64>,
-    /// Dense bf16 tensor throughput, TFLOP/s (CUDA datasheet; unknown on the CPU).
+    /// Dense bf16 multiply-add throughput, TFLOP/s (CUDA: datasheet; CPU: measured).
     pub compute_tflops: Option<f64>,
+    /// `datasheet`, or what the CPU measured.
+    pub compute_source: String,
 }
 
 impl Ceilings {
@@ -31,14 +33,17 @@ impl Ceilings {
                 bandwidth_source: "datasheet".into(),
                 host_copy_gbps: None,
                 compute_tflops: tf,
+                compute_source: "datasheet".into(),
             };
         }
         let (copy, read) = host_bandwidth(host_bytes);
+        let peak = be.measured_compute_peak();
         Ceilings {
             bandwidth_gbps: Some(read / 1e9),
             bandwidth_source: "measured host read".into(),
             host_copy_gbps: Some(copy / 1e9),
-            compute_tflops: None,
+            compute_tflops: peak.as_ref().map(|p| p.0),
+            compute_source: peak.map_or_else(String::new, |p| p.1),
         }
     }
 }
@@ -216,7 +221,7 @@ impl BenchReport {
             _ => "bandwidth unknown".into(),
         };
         let tf = c.compute_tflops.map_or("compute peak unknown".into(), |t| {
-            format!("{t:.0} TFLOP/s dense bf16 (datasheet)")
+            format!("{} dense bf16 ({})", tflops(t), c.compute_source)
         });
         let _ = writeln!(r, "ceilings: {bw}; {tf}");
         let p = &self.prefill;

@@ -316,14 +316,67 @@ fn k_blocks(kind: Kind, k: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// bf16 weights packed once, at load, into the large-M kernel's panels: each full panel of
+/// [`NR`] rows as its K blocks in order, each `[unit][NR]` exactly as [`pack_b`] writes it per
+/// call (it is what writes them). The [`Kind::Dp`] GEMM then reads them instead of packing.
+pub struct Panels {
+    pub n: usize,
+    pub k: usize,
+    /// K units (bf16 pairs) per row.
+    units: usize,
+    /// Full panels (`n / NR`); the rows past them are packed per call.
+    panels: usize,
+    data: Vec<super::Line>,
+}
+
+impl Panels {
+    /// Panel `j`'s block starting at element `k0`.
+    fn block(&self, j: usize, k0: usize) -> *const u32 {
+        unsafe { (self.data.as_ptr() as *const u32).add((j * self.units + k0 / 2) * NR) }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 64
+    }
+}
+
+/// The [`Panels`] of the bf16 weight `w` (`[n, k]`), or `None` where there is no full panel.
+pub fn prepack(w: &View, n: usize, k: usize) -> Option<Panels> {
+    if w.dt != DType::BF16 || n < NR || k == 0 {
+        return None;
+    }
+    let (units, panels) = (k.div_ceil(2), n / NR);
+    let mut data = vec![super::Line([0; 16]); (panels * units * NR * 4).div_ceil(64)];
+    let dst = SPtr(data.as_mut_ptr() as *mut u8);
+    let blocks = k_blocks(Kind::Dp, k);
+    let w = *w;
+    (0..panels).into_par_iter().for_each(|j| {
+        for &(k0, k1) in &blocks {
+            // SAFETY: only called where AVX-512 runs; the panel's slot is this task's alone.
+            unsafe {
+                let bp = (dst.get() as *mut u32).add((j * units + k0 / 2) * NR);
+                pack_b(Kind::Dp, &w, j * NR, NR, k0, k1, bp)
+            }
+        }
+    });
+    Some(Panels {
+        n,
+        k,
+        units,
+        panels,
+        data,
+    })
+}
+
 /// Packed large-M GEMM. `x` holds bf16 rows for [`Kind::Dp`] and f32 rows (`xf`, contiguous)
-/// for [`Kind::F32`].
+/// for [`Kind::F32`]; `pre`, `w` packed at load (used by [`Kind::Dp`]).
 #[allow(clippy::too_many_arguments)]
 pub fn packed(
     kind: Kind,
     x: &View,
     xf: Option<&[f32]>,
     w: &View,
+    pre: Option<&Panels>,
     m: usize,
     n: usize,
     k: usize,
@@ -372,17 +425,24 @@ pub fn packed(
                 with_scratch(Slot::C, tiles_per_chunk * MR * NR * 4, false, |cb| {
                     let bpp = bpp as *mut u32;
                     let cbuf = cb as *mut f32;
+                    let pre = pre.filter(|p| kind == Kind::Dp && j < p.panels);
                     for (bi, &(k0, k1)) in blocks.iter().enumerate() {
                         let units = (k1 - k0).div_ceil(kind.per_unit());
                         let u0 = k0 / kind.per_unit();
                         unsafe {
-                            pack_b(kind, &w, n0, cnt, k0, k1, bpp);
+                            let bsrc = match pre {
+                                Some(p) => p.block(j, k0),
+                                None => {
+                                    pack_b(kind, &w, n0, cnt, k0, k1, bpp);
+                                    bpp as *const u32
+                                }
+                            };
                             for t in t0..t1 {
                                 let at = (ap.get() as *const u32).add((t * units_k + u0) * MR);
                                 let cp = cbuf.add((t - t0) * MR * NR);
                                 match kind {
-                                    Kind::Dp => ukr_dp(units, at, bpp, cp, bi == 0),
-                                    Kind::F32 => ukr_f32(units, at, bpp, cp, bi == 0),
+                                    Kind::Dp => ukr_dp(units, at, bsrc, cp, bi == 0),
+                                    Kind::F32 => ukr_f32(units, at, bsrc, cp, bi == 0),
                                 }
                             }
                         }

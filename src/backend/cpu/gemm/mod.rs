@@ -102,13 +102,29 @@ fn widen(x: &View, m: usize, k: usize) -> Vec<f32> {
     xf
 }
 
+/// bf16 weights packed at load for the AVX-512 large-M GEMM (none elsewhere).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::{prepack, Panels};
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) struct Panels {
+    pub n: usize,
+    pub k: usize,
+}
+#[cfg(not(target_arch = "x86_64"))]
+impl Panels {
+    pub fn bytes(&self) -> usize {
+        0
+    }
+}
+
 /// Float weights (BF16, F16, F32). `x`, `w`, `out` are checked views of `[m, k]`, `[n, k]`,
-/// `[m, n]`; `bias` has `n` values.
+/// `[m, n]`; `bias` has `n` values; `pre`, `w`'s panels packed at load.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn float(
     isa: Isa,
     x: &View,
     w: &View,
+    pre: Option<&Panels>,
     m: usize,
     n: usize,
     k: usize,
@@ -156,7 +172,7 @@ pub(crate) fn float(
         if m <= SMALL_M {
             avx512::small(kind, x, xf.as_deref(), w, m, n, k, bias, out);
         } else {
-            avx512::packed(kind, x, xf.as_deref(), w, m, n, k, bias, out);
+            avx512::packed(kind, x, xf.as_deref(), w, pre, m, n, k, bias, out);
         }
         return;
     }

@@ -103,6 +103,13 @@ fn check_float(
     let xt = put(&mut be, &x, act, m, k, xpad);
     let wb = be.load_weight(HostBytes::from_vec(bytes(&w, wdt))).unwrap();
     let wt = TRef::new(wb, 0, wdt, Shape::new(&[n, k]));
+    // The same weight prepared as the model loader does (bf16 panels packed at load where the
+    // bf16 dot runs): the same bits as packing per call.
+    let pb = be.load_weight(HostBytes::from_vec(bytes(&w, wdt))).unwrap();
+    let pt = TRef::new(pb, 0, wdt, Shape::new(&[n, k]));
+    be.prepare_matmul_weight(&pt).unwrap();
+    let packs = wdt == DType::BF16 && super::super::isa::has_bf16_dot(Isa::best()) && n >= 48;
+    assert_eq!(be.panels.contains_key(&pb.0), packs, "{n}x{k} {wdt}");
     let bt = bias.then(|| {
         let bb = be.load_weight(HostBytes::from_vec(bytes(&b, wdt))).unwrap();
         TRef::new(bb, 0, wdt, Shape::new(&[n]))
@@ -118,8 +125,17 @@ fn check_float(
         // Sentinels in the padding must survive.
         let sentinel = vec![7.0f32; m * (n + opad)];
         be.write(ot.buf, 0, &bytes(&sentinel, act)).unwrap();
+        be.matmul(xt, pt, bt, ot).unwrap();
+        let prepared = read(&mut be, &ot);
         be.matmul(xt, wt, bt, ot).unwrap();
         let got = read(&mut be, &ot);
+        for (idx, (p, g)) in prepared.iter().zip(&got).enumerate() {
+            assert_eq!(
+                p.to_bits(),
+                g.to_bits(),
+                "{isa} {m}x{k} @ {n}x{k} {wdt} act {act}: out[{idx}] prepared {p}, stored {g}"
+            );
+        }
         for i in 0..m {
             for j in 0..n {
                 let (mut exact, mut mag) = (0f64, 0f64);
@@ -193,6 +209,8 @@ fn float_paths_block_long_rows() {
     check_float(13, 33, 4097, DType::F32, DType::BF16, true, 0, 0);
     check_float(13, 33, 8195, DType::BF16, DType::BF16, false, 0, 0);
     check_float(2, 5, 4099, DType::BF16, DType::BF16, true, 0, 0);
+    // Several full panels packed at load, two K blocks, a row tail.
+    check_float(19, 100, 8195, DType::BF16, DType::BF16, true, 0, 0);
 }
 
 /// Random, well-formed quantized rows: real quantization of random values.
