@@ -63,10 +63,21 @@ unsafe fn norm(
     let mut ss: f32 = ch.remainder().iter().map(|v| v * v).sum();
     ss += acc.iter().sum::<f32>();
     let inv = 1.0 / (ss / buf.len() as f32 + eps).sqrt();
-    for (v, &wj) in buf.iter_mut().zip(wf) {
-        *v = wj * round_to(*v * inv, odt);
+    // The rounding picked outside the loop, so that it vectorizes.
+    match odt {
+        DType::BF16 => scale_round(buf, wf, inv, |v| round_to(v, DType::BF16)),
+        DType::F16 => scale_round(buf, wf, inv, |v| round_to(v, DType::F16)),
+        _ => scale_round(buf, wf, inv, |v| v),
     }
     store(o, odt, buf);
+}
+
+/// `v = w · r(v · inv)` over the vector.
+#[inline(always)]
+fn scale_round(buf: &mut [f32], wf: &[f32], inv: f32, r: impl Fn(f32) -> f32) {
+    for (v, &wj) in buf.iter_mut().zip(wf) {
+        *v = wj * r(*v * inv);
+    }
 }
 
 /// [`norm`] compiled for AVX-512: the same operations in the same order (no fused

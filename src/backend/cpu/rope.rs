@@ -8,6 +8,7 @@ use super::simd::{load, round_to, store};
 use super::CpuBackend;
 use crate::backend::{check, MropeParams, TRef};
 use crate::error::Result;
+use crate::tensor::DType;
 use rayon::prelude::*;
 
 /// `1 / theta^(2i/dim)` for i < dim/2, with each step in f32 like
@@ -46,6 +47,8 @@ pub(super) fn mrope(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, p: MropePara
     let (xv, ov) = (be.view(&x)?, be.view_mut(&out)?);
     let odt = ov.dt;
     let r = |v: f32| round_to(v, odt);
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = be.isa == super::Isa::Avx512;
     (0..t).into_par_iter().for_each_init(
         || (vec![0f32; half], vec![0f32; half], vec![0f32; d]),
         |(cs, sn, buf), ti| {
@@ -54,18 +57,85 @@ pub(super) fn mrope(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, p: MropePara
                 cs[j] = r((ang as f64).cos() as f32);
                 sn[j] = r((ang as f64).sin() as f32);
             }
-            for hh in 0..h {
-                unsafe { load(xv.at(ti, hh * d), xv.dt, buf) };
-                for j in 0..half {
-                    let (a, b) = (buf[j], buf[j + half]);
-                    buf[j] = r(r(a * cs[j]) + r(-b * sn[j]));
-                    buf[j + half] = r(r(b * cs[j]) + r(a * sn[j]));
-                }
-                unsafe { store(ov.at(ti, hh * d), odt, buf) };
+            let (xs, os) = (unsafe { xv.at(ti, 0) }, unsafe { ov.at(ti, 0) });
+            let (xd, rnd) = ((xv.dt, xv.dt.bytes_for(d)), Some(odt));
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                return unsafe { heads_avx512(xs, xd, os, odt, h, cs, sn, buf, rnd) };
             }
+            unsafe { heads(xs, xd, os, odt, h, cs, sn, buf, rnd) }
         },
     );
     Ok(())
+}
+
+/// Rotates the `h` heads of one token: `x` (its type and the bytes from head to head) to `o`;
+/// `rnd`: the type every product and sum is rounded to (M-RoPE rounds like torch's bf16 ops),
+/// or none (the vision RoPE stays in f32).
+///
+/// # Safety
+/// `x` and `o` hold `h` heads of `buf.len()` elements.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn heads(
+    x: *const u8,
+    (xdt, xstep): (DType, usize),
+    o: *mut u8,
+    odt: DType,
+    h: usize,
+    cs: &[f32],
+    sn: &[f32],
+    buf: &mut [f32],
+    rnd: Option<DType>,
+) {
+    let half = buf.len() / 2;
+    let ostep = odt.bytes_for(buf.len());
+    for hh in 0..h {
+        load(x.add(hh * xstep), xdt, buf);
+        let (lo, hi) = buf.split_at_mut(half);
+        // The rounding picked outside the loops, so that each loop vectorizes.
+        match rnd {
+            Some(DType::BF16) => rotate_rounded(lo, hi, cs, sn, |v| round_to(v, DType::BF16)),
+            Some(DType::F16) => rotate_rounded(lo, hi, cs, sn, |v| round_to(v, DType::F16)),
+            Some(_) => rotate_rounded(lo, hi, cs, sn, |v| v),
+            None => {
+                for j in 0..half {
+                    let (a, b) = (lo[j], hi[j]);
+                    lo[j] = a * cs[j] + -b * sn[j];
+                    hi[j] = b * cs[j] + a * sn[j];
+                }
+            }
+        }
+        store(o.add(hh * ostep), odt, buf);
+    }
+}
+
+/// One head's pairs rotated with every product and sum rounded by `r`.
+#[inline(always)]
+fn rotate_rounded(lo: &mut [f32], hi: &mut [f32], cs: &[f32], sn: &[f32], r: impl Fn(f32) -> f32) {
+    for (((a, b), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(cs).zip(sn) {
+        let (x, y) = (*a, *b);
+        *a = r(r(x * c) + r(-y * s));
+        *b = r(r(y * c) + r(x * s));
+    }
+}
+
+/// [`heads`] compiled for AVX-512: the same operations, vectorized.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn heads_avx512(
+    x: *const u8,
+    xd: (DType, usize),
+    o: *mut u8,
+    odt: DType,
+    h: usize,
+    cs: &[f32],
+    sn: &[f32],
+    buf: &mut [f32],
+    rnd: Option<DType>,
+) {
+    heads(x, xd, o, odt, h, cs, sn, buf, rnd)
 }
 
 pub(super) fn vision(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, theta: f32) -> Result<()> {
@@ -79,6 +149,8 @@ pub(super) fn vision(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, theta: f32)
     let (half, q) = (d / 2, d / 4);
     let inv = inv_freq(theta, half);
     let (xv, ov) = (be.view(&x)?, be.view_mut(&out)?);
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = be.isa == super::Isa::Avx512;
     (0..n).into_par_iter().for_each_init(
         || (vec![0f32; half], vec![0f32; half], vec![0f32; d]),
         |(cs, sn, buf), ti| {
@@ -93,15 +165,13 @@ pub(super) fn vision(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, theta: f32)
                 cs[j] = (ang as f64).cos() as f32;
                 sn[j] = (ang as f64).sin() as f32;
             }
-            for hh in 0..h {
-                unsafe { load(xv.at(ti, hh * d), xv.dt, buf) };
-                for j in 0..half {
-                    let (a, b) = (buf[j], buf[j + half]);
-                    buf[j] = a * cs[j] + -b * sn[j];
-                    buf[j + half] = b * cs[j] + a * sn[j];
-                }
-                unsafe { store(ov.at(ti, hh * d), ov.dt, buf) };
+            let (xs, os) = (unsafe { xv.at(ti, 0) }, unsafe { ov.at(ti, 0) });
+            let xd = (xv.dt, xv.dt.bytes_for(d));
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                return unsafe { heads_avx512(xs, xd, os, ov.dt, h, cs, sn, buf, None) };
             }
+            unsafe { heads(xs, xd, os, ov.dt, h, cs, sn, buf, None) }
         },
     );
     Ok(())
