@@ -186,7 +186,7 @@ fn exp_avx512(s: &mut [f32], m: f32) {
 
 /// Query rows per paged-attention unit during prefill: each unit widens its sequence's keys
 /// and values to f32 once for this many rows.
-const PB: usize = 16;
+const PB: usize = 64;
 
 /// One unit of paged attention: rows `rs` (consecutive rows of one sequence, the last one
 /// seeing the most keys) × KV head `kh`.
@@ -237,8 +237,14 @@ unsafe fn paged_unit(
     }
 }
 
-/// [`paged_unit`] compiled for AVX-512 (the conversions and loops inline into it; the same
-/// operations in the same order), with the vector `exp`.
+/// The head dim of the AVX-512 paged-attention unit (Qwen2.5's; others take [`paged_unit`]).
+const HD: usize = 128;
+
+/// [`paged_unit`] for AVX-512 at head dim [`HD`]: keys transposed
+/// once per unit so that sixteen scores come from one FMA chain per query (four queries × 32
+/// keys per register tile), the vector `exp`, and P·V as FMAs over the head dim. Each score is
+/// one fixed-order sum over the head dim and each output one fixed-order sum over the keys, so a
+/// row's result does not depend on the other rows of its unit.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn paged_unit_avx512(
@@ -249,7 +255,102 @@ unsafe fn paged_unit_avx512(
     first_pos: usize,
     bufs: &mut Bufs,
 ) {
-    paged_unit(u, rs, kh, pages, first_pos, bufs, exp_avx512)
+    use std::arch::x86_64::*;
+    let (g, d, l) = (u.g, u.d, &u.layout);
+    let n = rs.len();
+    let nk_max = first_pos + n;
+    let np = nk_max.div_ceil(16) * 16;
+    // V as rows, K transposed (`kt[dd · np + j]`) through a row buffer, 16 × 16 at a time.
+    bufs.vf.resize(nk_max * d, 0.0);
+    bufs.kf.resize(np * d, 0.0);
+    bufs.kt.resize(d * np, 0.0);
+    for j in 0..nk_max {
+        let slot = |which| {
+            let e = l.elem_index(u.layer, which, pages[j / l.page_size], j % l.page_size, kh);
+            u.base.get().add(l.dtype.bytes_for(e)) as *const u8
+        };
+        load(slot(0), l.dtype, &mut bufs.kf[j * d..(j + 1) * d]);
+        load(slot(1), l.dtype, &mut bufs.vf[j * d..(j + 1) * d]);
+    }
+    bufs.kf[nk_max * d..].fill(0.0);
+    for j0 in (0..np).step_by(16) {
+        for d0 in (0..d).step_by(16) {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (i, ri) in r.iter_mut().enumerate() {
+                *ri = _mm512_loadu_si512(bufs.kf.as_ptr().add((j0 + i) * d + d0) as *const _);
+            }
+            super::gemm::avx512::transpose16(&mut r);
+            for (i, ri) in r.iter().enumerate() {
+                _mm512_storeu_si512(bufs.kt.as_mut_ptr().add((d0 + i) * np + j0) as *mut _, *ri);
+            }
+        }
+    }
+    // Queries: vector v = i · g + h, padded with zero vectors to a multiple of four.
+    let nq = n * g;
+    let nq4 = nq.div_ceil(4) * 4;
+    bufs.qb.resize(nq4 * d, 0.0);
+    bufs.qb[nq * d..].fill(0.0);
+    for (i, ti) in rs.clone().enumerate() {
+        let q = &mut bufs.qb[i * g * d..(i + 1) * g * d];
+        load(u.q.at(ti, kh * g * d), u.q.dt, q);
+    }
+    let valid = |v: usize| (first_pos + v / g + 1).min(nk_max);
+    bufs.scores.resize(nq4 * np, 0.0);
+    let (qp, kt, sp) = (bufs.qb.as_ptr(), bufs.kt.as_ptr(), bufs.scores.as_mut_ptr());
+    let scale = _mm512_set1_ps(u.scale);
+    for v0 in (0..nq4).step_by(4) {
+        let kmax = valid(v0 + 3);
+        let mut j0 = 0;
+        while j0 < kmax {
+            // Two key vectors per tile where there are (where not, the second repeats the
+            // first and its sums are dropped).
+            let two = j0 + 16 < kmax;
+            let j1 = if two { j0 + 16 } else { j0 };
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for dd in 0..HD {
+                let k0 = _mm512_loadu_ps(kt.add(dd * np + j0));
+                let k1 = _mm512_loadu_ps(kt.add(dd * np + j1));
+                for a in 0..4 {
+                    let q = _mm512_set1_ps(*qp.add((v0 + a) * HD + dd));
+                    acc[2 * a] = _mm512_fmadd_ps(q, k0, acc[2 * a]);
+                    acc[2 * a + 1] = _mm512_fmadd_ps(q, k1, acc[2 * a + 1]);
+                }
+            }
+            for a in 0..4 {
+                let row = sp.add((v0 + a) * np + j0);
+                _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], scale));
+                if two {
+                    _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], scale));
+                }
+            }
+            j0 += if two { 32 } else { 16 };
+        }
+    }
+    // Softmax over each query's own keys, then P·V.
+    for v in 0..nq {
+        let nk = valid(v);
+        let s = std::slice::from_raw_parts_mut(sp.add(v * np), nk);
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        exp_avx512(s, m);
+        let sum: f32 = s.iter().fold(0.0, |a, &x| a + x);
+        let inv = _mm512_set1_ps(if sum > 0.0 { 1.0 / sum } else { 0.0 });
+        let mut acc = [_mm512_setzero_ps(); HD / 16];
+        for (j, &p) in s.iter().enumerate() {
+            let pv = _mm512_set1_ps(p);
+            let vr = bufs.vf.as_ptr().add(j * HD);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr.add(16 * c)), *a);
+            }
+        }
+        let (i, h) = (v / g, v % g);
+        let ob = bufs.ob.as_mut_ptr().add(h * HD);
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(ob.add(16 * c), _mm512_mul_ps(*a, inv));
+        }
+        if h == g - 1 {
+            store(u.o.at(rs.start + i, kh * g * d), u.o.dt, &bufs.ob);
+        }
+    }
 }
 
 /// What every unit of one paged-attention call shares.
@@ -269,6 +370,8 @@ struct PagedUnit {
 struct Bufs {
     kf: Vec<f32>,
     vf: Vec<f32>,
+    /// Keys transposed (the AVX-512 unit).
+    kt: Vec<f32>,
     qb: Vec<f32>,
     ob: Vec<f32>,
     scores: Vec<f32>,
@@ -314,7 +417,7 @@ pub(super) fn paged(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512;
+    let avx512 = be.isa == super::Isa::Avx512 && d == HD;
     (0..blocks.len() * hkv).into_par_iter().for_each_init(
         || Bufs {
             qb: vec![0f32; g * d],

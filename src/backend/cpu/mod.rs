@@ -19,7 +19,7 @@
 
 mod attention;
 mod elementwise;
-mod gemm;
+pub(crate) mod gemm;
 pub mod isa;
 mod matmul;
 mod norm;

@@ -106,7 +106,7 @@ impl Kind {
 
 /// 16×16 transpose of 32-bit elements (also the quantized panels' in `qavx512`).
 #[inline(always)]
-pub(super) unsafe fn transpose16(r: &mut [__m512i; 16]) {
+pub(crate) unsafe fn transpose16(r: &mut [__m512i; 16]) {
     let mut a = [_mm512_setzero_si512(); 16];
     for i in 0..8 {
         a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);

@@ -16,7 +16,7 @@ use crate::tensor::DType;
 use rayon::prelude::*;
 
 mod avx2;
-mod avx512;
+pub(crate) mod avx512;
 mod qavx512;
 pub(crate) mod quant;
 #[cfg(test)]
