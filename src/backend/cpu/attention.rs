@@ -469,6 +469,8 @@ pub(super) fn varlen(
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = be.isa == super::Isa::Avx512;
     units.into_par_iter().for_each_init(
         || {
             (
@@ -480,21 +482,75 @@ pub(super) fn varlen(
             )
         },
         |(kf, vf, qb, ob, scores), (a, b, hh, i0, i1)| {
-            let nk = b - a;
-            kf.resize(nk * d, 0.0);
-            vf.resize(nk * d, 0.0);
-            for j in 0..nk {
-                unsafe {
-                    load(kv_.at(a + j, hh * d), kv_.dt, &mut kf[j * d..(j + 1) * d]);
-                    load(vv.at(a + j, hh * d), vv.dt, &mut vf[j * d..(j + 1) * d]);
-                }
+            let vs = VarlenUnit {
+                q: &qv,
+                k: &kv_,
+                v: &vv,
+                o: &ov,
+                d,
+                scale,
+            };
+            let bufs = (kf, vf, qb, ob, scores);
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                return unsafe { varlen_unit_avx512(&vs, (a, b, hh, i0, i1), bufs) };
             }
-            for i in i0..i1 {
-                unsafe { load(qv.at(i, hh * d), qv.dt, qb) };
-                attend(qb, 1, d, nk, scale, kf, vf, scores, ob, exp_libm);
-                unsafe { store(ov.at(i, hh * d), ov.dt, ob) };
-            }
+            unsafe { varlen_unit(&vs, (a, b, hh, i0, i1), bufs, exp_libm) }
         },
     );
     Ok(())
+}
+
+/// What the units of one varlen call share.
+struct VarlenUnit<'a> {
+    q: &'a super::View,
+    k: &'a super::View,
+    v: &'a super::View,
+    o: &'a super::View,
+    d: usize,
+    scale: f32,
+}
+
+type VarlenBufs<'a> = (
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+);
+
+/// Queries `i0..i1` of segment `a..b`, head `hh`: the segment's keys and values widened once.
+///
+/// # Safety
+/// The views are checked by the op and the unit lies inside them.
+#[inline(always)]
+unsafe fn varlen_unit(
+    u: &VarlenUnit,
+    (a, b, hh, i0, i1): (usize, usize, usize, usize, usize),
+    (kf, vf, qb, ob, scores): VarlenBufs,
+    exp: fn(&mut [f32], f32),
+) {
+    let (nk, d) = (b - a, u.d);
+    kf.resize(nk * d, 0.0);
+    vf.resize(nk * d, 0.0);
+    for j in 0..nk {
+        load(u.k.at(a + j, hh * d), u.k.dt, &mut kf[j * d..(j + 1) * d]);
+        load(u.v.at(a + j, hh * d), u.v.dt, &mut vf[j * d..(j + 1) * d]);
+    }
+    for i in i0..i1 {
+        load(u.q.at(i, hh * d), u.q.dt, qb);
+        attend(qb, 1, d, nk, u.scale, kf, vf, scores, ob, exp);
+        store(u.o.at(i, hh * d), u.o.dt, ob);
+    }
+}
+
+/// [`varlen_unit`] compiled for AVX-512, with the vector `exp`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn varlen_unit_avx512(
+    u: &VarlenUnit,
+    unit: (usize, usize, usize, usize, usize),
+    bufs: VarlenBufs,
+) {
+    varlen_unit(u, unit, bufs, exp_avx512)
 }

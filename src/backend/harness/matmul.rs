@@ -120,7 +120,7 @@ impl Mm {
             } = self;
             let dt = cx.dt;
             let (xt, x) = cx.input(dt, &[m, k], 1.0, self.xpad)?;
-            let (ws, w) = cx.weight(wdt, n, k, 0.05)?;
+            let (ws, w) = cx.matmul_weight(wdt, n, k, 0.05)?;
             let b = cx.vals(n, 0.5, self.bias_dt());
             let bt = if self.bias {
                 Some(cx.put_weight(&b, self.bias_dt(), &[n])?)
@@ -345,7 +345,7 @@ fn fused_case(m: usize, n: usize, k: usize, bias: bool, epi: Epi, shape: String,
     Case::new("matmul_fused", shape, Bound::Reduction, move |cx| {
         let dt = cx.dt;
         let (xt, x) = cx.input(dt, &[m, k], 1.0, 0)?;
-        let (ws, w) = cx.weight(DType::BF16, n, k, 0.05)?;
+        let (ws, w) = cx.matmul_weight(DType::BF16, n, k, 0.05)?;
         let b = cx.vals(n, 0.5, DType::BF16);
         let bt = if bias {
             Some(cx.put_weight(&b, DType::BF16, &[n])?)

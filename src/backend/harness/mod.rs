@@ -621,6 +621,22 @@ impl<'a> Ctx<'a> {
         Ok((Rot(vec![TRef::new(buf, 0, dt, shape)]), deq))
     }
 
+    /// [`Ctx::weight`] prepared as a matmul weight, as the model loader does
+    /// (`Backend::prepare_matmul_weight`: the layouts the backend's kernels read fastest).
+    pub fn matmul_weight(
+        &mut self,
+        dt: DType,
+        rows: usize,
+        k: usize,
+        scale: f32,
+    ) -> Result<(Rot, Vec<f32>)> {
+        let (w, v) = self.weight(dt, rows, k, scale)?;
+        for t in &w.0 {
+            self.be.prepare_matmul_weight(t)?;
+        }
+        Ok((w, v))
+    }
+
     /// An I32 tensor.
     pub fn i32s(&mut self, vals: &[i32], dims: &[usize]) -> Result<TRef> {
         let buf = self.alloc_bytes(bytemuck::cast_slice(vals))?;
