@@ -237,14 +237,13 @@ unsafe fn paged_unit(
     }
 }
 
-/// The head dim of the AVX-512 paged-attention unit (Qwen2.5's; others take [`paged_unit`]).
-const HD: usize = 128;
+/// Whether the AVX-512 attention core serves head dim `d` (the text model's 128, the ViT's 80).
+fn fast_dim(d: usize) -> bool {
+    d == 128 || d == 80
+}
 
-/// [`paged_unit`] for AVX-512 at head dim [`HD`]: keys transposed
-/// once per unit so that sixteen scores come from one FMA chain per query (four queries × 32
-/// keys per register tile), the vector `exp`, and P·V as FMAs over the head dim. Each score is
-/// one fixed-order sum over the head dim and each output one fixed-order sum over the keys, so a
-/// row's result does not depend on the other rows of its unit.
+/// [`paged_unit`] for AVX-512 at a [`fast_dim`] head dim: the sequence's keys and values widened
+/// once, then [`block_core`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn paged_unit_avx512(
@@ -255,15 +254,11 @@ unsafe fn paged_unit_avx512(
     first_pos: usize,
     bufs: &mut Bufs,
 ) {
-    use std::arch::x86_64::*;
     let (g, d, l) = (u.g, u.d, &u.layout);
     let n = rs.len();
     let nk_max = first_pos + n;
-    let np = nk_max.div_ceil(16) * 16;
-    // V as rows, K transposed (`kt[dd · np + j]`) through a row buffer, 16 × 16 at a time.
     bufs.vf.resize(nk_max * d, 0.0);
-    bufs.kf.resize(np * d, 0.0);
-    bufs.kt.resize(d * np, 0.0);
+    bufs.kf.resize(nk_max.div_ceil(16) * 16 * d, 0.0);
     for j in 0..nk_max {
         let slot = |which| {
             let e = l.elem_index(u.layer, which, pages[j / l.page_size], j % l.page_size, kh);
@@ -272,12 +267,50 @@ unsafe fn paged_unit_avx512(
         load(slot(0), l.dtype, &mut bufs.kf[j * d..(j + 1) * d]);
         load(slot(1), l.dtype, &mut bufs.vf[j * d..(j + 1) * d]);
     }
-    bufs.kf[nk_max * d..].fill(0.0);
+    // Queries: vector v = i · g + h.
+    let nq = n * g;
+    bufs.qb.resize(nq.div_ceil(4) * 4 * d, 0.0);
+    for (i, ti) in rs.clone().enumerate() {
+        let q = &mut bufs.qb[i * g * d..(i + 1) * g * d];
+        load(u.q.at(ti, kh * g * d), u.q.dt, q);
+    }
+    let valid = |v: usize| (first_pos + v / g + 1).min(nk_max);
+    match d {
+        128 => block_core::<128>(bufs, nk_max, nq, valid, u.scale),
+        _ => block_core::<80>(bufs, nk_max, nq, valid, u.scale),
+    }
+    for (i, ti) in rs.enumerate() {
+        let o = &bufs.ob[i * g * d..(i + 1) * g * d];
+        store(u.o.at(ti, kh * g * d), u.o.dt, o);
+    }
+}
+
+/// Attention of `nq` query vectors (`bufs.qb`, rows of `D`) over keys and values (`bufs.kf`,
+/// `bufs.vf`, rows of `D`; `kf` padded with rows to a multiple of 16), query `v` seeing the
+/// first `valid(v)` keys; results (normalized, f32) to `bufs.ob` rows. Keys are transposed
+/// once so that sixteen scores come from one FMA chain per query (tiles of four queries × 32
+/// keys), `exp` is the vector one, and P·V runs as FMAs over the head dim. Each score is one
+/// fixed-order sum over the head dim and each output one fixed-order sum over the keys, so a
+/// query's result does not depend on the other queries of its unit.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_core<const D: usize>(
+    bufs: &mut Bufs,
+    nk_max: usize,
+    nq: usize,
+    valid: impl Fn(usize) -> usize,
+    scale: f32,
+) {
+    use std::arch::x86_64::*;
+    let np = nk_max.div_ceil(16) * 16;
+    bufs.kf[nk_max * D..np * D].fill(0.0);
+    bufs.kt.resize(D * np, 0.0);
+    // K transposed (`kt[dd · np + j]`), 16 × 16 at a time.
     for j0 in (0..np).step_by(16) {
-        for d0 in (0..d).step_by(16) {
+        for d0 in (0..D).step_by(16) {
             let mut r = [_mm512_setzero_si512(); 16];
             for (i, ri) in r.iter_mut().enumerate() {
-                *ri = _mm512_loadu_si512(bufs.kf.as_ptr().add((j0 + i) * d + d0) as *const _);
+                *ri = _mm512_loadu_si512(bufs.kf.as_ptr().add((j0 + i) * D + d0) as *const _);
             }
             super::gemm::avx512::transpose16(&mut r);
             for (i, ri) in r.iter().enumerate() {
@@ -285,21 +318,18 @@ unsafe fn paged_unit_avx512(
             }
         }
     }
-    // Queries: vector v = i · g + h, padded with zero vectors to a multiple of four.
-    let nq = n * g;
+    // Query vectors padded with zeros to a multiple of four.
     let nq4 = nq.div_ceil(4) * 4;
-    bufs.qb.resize(nq4 * d, 0.0);
-    bufs.qb[nq * d..].fill(0.0);
-    for (i, ti) in rs.clone().enumerate() {
-        let q = &mut bufs.qb[i * g * d..(i + 1) * g * d];
-        load(u.q.at(ti, kh * g * d), u.q.dt, q);
-    }
-    let valid = |v: usize| (first_pos + v / g + 1).min(nk_max);
+    bufs.qb[nq * D..nq4 * D].fill(0.0);
     bufs.scores.resize(nq4 * np, 0.0);
+    bufs.ob.resize(nq * D, 0.0);
     let (qp, kt, sp) = (bufs.qb.as_ptr(), bufs.kt.as_ptr(), bufs.scores.as_mut_ptr());
-    let scale = _mm512_set1_ps(u.scale);
+    let sc = _mm512_set1_ps(scale);
     for v0 in (0..nq4).step_by(4) {
-        let kmax = valid(v0 + 3);
+        let kmax = (0..4)
+            .map(|a| valid((v0 + a).min(nq - 1)))
+            .max()
+            .unwrap_or(0);
         let mut j0 = 0;
         while j0 < kmax {
             // Two key vectors per tile where there are (where not, the second repeats the
@@ -307,20 +337,20 @@ unsafe fn paged_unit_avx512(
             let two = j0 + 16 < kmax;
             let j1 = if two { j0 + 16 } else { j0 };
             let mut acc = [_mm512_setzero_ps(); 8];
-            for dd in 0..HD {
+            for dd in 0..D {
                 let k0 = _mm512_loadu_ps(kt.add(dd * np + j0));
                 let k1 = _mm512_loadu_ps(kt.add(dd * np + j1));
                 for a in 0..4 {
-                    let q = _mm512_set1_ps(*qp.add((v0 + a) * HD + dd));
+                    let q = _mm512_set1_ps(*qp.add((v0 + a) * D + dd));
                     acc[2 * a] = _mm512_fmadd_ps(q, k0, acc[2 * a]);
                     acc[2 * a + 1] = _mm512_fmadd_ps(q, k1, acc[2 * a + 1]);
                 }
             }
             for a in 0..4 {
                 let row = sp.add((v0 + a) * np + j0);
-                _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], scale));
+                _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], sc));
                 if two {
-                    _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], scale));
+                    _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], sc));
                 }
             }
             j0 += if two { 32 } else { 16 };
@@ -328,27 +358,22 @@ unsafe fn paged_unit_avx512(
     }
     // Softmax over each query's own keys, then P·V.
     for v in 0..nq {
-        let nk = valid(v);
-        let s = std::slice::from_raw_parts_mut(sp.add(v * np), nk);
+        let s = std::slice::from_raw_parts_mut(sp.add(v * np), valid(v));
         let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         exp_avx512(s, m);
         let sum: f32 = s.iter().fold(0.0, |a, &x| a + x);
         let inv = _mm512_set1_ps(if sum > 0.0 { 1.0 / sum } else { 0.0 });
-        let mut acc = [_mm512_setzero_ps(); HD / 16];
+        let mut acc = [_mm512_setzero_ps(); 8];
         for (j, &p) in s.iter().enumerate() {
             let pv = _mm512_set1_ps(p);
-            let vr = bufs.vf.as_ptr().add(j * HD);
-            for (c, a) in acc.iter_mut().enumerate() {
+            let vr = bufs.vf.as_ptr().add(j * D);
+            for (c, a) in acc.iter_mut().enumerate().take(D / 16) {
                 *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr.add(16 * c)), *a);
             }
         }
-        let (i, h) = (v / g, v % g);
-        let ob = bufs.ob.as_mut_ptr().add(h * HD);
-        for (c, a) in acc.iter().enumerate() {
+        let ob = bufs.ob.as_mut_ptr().add(v * D);
+        for (c, a) in acc.iter().enumerate().take(D / 16) {
             _mm512_storeu_ps(ob.add(16 * c), _mm512_mul_ps(*a, inv));
-        }
-        if h == g - 1 {
-            store(u.o.at(rs.start + i, kh * g * d), u.o.dt, &bufs.ob);
         }
     }
 }
@@ -417,7 +442,7 @@ pub(super) fn paged(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512 && d == HD;
+    let avx512 = be.isa == super::Isa::Avx512 && fast_dim(d);
     (0..blocks.len() * hkv).into_par_iter().for_each_init(
         || Bufs {
             qb: vec![0f32; g * d],
@@ -474,14 +499,17 @@ pub(super) fn varlen(
     units.into_par_iter().for_each_init(
         || {
             (
-                Vec::new(),
-                Vec::new(),
-                vec![0f32; d],
-                vec![0f32; d],
-                Vec::new(),
+                (
+                    Vec::new(),
+                    Vec::new(),
+                    vec![0f32; d],
+                    vec![0f32; d],
+                    Vec::new(),
+                ),
+                Bufs::default(),
             )
         },
-        |(kf, vf, qb, ob, scores), (a, b, hh, i0, i1)| {
+        |((kf, vf, qb, ob, scores), core), (a, b, hh, i0, i1)| {
             let vs = VarlenUnit {
                 q: &qv,
                 k: &kv_,
@@ -493,7 +521,7 @@ pub(super) fn varlen(
             let bufs = (kf, vf, qb, ob, scores);
             #[cfg(target_arch = "x86_64")]
             if avx512 {
-                return unsafe { varlen_unit_avx512(&vs, (a, b, hh, i0, i1), bufs) };
+                return unsafe { varlen_unit_avx512(&vs, (a, b, hh, i0, i1), bufs, core) };
             }
             unsafe { varlen_unit(&vs, (a, b, hh, i0, i1), bufs, exp_libm) }
         },
@@ -544,13 +572,49 @@ unsafe fn varlen_unit(
     }
 }
 
-/// [`varlen_unit`] compiled for AVX-512, with the vector `exp`.
+/// [`varlen_unit`] compiled for AVX-512 with the vector `exp`; at a [`fast_dim`] head dim the
+/// queries go through [`block_core`] together.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn varlen_unit_avx512(
     u: &VarlenUnit,
     unit: (usize, usize, usize, usize, usize),
     bufs: VarlenBufs,
+    core: &mut Bufs,
 ) {
-    varlen_unit(u, unit, bufs, exp_avx512)
+    let (a, b, hh, i0, i1) = unit;
+    let (nk, d) = (b - a, u.d);
+    if !fast_dim(d) {
+        return varlen_unit(u, unit, bufs, exp_avx512);
+    }
+    core.vf.resize(nk * d, 0.0);
+    core.kf.resize(nk.div_ceil(16) * 16 * d, 0.0);
+    for j in 0..nk {
+        load(
+            u.k.at(a + j, hh * d),
+            u.k.dt,
+            &mut core.kf[j * d..(j + 1) * d],
+        );
+        load(
+            u.v.at(a + j, hh * d),
+            u.v.dt,
+            &mut core.vf[j * d..(j + 1) * d],
+        );
+    }
+    let nq = i1 - i0;
+    core.qb.resize(nq.div_ceil(4) * 4 * d, 0.0);
+    for i in 0..nq {
+        load(
+            u.q.at(i0 + i, hh * d),
+            u.q.dt,
+            &mut core.qb[i * d..(i + 1) * d],
+        );
+    }
+    match d {
+        128 => block_core::<128>(core, nk, nq, |_| nk, u.scale),
+        _ => block_core::<80>(core, nk, nq, |_| nk, u.scale),
+    }
+    for i in 0..nq {
+        store(u.o.at(i0 + i, hh * d), u.o.dt, &core.ob[i * d..(i + 1) * d]);
+    }
 }
