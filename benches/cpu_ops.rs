@@ -104,6 +104,9 @@ fn setup(m: usize, n: usize, k: usize) -> Gemv {
         })
         .collect();
     let wb = be.load_weight(HostBytes::from_vec(wbytes)).unwrap();
+    // Prepared as the model loader does (bf16 panels packed at load for the large-M GEMM).
+    be.prepare_matmul_weight(&TRef::new(wb, 0, DType::BF16, Shape::new(&[n, k])))
+        .unwrap();
     let xb = be.alloc(m * k * 2).unwrap();
     let xs: Vec<u8> = (0..m * k)
         .flat_map(|i| half::bf16::from_f32((i % 17) as f32 * 0.01).to_le_bytes())
@@ -195,8 +198,11 @@ fn bench(c: &mut Criterion) {
     let (copy_gbs, read_gbs) = memory_bandwidth();
     let threads = CpuBackend::new().threads();
     let name = CpuBackend::new().name();
+    let peak = CpuBackend::new().measured_compute_peak();
+    let peak_gflops = peak.as_ref().map(|p| p.0 * 1e3);
     let mut summary = vec![format!(
-        "memory: copy {copy_gbs:.1} GB/s (read+write bytes), read-only {read_gbs:.1} GB/s, {threads} threads; backend {name}"
+        "memory: copy {copy_gbs:.1} GB/s (read+write bytes), read-only {read_gbs:.1} GB/s, {threads} threads; compute peak {}; backend {name}",
+        peak.map_or("unknown".into(), |(t, what)| format!("{:.0} GFLOP/s ({what})", t * 1e3))
     )];
 
     let mut g = c.benchmark_group("gemv_bf16");
@@ -370,9 +376,13 @@ fn bench(c: &mut Criterion) {
         g.bench_function(label, |b| b.iter(|| s.run()));
         let t = median_secs(|| s.run(), 5);
         summary.push(format!(
-            "prefill {label:<34} {:>8.2} ms {:>6.1} GFLOP/s",
+            "prefill {label:<34} {:>8.2} ms {:>6.1} GFLOP/s{}",
             t * 1e3,
             flops / t / 1e9,
+            peak_gflops.map_or(String::new(), |p| format!(
+                " = {:.0}% of peak",
+                100.0 * flops / t / 1e9 / p
+            ))
         ));
     }
     g.finish();
