@@ -22,31 +22,9 @@ fn every_real_matmul_takes_a_fast_kernel() {
         n_layers: cfg.text.num_hidden_layers,
         tied_embeddings: false,
     };
-    let linear = |r: Role| {
-        use Role::*;
-        matches!(
-            r,
-            AttnQ
-                | AttnK
-                | AttnV
-                | AttnO
-                | MlpGate
-                | MlpUp
-                | MlpDown
-                | LmHead
-                | VisionPatchEmbed
-                | VisionQkv
-                | VisionProj
-                | VisionGate
-                | VisionUp
-                | VisionDown
-                | MergerFc1
-                | MergerFc2
-        )
-    };
     let specs: Vec<_> = inventory::expected(&cfg, Part::Both)
         .into_iter()
-        .filter(|s| linear(s.role) && s.layer.is_none_or(|l| l == 0 || l == 1))
+        .filter(|s| s.role.is_matmul_weight() && s.layer.is_none_or(|l| l == 0 || l == 1))
         .collect();
     let roles: std::collections::HashSet<Role> = specs.iter().map(|s| s.role).collect();
     assert_eq!(

@@ -72,6 +72,33 @@ pub enum Role {
     Other,
 }
 
+impl Role {
+    /// Whether the tensor is the weight of a matmul (the linear layers, lm_head, the patch
+    /// embedding as a matrix, the merger).
+    pub fn is_matmul_weight(self) -> bool {
+        use Role::*;
+        matches!(
+            self,
+            AttnQ
+                | AttnK
+                | AttnV
+                | AttnO
+                | MlpGate
+                | MlpUp
+                | MlpDown
+                | LmHead
+                | VisionPatchEmbed
+                | VisionQkv
+                | VisionProj
+                | VisionGate
+                | VisionUp
+                | VisionDown
+                | MergerFc1
+                | MergerFc2
+        )
+    }
+}
+
 /// What the quantization presets need to know about one tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TensorClass {

@@ -64,28 +64,8 @@ pub fn load_tensor(store: &dyn WeightStore, spec: &TensorSpec) -> Result<TensorI
 
 /// Loads, checks and puts one tensor on `be`, telling it which are matmul weights.
 fn upload(be: &mut dyn Backend, store: &dyn WeightStore, spec: &TensorSpec) -> Result<TRef> {
-    use Role::*;
     let t = checkpoint::upload(be, &load_tensor(store, spec)?)?;
-    let matmul = matches!(
-        spec.role,
-        AttnQ
-            | AttnK
-            | AttnV
-            | AttnO
-            | MlpGate
-            | MlpUp
-            | MlpDown
-            | LmHead
-            | VisionPatchEmbed
-            | VisionQkv
-            | VisionProj
-            | VisionGate
-            | VisionUp
-            | VisionDown
-            | MergerFc1
-            | MergerFc2
-    );
-    if matmul {
+    if spec.role.is_matmul_weight() {
         be.prepare_matmul_weight(&t)?;
     }
     Ok(t)

@@ -582,20 +582,7 @@ unsafe fn pack_q4k(src: Src, nsb: usize, out: *mut u8) {
         // d, dmin and the 12 scale bytes of every column, lanes = columns; then ggml's word
         // shuffle (`q4_k::scales_mins_k4`) on all sixteen at once.
         let h = src.words(s, 0, 4);
-        let (u0, u1, u2) = (h[1], h[2], h[3]);
-        let k1 = _mm512_set1_epi32(0x3f3f_3f3f);
-        let k2 = _mm512_set1_epi32(0x0f0f_0f0f);
-        let k3 = _mm512_set1_epi32(0x0303_0303);
-        let sc_lo = _mm512_and_si512(u0, k1);
-        let sc_hi = _mm512_or_si512(
-            _mm512_and_si512(u2, k2),
-            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u0), k3)),
-        );
-        let mn_lo = _mm512_and_si512(u1, k1);
-        let mn_hi = _mm512_or_si512(
-            _mm512_and_si512(_mm512_srli_epi32::<4>(u2), k2),
-            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u1), k3)),
-        );
+        let [sc_lo, sc_hi, mn_lo, mn_hi] = x16::q4k_scales_mins(h[1], h[2], h[3]);
         for j in 0..4u32 {
             st(o.add(4096 + 64 * j as usize), byte(sc_lo, j));
             st(o.add(4096 + 64 * (j as usize + 4)), byte(sc_hi, j));

@@ -142,6 +142,29 @@ pub fn q4k_min_pairs(y: &[BlockQ8K]) -> Vec<[i32; 4]> {
         .collect()
 }
 
+/// ggml's 6-bit Q4_K scales and mins (`q4_k::scales_mins_k4`) of sixteen blocks at once, from
+/// words 1, 2, 3 of their headers (lane = block): scales 0..4, scales 4..8, mins 0..4, mins 4..8,
+/// a byte each.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn q4k_scales_mins(u0: __m512i, u1: __m512i, u2: __m512i) -> [__m512i; 4] {
+    let k1 = _mm512_set1_epi32(0x3f3f_3f3f);
+    let k2 = _mm512_set1_epi32(0x0f0f_0f0f);
+    let k3 = _mm512_set1_epi32(0x0303_0303);
+    // Bits 6, 7 of each byte of `u`, moved to bits 4, 5 (no closure: it would not inherit the
+    // caller's target features).
+    let (h0, h1) = (
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u0), k3)),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u1), k3)),
+    );
+    [
+        _mm512_and_si512(u0, k1),
+        _mm512_or_si512(_mm512_and_si512(u2, k2), h0),
+        _mm512_and_si512(u1, k1),
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(u2), k2), h1),
+    ]
+}
+
 /// Dword `i` of a Q8_K block's quants, broadcast.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -192,26 +215,13 @@ unsafe fn sbyte<const L: u32>(x: __m512i) -> __m512i {
 pub unsafe fn q4k(b: *const u8, y: &[BlockQ8K], mins: &[[i32; 4]], out: &mut [f32; 16]) {
     const BB: usize = G * q4_k::BLOCK_BYTES;
     let m4 = _mm512_set1_epi8(0xF);
-    let k1 = _mm512_set1_epi32(0x3f3f_3f3f);
-    let k2 = _mm512_set1_epi32(0x0f0f_0f0f);
-    let k3 = _mm512_set1_epi32(0x0303_0303);
     let lo8 = _mm512_set1_epi16(0xFF);
     let mut sumf = _mm512_setzero_ps();
     for (s, yb) in y.iter().enumerate() {
         let p = b.add(s * BB);
         let q = yb.qs.as_ptr();
-        // ggml's 6-bit scale/min unpacking (`q4_k::scales_mins_k4`), sixteen rows at once.
-        let (h0, u0, u1, u2) = (ld(p, 0), ld(p, 1), ld(p, 2), ld(p, 3));
-        let sc_lo = _mm512_and_si512(u0, k1);
-        let sc_hi = _mm512_or_si512(
-            _mm512_and_si512(u2, k2),
-            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u0), k3)),
-        );
-        let mn_lo = _mm512_and_si512(u1, k1);
-        let mn_hi = _mm512_or_si512(
-            _mm512_and_si512(_mm512_srli_epi32::<4>(u2), k2),
-            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u1), k3)),
-        );
+        let h0 = ld(p, 0);
+        let [sc_lo, sc_hi, mn_lo, mn_hi] = q4k_scales_mins(ld(p, 1), ld(p, 2), ld(p, 3));
         let sc = [
             ubyte::<0>(sc_lo),
             ubyte::<8>(sc_lo),
