@@ -7,10 +7,12 @@
 //! fused), so outputs are bit-identical to `quant::vec_dot_quantized_scalar`.
 //!
 //! Two shapes of work:
-//! - GEMV (one activation row, decode): [`q4k_row`], [`q6k_row`] read the stored blocks directly
-//!   with lanes over K; per super-block the sub-block sums are scaled with one `vpmulld` per
-//!   vector and reduced to the block's integer.
-//! - GEMM (M ≥ 2, batched decode, prefill): weights are packed per call, 16 columns at a time,
+//! - GEMV (one activation row, decode) on stored rows: [`q4k_row`], [`q6k_row`] read the blocks
+//!   directly with lanes over K; per super-block the sub-block sums are scaled with one
+//!   `vpmulld` per vector and reduced to the block's integer. Weights prepared at load take the
+//!   interleaved GEMV of `x16.rs` instead (whole groups of sixteen rows); these serve the rest.
+//! - GEMM (M ≥ 2, batched decode, prefill): weights are packed per call, 16 columns at a time
+//!   (from the interleaved copy where there is one: no transposes),
 //!   into unpacked bytes `[k/4][16 columns][4]` plus per-column scales as i32 lanes, so one
 //!   `vpdpbusd` serves 16 columns × 4 K for one activation row, the activation's four bytes
 //!   broadcast from a packed `[k/4][MR]` tile. One panel's weights are read from memory once per
