@@ -202,22 +202,10 @@ unsafe fn paged_unit(
     pages: &[usize],
     first_pos: usize,
     bufs: &mut Bufs,
-    exp: fn(&mut [f32], f32),
 ) {
-    let (g, d, l) = (u.g, u.d, &u.layout);
+    let (g, d) = (u.g, u.d);
     let nk_max = first_pos + rs.len();
-    bufs.kf.resize(nk_max * d, 0.0);
-    bufs.vf.resize(nk_max * d, 0.0);
-    for j in 0..nk_max {
-        for (which, dst) in [(0, &mut bufs.kf), (1, &mut bufs.vf)] {
-            let e = l.elem_index(u.layer, which, pages[j / l.page_size], j % l.page_size, kh);
-            load(
-                u.base.get().add(l.dtype.bytes_for(e)),
-                l.dtype,
-                &mut dst[j * d..(j + 1) * d],
-            );
-        }
-    }
+    load_kv(u, kh, pages, nk_max, bufs, nk_max);
     for (i, ti) in rs.enumerate() {
         load(u.q.at(ti, kh * g * d), u.q.dt, &mut bufs.qb);
         let nk = first_pos + i + 1;
@@ -231,9 +219,35 @@ unsafe fn paged_unit(
             &bufs.vf,
             &mut bufs.scores,
             &mut bufs.ob,
-            exp,
+            exp_libm,
         );
         store(u.o.at(ti, kh * g * d), u.o.dt, &bufs.ob);
+    }
+}
+
+/// The first `nk` keys and values of KV head `kh` widened to f32 rows in `bufs.kf` / `bufs.vf`;
+/// `kf` holds `k_rows` (≥ `nk`) rows.
+///
+/// # Safety
+/// The pages are checked by the op and hold `nk` positions.
+#[inline(always)]
+unsafe fn load_kv(
+    u: &PagedUnit,
+    kh: usize,
+    pages: &[usize],
+    nk: usize,
+    bufs: &mut Bufs,
+    k_rows: usize,
+) {
+    let (d, l) = (u.d, &u.layout);
+    bufs.kf.resize(k_rows * d, 0.0);
+    bufs.vf.resize(nk * d, 0.0);
+    for j in 0..nk {
+        for (which, dst) in [(0, &mut bufs.kf), (1, &mut bufs.vf)] {
+            let e = l.elem_index(u.layer, which, pages[j / l.page_size], j % l.page_size, kh);
+            let src = u.base.get().add(l.dtype.bytes_for(e));
+            load(src, l.dtype, &mut dst[j * d..(j + 1) * d]);
+        }
     }
 }
 
@@ -254,19 +268,10 @@ unsafe fn paged_unit_avx512(
     first_pos: usize,
     bufs: &mut Bufs,
 ) {
-    let (g, d, l) = (u.g, u.d, &u.layout);
+    let (g, d) = (u.g, u.d);
     let n = rs.len();
     let nk_max = first_pos + n;
-    bufs.vf.resize(nk_max * d, 0.0);
-    bufs.kf.resize(nk_max.div_ceil(16) * 16 * d, 0.0);
-    for j in 0..nk_max {
-        let slot = |which| {
-            let e = l.elem_index(u.layer, which, pages[j / l.page_size], j % l.page_size, kh);
-            u.base.get().add(l.dtype.bytes_for(e)) as *const u8
-        };
-        load(slot(0), l.dtype, &mut bufs.kf[j * d..(j + 1) * d]);
-        load(slot(1), l.dtype, &mut bufs.vf[j * d..(j + 1) * d]);
-    }
+    load_kv(u, kh, pages, nk_max, bufs, nk_max.div_ceil(16) * 16);
     // Queries: vector v = i · g + h.
     let nq = n * g;
     bufs.qb.resize(nq.div_ceil(4) * 4 * d, 0.0);
@@ -456,7 +461,7 @@ pub(super) fn paged(
             if avx512 {
                 return unsafe { paged_unit_avx512(&u, r0..r0 + n, kh, pages, p0, bufs) };
             }
-            unsafe { paged_unit(&u, r0..r0 + n, kh, pages, p0, bufs, exp_libm) }
+            unsafe { paged_unit(&u, r0..r0 + n, kh, pages, p0, bufs) }
         },
     );
     Ok(())
