@@ -290,13 +290,20 @@ unsafe fn paged_unit_avx512(
     }
 }
 
-/// Attention of `nq` query vectors (`bufs.qb`, rows of `D`) over keys and values (`bufs.kf`,
-/// `bufs.vf`, rows of `D`; `kf` padded with rows to a multiple of 16), query `v` seeing the
-/// first `valid(v)` keys; results (normalized, f32) to `bufs.ob` rows. Keys are transposed
-/// once so that sixteen scores come from one FMA chain per query (tiles of four queries × 32
-/// keys), `exp` is the vector one, and P·V runs as FMAs over the head dim. Each score is one
-/// fixed-order sum over the head dim and each output one fixed-order sum over the keys, so a
-/// query's result does not depend on the other queries of its unit.
+/// Keys per block of the transposed keys in [`block_core`].
+const KB: usize = 32;
+
+/// Attention of `nq` query vectors (`bufs.qb`, rows of `D`, room for a multiple of four) over
+/// keys and values (`bufs.kf`, `bufs.vf`, rows of `D`), query `v` seeing the first `valid(v)`
+/// keys; results (normalized, f32) to `bufs.ob` rows.
+///
+/// Keys are transposed once into blocks of [`KB`] keys (`[block][dim][KB]`: a score tile reads
+/// one contiguous stretch, never rows 4 KiB apart that share an L1 set). Then four queries at a
+/// time: their scores (tiles of four queries × 32 keys, sixteen scores per FMA chain), softmax
+/// with the vector `exp`, and P·V with each value row loaded once for all four. Each score is
+/// one fixed-order sum over the head dim and each output one fixed-order sum over the keys
+/// (keys past a query's own get p = 0, which adds exactly nothing), so a query's result does not
+/// depend on the other queries of its unit.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block_core<const D: usize>(
@@ -307,11 +314,13 @@ unsafe fn block_core<const D: usize>(
     scale: f32,
 ) {
     use std::arch::x86_64::*;
-    let np = nk_max.div_ceil(16) * 16;
-    bufs.kf[nk_max * D..np * D].fill(0.0);
+    let np = nk_max.div_ceil(KB) * KB;
+    bufs.kf.resize(np * D, 0.0);
+    bufs.kf[nk_max * D..].fill(0.0);
     bufs.kt.resize(D * np, 0.0);
-    // K transposed (`kt[dd · np + j]`), 16 × 16 at a time.
+    // kt[(j / KB) · D · KB + dd · KB + j % KB] = k[j][dd], 16 × 16 at a time.
     for j0 in (0..np).step_by(16) {
+        let blk = bufs.kt.as_mut_ptr().add((j0 / KB) * D * KB + j0 % KB);
         for d0 in (0..D).step_by(16) {
             let mut r = [_mm512_setzero_si512(); 16];
             for (i, ri) in r.iter_mut().enumerate() {
@@ -319,32 +328,32 @@ unsafe fn block_core<const D: usize>(
             }
             super::gemm::avx512::transpose16(&mut r);
             for (i, ri) in r.iter().enumerate() {
-                _mm512_storeu_si512(bufs.kt.as_mut_ptr().add((d0 + i) * np + j0) as *mut _, *ri);
+                _mm512_storeu_si512(blk.add((d0 + i) * KB) as *mut _, *ri);
             }
         }
     }
-    // Query vectors padded with zeros to a multiple of four.
     let nq4 = nq.div_ceil(4) * 4;
-    bufs.qb[nq * D..nq4 * D].fill(0.0);
-    bufs.scores.resize(nq4 * np, 0.0);
-    bufs.ob.resize(nq * D, 0.0);
+    bufs.qb.resize(nq4 * D, 0.0);
+    bufs.qb[nq * D..].fill(0.0);
+    bufs.scores.resize(4 * np, 0.0);
+    bufs.ob.resize(nq4 * D, 0.0);
     let (qp, kt, sp) = (bufs.qb.as_ptr(), bufs.kt.as_ptr(), bufs.scores.as_mut_ptr());
+    let (vf, op) = (bufs.vf.as_ptr(), bufs.ob.as_mut_ptr());
     let sc = _mm512_set1_ps(scale);
-    for v0 in (0..nq4).step_by(4) {
-        let kmax = (0..4)
-            .map(|a| valid((v0 + a).min(nq - 1)))
-            .max()
-            .unwrap_or(0);
+    for v0 in (0..nq).step_by(4) {
+        let nv = 4.min(nq - v0);
+        let kmax = (0..nv).map(|a| valid(v0 + a)).max().unwrap_or(0);
+        // Scores of the four queries (the padding ones are zero), 32 keys per tile where there
+        // are (where not, the second half repeats the first and is dropped).
         let mut j0 = 0;
         while j0 < kmax {
-            // Two key vectors per tile where there are (where not, the second repeats the
-            // first and its sums are dropped).
             let two = j0 + 16 < kmax;
-            let j1 = if two { j0 + 16 } else { j0 };
+            let blk = kt.add((j0 / KB) * D * KB);
+            let h1 = if two { 16 } else { 0 };
             let mut acc = [_mm512_setzero_ps(); 8];
             for dd in 0..D {
-                let k0 = _mm512_loadu_ps(kt.add(dd * np + j0));
-                let k1 = _mm512_loadu_ps(kt.add(dd * np + j1));
+                let k0 = _mm512_loadu_ps(blk.add(dd * KB));
+                let k1 = _mm512_loadu_ps(blk.add(dd * KB + h1));
                 for a in 0..4 {
                     let q = _mm512_set1_ps(*qp.add((v0 + a) * D + dd));
                     acc[2 * a] = _mm512_fmadd_ps(q, k0, acc[2 * a]);
@@ -352,7 +361,7 @@ unsafe fn block_core<const D: usize>(
                 }
             }
             for a in 0..4 {
-                let row = sp.add((v0 + a) * np + j0);
+                let row = sp.add(a * np + j0);
                 _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], sc));
                 if two {
                     _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], sc));
@@ -360,25 +369,95 @@ unsafe fn block_core<const D: usize>(
             }
             j0 += if two { 32 } else { 16 };
         }
+        // Softmax of each query over its own keys; p = 0 past them (and for padding queries).
+        let mut inv = [0f32; 4];
+        for (a, ia) in inv.iter_mut().enumerate() {
+            let row = sp.add(a * np);
+            let n = if a < nv { valid(v0 + a) } else { 0 };
+            *ia = softmax_row(row, n);
+            std::slice::from_raw_parts_mut(row.add(n), kmax - n).fill(0.0);
+        }
+        // P·V: each value row loaded once for the four queries (two at a time at D = 128,
+        // where four would need more accumulators than there are registers).
+        if D <= 80 {
+            pv::<D, 4>(sp, np, 0, kmax, vf, &inv, op.add(v0 * D));
+        } else {
+            pv::<D, 2>(sp, np, 0, kmax, vf, &inv, op.add(v0 * D));
+            pv::<D, 2>(sp, np, 2, kmax, vf, &inv, op.add((v0 + 2) * D));
+        }
     }
-    // Softmax over each query's own keys, then P·V.
-    for v in 0..nq {
-        let s = std::slice::from_raw_parts_mut(sp.add(v * np), valid(v));
-        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        exp_avx512(s, m);
-        let sum: f32 = s.iter().fold(0.0, |a, &x| a + x);
-        let inv = _mm512_set1_ps(if sum > 0.0 { 1.0 / sum } else { 0.0 });
-        let mut acc = [_mm512_setzero_ps(); 8];
-        for (j, &p) in s.iter().enumerate() {
-            let pv = _mm512_set1_ps(p);
-            let vr = bufs.vf.as_ptr().add(j * D);
-            for (c, a) in acc.iter_mut().enumerate().take(D / 16) {
-                *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr.add(16 * c)), *a);
+}
+
+/// `row[..n] = e^(row - max)`; returns `1 / Σ` (0 where the sum is 0). Sixteen lanes at a time:
+/// the max is exact in any order, the sum is one fixed order for a given `n`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn softmax_row(row: *mut f32, n: usize) -> f32 {
+    use std::arch::x86_64::*;
+    if n == 0 {
+        return 0.0;
+    }
+    let mask = |i: usize| -> u16 {
+        let left = n - i;
+        if left >= 16 {
+            0xffff
+        } else {
+            ((1u32 << left) - 1) as u16
+        }
+    };
+    let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n).step_by(16) {
+        let k = mask(i);
+        mv = _mm512_mask_max_ps(mv, k, mv, _mm512_maskz_loadu_ps(k, row.add(i)));
+    }
+    let m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let k = mask(i);
+        let e =
+            super::elementwise::avx512::exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row.add(i)), m));
+        let e = _mm512_maskz_mov_ps(k, e);
+        _mm512_mask_storeu_ps(row.add(i), k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    let total = _mm512_reduce_add_ps(sum);
+    if total > 0.0 {
+        1.0 / total
+    } else {
+        0.0
+    }
+}
+
+/// `out[a] = inv[a0 + a] · Σ_j p[a0 + a][j] · v[j]` for `Q` queries over `kmax` keys (score rows
+/// `np` apart from `sp`, value rows of `D`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn pv<const D: usize, const Q: usize>(
+    sp: *const f32,
+    np: usize,
+    a0: usize,
+    kmax: usize,
+    vf: *const f32,
+    inv: &[f32; 4],
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 8]; Q];
+    for j in 0..kmax {
+        let vr = vf.add(j * D);
+        let p: [__m512; Q] = std::array::from_fn(|a| _mm512_set1_ps(*sp.add((a0 + a) * np + j)));
+        for c in 0..D / 16 {
+            let v = _mm512_loadu_ps(vr.add(16 * c));
+            for a in 0..Q {
+                acc[a][c] = _mm512_fmadd_ps(p[a], v, acc[a][c]);
             }
         }
-        let ob = bufs.ob.as_mut_ptr().add(v * D);
-        for (c, a) in acc.iter().enumerate().take(D / 16) {
-            _mm512_storeu_ps(ob.add(16 * c), _mm512_mul_ps(*a, inv));
+    }
+    for a in 0..Q {
+        let s = _mm512_set1_ps(inv[a0 + a]);
+        for c in 0..D / 16 {
+            _mm512_storeu_ps(out.add(a * D + 16 * c), _mm512_mul_ps(acc[a][c], s));
         }
     }
 }
@@ -467,8 +546,10 @@ pub(super) fn paged(
     Ok(())
 }
 
-/// Query rows per varlen work unit.
-const QB: usize = 32;
+/// Query rows per varlen work unit: each unit widens and transposes its segment's keys once, so
+/// long segments (the ViT's full-attention blocks) take many rows per unit; a 1,024-patch
+/// segment still makes 8 units per head.
+const QB: usize = 128;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn varlen(

@@ -203,41 +203,42 @@ unsafe fn pack_b(kind: Kind, w: &View, n0: usize, cnt: usize, k0: usize, k1: usi
     }
 }
 
-/// Packs activations into `data` as `[tile][unit][MR]` 32-bit lanes, tiles of MR rows (missing
-/// rows zero): for [`Kind::Dp`] from bf16 rows, for [`Kind::F32`] from f32 rows.
+/// Packs activations into `data` as `[tile][unit][ml]` 32-bit lanes, tiles of `ml` rows (MR, or
+/// all `m` where fewer; missing rows zero): for [`Kind::Dp`] from bf16 rows, for [`Kind::F32`] from f32 rows.
 fn pack_a(
     kind: Kind,
     m: usize,
+    ml: usize,
     k: usize,
     row: impl Fn(usize) -> *const u8 + Sync,
     data: &mut [u32],
 ) {
     let units = k.div_ceil(kind.per_unit());
-    let per_tile = units * MR;
+    let per_tile = units * ml;
     data.par_chunks_mut(per_tile)
         .enumerate()
         .for_each(|(t, dt)| {
-            let valid = MR.min(m - t * MR);
-            if valid < MR {
+            let valid = ml.min(m - t * ml);
+            if valid < ml {
                 dt.fill(0);
             }
             for i in 0..valid {
-                let p = row(t * MR + i);
+                let p = row(t * ml + i);
                 match kind {
                     Kind::Dp => {
                         let s = p as *const u16;
                         for u in 0..k / 2 {
-                            dt[u * MR + i] =
+                            dt[u * ml + i] =
                                 unsafe { (s.add(2 * u) as *const u32).read_unaligned() };
                         }
                         if k % 2 == 1 {
-                            dt[(units - 1) * MR + i] = unsafe { *s.add(k - 1) } as u32;
+                            dt[(units - 1) * ml + i] = unsafe { *s.add(k - 1) } as u32;
                         }
                     }
                     Kind::F32 => {
                         let s = p as *const u32;
                         for u in 0..k {
-                            dt[u * MR + i] = unsafe { *s.add(u) };
+                            dt[u * ml + i] = unsafe { *s.add(u) };
                         }
                     }
                 }
@@ -260,10 +261,21 @@ unsafe fn madd(kind: Kind, acc: __m512, a: __m512i, b: __m512i) -> __m512 {
     }
 }
 
-/// `c[i][0..NR] (+)= Σ_u a[u][i] · b[u][0..NR]` for MR rows; `c` rows are NR floats apart.
+/// `c[i][0..16 V] (+)= Σ_u a[u][i] · b[u][0..16 V]` for `R` rows (≤ MR; `a` units are `al`
+/// lanes apart) and `V` vectors (≤ NV; `b` units and `c` rows are NR lanes apart). Each row and column
+/// is one fixed sequence of operations whatever `R` and `V`, so a row's result does not depend
+/// on the rows beside it.
 #[inline(always)]
-unsafe fn ukr(kind: Kind, units: usize, a: *const u32, b: *const u32, c: *mut f32, first: bool) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+unsafe fn ukr<const R: usize, const V: usize>(
+    kind: Kind,
+    units: usize,
+    a: *const u32,
+    al: usize,
+    b: *const u32,
+    c: *mut f32,
+    first: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     if !first {
         for (i, ai) in acc.iter_mut().enumerate() {
             for (v, a) in ai.iter_mut().enumerate() {
@@ -272,14 +284,20 @@ unsafe fn ukr(kind: Kind, units: usize, a: *const u32, b: *const u32, c: *mut f3
         }
     }
     for u in 0..units {
-        let mut bv = [_mm512_setzero_si512(); NV];
+        let mut bv = [_mm512_setzero_si512(); V];
         for (v, x) in bv.iter_mut().enumerate() {
             *x = _mm512_loadu_si512(b.add(u * NR + 16 * v) as *const _);
         }
-        let au = a.add(u * MR);
+        if R <= 2 {
+            // Few rows stream the panel from memory once: fetch ahead of it.
+            for v in 0..V {
+                _mm_prefetch::<_MM_HINT_T0>(b.add((u + PF_UNITS) * NR + 16 * v) as *const i8);
+            }
+        }
+        let au = a.add(u * al);
         for (i, ai) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_epi32(*au.add(i) as i32);
-            for v in 0..NV {
+            for v in 0..V {
                 ai[v] = madd(kind, ai[v], av, bv[v]);
             }
         }
@@ -291,14 +309,54 @@ unsafe fn ukr(kind: Kind, units: usize, a: *const u32, b: *const u32, c: *mut f3
     }
 }
 
+/// How far ahead (in units) [`ukr`] fetches a panel it streams from memory.
+const PF_UNITS: usize = 32;
+
+/// [`ukr`] for `rows` (1..=MR) rows and `vecs` (1..=NV) vectors.
+macro_rules! ukr_for {
+    ($kind:expr, $rows:expr, $vecs:expr, $args:tt) => {
+        ukr_for!(@rows $kind, $rows, $vecs, $args, 1 2 3 4 5 6 7 8)
+    };
+    (@rows $kind:expr, $rows:expr, $vecs:expr, ($u:expr, $a:expr, $al:expr, $b:expr, $c:expr, $f:expr), $($r:literal)*) => {
+        match ($rows, $vecs) {
+            $(
+                ($r, 1) => ukr::<$r, 1>($kind, $u, $a, $al, $b, $c, $f),
+                ($r, 2) => ukr::<$r, 2>($kind, $u, $a, $al, $b, $c, $f),
+            )*
+            $(($r, _) => ukr::<$r, NV>($kind, $u, $a, $al, $b, $c, $f),)*
+            _ => unreachable!("tile of more than MR rows"),
+        }
+    };
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn ukr_dp(units: usize, a: *const u32, b: *const u32, c: *mut f32, first: bool) {
-    ukr(Kind::Dp, units, a, b, c, first)
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_dp(
+    rows: usize,
+    vecs: usize,
+    units: usize,
+    a: *const u32,
+    al: usize,
+    b: *const u32,
+    c: *mut f32,
+    first: bool,
+) {
+    ukr_for!(Kind::Dp, rows, vecs, (units, a, al, b, c, first))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn ukr_f32(units: usize, a: *const u32, b: *const u32, c: *mut f32, first: bool) {
-    ukr(Kind::F32, units, a, b, c, first)
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_f32(
+    rows: usize,
+    vecs: usize,
+    units: usize,
+    a: *const u32,
+    al: usize,
+    b: *const u32,
+    c: *mut f32,
+    first: bool,
+) {
+    ukr_for!(Kind::F32, rows, vecs, (units, a, al, b, c, first))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -368,6 +426,22 @@ pub fn prepack(w: &View, n: usize, k: usize) -> Option<Panels> {
     })
 }
 
+/// Tiles of MR rows per work unit of [`packed`] (units are panel × row chunk). With the panels
+/// packed at load a chunk costs nothing extra, so the rows are split until the units share
+/// evenly among the threads; packing per call, only until every thread has work.
+fn row_chunk(panels: usize, tiles: usize, threads: usize, prepacked: bool) -> usize {
+    if !prepacked {
+        let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
+        return tiles.div_ceil(chunks);
+    }
+    // Even chunks only; the longest thread's tiles (units handed out in turn), fewest chunks
+    // among the best.
+    (1..=tiles.min(8))
+        .filter(|&c| tiles.is_multiple_of(c))
+        .min_by_key(|&c| ((panels * c).div_ceil(threads) * (tiles / c), c))
+        .map_or(tiles, |c| tiles / c)
+}
+
 /// Packed large-M GEMM. `x` holds bf16 rows for [`Kind::Dp`] and f32 rows (`xf`, contiguous)
 /// for [`Kind::F32`]; `pre`, `w` packed at load (used by [`Kind::Dp`]).
 #[allow(clippy::too_many_arguments)]
@@ -387,12 +461,15 @@ pub fn packed(
     let (xdt, xstride) = (x.dt, x.stride);
     let xfp = SPtr(xf.map_or(std::ptr::null_mut(), |v| v.as_ptr() as *mut u8));
     let units_k = k.div_ceil(kind.per_unit());
-    let tiles = m.div_ceil(MR);
-    with_scratch(Slot::A, tiles * units_k * MR * 4, false, |abuf| {
-        let a = unsafe { std::slice::from_raw_parts_mut(abuf as *mut u32, tiles * units_k * MR) };
+    // Rows per tile: MR, or all of them where fewer (no zero lanes to stream past).
+    let ml = m.min(MR);
+    let tiles = m.div_ceil(ml);
+    with_scratch(Slot::A, tiles * units_k * ml * 4, false, |abuf| {
+        let a = unsafe { std::slice::from_raw_parts_mut(abuf as *mut u32, tiles * units_k * ml) };
         pack_a(
             kind,
             m,
+            ml,
             k,
             |r| match kind {
                 Kind::Dp => unsafe { xp.get().add(xdt.bytes_for(r * xstride)) },
@@ -404,9 +481,12 @@ pub fn packed(
         let blocks = k_blocks(kind, k);
         let panels = n.div_ceil(NR);
         let threads = rayon::current_num_threads();
-        // Split the rows only when the panels alone cannot keep every thread busy.
-        let chunks = (2 * threads).div_ceil(panels).clamp(1, tiles);
-        let tiles_per_chunk = tiles.div_ceil(chunks);
+        let mut tiles_per_chunk =
+            row_chunk(panels, tiles, threads, pre.is_some() && kind == Kind::Dp);
+        if blocks.len() > 1 {
+            // Sums kept across K blocks: at most 32 tiles' worth (48 KiB).
+            tiles_per_chunk = tiles_per_chunk.min(32);
+        }
         let chunks = tiles.div_ceil(tiles_per_chunk);
         let max_units = blocks
             .iter()
@@ -422,10 +502,13 @@ pub fn packed(
             let t1 = (t0 + tiles_per_chunk).min(tiles);
             let bbytes = max_units.div_ceil(16) * 16 * NR * 4;
             with_scratch(Slot::B, bbytes, false, |bpp| {
-                with_scratch(Slot::C, tiles_per_chunk * MR * NR * 4, false, |cb| {
+                // One K block: each tile's sums go out as soon as they are done, from L1.
+                let ctiles = if blocks.len() == 1 { 1 } else { t1 - t0 };
+                with_scratch(Slot::C, ctiles * ml * NR * 4, false, |cb| {
                     let bpp = bpp as *mut u32;
                     let cbuf = cb as *mut f32;
                     let pre = pre.filter(|p| kind == Kind::Dp && j < p.panels);
+                    let last = blocks.len() - 1;
                     for (bi, &(k0, k1)) in blocks.iter().enumerate() {
                         let units = (k1 - k0).div_ceil(kind.per_unit());
                         let u0 = k0 / kind.per_unit();
@@ -437,23 +520,26 @@ pub fn packed(
                                     bpp as *const u32
                                 }
                             };
+                            // Only the tile's real rows and the panel's real columns.
+                            let vecs = cnt.div_ceil(16);
                             for t in t0..t1 {
-                                let at = (ap.get() as *const u32).add((t * units_k + u0) * MR);
-                                let cp = cbuf.add((t - t0) * MR * NR);
+                                let rows = ml.min(m - t * ml);
+                                let at = (ap.get() as *const u32).add((t * units_k + u0) * ml);
+                                let cp = cbuf.add(((t - t0) % ctiles) * ml * NR);
+                                let f = bi == 0;
                                 match kind {
-                                    Kind::Dp => ukr_dp(units, at, bsrc, cp, bi == 0),
-                                    Kind::F32 => ukr_f32(units, at, bsrc, cp, bi == 0),
+                                    Kind::Dp => ukr_dp(rows, vecs, units, at, ml, bsrc, cp, f),
+                                    Kind::F32 => ukr_f32(rows, vecs, units, at, ml, bsrc, cp, f),
+                                }
+                                if bi == last {
+                                    for i in 0..rows {
+                                        let c = std::slice::from_raw_parts_mut(cp.add(i * NR), cnt);
+                                        let b = bias.map(|b| &b[n0..n0 + cnt]);
+                                        store_row(c, b, out.at(t * ml + i, n0), out.dt);
+                                    }
                                 }
                             }
                         }
-                    }
-                    for r in t0 * MR..(t1 * MR).min(m) {
-                        let c = unsafe {
-                            std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
-                        };
-                        unsafe {
-                            store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt)
-                        };
                     }
                 })
             })

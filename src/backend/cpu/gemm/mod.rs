@@ -169,7 +169,9 @@ pub(crate) fn float(
             avx512::Kind::F32
         };
         let xf = (!dp).then(|| widen(x, m, k));
-        if m <= SMALL_M {
+        // With the panels packed at load, few rows read them too: one forward stream per
+        // panel, and each row's result bit-identical to the same row in a larger batch.
+        if m <= SMALL_M && !(dp && pre.is_some()) {
             avx512::small(kind, x, xf.as_deref(), w, m, n, k, bias, out);
         } else {
             avx512::packed(kind, x, xf.as_deref(), w, pre, m, n, k, bias, out);

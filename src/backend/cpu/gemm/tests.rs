@@ -129,10 +129,12 @@ fn check_float(
         let prepared = read(&mut be, &ot);
         be.matmul(xt, wt, bt, ot).unwrap();
         let got = read(&mut be, &ot);
+        // Few bf16 rows read the panels where they exist and dot the stored rows where not:
+        // two summation orders, both held to the bound below.
+        let same_path = !(packs && act == DType::BF16 && m <= 8 && isa == Isa::Avx512);
         for (idx, (p, g)) in prepared.iter().zip(&got).enumerate() {
-            assert_eq!(
-                p.to_bits(),
-                g.to_bits(),
+            assert!(
+                !same_path || p.to_bits() == g.to_bits(),
                 "{isa} {m}x{k} @ {n}x{k} {wdt} act {act}: out[{idx}] prepared {p}, stored {g}"
             );
         }
@@ -149,11 +151,13 @@ fn check_float(
                     mag += (b[j] as f64).abs();
                 }
                 let bound = (k + 2) as f64 * 2f64.powi(-24) * mag + out_ulp * exact.abs() + 1e-30;
-                let g = got[i * n + j] as f64;
-                assert!(
-                    (g - exact).abs() <= bound,
-                    "{isa} {m}x{k} @ {n}x{k} {wdt} act {act}: out[{i},{j}] = {g}, exact {exact}, bound {bound}"
-                );
+                for (what, v) in [("stored", &got), ("prepared", &prepared)] {
+                    let g = v[i * n + j] as f64;
+                    assert!(
+                        (g - exact).abs() <= bound,
+                        "{isa} {m}x{k} @ {n}x{k} {wdt} act {act} {what}: out[{i},{j}] = {g}, exact {exact}, bound {bound}"
+                    );
+                }
             }
         }
         if opad > 0 {
@@ -211,6 +215,45 @@ fn float_paths_block_long_rows() {
     check_float(2, 5, 4099, DType::BF16, DType::BF16, true, 0, 0);
     // Several full panels packed at load, two K blocks, a row tail.
     check_float(19, 100, 8195, DType::BF16, DType::BF16, true, 0, 0);
+}
+
+#[test]
+fn prepared_bf16_rows_do_not_depend_on_the_batch() {
+    // Decode (one row), small batches and a prefill-sized batch read the same panels with the
+    // same operations per row: each row's output bits are the same at every M. Two K blocks,
+    // a partial panel (N = 100) and partial row tiles.
+    if !super::super::isa::has_bf16_dot(Isa::best()) {
+        eprintln!("skipped: no AVX512_BF16 on this CPU");
+        return;
+    }
+    let (n, k, big) = (100, 4100, 21);
+    let mut r = Rng(0xB17C);
+    let x: Vec<f32> = (0..big * k).map(|_| round(r.f(1.0), DType::BF16)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| round(r.f(0.05), DType::BF16)).collect();
+    let mut be = CpuBackend::new();
+    let wb = be
+        .load_weight(HostBytes::from_vec(bytes(&w, DType::BF16)))
+        .unwrap();
+    let wt = TRef::new(wb, 0, DType::BF16, Shape::new(&[n, k]));
+    be.prepare_matmul_weight(&wt).unwrap();
+    assert!(be.panels.contains_key(&wb.0));
+    let run = |be: &mut CpuBackend, m: usize| {
+        let xt = put(be, &x[..m * k], DType::BF16, m, k, 0);
+        let ot = put(be, &vec![0.0; m * n], DType::F32, m, n, 0);
+        be.matmul(xt, wt, None, ot).unwrap();
+        read(be, &ot)
+    };
+    let all = run(&mut be, big);
+    for m in [1, 2, 5, 8, 9] {
+        let part = run(&mut be, m);
+        for (idx, (a, b)) in part.iter().zip(&all).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "M = {m}: out[{idx}] {a} vs {b} at M = {big}"
+            );
+        }
+    }
 }
 
 /// Random, well-formed quantized rows: real quantization of random values.
