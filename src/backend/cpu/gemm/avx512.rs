@@ -9,19 +9,23 @@
 //! - [`F32`]: f32 activations (bf16 ones widened first) × bf16/f16/f32 weights widened to f32
 //!   while packing, with FMA.
 //!
-//! Large M (prefill, the vision tower): weights are packed per call, one panel of [`NR`] = 48
-//! columns × a K block at a time, into a thread-local buffer laid out `[k][48]` so the
-//! microkernel reads it contiguously; activations are packed once per call into `[k][MR]` tiles.
-//! The `MR × 48` microkernel (MR = 8) keeps 24 zmm accumulators and issues 24 multiply-adds per
-//! three vector loads and eight broadcasts: one multiply-add per cycle, the core's peak, on the
-//! 2-core Zen 4 it was tuned on (MR × NR of 12 × 32, 8 × 48 and 6 × 64 ran alike). Threads take (panel, row chunk) units; each panel's
-//! weights are read from memory once per row chunk (once per call unless N is too small to keep
-//! every thread busy), so the weights are read once for the whole batch.
+//! Large M (prefill, the vision tower): weights are packed one panel of [`NR`] = 48 columns × a
+//! K block at a time, laid out `[k][48]` so the microkernel reads it contiguously (per call into
+//! a thread-local buffer, or once at load: [`Panels`]); activations are packed once per call into
+//! `[k][MR]` tiles. The `MR × 48` microkernel (MR = 8) keeps 24 zmm accumulators and issues 24
+//! multiply-adds per three vector loads and eight broadcasts: one multiply-add per cycle, the
+//! core's peak, on the 2-core Zen 4 it was tuned on (MR × NR of 12 × 32, 8 × 48 and 6 × 64 ran
+//! alike). A tile's last rows and a panel's last columns run in a microkernel of their size.
+//! Threads take (panel, row chunk) units; with the panels packed at load the rows are split
+//! until the units share evenly among the threads; packing per call, only until every thread
+//! has work, so the weights are read once for the whole batch.
 //!
-//! Small M (decode, short batches): no packing; each task dots tiles of up to 4 activation rows
-//! × 6 weight rows (1 × 8 for decode) over its [`RN`]-row group of the weights, straight from
-//! their stored layout (lanes over K, masked tails, a horizontal sum at the end). The first
-//! pass reads the six rows from memory; the passes for further activation rows find them in L2.
+//! Small M (decode, short batches): where the bf16 panels exist, the same microkernel for the
+//! few rows (one forward stream per panel; each row's result the bits it has in any batch).
+//! Otherwise no packing: each task dots tiles of up to 4 activation rows × 6 weight rows (1 × 8
+//! for decode) over its [`RN`]-row group of the weights, straight from their stored layout
+//! (lanes over K, masked tails, a horizontal sum at the end). The first pass reads the six rows
+//! from memory; the passes for further activation rows find them in L2.
 
 #![cfg(target_arch = "x86_64")]
 

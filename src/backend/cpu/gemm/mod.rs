@@ -1,9 +1,10 @@
 //! The CPU GEMM behind `matmul`: `out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias)`, f32 accumulation,
 //! rounded once to the output type. One entry per weight family, each dispatching on the
 //! [`Isa`] the backend chose:
-//! - [`float`]: bf16 / f16 / f32 weights. AVX-512: `avx512.rs` (packed panels and an `MR × 32`
-//!   microkernel for large M, lanes-over-K dots for small M; `vdpbf16ps` when both operands are
-//!   bf16). AVX2: `avx2.rs` tiles. Scalar: [`scalar_tile`].
+//! - [`float`]: bf16 / f16 / f32 weights. AVX-512: `avx512.rs` (packed panels and an `MR × 48`
+//!   microkernel for large M, and for small M too over bf16 panels packed at load; otherwise
+//!   lanes-over-K dots for small M; `vdpbf16ps` when both operands are bf16). AVX2: `avx2.rs`
+//!   tiles. Scalar: [`scalar_tile`].
 //! - [`quantized`]: Q8_0 / Q4_K / Q6_K weights against int8 activation blocks (`quant.rs`).
 //!
 //! Every path is compared with the scalar one in `tests.rs` (float paths within a stated bound,
