@@ -9,6 +9,8 @@ use rayon::prelude::*;
 
 /// Elements per work unit: long rows are split so scratch stays in L1/L2 and both cores work.
 const CHUNK: usize = 4096;
+/// Elements converted to f32 at a time within a unit.
+const PIECE: usize = 1024;
 
 /// Applies `f` to matching chunks of every input row, writing the output row. Inputs and the
 /// output share one shape (the op's `check` has seen to it); each chunk is read fully before it
@@ -52,15 +54,18 @@ unsafe fn chunk(
     res: &mut Vec<f32>,
     f: &impl Fn(&[Vec<f32>], &mut [f32]),
 ) {
-    let start = c * CHUNK;
-    let n = CHUNK.min(o.row_len - start);
-    for (b, v) in bufs.iter_mut().zip(views) {
-        b.resize(n, 0.0);
-        load(v.at(r, start), v.dt, b);
+    let end = ((c + 1) * CHUNK).min(o.row_len);
+    // Pieces whose f32 copies (inputs and result) all stay in L1.
+    for start in (c * CHUNK..end).step_by(PIECE) {
+        let n = PIECE.min(end - start);
+        for (b, v) in bufs.iter_mut().zip(views) {
+            b.resize(n, 0.0);
+            load(v.at(r, start), v.dt, b);
+        }
+        res.resize(n, 0.0);
+        f(bufs, res);
+        store(o.at(r, start), o.dt, res);
     }
-    res.resize(n, 0.0);
-    f(bufs, res);
-    store(o.at(r, start), o.dt, res);
 }
 
 /// [`chunk`] compiled for AVX-512 (the conversions and `f` inline into it): the same

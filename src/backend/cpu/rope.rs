@@ -151,19 +151,37 @@ pub(super) fn vision(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, theta: f32)
     let (xv, ov) = (be.view(&x)?, be.view_mut(&out)?);
     #[cfg(target_arch = "x86_64")]
     let avx512 = be.isa == super::Isa::Avx512;
+    // Rows and columns take few values (a frame's patch grid): cos and sin of p · inv[j] for
+    // each value p once, the same numbers as per token, unless the values are many.
+    let (lo, hi) = (pv.iter().copied().min(), pv.iter().copied().max());
+    let table = match (lo, hi) {
+        (Some(lo), Some(hi)) if lo >= 0 && (hi as usize + 1) * q <= n * half => {
+            let vals = hi as usize + 1;
+            let mut t = vec![(0f32, 0f32); vals * q];
+            t.par_chunks_mut(q.max(1)).enumerate().for_each(|(p, tp)| {
+                for (j, e) in tp.iter_mut().enumerate() {
+                    let ang = p as f32 * inv[j];
+                    *e = ((ang as f64).cos() as f32, (ang as f64).sin() as f32);
+                }
+            });
+            Some(t)
+        }
+        _ => None,
+    };
     (0..n).into_par_iter().for_each_init(
         || (vec![0f32; half], vec![0f32; half], vec![0f32; d]),
         |(cs, sn, buf), ti| {
-            let (row, col) = (pv[2 * ti] as f32, pv[2 * ti + 1] as f32);
+            let (row, col) = (pv[2 * ti], pv[2 * ti + 1]);
             for j in 0..half {
                 // The ladder restarts for the column half.
-                let ang = if j < q {
-                    row * inv[j]
-                } else {
-                    col * inv[j - q]
+                let (p, jj) = if j < q { (row, j) } else { (col, j - q) };
+                (cs[j], sn[j]) = match &table {
+                    Some(t) => t[p as usize * q + jj],
+                    None => {
+                        let ang = p as f32 * inv[jj];
+                        ((ang as f64).cos() as f32, (ang as f64).sin() as f32)
+                    }
                 };
-                cs[j] = (ang as f64).cos() as f32;
-                sn[j] = (ang as f64).sin() as f32;
             }
             let (xs, os) = (unsafe { xv.at(ti, 0) }, unsafe { ov.at(ti, 0) });
             let xd = (xv.dt, xv.dt.bytes_for(d));
