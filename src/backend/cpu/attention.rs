@@ -10,7 +10,7 @@ use super::simd::{load, store};
 use super::{op_err, CpuBackend, SPtr};
 use crate::backend::{check, KvLayout, PagedKv, TRef};
 use crate::error::Result;
-use crate::tensor::Shape;
+use crate::tensor::{DType, Shape};
 use rayon::prelude::*;
 
 /// One sequence of a step: its rows, length and pages (validated against the pool).
@@ -281,8 +281,8 @@ unsafe fn paged_unit_avx512(
     }
     let valid = |v: usize| (first_pos + v / g + 1).min(nk_max);
     match d {
-        128 => block_core::<128>(bufs, nk_max, nq, valid, u.scale),
-        _ => block_core::<80>(bufs, nk_max, nq, valid, u.scale),
+        128 => block_core::<128>(bufs, nk_max, nq, valid, u.scale, u.pairs),
+        _ => block_core::<80>(bufs, nk_max, nq, valid, u.scale, u.pairs),
     }
     for (i, ti) in rs.enumerate() {
         let o = &bufs.ob[i * g * d..(i + 1) * g * d];
@@ -303,7 +303,8 @@ const KB: usize = 32;
 /// with the vector `exp`, and P·V with each value row loaded once for all four. Each score is
 /// one fixed-order sum over the head dim and each output one fixed-order sum over the keys
 /// (keys past a query's own get p = 0, which adds exactly nothing), so a query's result does not
-/// depend on the other queries of its unit.
+/// depend on the other queries of its unit. With `pairs` (bf16 queries and keys, AVX512_BF16)
+/// the scores come from [`block_core_pairs`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block_core<const D: usize>(
@@ -312,12 +313,16 @@ unsafe fn block_core<const D: usize>(
     nq: usize,
     valid: impl Fn(usize) -> usize,
     scale: f32,
+    pairs: bool,
 ) {
     use std::arch::x86_64::*;
     let np = nk_max.div_ceil(KB) * KB;
     bufs.kf.resize(np * D, 0.0);
     bufs.kf[nk_max * D..].fill(0.0);
     bufs.kt.resize(D * np, 0.0);
+    if pairs {
+        return block_core_pairs::<D>(bufs, nk_max, nq, valid, scale);
+    }
     // kt[(j / KB) · D · KB + dd · KB + j % KB] = k[j][dd], 16 × 16 at a time.
     for j0 in (0..np).step_by(16) {
         let blk = bufs.kt.as_mut_ptr().add((j0 / KB) * D * KB + j0 % KB);
@@ -369,22 +374,136 @@ unsafe fn block_core<const D: usize>(
             }
             j0 += if two { 32 } else { 16 };
         }
-        // Softmax of each query over its own keys; p = 0 past them (and for padding queries).
-        let mut inv = [0f32; 4];
-        for (a, ia) in inv.iter_mut().enumerate() {
-            let row = sp.add(a * np);
-            let n = if a < nv { valid(v0 + a) } else { 0 };
-            *ia = softmax_row(row, n);
-            std::slice::from_raw_parts_mut(row.add(n), kmax - n).fill(0.0);
+        softmax_pv::<D>(sp, np, nv, kmax, |a| valid(v0 + a), vf, op.add(v0 * D));
+    }
+}
+
+/// Softmax of four queries' score rows over their own keys (`valid(a)` of them; p = 0 past
+/// them and for padding queries), then P·V to `out` (four rows of `D`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn softmax_pv<const D: usize>(
+    sp: *mut f32,
+    np: usize,
+    nv: usize,
+    kmax: usize,
+    valid: impl Fn(usize) -> usize,
+    vf: *const f32,
+    out: *mut f32,
+) {
+    let mut inv = [0f32; 4];
+    for (a, ia) in inv.iter_mut().enumerate() {
+        let row = sp.add(a * np);
+        let n = if a < nv { valid(a) } else { 0 };
+        *ia = softmax_row(row, n);
+        std::slice::from_raw_parts_mut(row.add(n), kmax - n).fill(0.0);
+    }
+    // Each value row loaded once for the four queries (two at a time at D = 128, where four
+    // would need more accumulators than there are registers).
+    if D <= 80 {
+        pv::<D, 4>(sp, np, 0, kmax, vf, &inv, out);
+    } else {
+        pv::<D, 2>(sp, np, 0, kmax, vf, &inv, out);
+        pv::<D, 2>(sp, np, 2, kmax, vf, &inv, out.add(2 * D));
+    }
+}
+
+/// [`block_core`] for queries and keys that are bf16 values (widened exactly to f32): the
+/// scores as `vdpbf16ps` dots of bf16 pairs, half the instructions of the f32 FMAs. Each
+/// product of two bf16 values is exact in f32 and the sums are f32 (the instruction flushes
+/// denormals), a fixed order per score as before; softmax and P·V are the f32 ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn block_core_pairs<const D: usize>(
+    bufs: &mut Bufs,
+    nk_max: usize,
+    nq: usize,
+    valid: impl Fn(usize) -> usize,
+    scale: f32,
+) {
+    use std::arch::x86_64::*;
+    let pn = D / 2;
+    let np = nk_max.div_ceil(KB) * KB;
+    // kt as u32: [(j / KB) · pn · KB + i · KB + j % KB] = the bf16 pair k[j][2i], k[j][2i + 1].
+    let kt = bufs.kt.as_mut_ptr() as *mut u32;
+    for j0 in (0..np).step_by(16) {
+        let blk = kt.add((j0 / KB) * pn * KB + j0 % KB);
+        for i0 in (0..pn).step_by(16) {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (jj, rj) in r.iter_mut().enumerate() {
+                let row = bufs.kf.as_ptr().add((j0 + jj) * D + 2 * i0);
+                let left = 2 * (pn - i0);
+                let m = |o: usize| -> u16 {
+                    if left >= o + 16 {
+                        0xffff
+                    } else if left > o {
+                        ((1u32 << (left - o)) - 1) as u16
+                    } else {
+                        0
+                    }
+                };
+                let lo = _mm512_maskz_loadu_ps(m(0), row);
+                let hi = _mm512_maskz_loadu_ps(m(16), row.add(16));
+                // Exact: the values are bf16 already.
+                *rj = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            }
+            super::gemm::avx512::transpose16(&mut r);
+            for (ii, ri) in r.iter().enumerate().take(pn - i0) {
+                _mm512_storeu_si512(blk.add((i0 + ii) * KB) as *mut _, *ri);
+            }
         }
-        // P·V: each value row loaded once for the four queries (two at a time at D = 128,
-        // where four would need more accumulators than there are registers).
-        if D <= 80 {
-            pv::<D, 4>(sp, np, 0, kmax, vf, &inv, op.add(v0 * D));
-        } else {
-            pv::<D, 2>(sp, np, 0, kmax, vf, &inv, op.add(v0 * D));
-            pv::<D, 2>(sp, np, 2, kmax, vf, &inv, op.add((v0 + 2) * D));
+    }
+    let nq4 = nq.div_ceil(4) * 4;
+    bufs.qb.resize(nq4 * D, 0.0);
+    bufs.qb[nq * D..].fill(0.0);
+    bufs.scores.resize(4 * np, 0.0);
+    bufs.ob.resize(nq4 * D, 0.0);
+    let (qp, kt, sp) = (bufs.qb.as_ptr(), kt as *const u32, bufs.scores.as_mut_ptr());
+    let (vf, op) = (bufs.vf.as_ptr(), bufs.ob.as_mut_ptr());
+    let sc = _mm512_set1_ps(scale);
+    let mut qpair = [[0u32; 64]; 4];
+    for v0 in (0..nq).step_by(4) {
+        let nv = 4.min(nq - v0);
+        let kmax = (0..nv).map(|a| valid(v0 + a)).max().unwrap_or(0);
+        for (a, qa) in qpair.iter_mut().enumerate() {
+            let q = qp.add((v0 + a) * D);
+            for (i, e) in qa.iter_mut().enumerate().take(pn) {
+                let (x, y) = ((*q.add(2 * i)).to_bits(), (*q.add(2 * i + 1)).to_bits());
+                *e = (y & 0xffff_0000) | (x >> 16);
+            }
         }
+        let mut j0 = 0;
+        while j0 < kmax {
+            let two = j0 + 16 < kmax;
+            let blk = kt.add((j0 / KB) * pn * KB);
+            let h1 = if two { 16 } else { 0 };
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for i in 0..pn {
+                let k0 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    blk.add(i * KB) as *const _,
+                ));
+                let k1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    blk.add(i * KB + h1) as *const _,
+                ));
+                for a in 0..4 {
+                    let q = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                        qpair[a][i] as i32,
+                    ));
+                    acc[2 * a] = _mm512_dpbf16_ps(acc[2 * a], q, k0);
+                    acc[2 * a + 1] = _mm512_dpbf16_ps(acc[2 * a + 1], q, k1);
+                }
+            }
+            for a in 0..4 {
+                let row = sp.add(a * np + j0);
+                _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], sc));
+                if two {
+                    _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], sc));
+                }
+            }
+            j0 += if two { 32 } else { 16 };
+        }
+        softmax_pv::<D>(sp, np, nv, kmax, |a| valid(v0 + a), vf, op.add(v0 * D));
     }
 }
 
@@ -464,6 +583,8 @@ unsafe fn pv<const D: usize, const Q: usize>(
 
 /// What every unit of one paged-attention call shares.
 struct PagedUnit {
+    /// Queries and cached keys are bf16 and the CPU has the bf16 dot: scores from bf16 pairs.
+    pairs: bool,
     g: usize,
     d: usize,
     layer: usize,
@@ -506,6 +627,9 @@ pub(super) fn paged(
         ));
     }
     let u = PagedUnit {
+        pairs: super::isa::has_bf16_dot(be.isa)
+            && q.dtype == DType::BF16
+            && kv.layout.dtype == DType::BF16,
         g,
         d,
         layer,
@@ -582,6 +706,8 @@ pub(super) fn varlen(
     }
     #[cfg(target_arch = "x86_64")]
     let avx512 = be.isa == super::Isa::Avx512;
+    let pairs =
+        super::isa::has_bf16_dot(be.isa) && q.dtype == DType::BF16 && k.dtype == DType::BF16;
     units.into_par_iter().for_each_init(
         || {
             (
@@ -597,6 +723,7 @@ pub(super) fn varlen(
         },
         |((kf, vf, qb, ob, scores), core), (a, b, hh, i0, i1)| {
             let vs = VarlenUnit {
+                pairs,
                 q: &qv,
                 k: &kv_,
                 v: &vv,
@@ -617,6 +744,8 @@ pub(super) fn varlen(
 
 /// What the units of one varlen call share.
 struct VarlenUnit<'a> {
+    /// Queries and keys are bf16 and the CPU has the bf16 dot: scores from bf16 pairs.
+    pairs: bool,
     q: &'a super::View,
     k: &'a super::View,
     v: &'a super::View,
@@ -697,8 +826,8 @@ unsafe fn varlen_unit_avx512(
         );
     }
     match d {
-        128 => block_core::<128>(core, nk, nq, |_| nk, u.scale),
-        _ => block_core::<80>(core, nk, nq, |_| nk, u.scale),
+        128 => block_core::<128>(core, nk, nq, |_| nk, u.scale, u.pairs),
+        _ => block_core::<80>(core, nk, nq, |_| nk, u.scale, u.pairs),
     }
     for i in 0..nq {
         store(u.o.at(i0 + i, hh * d), u.o.dt, &core.ob[i * d..(i + 1) * d]);
