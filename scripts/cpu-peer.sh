@@ -10,7 +10,8 @@
 #     -DGGML_NATIVE=ON, into the cache.
 #  3. The model: scripts/cpu_peer_gguf.py writes the synthetic model as a llama.cpp `qwen2` GGUF
 #     (bf16, the real Qwen2.5 tokenizer from tests/fixtures/real_tokenizer); llama-quantize makes
-#     the Q8_0 and Q4_K_M files from it.
+#     the Q8_0 and Q4_K_M files from it, Q4_K_M with the same type per tensor as reel's model
+#     (the 28-layer mix, see mix28 below).
 #  4. Builds reel (release) and runs, per round and weight type, llama-bench and `reel bench`
 #     alternately (the order flips every round), then prints the medians and the reel/llama.cpp
 #     ratios. Memory bandwidth on a shared machine swings from run to run, so only ratios from
@@ -99,13 +100,31 @@ if [ ! -f "$BASE-bf16.gguf" ]; then
   echo "cpu-peer.sh: writing $BASE-bf16.gguf" >&2
   "$PY" "$ROOT/scripts/cpu_peer_gguf.py" "$BASE-bf16.gguf" --layers "$LAYERS" || die "GGUF writer failed"
 fi
+# The quantized files hold the same types per tensor as reel's synthetic model, which is the
+# first L of the 28-layer model and so keeps the 28-layer Q4_K_M mix: attn_v and ffn_down at
+# Q6_K in the layers llama.cpp's use_more_bits(i, 28) picks. llama-quantize alone would choose by
+# the file's own L layers (for L = 4: layers 2-3 instead of 0-2, 18 MB fewer per token).
+model() { # type -> its GGUF
+  if [ "$1" = bf16 ]; then echo "$BASE-bf16.gguf"; else echo "$BASE-$1-of28.gguf"; fi
+}
+mix28() { # the --tensor-type flags of the 28-layer Q4_K_M mix for layers 0..L-1
+  local i
+  for ((i = 0; i < LAYERS; i++)); do
+    local ty=q4_k
+    if ((i < 28 / 8 || i >= 7 * 28 / 8 || (i - 28 / 8) % 3 == 2)); then ty=q6_k; fi
+    printf -- '--tensor-type blk\\.%d\\.ffn_down=%s --tensor-type blk\\.%d\\.attn_v=%s ' "$i" "$ty" "$i" "$ty"
+  done
+}
 for t in "${TYPE_LIST[@]}"; do
   [ "$t" = bf16 ] && continue
-  f="$BASE-$t.gguf"
+  f="$(model "$t")"
   if [ ! -f "$f" ]; then
     q=$(echo "$t" | tr 'a-z' 'A-Z')
-    echo "cpu-peer.sh: quantizing to $q with llama-quantize" >&2
-    "$LLAMA_QUANTIZE" "$BASE-bf16.gguf" "$f.partial" "$q" "$THREADS" >"$CACHE/quantize-$t.log" 2>&1 \
+    flags=()
+    [ "$t" = q4_k_m ] && read -r -a flags <<<"$(mix28)"
+    echo "cpu-peer.sh: quantizing to $q with llama-quantize ${flags[*]}" >&2
+    "$LLAMA_QUANTIZE" "${flags[@]}" "$BASE-bf16.gguf" "$f.partial" "$q" "$THREADS" \
+      >"$CACHE/quantize-$t.log" 2>&1 \
       || { rm -f "$f.partial"; die "llama-quantize $q failed, see $CACHE/quantize-$t.log"; }
     mv "$f.partial" "$f"
   fi
@@ -121,7 +140,7 @@ fi
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 run_llama() { # type round
-  "$LLAMA_BENCH" -m "$BASE-$1.gguf" -t "$THREADS" -p 128,512 -n "$DECODE" -r 1 -o json \
+  "$LLAMA_BENCH" -m "$(model "$1")" -t "$THREADS" -p 128,512 -n "$DECODE" -r 1 -o json \
     >"$OUT/llama-$1-$2.json" 2>"$OUT/llama-$1-$2.err" || { cat "$OUT/llama-$1-$2.err" >&2; die "llama-bench failed"; }
 }
 run_reel() { # type round
