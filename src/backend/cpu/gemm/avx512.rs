@@ -20,9 +20,9 @@
 //! until the units share evenly among the threads; packing per call, only until every thread
 //! has work, so the weights are read once for the whole batch.
 //!
-//! Small M (decode, short batches): where the bf16 panels exist, the same microkernel for the
-//! few rows (one forward stream per panel; each row's result the bits it has in any batch).
-//! Otherwise no packing: each task dots tiles of up to 4 activation rows × 6 weight rows (1 × 8
+//! Small M (decode, short batches): where the bf16 panels exist and K is one block, the same
+//! microkernel for the few rows (one forward stream per panel; each row's result the bits it has
+//! in any batch). Otherwise no packing: each task dots tiles of up to 4 activation rows × 6 weight rows (1 × 8
 //! for decode) over its [`RN`]-row group of the weights, straight from their stored layout
 //! (lanes over K, masked tails, a horizontal sum at the end). The first pass reads the six rows
 //! from memory; the passes for further activation rows find them in L2.
@@ -83,6 +83,13 @@ pub const MR: usize = 8;
 /// Largest K block, in 4-byte units (bf16 pairs or f32), whose packed panel (KCU · NR · 4 bytes)
 /// stays in L2.
 const KCU: usize = 2048;
+
+/// Whether a bf16 GEMM of `k` columns runs as one K block: few rows then read the panels (one
+/// stream per thread, which keeps up with memory for rows of this length), longer rows the
+/// stored layout (eight long streams per thread, faster for the MLP down projection).
+pub fn one_block(k: usize) -> bool {
+    k.div_ceil(2) <= KCU
+}
 /// Weight rows per small-M task (a multiple of every tile width below).
 const RN: usize = 24;
 

@@ -2,8 +2,8 @@
 //! rounded once to the output type. One entry per weight family, each dispatching on the
 //! [`Isa`] the backend chose:
 //! - [`float`]: bf16 / f16 / f32 weights. AVX-512: `avx512.rs` (packed panels and an `MR × 48`
-//!   microkernel for large M, and for small M too over bf16 panels packed at load; otherwise
-//!   lanes-over-K dots for small M; `vdpbf16ps` when both operands are bf16). AVX2: `avx2.rs`
+//!   microkernel for large M, and for small M too over bf16 panels packed at load where K is
+//!   one block; otherwise lanes-over-K dots for small M; `vdpbf16ps` when both operands are bf16). AVX2: `avx2.rs`
 //!   tiles. Scalar: [`scalar_tile`].
 //! - [`quantized`]: Q8_0 / Q4_K / Q6_K weights against int8 activation blocks (`quant.rs`).
 //!
@@ -170,9 +170,11 @@ pub(crate) fn float(
             avx512::Kind::F32
         };
         let xf = (!dp).then(|| widen(x, m, k));
-        // With the panels packed at load, few rows read them too: one forward stream per
-        // panel, and each row's result bit-identical to the same row in a larger batch.
-        if m <= SMALL_M && !(dp && pre.is_some()) {
+        // With the panels packed at load, few rows read them too where K is one block: one
+        // forward stream per panel, and each row's result bit-identical to the same row in a
+        // larger batch.
+        let panel_rows = dp && pre.is_some() && avx512::one_block(k);
+        if m <= SMALL_M && !panel_rows {
             avx512::small(kind, x, xf.as_deref(), w, m, n, k, bias, out);
         } else {
             avx512::packed(kind, x, xf.as_deref(), w, pre, m, n, k, bias, out);

@@ -131,7 +131,7 @@ fn check_float(
         let got = read(&mut be, &ot);
         // Few bf16 rows read the panels where they exist and dot the stored rows where not:
         // two summation orders, both held to the bound below.
-        let same_path = !(packs && act == DType::BF16 && m <= 8 && isa == Isa::Avx512);
+        let same_path = !(packs && act == DType::BF16 && m <= 8 && isa == Isa::Avx512 && k <= 4096);
         for (idx, (p, g)) in prepared.iter().zip(&got).enumerate() {
             assert!(
                 !same_path || p.to_bits() == g.to_bits(),
@@ -220,13 +220,14 @@ fn float_paths_block_long_rows() {
 #[test]
 fn prepared_bf16_rows_do_not_depend_on_the_batch() {
     // Decode (one row), small batches and a prefill-sized batch read the same panels with the
-    // same operations per row: each row's output bits are the same at every M. Two K blocks,
-    // a partial panel (N = 100) and partial row tiles.
+    // same operations per row: each row's output bits are the same at every M. The longest K
+    // of one block (longer rows take the stored layout at small M), a partial panel (N = 100)
+    // and partial row tiles.
     if !super::super::isa::has_bf16_dot(Isa::best()) {
         eprintln!("skipped: no AVX512_BF16 on this CPU");
         return;
     }
-    let (n, k, big) = (100, 4100, 21);
+    let (n, k, big) = (100, 4095, 21);
     let mut r = Rng(0xB17C);
     let x: Vec<f32> = (0..big * k).map(|_| round(r.f(1.0), DType::BF16)).collect();
     let w: Vec<f32> = (0..n * k).map(|_| round(r.f(0.05), DType::BF16)).collect();
