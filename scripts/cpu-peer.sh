@@ -186,15 +186,17 @@ for t in types.split(","):
         rl["pp512"].append(b["prefill"]["tokens_per_s"])
     for key, what in [("tg", "decode"), ("pp128", "prefill 128 tokens"), ("pp512", "prefill 512 tokens")]:
         lm, rm = statistics.median(ll[key]), statistics.median(rl[key])
-        rows.append((f"{what} {t}, tokens/s", lm, rm, rm / lm))
+        # The same round's two runs, side by side: how far the machine moved the ratio.
+        per = [r / l for l, r in zip(ll[key], rl[key])]
+        rows.append((f"{what} {t}, tokens/s", lm, rm, rm / lm, min(per), max(per)))
 print()
 print(f"{datetime.date.today()}, {cpu}, {threads} threads, {layers} layers of the Qwen2.5-VL-7B text model")
 print(f"CPU flags: {flags.strip()}")
 print(f"llama.cpp {llama_build} (llama-cpp-python 0.3.36 sdist, CPU, native); reel: {reel_backend}")
 print(f"medians of {rounds} alternating rounds; load average {load0} before, {load1} after")
 print()
-print("| | llama.cpp | reel | reel / llama.cpp |")
-print("|---|---|---|---|")
-for what, lm, rm, ratio in rows:
-    print(f"| {what} | {lm:.1f} | {rm:.1f} | {ratio:.2f} |")
+print("| | llama.cpp | reel | reel / llama.cpp | per round |")
+print("|---|---|---|---|---|")
+for what, lm, rm, ratio, lo, hi in rows:
+    print(f"| {what} | {lm:.1f} | {rm:.1f} | {ratio:.2f} | {lo:.2f}-{hi:.2f} |")
 EOF
