@@ -337,11 +337,7 @@ unsafe fn block_core<const D: usize>(
             }
         }
     }
-    let nq4 = nq.div_ceil(4) * 4;
-    bufs.qb.resize(nq4 * D, 0.0);
-    bufs.qb[nq * D..].fill(0.0);
-    bufs.scores.resize(4 * np, 0.0);
-    bufs.ob.resize(nq4 * D, 0.0);
+    prepare_rows::<D>(bufs, nq, np);
     let (qp, kt, sp) = (bufs.qb.as_ptr(), bufs.kt.as_ptr(), bufs.scores.as_mut_ptr());
     let (vf, op) = (bufs.vf.as_ptr(), bufs.ob.as_mut_ptr());
     let sc = _mm512_set1_ps(scale);
@@ -365,16 +361,43 @@ unsafe fn block_core<const D: usize>(
                     acc[2 * a + 1] = _mm512_fmadd_ps(q, k1, acc[2 * a + 1]);
                 }
             }
-            for a in 0..4 {
-                let row = sp.add(a * np + j0);
-                _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], sc));
-                if two {
-                    _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], sc));
-                }
-            }
+            store_tile(sp, np, j0, two, &acc, sc);
             j0 += if two { 32 } else { 16 };
         }
         softmax_pv::<D>(sp, np, nv, kmax, |a| valid(v0 + a), vf, op.add(v0 * D));
+    }
+}
+
+/// Query vectors padded with zeros to a multiple of four, room for four score rows of `np` keys
+/// and for the outputs.
+#[inline(always)]
+fn prepare_rows<const D: usize>(bufs: &mut Bufs, nq: usize, np: usize) {
+    let nq4 = nq.div_ceil(4) * 4;
+    bufs.qb.resize(nq4 * D, 0.0);
+    bufs.qb[nq * D..].fill(0.0);
+    bufs.scores.resize(4 * np, 0.0);
+    bufs.ob.resize(nq4 * D, 0.0);
+}
+
+/// A score tile (four queries × 16 or 32 keys from `j0`; `acc[2a]`, `acc[2a + 1]`) scaled into
+/// the four score rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_tile(
+    sp: *mut f32,
+    np: usize,
+    j0: usize,
+    two: bool,
+    acc: &[std::arch::x86_64::__m512; 8],
+    sc: std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
+    for a in 0..4 {
+        let row = sp.add(a * np + j0);
+        _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], sc));
+        if two {
+            _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], sc));
+        }
     }
 }
 
@@ -454,11 +477,7 @@ unsafe fn block_core_pairs<const D: usize>(
             }
         }
     }
-    let nq4 = nq.div_ceil(4) * 4;
-    bufs.qb.resize(nq4 * D, 0.0);
-    bufs.qb[nq * D..].fill(0.0);
-    bufs.scores.resize(4 * np, 0.0);
-    bufs.ob.resize(nq4 * D, 0.0);
+    prepare_rows::<D>(bufs, nq, np);
     let (qp, kt, sp) = (bufs.qb.as_ptr(), kt as *const u32, bufs.scores.as_mut_ptr());
     let (vf, op) = (bufs.vf.as_ptr(), bufs.ob.as_mut_ptr());
     let sc = _mm512_set1_ps(scale);
@@ -494,13 +513,7 @@ unsafe fn block_core_pairs<const D: usize>(
                     acc[2 * a + 1] = _mm512_dpbf16_ps(acc[2 * a + 1], q, k1);
                 }
             }
-            for a in 0..4 {
-                let row = sp.add(a * np + j0);
-                _mm512_storeu_ps(row, _mm512_mul_ps(acc[2 * a], sc));
-                if two {
-                    _mm512_storeu_ps(row.add(16), _mm512_mul_ps(acc[2 * a + 1], sc));
-                }
-            }
+            store_tile(sp, np, j0, two, &acc, sc);
             j0 += if two { 32 } else { 16 };
         }
         softmax_pv::<D>(sp, np, nv, kmax, |a| valid(v0 + a), vf, op.add(v0 * D));

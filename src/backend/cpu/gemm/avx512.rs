@@ -340,35 +340,27 @@ macro_rules! ukr_for {
     };
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn ukr_dp(
-    rows: usize,
-    vecs: usize,
-    units: usize,
-    a: *const u32,
-    al: usize,
-    b: *const u32,
-    c: *mut f32,
-    first: bool,
-) {
-    ukr_for!(Kind::Dp, rows, vecs, (units, a, al, b, c, first))
+/// An entry compiled for one kind's instruction set: [`ukr`] at a tile's rows and vectors.
+macro_rules! ukr_entry {
+    ($name:ident, $features:literal, $kind:expr) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            rows: usize,
+            vecs: usize,
+            units: usize,
+            a: *const u32,
+            al: usize,
+            b: *const u32,
+            c: *mut f32,
+            first: bool,
+        ) {
+            ukr_for!($kind, rows, vecs, (units, a, al, b, c, first))
+        }
+    };
 }
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn ukr_f32(
-    rows: usize,
-    vecs: usize,
-    units: usize,
-    a: *const u32,
-    al: usize,
-    b: *const u32,
-    c: *mut f32,
-    first: bool,
-) {
-    ukr_for!(Kind::F32, rows, vecs, (units, a, al, b, c, first))
-}
+ukr_entry!(ukr_dp, "avx512f,avx512bw,avx512vl,avx512bf16", Kind::Dp);
+ukr_entry!(ukr_f32, "avx512f,avx512bw,avx512vl", Kind::F32);
 
 // ---------------------------------------------------------------------------------------------
 // Drivers
