@@ -12,10 +12,17 @@ mod plan;
 pub use exec::{profile, Executor};
 pub use plan::{plan, Plan};
 
-use crate::backend::{Backend, MropeParams, PagedKv, TRef};
+use crate::backend::{Backend, Epilogue, MropeParams, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape};
 use std::sync::Arc;
+
+/// Whether graphs fuse elementwise ops into the matmul before them (`REEL_FUSE`, default on;
+/// `0` builds the separate ops, the same bits on every backend, for side-by-side timing).
+pub fn fuse() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REEL_FUSE").map_or(true, |v| v.trim() != "0"))
+}
 
 /// A value (tensor) of a graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -284,7 +291,8 @@ impl Graph {
         })
     }
 
-    pub fn matmul(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>) -> ValueId {
+    /// `[M, N]` of `x [M, K] @ w [N, K]^T`.
+    fn matmul_shape(&self, x: ValueId, w: ValueId) -> Shape {
         let (m, k) = (self.value(x).shape.rows(), self.value(x).shape.row_len());
         let ws = self.value(w).shape;
         assert_eq!(
@@ -293,15 +301,67 @@ impl Graph {
             "matmul: x has {k} columns, weight has {}",
             ws.dim(1)
         );
+        Shape::new(&[m, ws.dim(0)])
+    }
+
+    pub fn matmul(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>) -> ValueId {
+        let y = self.matmul_shape(x, w);
         let mut inputs = vec![x, w];
         inputs.extend(bias);
-        self.op(
-            "matmul",
-            &inputs,
-            Shape::new(&[m, ws.dim(0)]),
-            self.act,
-            |be, o| be.matmul(o.input(0), o.input(1), o.inputs.get(2).copied(), o.out()),
-        )
+        self.op("matmul", &inputs, y, self.act, |be, o| {
+            be.matmul(o.input(0), o.input(1), o.inputs.get(2).copied(), o.out())
+        })
+    }
+
+    /// `add(res, matmul(x, w, bias))` as one op: the residual is added as the product is
+    /// stored ([`Epilogue::Add`]). With `REEL_FUSE=0`, the two ops.
+    pub fn matmul_add(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        bias: Option<ValueId>,
+        res: ValueId,
+    ) -> ValueId {
+        if !fuse() {
+            let y = self.matmul(x, w, bias);
+            return self.add(res, y);
+        }
+        let y = self.matmul_shape(x, w);
+        assert_eq!(self.value(res).shape, y, "matmul_add: residual shape");
+        let mut inputs = vec![x, w, res];
+        inputs.extend(bias);
+        self.op("matmul_add", &inputs, y, self.act, |be, o| {
+            let epi = Epilogue::Add(o.input(2));
+            be.matmul_fused(
+                o.input(0),
+                o.input(1),
+                o.inputs.get(3).copied(),
+                epi,
+                o.out(),
+            )
+        })
+    }
+
+    /// `gelu(matmul(x, w, bias))` as one op ([`Epilogue::Gelu`]). With `REEL_FUSE=0`, the two
+    /// ops.
+    pub fn matmul_gelu(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>) -> ValueId {
+        if !fuse() {
+            let y = self.matmul(x, w, bias);
+            return self.gelu(y);
+        }
+        let y = self.matmul_shape(x, w);
+        let mut inputs = vec![x, w];
+        inputs.extend(bias);
+        self.op("matmul_gelu", &inputs, y, self.act, |be, o| {
+            let epi = Epilogue::Gelu;
+            be.matmul_fused(
+                o.input(0),
+                o.input(1),
+                o.inputs.get(2).copied(),
+                epi,
+                o.out(),
+            )
+        })
     }
 
     pub fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {

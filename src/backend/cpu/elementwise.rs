@@ -147,11 +147,17 @@ pub(super) fn gelu(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
     check::gelu(&x, &out)?;
     map_rows(be, &[x], out, |i, o| {
         for (o, &x) in o.iter_mut().zip(&i[0]) {
-            // 0.5·x·(1 + erf(x/√2)) = 0.5·x·erfc(-x/√2)
-            let v = x as f64;
-            *o = (0.5 * v * erfc_fast(-v * std::f64::consts::FRAC_1_SQRT_2)) as f32;
+            *o = gelu_f32(x);
         }
     })
+}
+
+/// Exact GELU of one value (the `gelu` op's, and the GEMM epilogue's).
+#[inline]
+pub(super) fn gelu_f32(x: f32) -> f32 {
+    // 0.5·x·(1 + erf(x/√2)) = 0.5·x·erfc(-x/√2)
+    let v = x as f64;
+    (0.5 * v * erfc_fast(-v * std::f64::consts::FRAC_1_SQRT_2)) as f32
 }
 
 pub(super) fn cast(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {

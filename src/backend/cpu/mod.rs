@@ -26,7 +26,7 @@ mod norm;
 mod rope;
 pub mod simd;
 
-use super::{Backend, BufId, HostBytes, MropeParams, PagedKv, TRef};
+use super::{Backend, BufId, Epilogue, HostBytes, MropeParams, PagedKv, TRef};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 pub use isa::Isa;
@@ -93,6 +93,16 @@ impl View {
     #[inline]
     pub unsafe fn at(&self, r: usize, e: usize) -> *mut u8 {
         self.p.0.add(self.dt.bytes_for(r * self.stride + e))
+    }
+
+    /// Rows `r0..r0 + rows` as a view of their own.
+    pub fn rows_from(&self, r0: usize, rows: usize) -> View {
+        debug_assert!(r0 + rows <= self.rows);
+        View {
+            p: SPtr(unsafe { self.at(r0, 0) }),
+            rows,
+            ..*self
+        }
     }
 }
 
@@ -382,6 +392,20 @@ impl Backend for CpuBackend {
     fn matmul(&mut self, x: TRef, w: TRef, bias: Option<TRef>, out: TRef) -> Result<()> {
         let (s, isa) = (&*self, self.isa);
         s.install(|| matmul::matmul(s, x, w, bias, out, isa))
+    }
+    fn matmul_fused(
+        &mut self,
+        x: TRef,
+        w: TRef,
+        bias: Option<TRef>,
+        epi: Epilogue,
+        out: TRef,
+    ) -> Result<()> {
+        if epi == Epilogue::SwiGlu {
+            return crate::backend::fused::matmul_fused_composed(self, x, w, bias, epi, out);
+        }
+        let (s, isa) = (&*self, self.isa);
+        s.install(|| matmul::matmul_fused(s, x, w, bias, epi, out, isa))
     }
     fn add(&mut self, a: TRef, b: TRef, out: TRef) -> Result<()> {
         let s = &*self;

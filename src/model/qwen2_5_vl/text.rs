@@ -61,8 +61,7 @@ pub fn build(cfg: &TextConfig, w: &TextRefs, pass: &TextPass, act: DType) -> Gra
         let a = g.attention_paged(q, i, scale);
         let a = g.reshape(a, &[t, hq * d]);
         let o = ext(&mut g, &l.o);
-        let o = g.matmul(a, o, None);
-        x = g.add(x, o);
+        x = g.matmul_add(a, o, None, x);
 
         let ln2 = ext(&mut g, &l.post_norm);
         let h = g.rms_norm(x, ln2, cfg.rms_norm_eps);
@@ -74,8 +73,7 @@ pub fn build(cfg: &TextConfig, w: &TextRefs, pass: &TextPass, act: DType) -> Gra
         let gate = g.matmul(h, gw, None);
         let up = g.matmul(h, uw, None);
         let m = g.swiglu(gate, up);
-        let down = g.matmul(m, dw, None);
-        x = g.add(x, down);
+        x = g.matmul_add(m, dw, None, x);
         if pass.taps {
             g.keep(x, &format!("llm.layer.{i}"));
         }

@@ -338,8 +338,7 @@ fn build(
         let a = g.attention_varlen(q, k, v, cu, scale);
         let a = g.reshape(a, &[n, d]);
         let (pw, pb) = (ext(g, b.proj), ext(g, b.proj_bias));
-        let a = g.matmul(a, pw, Some(pb));
-        x = g.add(x, a);
+        x = g.matmul_add(a, pw, Some(pb), x);
 
         let nw = ext(g, b.norm2);
         let h = g.rms_norm(x, nw, eps);
@@ -349,8 +348,7 @@ fn build(
         let gate = g.matmul(h, gw, Some(gb));
         let up = g.matmul(h, uw, Some(ub));
         let s = g.swiglu(gate, up);
-        let m = g.matmul(s, dw, Some(db));
-        x = g.add(x, m);
+        x = g.matmul_add(s, dw, Some(db), x);
         if taps {
             g.keep(x, &format!("vision.block.{i}"));
         }
@@ -361,8 +359,7 @@ fn build(
     let h = g.reshape(h, &[nu, unit * d]);
     let (w1, b1) = (ext(g, w.merger_fc1), ext(g, w.merger_fc1_bias));
     let (w2, b2) = (ext(g, w.merger_fc2), ext(g, w.merger_fc2_bias));
-    let h = g.matmul(h, w1, Some(b1));
-    let h = g.gelu(h);
+    let h = g.matmul_gelu(h, w1, Some(b1));
     let h = g.matmul(h, w2, Some(b2));
     if taps {
         g.keep(h, "vision.merger_windowed");

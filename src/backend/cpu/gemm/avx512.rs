@@ -30,45 +30,83 @@
 #![cfg(target_arch = "x86_64")]
 
 use super::super::{SPtr, View};
-use super::{with_scratch, Bias, Slot};
+use super::{with_scratch, Epi, Post, Slot};
 
-/// [`super::store_row`] for f32 and bf16 outputs: bias added in f32, then bf16 rounded to
-/// nearest even as `simd::f32_to_bf16_bits` does (NaN kept quiet), sixteen lanes at a time.
+/// [`super::store_row`] for f32 and bf16 outputs (and a residual in either type): bias added in
+/// f32, bf16 rounded to nearest even as `simd::f32_to_bf16_bits` does (NaN kept quiet), sixteen
+/// lanes at a time. GELU and other types take the generic post step.
 ///
 /// # Safety
-/// AVX-512 F/BW must be available; `dst` holds `row.len()` writable elements of `dt`.
+/// AVX-512 F/BW must be available; as [`super::store_row`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn store_row(row: &mut [f32], bias: Bias, dst: *mut u8, dt: DType) {
+pub unsafe fn store_row(row: &mut [f32], epi: Epi, out: &View, r: usize, j0: usize) {
+    let dt = out.dt;
     if !matches!(dt, DType::F32 | DType::BF16) {
-        return super::store_row(row, bias, dst, dt);
+        return super::store_row(row, epi, out, r, j0);
     }
+    let res = match epi.post {
+        Post::None => None,
+        Post::Add(v) if matches!(v.dt, DType::F32 | DType::BF16) => Some(v),
+        Post::Gelu => {
+            // The generic step, inlined here and so compiled for AVX-512; then a plain store.
+            if let Some(b) = epi.bias {
+                for (o, &bj) in row.iter_mut().zip(&b[j0..]) {
+                    *o += bj;
+                }
+            }
+            super::post(row, Post::Gelu, dt, r, j0);
+            return store_row(row, Epi::default(), out, r, j0);
+        }
+        _ => return super::store_row(row, epi, out, r, j0),
+    };
+    let dst = out.at(r, j0);
+    let rp = res.map(|v| (v.at(r, j0), v.dt));
     let n = row.len();
     let mut i = 0;
     while i < n {
         let k = mask16(n - i);
         let mut v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(i));
-        if let Some(b) = bias {
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b.as_ptr().add(i)));
+        if let Some(b) = epi.bias {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b.as_ptr().add(j0 + i)));
+        }
+        if let Some((p, rdt)) = rp {
+            // The unfused matmul's stored value, then the add.
+            if dt == DType::BF16 {
+                v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf16_bits(v)));
+            }
+            let x = if rdt == DType::F32 {
+                _mm512_maskz_loadu_ps(k, (p as *const f32).add(i))
+            } else {
+                let h = _mm256_maskz_loadu_epi16(k, (p as *const i16).add(i));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            };
+            v = _mm512_add_ps(v, x);
         }
         if dt == DType::F32 {
             _mm512_mask_storeu_ps((dst as *mut f32).add(i), k, v);
         } else {
-            let b = _mm512_castps_si512(v);
-            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-            let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-                b,
-                _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
-            ));
-            let nan = _mm512_cmpgt_epu32_mask(
-                _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff)),
-                _mm512_set1_epi32(0x7f80_0000),
-            );
-            let q = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
-            let r = _mm512_mask_blend_epi32(nan, r, q);
-            _mm256_mask_storeu_epi16((dst as *mut i16).add(i), k, _mm512_cvtepi32_epi16(r));
+            let h = _mm512_cvtepi32_epi16(bf16_bits(v));
+            _mm256_mask_storeu_epi16((dst as *mut i16).add(i), k, h);
         }
         i += 16;
     }
+}
+
+/// Each lane's f32 rounded to bf16 (nearest even; NaN kept, quiet), in the low 16 bits.
+#[inline(always)]
+unsafe fn bf16_bits(v: __m512) -> __m512i {
+    let b = _mm512_castps_si512(v);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+        b,
+        _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
+    ));
+    let nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff)),
+        _mm512_set1_epi32(0x7f80_0000),
+    );
+    let q = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+    _mm512_mask_blend_epi32(nan, r, q)
 }
 use crate::tensor::DType;
 use rayon::prelude::*;
@@ -457,7 +495,7 @@ pub fn packed(
     m: usize,
     n: usize,
     k: usize,
-    bias: Bias,
+    epi: Epi,
     out: &View,
 ) {
     let xp = SPtr(x.p.get());
@@ -537,8 +575,7 @@ pub fn packed(
                                 if bi == last {
                                     for i in 0..rows {
                                         let c = std::slice::from_raw_parts_mut(cp.add(i * NR), cnt);
-                                        let b = bias.map(|b| &b[n0..n0 + cnt]);
-                                        store_row(c, b, out.at(t * ml + i, n0), out.dt);
+                                        store_row(c, epi, &out, t * ml + i, n0);
                                     }
                                 }
                             }
@@ -703,7 +740,7 @@ pub fn small(
     m: usize,
     n: usize,
     k: usize,
-    bias: Bias,
+    epi: Epi,
     out: &View,
 ) {
     let xp = SPtr(x.p.get());
@@ -734,7 +771,7 @@ pub fn small(
             }
             for r in 0..m {
                 let row = &mut o[r * cnt..(r + 1) * cnt];
-                unsafe { store_row(row, bias.map(|b| &b[j0..j1]), out.at(r, j0), out.dt) };
+                unsafe { store_row(row, epi, &out, r, j0) };
             }
         },
     );

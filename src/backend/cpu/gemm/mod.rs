@@ -7,11 +7,14 @@
 //!   tiles. Scalar: [`scalar_tile`].
 //! - [`quantized`]: Q8_0 / Q4_K / Q6_K weights against int8 activation blocks (`quant.rs`).
 //!
+//! Every path finishes a row of sums through [`store_row`] with an [`Epi`]: the bias, and the
+//! residual add or GELU of `matmul_fused` applied as the row is stored.
+//!
 //! Every path is compared with the scalar one in `tests.rs` (float paths within a stated bound,
 //! the integer paths bit for bit).
 
 use super::isa::{self, Isa};
-use super::simd::{load, store};
+use super::simd::{load, round_to, store};
 use super::{SPtr, View};
 use crate::tensor::DType;
 use rayon::prelude::*;
@@ -74,24 +77,69 @@ pub(crate) fn with_scratch<R>(
     })
 }
 
-/// A bias row (already widened to f32), or none.
-pub(crate) type Bias<'a> = Option<&'a [f32]>;
+/// What a GEMM does to each row of finished sums before storing it: adds the bias (widened to
+/// f32), then, with a [`Post`] step, rounds the row to the output type (where the unfused
+/// `matmul` would store it) and applies the step, rounding again on the store: bit for bit the
+/// unfused op sequence, with one pass over memory fewer.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epi<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub post: Post,
+}
+
+/// The elementwise op fused into a GEMM's store ([`Epi`]).
+#[derive(Clone, Copy, Default)]
+pub(crate) enum Post {
+    #[default]
+    None,
+    /// `+ res[r, j]`, res a checked view of the output's shape (the residual add).
+    Add(View),
+    /// Exact GELU, as the `gelu` op computes it.
+    Gelu,
+}
 
 /// Rows up to which the AVX-512 float path dots stored rows directly instead of packing panels.
 const SMALL_M: usize = 8;
 
-/// Adds the bias to `row` and stores it as `dt` at `dst`.
+/// Finishes `row`, columns `j0..j0 + row.len()` of output row `r`: bias, post step, store.
 ///
 /// # Safety
-/// `dst` must hold `row.len()` writable elements of `dt`.
+/// `out` is a checked view holding that row segment; so is the residual of `Post::Add`.
 #[inline]
-pub(crate) unsafe fn store_row(row: &mut [f32], bias: Bias, dst: *mut u8, dt: DType) {
-    if let Some(b) = bias {
-        for (o, &bj) in row.iter_mut().zip(b) {
+pub(crate) unsafe fn store_row(row: &mut [f32], epi: Epi, out: &View, r: usize, j0: usize) {
+    if let Some(b) = epi.bias {
+        for (o, &bj) in row.iter_mut().zip(&b[j0..]) {
             *o += bj;
         }
     }
-    store(dst, dt, row)
+    post(row, epi.post, out.dt, r, j0);
+    store(out.at(r, j0), out.dt, row)
+}
+
+/// The post step of [`store_row`] on a row already holding sums + bias, output type `dt`.
+///
+/// # Safety
+/// As [`store_row`].
+#[inline]
+pub(crate) unsafe fn post(row: &mut [f32], post: Post, dt: DType, r: usize, j0: usize) {
+    match post {
+        Post::None => {}
+        Post::Add(res) => {
+            let mut tmp = [0f32; 64];
+            for (c, part) in row.chunks_mut(64).enumerate() {
+                let t = &mut tmp[..part.len()];
+                load(res.at(r, j0 + 64 * c), res.dt, t);
+                for (v, &x) in part.iter_mut().zip(t.iter()) {
+                    *v = round_to(*v, dt) + x;
+                }
+            }
+        }
+        Post::Gelu => {
+            for v in row {
+                *v = super::elementwise::gelu_f32(round_to(*v, dt));
+            }
+        }
+    }
 }
 
 /// Activations widened to contiguous f32 rows (M·K·4 bytes; small next to the weights).
@@ -119,7 +167,7 @@ impl Panels {
 }
 
 /// Float weights (BF16, F16, F32). `x`, `w`, `out` are checked views of `[m, k]`, `[n, k]`,
-/// `[m, n]`; `bias` has `n` values; `pre`, `w`'s panels packed at load.
+/// `[m, n]`; `epi`'s bias has `n` values; `pre`, `w`'s panels packed at load.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn float(
     isa: Isa,
@@ -129,7 +177,7 @@ pub(crate) fn float(
     m: usize,
     n: usize,
     k: usize,
-    bias: Bias,
+    epi: Epi,
     out: &View,
 ) {
     if m == 0 || n == 0 {
@@ -146,18 +194,17 @@ pub(crate) fn float(
         // Blocks of rows bound the small kernel's per-task buffer (M · chunk floats).
         for r0 in (0..m).step_by(F32_ROWS) {
             let rows = F32_ROWS.min(m - r0);
-            let xs = View {
-                p: SPtr(unsafe { x.at(r0, 0) }),
-                rows,
-                ..*x
-            };
-            let os = View {
-                p: SPtr(unsafe { out.at(r0, 0) }),
-                rows,
-                ..*out
+            let (xs, os) = (x.rows_from(r0, rows), out.rows_from(r0, rows));
+            // The residual's rows move with the output's.
+            let epi = match epi.post {
+                Post::Add(res) => Epi {
+                    post: Post::Add(res.rows_from(r0, rows)),
+                    ..epi
+                },
+                _ => epi,
             };
             let xfs = &xf[r0 * k..(r0 + rows) * k];
-            avx512::small(avx512::Kind::F32, &xs, Some(xfs), w, rows, n, k, bias, &os);
+            avx512::small(avx512::Kind::F32, &xs, Some(xfs), w, rows, n, k, epi, &os);
         }
         return;
     }
@@ -175,13 +222,13 @@ pub(crate) fn float(
         // larger batch.
         let panel_rows = dp && pre.is_some() && avx512::one_block(k);
         if m <= SMALL_M && !panel_rows {
-            avx512::small(kind, x, xf.as_deref(), w, m, n, k, bias, out);
+            avx512::small(kind, x, xf.as_deref(), w, m, n, k, epi, out);
         } else {
-            avx512::packed(kind, x, xf.as_deref(), w, pre, m, n, k, bias, out);
+            avx512::packed(kind, x, xf.as_deref(), w, pre, m, n, k, epi, out);
         }
         return;
     }
-    tiled(isa, x, w, m, n, k, bias, out, fixed_order)
+    tiled(isa, x, w, m, n, k, epi, out, fixed_order)
 }
 
 /// Activation rows per call of the small kernel on the fixed-order (f32 activation) path.
@@ -201,7 +248,7 @@ fn tiled(
     m: usize,
     n: usize,
     k: usize,
-    bias: Bias,
+    epi: Epi,
     out: &View,
     fixed_order: bool,
 ) {
@@ -229,14 +276,7 @@ fn tiled(
             }
             for r in 0..rows {
                 let row = &mut acc[r * cnt..(r + 1) * cnt];
-                unsafe {
-                    store_row(
-                        row,
-                        bias.map(|b| &b[n0..n0 + cnt]),
-                        out.at(r0 + r, n0),
-                        out.dt,
-                    )
-                };
+                unsafe { store_row(row, epi, &out, r0 + r, n0) };
             }
         },
     );

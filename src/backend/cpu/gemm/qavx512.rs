@@ -29,7 +29,7 @@
 use super::super::View;
 use super::avx512::{store_row, transpose16};
 use super::x16::{self, X16};
-use super::{with_scratch, Bias, Slot};
+use super::{with_scratch, Epi, Slot};
 use crate::quant::q8_0::{BlockQ8_0, BLOCK_BYTES as Q8_0_BYTES};
 use crate::quant::q8_k::BlockQ8K;
 use crate::quant::{q4_k, q6_k, QuantizedRow};
@@ -905,7 +905,7 @@ pub fn packed(
     m: usize,
     n: usize,
     k: usize,
-    bias: Bias,
+    epi: Epi,
     out: &View,
 ) {
     let rb = dtype.bytes_for(k);
@@ -1011,9 +1011,7 @@ pub fn packed(
                         let c = unsafe {
                             std::slice::from_raw_parts_mut(cbuf.add((r - t0 * MR) * NR), cnt)
                         };
-                        unsafe {
-                            store_row(c, bias.map(|b| &b[n0..n0 + cnt]), out.at(r, n0), out.dt)
-                        };
+                        unsafe { store_row(c, epi, &out, r, n0) };
                     }
                 })
             })

@@ -7,7 +7,7 @@
 use super::super::isa::Isa;
 use super::super::View;
 use super::x16::X16;
-use super::{store_row, Bias};
+use super::{store_row, Epi};
 use crate::error::Result;
 use crate::quant::{self, QuantizedRow};
 use crate::tensor::DType;
@@ -47,7 +47,7 @@ pub(crate) fn quantized(
     m: usize,
     n: usize,
     k: usize,
-    bias: Bias,
+    epi: Epi,
     out: &View,
 ) -> Result<()> {
     if m == 0 || n == 0 {
@@ -56,7 +56,7 @@ pub(crate) fn quantized(
     let acts = quantize_rows(x, m, k, dtype)?;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && m > 1 {
-        super::qavx512::packed(dtype, &acts, w, x16, m, n, k, bias, out);
+        super::qavx512::packed(dtype, &acts, w, x16, m, n, k, epi, out);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
@@ -142,7 +142,7 @@ pub(crate) fn quantized(
             }
             for r in 0..m {
                 let row = &mut buf[r * cnt..(r + 1) * cnt];
-                unsafe { store_row(row, bias.map(|b| &b[j0..j1]), out.at(r, j0), out.dt) };
+                unsafe { store_row(row, epi, &out, r, j0) };
             }
         },
     );

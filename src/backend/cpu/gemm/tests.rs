@@ -405,7 +405,10 @@ fn avx512_row_store_rounds_like_the_scalar_store() {
     if !Isa::Avx512.supported() {
         return;
     }
-    // A sweep of f32 bit patterns (ties, NaNs, infinities, denormals), with and without a bias.
+    use super::super::{SPtr, View};
+    use super::{Epi, Post};
+    // A sweep of f32 bit patterns (ties, NaNs, infinities, denormals), with and without a bias,
+    // and with a residual (bf16 or f32) added after the row is rounded to the output type.
     let mut vals: Vec<f32> = (0..200_003u32)
         .map(|i| f32::from_bits(i.wrapping_mul(21_473)))
         .collect();
@@ -417,19 +420,100 @@ fn avx512_row_store_rounds_like_the_scalar_store() {
         1.0 + 1.0 / 256.0,
         -0.0,
     ]);
-    let bias: Vec<f32> = (0..vals.len())
-        .map(|i| (i % 7) as f32 * 0.25 - 0.5)
-        .collect();
+    let n = vals.len();
+    let bias: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+    let res_f: Vec<f32> = (0..n).map(|i| (i % 11) as f32 * 0.125 - 0.6).collect();
+    let view = |p: *mut u8, dt: DType| View {
+        p: SPtr(p),
+        dt,
+        rows: 1,
+        row_len: n,
+        stride: n,
+    };
     for dt in [DType::BF16, DType::F32] {
-        for b in [None, Some(&bias[..])] {
-            let (mut r1, mut r2) = (vals.clone(), vals.clone());
-            let mut want = vec![0u8; dt.bytes_for(vals.len())];
-            let mut got = want.clone();
-            unsafe {
-                super::store_row(&mut r1, b, want.as_mut_ptr(), dt);
-                super::avx512::store_row(&mut r2, b, got.as_mut_ptr(), dt);
+        for rdt in [None, Some(DType::BF16), Some(DType::F32)] {
+            let mut res = bytes(&res_f, rdt.unwrap_or(DType::F32));
+            let post = rdt.map_or(Post::None, |d| Post::Add(view(res.as_mut_ptr(), d)));
+            for b in [None, Some(&bias[..])] {
+                let epi = Epi { bias: b, post };
+                let (mut r1, mut r2) = (vals.clone(), vals.clone());
+                let mut want = vec![0u8; dt.bytes_for(n)];
+                let mut got = want.clone();
+                unsafe {
+                    super::store_row(&mut r1, epi, &view(want.as_mut_ptr(), dt), 0, 0);
+                    super::avx512::store_row(&mut r2, epi, &view(got.as_mut_ptr(), dt), 0, 0);
+                }
+                assert!(want == got, "{dt} bias {} residual {rdt:?}", b.is_some());
             }
-            assert!(want == got, "{dt} bias {}", b.is_some());
+        }
+    }
+}
+
+/// `matmul_fused` with the residual add or GELU gives the bits of `matmul` followed by the op,
+/// on every instruction set and GEMM path (few rows, packed panels, quantized, strided views).
+#[test]
+fn fused_epilogues_match_the_op_sequence() {
+    use crate::backend::Epilogue;
+    let cases: &[(DType, usize, usize, usize)] = &[
+        (DType::BF16, 1, 50, 77),
+        (DType::BF16, 3, 97, 130),
+        (DType::BF16, 9, 100, 64),
+        (DType::BF16, 33, 49, 300),
+        // Past the f32-activation path's 64-row blocks.
+        (DType::BF16, 70, 21, 40),
+        (DType::F32, 5, 20, 33),
+        (DType::Q8_0, 1, 40, 64),
+        (DType::Q8_0, 10, 40, 96),
+        (DType::Q4K, 1, 33, 256),
+        (DType::Q4K, 9, 48, 512),
+        (DType::Q6K, 2, 17, 256),
+    ];
+    for &(wdt, m, n, k) in cases {
+        for act in [DType::BF16, DType::F32] {
+            let mut r = Rng(0xE919 ^ (m * 7919 + n * 31 + k) as u64);
+            let x: Vec<f32> = (0..m * k).map(|_| round(r.f(1.0), act)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| round(r.f(2.0), act)).collect();
+            let b: Vec<f32> = (0..n).map(|_| round(r.f(0.5), DType::BF16)).collect();
+            let mut be = CpuBackend::new();
+            let wbytes = if wdt.is_quantized() {
+                qweights(wdt, n, k, &mut r)
+            } else {
+                let w: Vec<f32> = (0..n * k).map(|_| round(r.f(0.3), wdt)).collect();
+                bytes(&w, wdt)
+            };
+            let wb = be.load_weight(HostBytes::from_vec(wbytes)).unwrap();
+            let wt = TRef::new(wb, 0, wdt, Shape::new(&[n, k]));
+            be.prepare_matmul_weight(&wt).unwrap();
+            let bb = be
+                .load_weight(HostBytes::from_vec(bytes(&b, DType::BF16)))
+                .unwrap();
+            let bt = Some(TRef::new(bb, 0, DType::BF16, Shape::new(&[n])));
+            let xt = put(&mut be, &x, act, m, k, 3);
+            let rt = put(&mut be, &res, act, m, n, 2);
+            let (fused, plain) = (
+                put(&mut be, &vec![0.0; m * n], act, m, n, 1),
+                put(&mut be, &vec![0.0; m * n], act, m, n, 0),
+            );
+            for isa in isas() {
+                be.set_isa(isa).unwrap();
+                for epi in [Epilogue::Add(rt), Epilogue::Gelu] {
+                    be.matmul_fused(xt, wt, bt, epi, fused).unwrap();
+                    be.matmul(xt, wt, bt, plain).unwrap();
+                    match epi {
+                        Epilogue::Add(_) => be.add(rt, plain, plain).unwrap(),
+                        _ => be.gelu(plain, plain).unwrap(),
+                    }
+                    let (f, p) = (read(&mut be, &fused), read(&mut be, &plain));
+                    for (i, (a, e)) in f.iter().zip(&p).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            e.to_bits(),
+                            "{isa} {wdt} act {act} {m}x{k} @ {n}x{k} {epi:?}: out[{i}] fused {a}, \
+                             unfused {e}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
