@@ -377,6 +377,20 @@ fn bench(c: &mut Criterion) {
             1280,
             3420,
         ),
+        (
+            "vision proj 1024x1280 @ 1280x1280",
+            DType::BF16,
+            1024,
+            1280,
+            1280,
+        ),
+        (
+            "vision gate 1024x1280 @ 3420x1280",
+            DType::BF16,
+            1024,
+            3420,
+            1280,
+        ),
     ] {
         if !wanted(&format!("prefill/{label}")) {
             continue;
