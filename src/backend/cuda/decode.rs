@@ -11,13 +11,14 @@
 //!
 //! Read once when the backend opens. The defaults are the kernels every measurement so far used;
 //! a candidate becomes the default only after a GPU run measures it (docs/gpu-results.md). The
-//! kernels carry an RMSNorm prologue and residual / SwiGLU epilogues that no op launches yet
-//! (the launcher runs the plain epilogue).
+//! kernels carry an RMSNorm prologue and residual / SwiGLU epilogues; `matmul_fused` with a
+//! residual add (the models' O and down projections) launches the residual one, the others no
+//! op launches yet.
 
 use super::launch::{kernels, Kernel, Launch};
 use super::params::{
-    ReelGemvParams, REEL_DT_NONE, REEL_GV_EPI_PLAIN, REEL_RING_MAX_STAGES, REEL_RING_SLOT,
-    REEL_RING_WARPS,
+    ReelGemvParams, REEL_DT_NONE, REEL_GV_EPI_PLAIN, REEL_GV_EPI_RESIDUAL, REEL_RING_MAX_STAGES,
+    REEL_RING_SLOT, REEL_RING_WARPS,
 };
 use super::{dt_code, err, fits_i32, rows_16b, CudaBackend};
 use crate::backend::check::MatmulDims;
@@ -286,12 +287,15 @@ impl CudaBackend {
     }
 
     /// Launches the ring GEMV for `matmul`'s operands if it applies (M = 1, a selected ring
-    /// kernel, the shared memory fits); Ok(false) otherwise, and nothing ran.
+    /// kernel, the shared memory fits); Ok(false) otherwise, and nothing ran. With `res`, the
+    /// residual epilogue: `out = round(round(x @ w^T + bias) + res)` (`matmul_fused` Add, its
+    /// operands checked by the caller).
     pub(super) fn try_ring(
         &mut self,
         x: &TRef,
         w: &TRef,
         bias: Option<&TRef>,
+        res: Option<&TRef>,
         out: &TRef,
         d: &MatmulDims,
     ) -> Result<bool> {
@@ -323,6 +327,14 @@ impl CudaBackend {
             ),
             None => (0, REEL_DT_NONE),
         };
+        let (res, res_dt, epi) = match res {
+            Some(r) => (
+                self.ptr(r, "matmul_fused res")?,
+                dt_code(r.dtype, "matmul_fused res")?,
+                REEL_GV_EPI_RESIDUAL,
+            ),
+            None => (0, 0, REEL_GV_EPI_PLAIN),
+        };
         let w_stride = match d.quant_row_bytes {
             Some(rb) => rb,
             None => w.dtype.bytes_for(w.row_stride),
@@ -332,7 +344,7 @@ impl CudaBackend {
             w: wp,
             bias,
             norm_w: 0,
-            res: 0,
+            res,
             out: self.ptr_mut(out, "matmul out")?,
             w_stride: w_stride as i64,
             N: d.n as i32,
@@ -340,9 +352,9 @@ impl CudaBackend {
             x_dt: dt_code(x.dtype, "matmul x")?,
             bias_dt,
             norm_dt: 0,
-            res_dt: 0,
+            res_dt,
             out_dt: dt_code(out.dtype, "matmul out")?,
-            epi: REEL_GV_EPI_PLAIN as i32,
+            epi: epi as i32,
             rows_per_warp: plan.rows_per_warp as i32,
             stages: plan.stages as i32,
             x_bytes: plan.x_bytes as i32,

@@ -179,6 +179,13 @@ impl CudaBackend {
         out: TRef,
     ) -> Result<()> {
         let d = check::matmul_fused(&x, &w, bias.as_ref(), &epi, &out)?;
+        // Decode's residual add in the ring GEMV's epilogue, where REEL_GEMV / REEL_QGEMV
+        // select it (decode.rs).
+        if let Epilogue::Add(r) = epi {
+            if self.try_ring(&x, &w, bias.as_ref(), Some(&r), &out, &d)? {
+                return Ok(());
+            }
+        }
         // Small M (decode), the default choice, or operands no candidate takes: the op sequence.
         if d.m > super::matmul::GEMV_ROWS {
             if let Some(imp) = self.gemm_candidate(&x, &w, &out)? {

@@ -239,7 +239,7 @@ impl CudaBackend {
         let bias_ref = bias;
         // Decode (M = 1) on a ring GEMV candidate when REEL_GEMV / REEL_QGEMV select one
         // (decode.rs).
-        if self.try_ring(&x, &w, bias_ref.as_ref(), &out, &d)? {
+        if self.try_ring(&x, &w, bias_ref.as_ref(), None, &out, &d)? {
             return Ok(());
         }
         let (bias, bias_dt) = match &bias {

@@ -382,6 +382,11 @@ fn fused_case(m: usize, n: usize, k: usize, bias: bool, epi: Epi, shape: String,
     .variants("cuda", "REEL_GEMM", GEMM_VARIANTS)
 }
 
+/// A decode row's `matmul_fused` with the residual add, on the GEMV candidates.
+fn fused_decode_case(n: usize, k: usize, bias: bool, shape: String, u: Use) -> Case {
+    gemv_variants(fused_case(1, n, k, bias, Epi::Add, shape, u), DType::BF16)
+}
+
 /// `matmul_fused`: each epilogue at tile tails (M 130, N and F off the 128/256-wide tiles),
 /// with and without bias, one decode row (the op sequence), and the model's fusable shapes
 /// timed: the ViT MLP (gate/up + SwiGLU, down + residual), the merger's fc1 + GELU, the text
@@ -410,7 +415,22 @@ fn fused_cases(t: &mut Vec<Case>) {
             Use::Check,
         ));
     }
+    // Decode rows: the ring GEMV's residual epilogue (its row and K tails; the O projection).
+    for (n, k, bias) in [(77usize, 264usize, true), (40, 72, false)] {
+        let shape = format!(
+            "1x{k} @ {n}x{k} Add{} gemv",
+            if bias { " +bias" } else { "" }
+        );
+        t.push(fused_decode_case(n, k, bias, shape, Use::Check));
+    }
     let (hidden, inter) = (3584usize, 18944usize);
+    t.push(fused_decode_case(
+        hidden,
+        hidden,
+        false,
+        format!("decode o+res M=1 N={hidden} K={hidden} bf16"),
+        Use::Both,
+    ));
     for (name, m, n, k, epi) in [
         (
             "vit gate/up+swiglu",
