@@ -334,7 +334,7 @@ pub(super) mod avx512 {
 
     /// bf16 → f32 of the sixteen values at `p` that `m` selects (the others zero).
     #[inline(always)]
-    unsafe fn ld_bf16(p: *const u8, m: u16) -> __m512 {
+    pub(in crate::backend::cpu) unsafe fn ld_bf16(p: *const u8, m: u16) -> __m512 {
         let h = _mm256_maskz_loadu_epi16(m, p as *const i16);
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
     }
@@ -342,7 +342,7 @@ pub(super) mod avx512 {
     /// f32 → bf16 bits (round to nearest even; NaN quiet), as `simd::f32_to_bf16_bits`, in the
     /// low half of each lane.
     #[inline(always)]
-    unsafe fn bf16_bits(x: __m512) -> __m512i {
+    pub(in crate::backend::cpu) unsafe fn bf16_bits(x: __m512) -> __m512i {
         let b = _mm512_castps_si512(x);
         let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
         let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(

@@ -29,6 +29,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
+use super::super::elementwise::avx512::{bf16_bits, ld_bf16};
 use super::super::{SPtr, View};
 use super::{with_scratch, Epi, Post, Slot};
 
@@ -77,8 +78,7 @@ pub unsafe fn store_row(row: &mut [f32], epi: Epi, out: &View, r: usize, j0: usi
             let x = if rdt == DType::F32 {
                 _mm512_maskz_loadu_ps(k, (p as *const f32).add(i))
             } else {
-                let h = _mm256_maskz_loadu_epi16(k, (p as *const i16).add(i));
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                ld_bf16((p as *const i16).add(i) as *const u8, k)
             };
             v = _mm512_add_ps(v, x);
         }
@@ -92,22 +92,6 @@ pub unsafe fn store_row(row: &mut [f32], epi: Epi, out: &View, r: usize, j0: usi
     }
 }
 
-/// Each lane's f32 rounded to bf16 (nearest even; NaN kept, quiet), in the low 16 bits.
-#[inline(always)]
-unsafe fn bf16_bits(v: __m512) -> __m512i {
-    let b = _mm512_castps_si512(v);
-    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-    let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-        b,
-        _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
-    ));
-    let nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff)),
-        _mm512_set1_epi32(0x7f80_0000),
-    );
-    let q = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
-    _mm512_mask_blend_epi32(nan, r, q)
-}
 use crate::tensor::DType;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
