@@ -19,7 +19,7 @@ pub(super) fn matmul(
     isa: Isa,
 ) -> Result<()> {
     let d = check::matmul(&x, &w, bias.as_ref(), &out)?;
-    run(be, x, w, bias, out, isa, d, None)
+    run(be, x, w, bias, out, isa, d, Epilogue::None)
 }
 
 /// `matmul_fused` with the residual add or GELU applied to each row as the GEMM stores it
@@ -35,17 +35,10 @@ pub(super) fn matmul_fused(
     isa: Isa,
 ) -> Result<()> {
     let d = check::matmul_fused(&x, &w, bias.as_ref(), &epi, &out)?;
-    let res = match epi {
-        Epilogue::None => None,
-        Epilogue::Gelu => Some(None),
-        Epilogue::Add(r) => Some(Some(r)),
-        Epilogue::SwiGlu => unreachable!("SwiGLU is composed by the caller"),
-    };
-    run(be, x, w, bias, out, isa, d, res)
+    run(be, x, w, bias, out, isa, d, epi)
 }
 
-/// The checked matmul `d` with its post step: `None` plain, `Some(None)` GELU, `Some(Some(r))`
-/// the residual `r` added.
+/// The checked matmul `d` with `epi` (not SwiGLU) applied in the GEMM's row store.
 #[allow(clippy::too_many_arguments)]
 fn run(
     be: &CpuBackend,
@@ -55,15 +48,16 @@ fn run(
     out: TRef,
     isa: Isa,
     d: check::MatmulDims,
-    post: Option<Option<TRef>>,
+    epi: Epilogue,
 ) -> Result<()> {
     let (m, n, k) = (d.m, d.n, d.k);
     let bias_f = bias_f32(be, bias.as_ref(), n)?;
     let (xv, ov) = (be.view(&x)?, be.view_mut(&out)?);
-    let post = match post {
-        None => Post::None,
-        Some(None) => Post::Gelu,
-        Some(Some(r)) => Post::Add(be.view(&r)?),
+    let post = match epi {
+        Epilogue::None => Post::None,
+        Epilogue::Gelu => Post::Gelu,
+        Epilogue::Add(r) => Post::Add(be.view(&r)?),
+        Epilogue::SwiGlu => unreachable!("SwiGLU is composed by the caller"),
     };
     let epi = Epi {
         bias: bias_f.as_deref(),
