@@ -2,7 +2,7 @@
 //! against the machine's measured memory bandwidth, batched GEMM at M = 1, 8, 32, 64 (one pass
 //! over the weights for the whole batch: rows/s relative to M = 1), and the prefill / vision
 //! tower matmuls in GFLOP/s. The kernels are the backend's chosen instruction set (printed first;
-//! `REEL_CPU_ISA=avx512|avx2|scalar` picks another).
+//! `REEL_CPU_ISA=amx|avx512|avx2|scalar` picks another).
 //!
 //! Bandwidth figures: GEMV GB/s = weight bytes / time. The ceiling is a rayon-parallel copy of a
 //! 512 MiB buffer, counted as read + write bytes (2 × size / time), measured in the same run;

@@ -729,7 +729,7 @@ fn info(model: &Path) -> Result<()> {
     let m = Model::load(model)?;
     println!("{}", m.describe());
     println!(
-        "cpu kernels: {} (REEL_CPU_ISA=avx512|avx2|scalar forces one)",
+        "cpu kernels: {} (REEL_CPU_ISA=amx|avx512|avx2|scalar forces one)",
         reel::backend::cpu::isa::from_env()?.describe()
     );
     Ok(())

@@ -663,7 +663,7 @@ pub(super) fn paged(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512 && fast_dim(d);
+    let avx512 = be.isa.avx512() && fast_dim(d);
     (0..blocks.len() * hkv).into_par_iter().for_each_init(
         || Bufs {
             qb: vec![0f32; g * d],
@@ -718,7 +718,7 @@ pub(super) fn varlen(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512;
+    let avx512 = be.isa.avx512();
     let pairs =
         super::isa::has_bf16_dot(be.isa) && q.dtype == DType::BF16 && k.dtype == DType::BF16;
     units.into_par_iter().for_each_init(

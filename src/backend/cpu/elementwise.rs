@@ -25,7 +25,7 @@ fn map_rows(
     let o = be.view_mut(&out)?;
     let chunks = o.row_len.div_ceil(CHUNK).max(1);
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512;
+    let avx512 = be.isa.avx512();
     (0..o.rows * chunks).into_par_iter().for_each_init(
         || (vec![Vec::new(); views.len()], Vec::new()),
         |(bufs, res), u| {
@@ -97,7 +97,7 @@ pub(super) fn swiglu(be: &CpuBackend, gate: TRef, up: TRef, out: TRef) -> Result
     check::swiglu(&gate, &up, &out)?;
     let dt = out.dtype;
     #[cfg(target_arch = "x86_64")]
-    if be.isa == super::Isa::Avx512
+    if be.isa.avx512()
         && matches!(dt, DType::BF16 | DType::F32)
         && gate.dtype == dt
         && up.dtype == dt

@@ -1,13 +1,15 @@
 //! Which instruction set the CPU backend's hot kernels use, chosen once at run time.
 //!
-//! Three paths, each tested against the scalar reference on this machine's CPU when it has them:
+//! Four paths, each tested against the scalar reference on this machine's CPU when it has them:
+//! - `amx`: the `avx512` path, with bf16 GEMMs of more than a few rows on AMX tiles
+//!   (`tdpbf16ps`, AMX-BF16) where the CPU has them and the OS lets the process use them.
 //! - `avx512`: AVX-512 F/BW/VL with AVX512_VNNI (`vpdpbusd` for the int8 dots of quantized
 //!   weights), and AVX512_BF16 (`vdpbf16ps`) for bf16 weights times bf16 activations where the
 //!   CPU has it (otherwise bf16 weights are widened to f32 in registers, as for f32 activations).
 //! - `avx2`: AVX2 + FMA + F16C (the 256-bit kernels).
 //! - `scalar`: plain Rust, the reference the others are compared with.
 //!
-//! `REEL_CPU_ISA=avx512|avx2|scalar` forces a path (for tests and A/B timing); asking for one the
+//! `REEL_CPU_ISA=amx|avx512|avx2|scalar` forces a path (for tests and A/B timing); asking for one the
 //! CPU lacks, or an unknown name, is an error where the backend is opened (see [`from_env`]).
 
 use crate::error::{Error, Result};
@@ -20,6 +22,8 @@ pub enum Isa {
     Scalar,
     Avx2,
     Avx512,
+    /// AVX-512 plus AMX tiles for the large bf16 GEMMs.
+    Amx,
 }
 
 impl Isa {
@@ -28,13 +32,22 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
+    }
+
+    /// Whether the AVX-512 kernels run (on `amx` every kernel but the large bf16 GEMM's).
+    pub fn avx512(self) -> bool {
+        self >= Isa::Avx512
     }
 
     /// Every path this CPU can run, best first.
     pub fn available() -> Vec<Isa> {
         let f = features();
         let mut v = Vec::new();
+        if f.amx() {
+            v.push(Isa::Amx);
+        }
         if f.avx512() {
             v.push(Isa::Avx512);
         }
@@ -60,12 +73,19 @@ impl Isa {
         self != Isa::Scalar
     }
 
+    /// Every path, best first (whether this CPU runs them or not).
+    pub const ALL: [Isa; 4] = [Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Scalar];
+
     /// The path's instructions as used on this CPU, for `reel info` and the benches.
     pub fn describe(self) -> String {
         let f = features();
         match self {
             Isa::Scalar => "scalar".into(),
             Isa::Avx2 => "avx2 (avx2+fma+f16c)".into(),
+            Isa::Amx => format!(
+                "amx (amx_bf16 tiles for bf16 GEMMs of more than 8 rows; otherwise {})",
+                Isa::Avx512.describe()
+            ),
             Isa::Avx512 => format!(
                 "avx512 (avx512f/bw/vl, avx512_vnni{})",
                 if f.avx512_bf16 {
@@ -91,8 +111,9 @@ impl std::str::FromStr for Isa {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
             "avx512" => Ok(Isa::Avx512),
+            "amx" => Ok(Isa::Amx),
             _ => Err(Error::Other(format!(
-                "REEL_CPU_ISA: unknown instruction set `{s}` (expected avx512, avx2 or scalar)"
+                "REEL_CPU_ISA: unknown instruction set `{s}` (expected amx, avx512, avx2 or scalar)"
             ))),
         }
     }
@@ -109,6 +130,8 @@ pub struct Features {
     pub avx512vl: bool,
     pub avx512_vnni: bool,
     pub avx512_bf16: bool,
+    /// AMX-TILE and AMX-BF16, and the OS granted this process the tile state.
+    pub amx_bf16: bool,
 }
 
 impl Features {
@@ -117,6 +140,9 @@ impl Features {
     }
     fn avx512(&self) -> bool {
         self.avx2() && self.avx512f && self.avx512bw && self.avx512vl && self.avx512_vnni
+    }
+    fn amx(&self) -> bool {
+        self.avx512() && self.avx512_bf16 && self.amx_bf16
     }
 }
 
@@ -134,6 +160,7 @@ pub fn features() -> Features {
                 avx512vl: is_x86_feature_detected!("avx512vl"),
                 avx512_vnni: is_x86_feature_detected!("avx512vnni"),
                 avx512_bf16: is_x86_feature_detected!("avx512bf16"),
+                amx_bf16: amx_usable(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -143,9 +170,35 @@ pub fn features() -> Features {
     })
 }
 
+/// Whether the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22) and the kernel
+/// lets this process use the tile data (Linux: `arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`, process-wide, so every thread may then run tile instructions).
+#[cfg(target_arch = "x86_64")]
+fn amx_usable() -> bool {
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    if edx & (1 << 24) == 0 || edx & (1 << 22) == 0 {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain system call with integer arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// Whether `vdpbf16ps` may be used (the AVX-512 path on a CPU with AVX512_BF16).
 pub fn has_bf16_dot(isa: Isa) -> bool {
-    isa == Isa::Avx512 && features().avx512_bf16
+    isa.avx512() && features().avx512_bf16
 }
 
 /// The path `REEL_CPU_ISA` asks for, or the best one when it is unset or empty. Errors name the
@@ -234,7 +287,13 @@ pub fn peak_flops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
             _mm256_storeu_ps(o.as_mut_ptr(), s);
             o.iter().sum()
         }
+        // Four independent tile accumulators, each `tdpbf16ps` 16 × 16 × 32 multiply-adds.
+        unsafe fn amx(iters: u64) -> f32 {
+            super::gemm::amx::peak_loop(iters);
+            0.0
+        }
         let (run, flops, name): (unsafe fn(u64) -> f32, f64, _) = match isa {
+            Isa::Amx => (amx, (4 * 16 * 16 * 32 * 2) as f64, "tdpbf16ps"),
             Isa::Avx512 if has_bf16_dot(isa) => (dp, (64 * CHAINS) as f64, "vdpbf16ps"),
             Isa::Avx512 => (fma512, (32 * CHAINS) as f64, "512-bit FMA"),
             Isa::Avx2 => (fma256, (16 * CHAINS) as f64, "256-bit FMA"),
@@ -266,7 +325,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_are_refused() {
-        for i in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        for i in Isa::ALL {
             assert_eq!(i.name().parse::<Isa>().unwrap(), i);
         }
         assert_eq!(" AVX2 ".parse::<Isa>().unwrap(), Isa::Avx2);

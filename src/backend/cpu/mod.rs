@@ -307,7 +307,7 @@ impl Backend for CpuBackend {
 
     fn prepare_matmul_weight(&mut self, w: &TRef) -> Result<()> {
         // The interleaved GEMV is AVX-512's; the layout is only worth its memory there.
-        if !self.repack || self.isa != Isa::Avx512 || w.shape.rank() != 2 || w.offset != 0 {
+        if !self.repack || !self.isa.avx512() || w.shape.rank() != 2 || w.offset != 0 {
             return Ok(());
         }
         let (n, k) = (w.shape.rows(), w.shape.row_len());

@@ -18,7 +18,7 @@ pub(super) fn rms_norm(be: &CpuBackend, x: TRef, w: TRef, out: TRef, eps: f32) -
     let per_row = nd.per_slice;
     let odt = ov.dt;
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512;
+    let avx512 = be.isa.avx512();
     (0..nd.vectors())
         .into_par_iter()
         .with_min_len(4)

@@ -48,7 +48,7 @@ pub(super) fn mrope(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, p: MropePara
     let odt = ov.dt;
     let r = |v: f32| round_to(v, odt);
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512;
+    let avx512 = be.isa.avx512();
     (0..t).into_par_iter().for_each_init(
         || (vec![0f32; half], vec![0f32; half], vec![0f32; d]),
         |(cs, sn, buf), ti| {
@@ -150,7 +150,7 @@ pub(super) fn vision(be: &CpuBackend, x: TRef, pos: TRef, out: TRef, theta: f32)
     let inv = inv_freq(theta, half);
     let (xv, ov) = (be.view(&x)?, be.view_mut(&out)?);
     #[cfg(target_arch = "x86_64")]
-    let avx512 = be.isa == super::Isa::Avx512;
+    let avx512 = be.isa.avx512();
     // Rows and columns take few values (a frame's patch grid): cos and sin of p · inv[j] for
     // each value p once, the same numbers as per token, unless the values are many.
     let (lo, hi) = (pv.iter().copied().min(), pv.iter().copied().max());

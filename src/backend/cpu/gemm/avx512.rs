@@ -205,7 +205,15 @@ unsafe fn load_w16(kind: Kind, dt: DType, p: *const u8, left: usize) -> __m512i 
 /// Packs weight rows `n0..n0 + cnt` (cnt ≤ NR; missing columns are zero), K elements
 /// `k0..k1`, into `bp` as `[unit][NR]` 32-bit lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-unsafe fn pack_b(kind: Kind, w: &View, n0: usize, cnt: usize, k0: usize, k1: usize, bp: *mut u32) {
+pub(crate) unsafe fn pack_b(
+    kind: Kind,
+    w: &View,
+    n0: usize,
+    cnt: usize,
+    k0: usize,
+    k1: usize,
+    bp: *mut u32,
+) {
     let pu = kind.per_unit();
     let es = w.dt.bytes_for(1);
     let units = (k1 - k0).div_ceil(pu);
@@ -401,11 +409,12 @@ fn k_blocks(kind: Kind, k: usize) -> Vec<(usize, usize)> {
 
 /// bf16 weights packed once, at load, into the large-M kernel's panels: each full panel of
 /// [`NR`] rows as its K blocks in order, each `[unit][NR]` exactly as [`pack_b`] writes it per
-/// call (it is what writes them). The [`Kind::Dp`] GEMM then reads them instead of packing.
+/// call (it is what writes them), then zero units up to a multiple of 16 (the AMX kernel reads
+/// K in steps of 16 units). The [`Kind::Dp`] GEMM then reads them instead of packing.
 pub struct Panels {
     pub n: usize,
     pub k: usize,
-    /// K units (bf16 pairs) per row.
+    /// K units (bf16 pairs) per panel: the row's, rounded up to a multiple of 16.
     units: usize,
     /// Full panels (`n / NR`); the rows past them are packed per call.
     panels: usize,
@@ -421,6 +430,21 @@ impl Panels {
     pub fn bytes(&self) -> usize {
         self.data.len() * 64
     }
+
+    /// Full panels (`n / NR`); the rows past them are packed per call.
+    pub fn full(&self) -> usize {
+        self.panels
+    }
+
+    /// Panel `j` (`j < full()`): `units_padded()` units of [`NR`] lanes.
+    pub fn panel(&self, j: usize) -> *const u32 {
+        self.block(j, 0)
+    }
+
+    /// Units per panel, a multiple of 16.
+    pub fn units_padded(&self) -> usize {
+        self.units
+    }
 }
 
 /// The [`Panels`] of the bf16 weight `w` (`[n, k]`), or `None` where there is no full panel.
@@ -428,7 +452,7 @@ pub fn prepack(w: &View, n: usize, k: usize) -> Option<Panels> {
     if w.dt != DType::BF16 || n < NR || k == 0 {
         return None;
     }
-    let (units, panels) = (k.div_ceil(2), n / NR);
+    let (units, panels) = (k.div_ceil(32) * 16, n / NR);
     let mut data = vec![super::Line([0; 16]); (panels * units * NR * 4).div_ceil(64)];
     let dst = SPtr(data.as_mut_ptr() as *mut u8);
     let blocks = k_blocks(Kind::Dp, k);

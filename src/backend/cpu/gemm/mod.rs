@@ -19,6 +19,7 @@ use super::{SPtr, View};
 use crate::tensor::DType;
 use rayon::prelude::*;
 
+pub(crate) mod amx;
 mod avx2;
 pub(crate) mod avx512;
 mod qavx512;
@@ -189,7 +190,7 @@ pub(crate) fn float(
     // fixed K block on AVX2, the scalar tile). bf16 activations keep the fastest path per M.
     let fixed_order = x.dt == DType::F32;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && fixed_order {
+    if isa.avx512() && fixed_order {
         let xf = widen(x, m, k);
         // Blocks of rows bound the small kernel's per-task buffer (M · chunk floats).
         for r0 in (0..m).step_by(F32_ROWS) {
@@ -209,13 +210,19 @@ pub(crate) fn float(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa.avx512() {
         let dp = isa::has_bf16_dot(isa) && x.dt == DType::BF16 && w.dt == DType::BF16;
         let kind = if dp {
             avx512::Kind::Dp
         } else {
             avx512::Kind::F32
         };
+        #[allow(clippy::unnecessary_unwrap)]
+        if isa == Isa::Amx && dp && m > SMALL_M && pre.is_some() {
+            // SAFETY: `Isa::Amx` is only selected where the CPU and the OS allow tiles.
+            unsafe { amx::gemm(x, w, pre.unwrap(), m, n, k, epi, out) };
+            return;
+        }
         let xf = (!dp).then(|| widen(x, m, k));
         // With the panels packed at load, few rows read them too where K is one block: one
         // forward stream per panel, and each row's result bit-identical to the same row in a
@@ -269,7 +276,7 @@ fn tiled(
             let xr = unsafe { (xp.get() as *const f32).add(r0 * k) };
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512 => unsafe {
+                Isa::Avx2 | Isa::Avx512 | Isa::Amx => unsafe {
                     avx2::tile(xr, k, rows, &w, n0, cnt, acc, fixed_order)
                 },
                 _ => unsafe { scalar_tile(xr, k, rows, &w, n0, cnt, acc) },

@@ -55,12 +55,12 @@ pub(crate) fn quantized(
     }
     let acts = quantize_rows(x, m, k, dtype)?;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && m > 1 {
+    if isa.avx512() && m > 1 {
         super::qavx512::packed(dtype, &acts, w, x16, m, n, k, epi, out);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    let x16 = x16.filter(|_| isa == Isa::Avx512 && m == 1);
+    let x16 = x16.filter(|_| isa.avx512() && m == 1);
     #[cfg(target_arch = "x86_64")]
     let mins = match (x16, &acts[0]) {
         (Some(p), QuantizedRow::Q8K(b)) if p.dtype == DType::Q4K => super::x16::q4k_min_pairs(b),
@@ -68,7 +68,7 @@ pub(crate) fn quantized(
     };
     // One activation row (or no AVX-512): row-by-row dots.
     #[cfg(target_arch = "x86_64")]
-    let q4 = (isa == Isa::Avx512 && dtype == DType::Q4K).then(|| match &acts[0] {
+    let q4 = (isa.avx512() && dtype == DType::Q4K).then(|| match &acts[0] {
         QuantizedRow::Q8K(b) => super::qavx512::q4k_act(b),
         _ => unreachable!("Q8_K activations"),
     });
@@ -102,7 +102,7 @@ pub(crate) fn quantized(
                 }
                 // AVX-512 GEMV: four weight rows per call where they are there.
                 #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx512 && m == 1 && j + 4 <= j1 && dtype != DType::Q8_0 {
+                if isa.avx512() && m == 1 && j + 4 <= j1 && dtype != DType::Q8_0 {
                     let ws: [&[u8]; 4] =
                         std::array::from_fn(|i| &w[(j + i) * rb..(j + i + 1) * rb]);
                     // SAFETY: Avx512 is only selected on a CPU with AVX-512 F/BW/VL + VNNI;
@@ -121,7 +121,7 @@ pub(crate) fn quantized(
                 let wr = &w[j * rb..(j + 1) * rb];
                 for (r, a) in acts.iter().enumerate() {
                     #[cfg(target_arch = "x86_64")]
-                    if isa == Isa::Avx512 {
+                    if isa.avx512() {
                         // SAFETY: as above.
                         buf[r * cnt + j - j0] = unsafe {
                             match (dtype, a, &q4) {

@@ -131,7 +131,10 @@ fn check_float(
         let got = read(&mut be, &ot);
         // Few bf16 rows read the panels where they exist and dot the stored rows where not:
         // two summation orders, both held to the bound below.
-        let same_path = !(packs && act == DType::BF16 && m <= 8 && isa == Isa::Avx512 && k <= 4096);
+        let small = m <= 8 && isa.avx512() && k <= 4096;
+        // More bf16 rows over the panels take the AMX tiles: another summation order again.
+        let tiles = m > 8 && isa == Isa::Amx;
+        let same_path = !(packs && act == DType::BF16 && (small || tiles));
         for (idx, (p, g)) in prepared.iter().zip(&got).enumerate() {
             assert!(
                 !same_path || p.to_bits() == g.to_bits(),
@@ -205,6 +208,14 @@ fn float_paths_match_the_exact_product() {
     check_float(9, 35, 77, DType::F16, DType::BF16, true, 2, 0);
     check_float(3, 19, 130, DType::BF16, DType::BF16, true, 7, 3);
     check_float(40, 70, 95, DType::BF16, DType::BF16, false, 5, 3);
+    // The AMX tiles (more than 8 bf16 rows over panels): whole and partial 16-row tiles and
+    // tile pairs, 16-column tiles of full and packed-per-call panels, an odd number of them, K
+    // tails (odd K included) and several K blocks, strided rows.
+    check_float(16, 48, 32, DType::BF16, DType::BF16, false, 0, 0);
+    check_float(17, 96, 64, DType::BF16, DType::BF16, true, 0, 0);
+    check_float(31, 145, 1281, DType::BF16, DType::BF16, true, 3, 2);
+    check_float(50, 208, 544, DType::BF16, DType::BF16, false, 32, 0);
+    check_float(64, 60, 1030, DType::BF16, DType::BF16, true, 0, 5);
 }
 
 #[test]
@@ -222,12 +233,13 @@ fn prepared_bf16_rows_do_not_depend_on_the_batch() {
     // Decode (one row), small batches and a prefill-sized batch read the same panels with the
     // same operations per row: each row's output bits are the same at every M. The longest K
     // of one block (longer rows take the stored layout at small M), a partial panel (N = 100)
-    // and partial row tiles.
+    // and partial row tiles. On `amx`, more than 8 rows take the tiles (another summation
+    // order): the same holds among those, and among the fewer rows.
     if !super::super::isa::has_bf16_dot(Isa::best()) {
         eprintln!("skipped: no AVX512_BF16 on this CPU");
         return;
     }
-    let (n, k, big) = (100, 4095, 21);
+    let (n, k, big) = (100, 4095, 40);
     let mut r = Rng(0xB17C);
     let x: Vec<f32> = (0..big * k).map(|_| round(r.f(1.0), DType::BF16)).collect();
     let w: Vec<f32> = (0..n * k).map(|_| round(r.f(0.05), DType::BF16)).collect();
@@ -244,15 +256,25 @@ fn prepared_bf16_rows_do_not_depend_on_the_batch() {
         be.matmul(xt, wt, None, ot).unwrap();
         read(be, &ot)
     };
-    let all = run(&mut be, big);
-    for m in [1, 2, 5, 8, 9] {
-        let part = run(&mut be, m);
-        for (idx, (a, b)) in part.iter().zip(&all).enumerate() {
-            assert_eq!(
-                a.to_bits(),
-                b.to_bits(),
-                "M = {m}: out[{idx}] {a} vs {b} at M = {big}"
-            );
+    for isa in isas().into_iter().filter(|i| i.avx512()) {
+        be.set_isa(isa).unwrap();
+        let groups: Vec<(usize, Vec<usize>)> = if isa == Isa::Amx {
+            vec![(8, vec![1, 2, 5]), (big, vec![9, 16, 17, 33])]
+        } else {
+            vec![(big, vec![1, 2, 5, 8, 9, 21])]
+        };
+        for (reference, ms) in groups {
+            let all = run(&mut be, reference);
+            for m in ms {
+                let part = run(&mut be, m);
+                for (idx, (a, b)) in part.iter().zip(&all).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{isa} M = {m}: out[{idx}] {a} vs {b} at M = {reference}"
+                    );
+                }
+            }
         }
     }
 }
