@@ -99,8 +99,11 @@ const B_ROW: usize = NR * 4;
 const B_STEP: usize = 16 * B_ROW;
 /// K steps (32 elements each) per K block: a B column pair's block is 32 KiB, under L1.
 const KC_STEPS: usize = 16;
-/// Bytes of activations a row chunk may hold (it stays in L2 across the chunk's columns).
-const CHUNK_BYTES: usize = 1 << 20;
+/// K steps of one row pair (2 KiB each) that a row chunk's activations may span: 1 MiB, which
+/// stays in L2 across the chunk's column pairs.
+const CHUNK_STEPS: usize = 512;
+/// Row pairs per chunk at least (each column pair's weights are fetched once per chunk).
+const MIN_PAIRS: usize = 8;
 /// Work units per thread (load balance against re-reading a chunk's activations per unit).
 const UNITS_PER_THREAD: usize = 8;
 
@@ -259,9 +262,15 @@ unsafe fn tiles_over(
         }
     };
     let (rpairs, cpairs) = (tiles.div_ceil(2), col_tiles.div_ceil(2));
-    // Row chunks whose activations stay in L2; column groups until every thread has several
-    // units (an odd tile at the end of a pair is computed twice and stored once).
-    let per_chunk = (CHUNK_BYTES / (64 * k)).clamp(1, rpairs);
+    // Row chunks of at least MIN_PAIRS row pairs (each column pair's weights serve them all),
+    // and K in outer blocks so that a chunk's activations for one outer block stay in L2 while
+    // every column pair of the unit passes over them; the sums of every (row pair, column
+    // pair) then wait in a per-thread buffer between outer blocks. Column groups until every
+    // thread has several units (an odd tile at the end of a pair is computed twice and stored
+    // once).
+    let per_chunk = (CHUNK_STEPS / steps).max(MIN_PAIRS).min(rpairs);
+    let outer = (CHUNK_STEPS / per_chunk).div_ceil(KC_STEPS).max(1) * KC_STEPS;
+    let outers = steps.div_ceil(outer);
     let chunks = rpairs.div_ceil(per_chunk);
     let groups = (UNITS_PER_THREAD * rayon::current_num_threads())
         .div_ceil(chunks)
@@ -274,73 +283,80 @@ unsafe fn tiles_over(
         let (p0, p1) = (ch * per_chunk, ((ch + 1) * per_chunk).min(rpairs));
         let (q0, q1) = (gr * per_group, ((gr + 1) * per_group).min(cpairs));
         let rows = |p: usize| (m - 32 * p).min(32);
-        with_scratch(Slot::C, (p1 - p0) * 32 * 32 * 4, false, |sums| {
+        // One 32 × 32 block of sums per row pair (per row and column pair across outer blocks).
+        let blocks = (p1 - p0) * if outers > 1 { q1 - q0 } else { 1 };
+        with_scratch(Slot::C, blocks * 32 * 32 * 4, false, |sums| {
             let sums = sums as *mut f32;
-            let sum = |p: usize| sums.add((p - p0) * 32 * 32);
+            let sum = |p: usize, q: usize| {
+                let qi = if outers > 1 { q - q0 } else { 0 };
+                sums.add((qi * (p1 - p0) + p - p0) * 32 * 32)
+            };
             configure();
-            for q in q0..q1 {
-                let b = [b_tile(2 * q), b_tile(2 * q + 1)];
-                let (j0, cols) = (32 * q, (n - 32 * q).min(32));
-                for s0 in (0..steps).step_by(KC_STEPS) {
-                    let s1 = (s0 + KC_STEPS).min(steps);
-                    let last = s1 == steps;
-                    // The next block's weights (this pair's next K block, or the next pair's
-                    // first) on their way into L2, a share per row pair, so that its first
-                    // pass does not wait on L3.
-                    let next = if !last {
-                        Some((b, s1, (s1 + KC_STEPS).min(steps)))
-                    } else if q + 1 < q1 {
-                        Some((
-                            [b_tile(2 * q + 2), b_tile(2 * q + 3)],
-                            0,
-                            KC_STEPS.min(steps),
-                        ))
-                    } else {
-                        None
-                    };
-                    let lines = next.map_or(0, |(_, a, b)| 2 * 16 * (b - a));
-                    let per_p = lines.div_ceil(p1 - p0);
-                    for p in p0..p1 {
-                        if let Some((nb, ns0, _)) = next {
-                            for l in (p - p0) * per_p..((p - p0 + 1) * per_p).min(lines) {
-                                let (tile, step, row) = (l & 1, ns0 + (l >> 5), (l >> 1) & 15);
-                                _mm_prefetch::<_MM_HINT_T1>(
-                                    nb[tile].add(step * B_STEP + row * B_ROW) as *const i8,
-                                );
-                            }
-                        }
-                        if last {
-                            // The rows' output (and residual) lines on their way in while the
-                            // tiles run.
-                            for i in 0..rows(p) {
-                                let r = 32 * p + i;
-                                touch::<_MM_HINT_ET0>(out.at(r, j0), cols * out.dt.bytes_for(1));
-                                if let Post::Add(res) = epi.post {
-                                    touch::<_MM_HINT_T0>(res.at(r, j0), cols * res.dt.bytes_for(1));
+            for o0 in (0..steps).step_by(outer) {
+                let o1 = (o0 + outer).min(steps);
+                for q in q0..q1 {
+                    let b = [b_tile(2 * q), b_tile(2 * q + 1)];
+                    let (j0, cols) = (32 * q, (n - 32 * q).min(32));
+                    for s0 in (o0..o1).step_by(KC_STEPS) {
+                        let s1 = (s0 + KC_STEPS).min(o1);
+                        let last = s1 == steps;
+                        // The next block's weights (this pair's next K block, or the next
+                        // pair's first) on their way into L2, a share per row pair, so that
+                        // its first pass does not wait on L3.
+                        let next = if s1 < o1 {
+                            Some((b, s1, (s1 + KC_STEPS).min(o1)))
+                        } else if q + 1 < q1 {
+                            let nb = [b_tile(2 * q + 2), b_tile(2 * q + 3)];
+                            Some((nb, o0, (o0 + KC_STEPS).min(o1)))
+                        } else {
+                            None
+                        };
+                        let lines = next.map_or(0, |(_, a, b)| 2 * 16 * (b - a));
+                        let per_p = lines.div_ceil(p1 - p0);
+                        for p in p0..p1 {
+                            if let Some((nb, ns0, _)) = next {
+                                for l in (p - p0) * per_p..((p - p0 + 1) * per_p).min(lines) {
+                                    let (tile, step, row) = (l & 1, ns0 + (l >> 5), (l >> 1) & 15);
+                                    _mm_prefetch::<_MM_HINT_T1>(
+                                        nb[tile].add(step * B_STEP + row * B_ROW) as *const i8,
+                                    );
                                 }
                             }
-                        }
-                        let a = [
-                            ap.get().add(2 * p * per_tile) as *const u8,
-                            ap.get().add((2 * p + 1).min(tiles - 1) * per_tile) as *const u8,
-                        ];
-                        block(a, b, s0, s1, sum(p), s0 == 0);
-                        // The previous pair's finished block through the epilogue (its sums
-                        // settled while this block's tiles ran).
-                        if last && p > p0 {
-                            store_block(sum(p - 1), rows(p - 1), cols, epi, &out, 32 * (p - 1), j0);
+                            if last {
+                                // The rows' output (and residual) lines on their way in while
+                                // the tiles run.
+                                for i in 0..rows(p) {
+                                    let r = 32 * p + i;
+                                    touch::<_MM_HINT_ET0>(
+                                        out.at(r, j0),
+                                        cols * out.dt.bytes_for(1),
+                                    );
+                                    if let Post::Add(res) = epi.post {
+                                        touch::<_MM_HINT_T0>(
+                                            res.at(r, j0),
+                                            cols * res.dt.bytes_for(1),
+                                        );
+                                    }
+                                }
+                            }
+                            let a = [
+                                ap.get().add(2 * p * per_tile) as *const u8,
+                                ap.get().add((2 * p + 1).min(tiles - 1) * per_tile) as *const u8,
+                            ];
+                            block(a, b, s0, s1, sum(p, q), s0 == 0);
+                            // The previous pair's finished block through the epilogue (its
+                            // sums settled while this block's tiles ran).
+                            if last && p > p0 {
+                                let r0 = 32 * (p - 1);
+                                store_block(sum(p - 1, q), rows(p - 1), cols, epi, &out, r0, j0);
+                            }
                         }
                     }
+                    if o1 == steps {
+                        let r0 = 32 * (p1 - 1);
+                        store_block(sum(p1 - 1, q), rows(p1 - 1), cols, epi, &out, r0, j0);
+                    }
                 }
-                store_block(
-                    sum(p1 - 1),
-                    rows(p1 - 1),
-                    cols,
-                    epi,
-                    &out,
-                    32 * (p1 - 1),
-                    j0,
-                );
             }
             release();
         })

@@ -226,6 +226,9 @@ fn float_paths_block_long_rows() {
     check_float(2, 5, 4099, DType::BF16, DType::BF16, true, 0, 0);
     // Several full panels packed at load, two K blocks, a row tail.
     check_float(19, 100, 8195, DType::BF16, DType::BF16, true, 0, 0);
+    // AMX: enough row pairs for the long K to run in outer blocks (sums kept per row and
+    // column pair between them), several column pairs per unit, a partial last chunk.
+    check_float(290, 300, 2100, DType::BF16, DType::BF16, true, 0, 0);
 }
 
 #[test]
