@@ -81,6 +81,9 @@ fn put(be: &mut CpuBackend, v: &[f32], dt: DType, rows: usize, cols: usize, pad:
 }
 
 fn isas() -> Vec<Isa> {
+    for isa in Isa::ALL.into_iter().filter(|i| !i.supported()) {
+        eprintln!("{isa}: skipped: this CPU (or OS) does not run it");
+    }
     Isa::available()
 }
 
