@@ -6,7 +6,8 @@
 //!   `[unit][48]` bf16 pairs are three 16-column B tiles in the layout `tdpbf16ps` takes (one
 //!   64-byte row per two K elements), rows 192 bytes apart, 16 units (32 K elements) per tile;
 //!   the panels are zero-padded to a multiple of 16 units. The last partial panel is packed per
-//!   call, zero-padded likewise.
+//!   call, zero-padded likewise. Weights without panels (past the memory budget for them, or
+//!   `REEL_CPU_REPACK=0`) are packed into the same panels per work unit, its columns only.
 //! - A (activations): packed per call into 1 KiB tiles of 16 rows × 32 K elements, zero-padded
 //!   past M and K (a copy of M · K · 2 bytes, small next to the work).
 //!
@@ -179,39 +180,55 @@ const A_STEP: usize = 1024;
 pub unsafe fn gemm(
     x: &View,
     w: &View,
-    pre: &Panels,
+    pre: Option<&Panels>,
     m: usize,
     n: usize,
     k: usize,
     epi: Epi,
     out: &View,
 ) {
-    let units = pre.units_padded();
-    debug_assert_eq!(units, k.div_ceil(32) * 16);
+    let units = k.div_ceil(32) * 16;
+    debug_assert!(pre.is_none_or(|p| p.units_padded() == units));
     let per_tile = k.div_ceil(32) * A_STEP;
-    let rest = n - pre.full() * NR;
-    // The last partial panel, packed like the others (zero-padded).
-    with_scratch(
-        Slot::B,
-        units * B_ROW * (rest > 0) as usize,
-        true,
-        |extra| {
-            if rest > 0 {
-                avx512::pack_b(Kind::Dp, w, pre.full() * NR, rest, 0, k, extra as *mut u32);
-            }
-            // Activations packed as [row tile][K step][16 rows × 32 elements], zero-padded past M
-            // and K: each tile step one contiguous KiB (a stream for the prefetchers, no rows
-            // split across cache lines).
-            let tiles = m.div_ceil(16);
-            with_scratch(Slot::A, tiles * per_tile, false, |abuf| {
-                let ap = SPtr(abuf);
-                (0..tiles)
-                    .into_par_iter()
-                    .for_each(|t| pack_a(x, m, k, t, ap.get().add(t * per_tile)));
-                tiles_over(pre, SPtr(extra), ap, m, n, k, epi, out);
-            })
-        },
-    )
+    let full = pre.map_or(0, |p| p.full());
+    let rest = if pre.is_some() { n - full * NR } else { 0 };
+    let tiles = m.div_ceil(16);
+    let run = |extra: SPtr| {
+        // Activations packed as [row tile][K step][16 rows × 32 elements], zero-padded past M
+        // and K: each tile step one contiguous KiB (a stream for the prefetchers, no rows
+        // split across cache lines).
+        with_scratch(Slot::A, tiles * per_tile, false, |abuf| {
+            let ap = SPtr(abuf);
+            (0..tiles)
+                .into_par_iter()
+                .for_each(|t| pack_a(x, m, k, t, ap.get().add(t * per_tile)));
+            let b = match pre {
+                Some(p) => Weights::Panels(p, extra),
+                None => Weights::Stored(w),
+            };
+            tiles_over(b, ap, m, n, k, epi, out);
+        })
+    };
+    if rest > 0 {
+        // The last partial panel of prepacked weights, packed like the others.
+        with_scratch(Slot::B, units * B_ROW, false, |extra| {
+            avx512::pack_b(Kind::Dp, w, full * NR, rest, 0, k, extra as *mut u32);
+            run(SPtr(extra))
+        })
+    } else {
+        // (The work units take this thread's B buffer for stored weights.)
+        run(SPtr(std::ptr::null_mut()))
+    }
+}
+
+/// Where the B tiles come from.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// The panels packed at load, and the partial panel packed for this call.
+    Panels(&'a Panels, SPtr),
+    /// The stored rows: each work unit packs its columns' panels (`[unit][NR]`, from its first
+    /// column) into a per-thread buffer first.
+    Stored(&'a View),
 }
 
 /// Packs row tile `t` of `x` (`[m, k]` bf16) into `dst`: K steps of 16 rows × 32 elements.
@@ -239,26 +256,29 @@ unsafe fn pack_a(x: &View, m: usize, k: usize, t: usize, dst: *mut u8) {
 
 /// The tile blocks over packed activations `ap`; `extra` holds the partial panel's B tiles.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tiles_over(
-    pre: &Panels,
-    extra: SPtr,
-    ap: SPtr,
-    m: usize,
-    n: usize,
-    k: usize,
-    epi: Epi,
-    out: &View,
-) {
-    let (fp, steps, tiles) = (pre.full(), k.div_ceil(32), m.div_ceil(16));
+unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: Epi, out: &View) {
+    let (steps, tiles) = (k.div_ceil(32), m.div_ceil(16));
     let per_tile = steps * A_STEP;
     let col_tiles = n.div_ceil(16);
-    // Global 16-column tile `g`: a third of a full panel, or of the partial one.
-    let b_tile = |g: usize| -> *const u8 {
+    let panel_bytes = steps * 16 * B_ROW;
+    // 16-column tile `g` (global): a third of a panel, of those packed at load and the partial
+    // one, or of the unit's own (`local`: its buffer and its first column tile).
+    let b_tile = |g: usize, local: Option<(SPtr, usize)>| -> *const u8 {
         let g = g.min(col_tiles - 1);
-        if g < 3 * fp {
-            (pre.panel(g / 3) as *const u8).add(64 * (g % 3))
-        } else {
-            (extra.get() as *const u8).add(64 * (g - 3 * fp))
+        match (wts, local) {
+            (_, Some((buf, g0))) => {
+                let l = g - g0;
+                (buf.get() as *const u8).add((l / 3) * panel_bytes + 64 * (l % 3))
+            }
+            (Weights::Panels(pre, extra), None) => {
+                let fp = pre.full();
+                if g < 3 * fp {
+                    (pre.panel(g / 3) as *const u8).add(64 * (g % 3))
+                } else {
+                    (extra.get() as *const u8).add(64 * (g - 3 * fp))
+                }
+            }
+            (Weights::Stored(_), None) => unreachable!("stored weights are packed per unit"),
         }
     };
     let (rpairs, cpairs) = (tiles.div_ceil(2), col_tiles.div_ceil(2));
@@ -285,80 +305,106 @@ unsafe fn tiles_over(
         let rows = |p: usize| (m - 32 * p).min(32);
         // One 32 × 32 block of sums per row pair (per row and column pair across outer blocks).
         let blocks = (p1 - p0) * if outers > 1 { q1 - q0 } else { 1 };
-        with_scratch(Slot::C, blocks * 32 * 32 * 4, false, |sums| {
-            let sums = sums as *mut f32;
-            let sum = |p: usize, q: usize| {
-                let qi = if outers > 1 { q - q0 } else { 0 };
-                sums.add((qi * (p1 - p0) + p - p0) * 32 * 32)
-            };
-            configure();
-            for o0 in (0..steps).step_by(outer) {
-                let o1 = (o0 + outer).min(steps);
-                for q in q0..q1 {
-                    let b = [b_tile(2 * q), b_tile(2 * q + 1)];
-                    let (j0, cols) = (32 * q, (n - 32 * q).min(32));
-                    for s0 in (o0..o1).step_by(KC_STEPS) {
-                        let s1 = (s0 + KC_STEPS).min(o1);
-                        let last = s1 == steps;
-                        // The next block's weights (this pair's next K block, or the next
-                        // pair's first) on their way into L2, a share per row pair, so that
-                        // its first pass does not wait on L3.
-                        let next = if s1 < o1 {
-                            Some((b, s1, (s1 + KC_STEPS).min(o1)))
-                        } else if q + 1 < q1 {
-                            let nb = [b_tile(2 * q + 2), b_tile(2 * q + 3)];
-                            Some((nb, o0, (o0 + KC_STEPS).min(o1)))
-                        } else {
-                            None
-                        };
-                        let lines = next.map_or(0, |(_, a, b)| 2 * 16 * (b - a));
-                        let per_p = lines.div_ceil(p1 - p0);
-                        for p in p0..p1 {
-                            if let Some((nb, ns0, _)) = next {
-                                for l in (p - p0) * per_p..((p - p0 + 1) * per_p).min(lines) {
-                                    let (tile, step, row) = (l & 1, ns0 + (l >> 5), (l >> 1) & 15);
-                                    _mm_prefetch::<_MM_HINT_T1>(
-                                        nb[tile].add(step * B_STEP + row * B_ROW) as *const i8,
-                                    );
-                                }
-                            }
-                            if last {
-                                // The rows' output (and residual) lines on their way in while
-                                // the tiles run.
-                                for i in 0..rows(p) {
-                                    let r = 32 * p + i;
-                                    touch::<_MM_HINT_ET0>(
-                                        out.at(r, j0),
-                                        cols * out.dt.bytes_for(1),
-                                    );
-                                    if let Post::Add(res) = epi.post {
-                                        touch::<_MM_HINT_T0>(
-                                            res.at(r, j0),
-                                            cols * res.dt.bytes_for(1),
+        // Stored weights: the unit's columns packed into panels of its own first.
+        let (c0, c1) = (32 * q0, (32 * q1).min(n));
+        let own = match wts {
+            Weights::Stored(_) => (c1 - c0).div_ceil(NR),
+            Weights::Panels(..) => 0,
+        };
+        with_scratch(Slot::B, own * panel_bytes, false, |buf| {
+            if let Weights::Stored(w) = wts {
+                for j in 0..own {
+                    let n0 = c0 + j * NR;
+                    let dst = buf.add(j * panel_bytes) as *mut u32;
+                    avx512::pack_b(Kind::Dp, w, n0, NR.min(c1 - n0), 0, k, dst);
+                }
+            }
+            let local = (own > 0).then_some((SPtr(buf), 2 * q0));
+            with_scratch(Slot::C, blocks * 32 * 32 * 4, false, |sums| {
+                let sums = sums as *mut f32;
+                let sum = |p: usize, q: usize| {
+                    let qi = if outers > 1 { q - q0 } else { 0 };
+                    sums.add((qi * (p1 - p0) + p - p0) * 32 * 32)
+                };
+                configure();
+                for o0 in (0..steps).step_by(outer) {
+                    let o1 = (o0 + outer).min(steps);
+                    for q in q0..q1 {
+                        let b = [b_tile(2 * q, local), b_tile(2 * q + 1, local)];
+                        let (j0, cols) = (32 * q, (n - 32 * q).min(32));
+                        for s0 in (o0..o1).step_by(KC_STEPS) {
+                            let s1 = (s0 + KC_STEPS).min(o1);
+                            let last = s1 == steps;
+                            // The next block's weights (this pair's next K block, or the next
+                            // pair's first) on their way into L2, a share per row pair, so that
+                            // its first pass does not wait on L3.
+                            let next = if s1 < o1 {
+                                Some((b, s1, (s1 + KC_STEPS).min(o1)))
+                            } else if q + 1 < q1 {
+                                let nb = [b_tile(2 * q + 2, local), b_tile(2 * q + 3, local)];
+                                Some((nb, o0, (o0 + KC_STEPS).min(o1)))
+                            } else {
+                                None
+                            };
+                            let lines = next.map_or(0, |(_, a, b)| 2 * 16 * (b - a));
+                            let per_p = lines.div_ceil(p1 - p0);
+                            for p in p0..p1 {
+                                if let Some((nb, ns0, _)) = next {
+                                    for l in (p - p0) * per_p..((p - p0 + 1) * per_p).min(lines) {
+                                        let (tile, step, row) =
+                                            (l & 1, ns0 + (l >> 5), (l >> 1) & 15);
+                                        _mm_prefetch::<_MM_HINT_T1>(
+                                            nb[tile].add(step * B_STEP + row * B_ROW) as *const i8,
                                         );
                                     }
                                 }
-                            }
-                            let a = [
-                                ap.get().add(2 * p * per_tile) as *const u8,
-                                ap.get().add((2 * p + 1).min(tiles - 1) * per_tile) as *const u8,
-                            ];
-                            block(a, b, s0, s1, sum(p, q), s0 == 0);
-                            // The previous pair's finished block through the epilogue (its
-                            // sums settled while this block's tiles ran).
-                            if last && p > p0 {
-                                let r0 = 32 * (p - 1);
-                                store_block(sum(p - 1, q), rows(p - 1), cols, epi, &out, r0, j0);
+                                if last {
+                                    // The rows' output (and residual) lines on their way in while
+                                    // the tiles run.
+                                    for i in 0..rows(p) {
+                                        let r = 32 * p + i;
+                                        touch::<_MM_HINT_ET0>(
+                                            out.at(r, j0),
+                                            cols * out.dt.bytes_for(1),
+                                        );
+                                        if let Post::Add(res) = epi.post {
+                                            touch::<_MM_HINT_T0>(
+                                                res.at(r, j0),
+                                                cols * res.dt.bytes_for(1),
+                                            );
+                                        }
+                                    }
+                                }
+                                let a = [
+                                    ap.get().add(2 * p * per_tile) as *const u8,
+                                    ap.get().add((2 * p + 1).min(tiles - 1) * per_tile)
+                                        as *const u8,
+                                ];
+                                block(a, b, s0, s1, sum(p, q), s0 == 0);
+                                // The previous pair's finished block through the epilogue (its
+                                // sums settled while this block's tiles ran).
+                                if last && p > p0 {
+                                    let r0 = 32 * (p - 1);
+                                    store_block(
+                                        sum(p - 1, q),
+                                        rows(p - 1),
+                                        cols,
+                                        epi,
+                                        &out,
+                                        r0,
+                                        j0,
+                                    );
+                                }
                             }
                         }
-                    }
-                    if o1 == steps {
-                        let r0 = 32 * (p1 - 1);
-                        store_block(sum(p1 - 1, q), rows(p1 - 1), cols, epi, &out, r0, j0);
+                        if o1 == steps {
+                            let r0 = 32 * (p1 - 1);
+                            store_block(sum(p1 - 1, q), rows(p1 - 1), cols, epi, &out, r0, j0);
+                        }
                     }
                 }
-            }
-            release();
+                release();
+            })
         })
     });
 }

@@ -203,7 +203,8 @@ unsafe fn load_w16(kind: Kind, dt: DType, p: *const u8, left: usize) -> __m512i 
 }
 
 /// Packs weight rows `n0..n0 + cnt` (cnt ≤ NR; missing columns are zero), K elements
-/// `k0..k1`, into `bp` as `[unit][NR]` 32-bit lanes.
+/// `k0..k1`, into `bp` as `[unit][NR]` 32-bit lanes, zero units up to a multiple of 16 (`bp`
+/// has room for them).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 pub(crate) unsafe fn pack_b(
     kind: Kind,
@@ -225,7 +226,6 @@ pub(crate) unsafe fn pack_b(
             let e = 16 * pu * g;
             let left = (k1 - k0 - e).min(16 * pu);
             let u0 = 16 * g;
-            let rows = (units - u0).min(16);
             let mut r = [_mm512_setzero_si512(); 16];
             for (c, rc) in r.iter_mut().enumerate() {
                 let cc = 16 * half + c;
@@ -237,7 +237,7 @@ pub(crate) unsafe fn pack_b(
             }
             transpose16(&mut r);
             let dst = bp.add(u0 * NR + 16 * half);
-            for (j, rj) in r.iter().enumerate().take(rows) {
+            for (j, rj) in r.iter().enumerate() {
                 _mm512_storeu_si512(dst.add(j * NR) as *mut _, *rj);
             }
         }

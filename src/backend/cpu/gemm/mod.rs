@@ -1,7 +1,8 @@
 //! The CPU GEMM behind `matmul`: `out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias)`, f32 accumulation,
 //! rounded once to the output type. One entry per weight family, each dispatching on the
 //! [`Isa`] the backend chose:
-//! - [`float`]: bf16 / f16 / f32 weights. AVX-512: `avx512.rs` (packed panels and an `MR × 48`
+//! - [`float`]: bf16 / f16 / f32 weights. AMX (bf16 × bf16, more than 8 rows): `amx.rs`.
+//!   AVX-512: `avx512.rs` (packed panels and an `MR × 48`
 //!   microkernel for large M, and for small M too over bf16 panels packed at load where K is
 //!   one block; otherwise lanes-over-K dots for small M; `vdpbf16ps` when both operands are bf16). AVX2: `avx2.rs`
 //!   tiles. Scalar: [`scalar_tile`].
@@ -217,10 +218,9 @@ pub(crate) fn float(
         } else {
             avx512::Kind::F32
         };
-        #[allow(clippy::unnecessary_unwrap)]
-        if isa == Isa::Amx && dp && m > SMALL_M && pre.is_some() {
+        if isa == Isa::Amx && dp && m > SMALL_M {
             // SAFETY: `Isa::Amx` is only selected where the CPU and the OS allow tiles.
-            unsafe { amx::gemm(x, w, pre.unwrap(), m, n, k, epi, out) };
+            unsafe { amx::gemm(x, w, pre, m, n, k, epi, out) };
             return;
         }
         let xf = (!dp).then(|| widen(x, m, k));
