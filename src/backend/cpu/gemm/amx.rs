@@ -295,7 +295,11 @@ unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: 
     let groups = (UNITS_PER_THREAD * rayon::current_num_threads())
         .div_ceil(chunks)
         .clamp(1, cpairs);
-    let per_group = cpairs.div_ceil(groups);
+    let mut per_group = cpairs.div_ceil(groups);
+    if let Weights::Stored(_) = wts {
+        // Bounds the per-thread buffer of packed weights (32 column pairs: 2048 · K bytes).
+        per_group = per_group.min(32);
+    }
     let groups = cpairs.div_ceil(per_group);
     let out = *out;
     (0..chunks * groups).into_par_iter().for_each(|unit| {

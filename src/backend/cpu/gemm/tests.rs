@@ -219,6 +219,8 @@ fn float_paths_match_the_exact_product() {
     check_float(31, 145, 1281, DType::BF16, DType::BF16, true, 3, 2);
     check_float(50, 208, 544, DType::BF16, DType::BF16, false, 32, 0);
     check_float(64, 60, 1030, DType::BF16, DType::BF16, true, 0, 5);
+    // Wide enough that stored weights' work units are capped at 32 column pairs.
+    check_float(9, 16400, 40, DType::BF16, DType::BF16, false, 0, 0);
 }
 
 #[test]
