@@ -13,10 +13,10 @@
 //!
 //! The kernel keeps a 32 × 32 block of sums in four tiles (two row tiles × two column tiles)
 //! and per 32 K elements loads two A and two B tiles for four `tdpbf16ps`. Threads take (row
-//! chunk, column group) units sized so that a chunk's activations stay in L2; within a unit, K
-//! runs in blocks of [`KC_STEPS`] · 32 elements, a column pair's block of weights serving every
-//! row pair of the chunk before the next, the sums parked in a per-thread buffer between
-//! blocks. The next block's weights and a block's output lines are prefetched while the tiles
+//! chunk, column group) units sized so that a chunk's activations (for long rows, those of one
+//! outer K block) stay in L2; within a unit, K runs in blocks of [`KC_STEPS`] · 32 elements, a
+//! column pair's block of weights serving every row pair of the chunk before the next, the sums
+//! parked in a per-thread buffer between blocks. The next block's weights and a block's output lines are prefetched while the tiles
 //! run; a finished block goes through the epilogue while the next one computes.
 //!
 //! Sums: each `tdpbf16ps` adds its 32 products per output into the f32 sum (denormals flushed,
@@ -94,6 +94,8 @@ pub unsafe fn peak_loop(iters: u64) {
     release();
 }
 
+/// Bytes of one packed A tile step (16 rows × 32 bf16).
+const A_STEP: usize = 1024;
 /// Bytes between a B tile's rows (one panel unit: [`NR`] lanes of 4 bytes).
 const B_ROW: usize = NR * 4;
 /// Bytes from one K step (16 units) of a B tile to the next.
@@ -168,9 +170,6 @@ unsafe fn block(
         options(nostack)
     );
 }
-
-/// Bytes of one packed A tile step (16 rows × 32 bf16).
-const A_STEP: usize = 1024;
 
 /// The AMX GEMM: `x` bf16 `[m, k]`, `w` bf16 `[n, k]` with its panels `pre`, `out` `[m, n]`.
 ///
@@ -254,7 +253,7 @@ unsafe fn pack_a(x: &View, m: usize, k: usize, t: usize, dst: *mut u8) {
     }
 }
 
-/// The tile blocks over packed activations `ap`; `extra` holds the partial panel's B tiles.
+/// The tile blocks over packed activations `ap`, weights from `wts`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: Epi, out: &View) {
     let (steps, tiles) = (k.div_ceil(32), m.div_ceil(16));
