@@ -224,6 +224,10 @@ pub(super) fn cases(t: &mut Vec<Case>) {
         (DType::Q4K, 8, 40, 512, false, 0, 0),
         (DType::Q6K, 8, 40, 512, true, 0, 0),
         (DType::Q4K, 64, 70, 256, true, 0, 0),
+        // From 80 rows, bf16 activations take the CPU's AMX tiles (weights dequantized to bf16).
+        (DType::Q8_0, 96, 133, 800, true, 0, 0),
+        (DType::Q4K, 96, 70, 512, false, 4, 2),
+        (DType::Q6K, 96, 50, 768, true, 0, 0),
     ] {
         let mm = Mm {
             m,

@@ -32,7 +32,10 @@ use rayon::prelude::*;
 
 use super::super::{SPtr, View};
 use super::avx512::{self, Kind, Panels, NR};
+use super::qavx512::f16_to_f32;
 use super::{with_scratch, Epi, Post, Slot};
+use crate::quant;
+use crate::tensor::DType;
 use std::arch::x86_64::*;
 
 /// Tile palette 1 with all eight tiles at 16 rows × 64 bytes.
@@ -107,6 +110,11 @@ const KC_STEPS: usize = 16;
 const CHUNK_STEPS: usize = 512;
 /// Row pairs per chunk at least (each column pair's weights are fetched once per chunk).
 const MIN_PAIRS: usize = 8;
+/// Row pairs per chunk over quantized weights.
+const QUANT_PAIRS: usize = 32;
+/// Column pairs per work unit over quantized weights: their dequantized panels (three at
+/// K = 3584, 1 MiB) stay in L2 beside the activations' outer K block.
+const QUANT_GROUP: usize = 4;
 /// Work units per thread (load balance against re-reading a chunk's activations per unit).
 const UNITS_PER_THREAD: usize = 8;
 
@@ -188,36 +196,63 @@ pub unsafe fn gemm(
 ) {
     let units = k.div_ceil(32) * 16;
     debug_assert!(pre.is_none_or(|p| p.units_padded() == units));
-    let per_tile = k.div_ceil(32) * A_STEP;
     let full = pre.map_or(0, |p| p.full());
     let rest = if pre.is_some() { n - full * NR } else { 0 };
-    let tiles = m.div_ceil(16);
-    let run = |extra: SPtr| {
-        // Activations packed as [row tile][K step][16 rows × 32 elements], zero-padded past M
-        // and K: each tile step one contiguous KiB (a stream for the prefetchers, no rows
-        // split across cache lines).
-        with_scratch(Slot::A, tiles * per_tile, false, |abuf| {
-            let ap = SPtr(abuf);
-            (0..tiles)
-                .into_par_iter()
-                .for_each(|t| pack_a(x, m, k, t, ap.get().add(t * per_tile)));
-            let b = match pre {
-                Some(p) => Weights::Panels(p, extra),
-                None => Weights::Stored(w),
-            };
-            tiles_over(b, ap, m, n, k, epi, out);
-        })
-    };
-    if rest > 0 {
-        // The last partial panel of prepacked weights, packed like the others.
-        with_scratch(Slot::B, units * B_ROW, false, |extra| {
-            avx512::pack_b(Kind::Dp, w, full * NR, rest, 0, k, extra as *mut u32);
-            run(SPtr(extra))
-        })
-    } else {
+    match pre {
+        Some(p) if rest > 0 => {
+            // The last partial panel of prepacked weights, packed like the others.
+            with_scratch(Slot::B, units * B_ROW, false, |extra| {
+                avx512::pack_b(Kind::Dp, w, full * NR, rest, 0, k, extra as *mut u32);
+                let wts = Weights::Panels(p, SPtr(extra));
+                with_packed_a(x, m, k, |ap| tiles_over(wts, ap, m, n, k, epi, out))
+            })
+        }
+        Some(p) => {
+            let wts = Weights::Panels(p, SPtr(std::ptr::null_mut()));
+            with_packed_a(x, m, k, |ap| tiles_over(wts, ap, m, n, k, epi, out))
+        }
         // (The work units take this thread's B buffer for stored weights.)
-        run(SPtr(std::ptr::null_mut()))
+        None => with_packed_a(x, m, k, |ap| {
+            tiles_over(Weights::Stored(w), ap, m, n, k, epi, out)
+        }),
     }
+}
+
+/// The AMX GEMM over quantized weights (`w`: `n` rows of `k` elements in `dtype` blocks): each
+/// work unit dequantizes its columns and packs them, rounded to bf16, into panels of its own.
+///
+/// # Safety
+/// As [`gemm`]; `w` holds the `n` rows.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_quant(
+    x: &View,
+    w: &[u8],
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    epi: Epi,
+    out: &View,
+) {
+    debug_assert_eq!(w.len(), n * dtype.bytes_for(k));
+    with_packed_a(x, m, k, |ap| {
+        tiles_over(Weights::Quant(w, dtype), ap, m, n, k, epi, out)
+    })
+}
+
+/// Runs `f` over `x` (`[m, k]` bf16) packed as [row tile][K step][16 rows × 32 elements],
+/// zero-padded past M and K: each tile step one contiguous KiB (a stream for the prefetchers,
+/// no rows split across cache lines).
+unsafe fn with_packed_a(x: &View, m: usize, k: usize, f: impl FnOnce(SPtr)) {
+    let per_tile = k.div_ceil(32) * A_STEP;
+    let tiles = m.div_ceil(16);
+    with_scratch(Slot::A, tiles * per_tile, false, |abuf| {
+        let ap = SPtr(abuf);
+        (0..tiles)
+            .into_par_iter()
+            .for_each(|t| pack_a(x, m, k, t, ap.get().add(t * per_tile)));
+        f(ap)
+    })
 }
 
 /// Where the B tiles come from.
@@ -228,6 +263,147 @@ enum Weights<'a> {
     /// The stored rows: each work unit packs its columns' panels (`[unit][NR]`, from its first
     /// column) into a per-thread buffer first.
     Stored(&'a View),
+    /// Quantized rows, dequantized and packed per work unit like stored rows.
+    Quant(&'a [u8], DType),
+}
+
+/// K elements per dequantized chunk in [`pack_quant`] (a Q4_K / Q6_K super-block).
+const QCHUNK: usize = 256;
+
+/// Packs quantized rows `n0..n0 + cnt` (cnt ≤ [`NR`]; `dtype` blocks, `k` elements each) into
+/// one panel at `bp` as [`avx512::pack_b`] packs bf16 rows: chunk by chunk of [`QCHUNK`]
+/// elements, each row's chunk dequantized ([`dequant_bf16`]) into a small bf16 block first.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,f16c")]
+unsafe fn pack_quant(w: &[u8], dtype: DType, n0: usize, cnt: usize, k: usize, bp: *mut u32) {
+    let rb = dtype.bytes_for(k);
+    let mut t = [[0u16; QCHUNK]; NR];
+    for k0 in (0..k).step_by(QCHUNK) {
+        let len = QCHUNK.min(k - k0);
+        let (b0, b1) = (dtype.bytes_for(k0), dtype.bytes_for(k0 + len));
+        for (c, tc) in t.iter_mut().enumerate().take(cnt) {
+            let row = &w[(n0 + c) * rb..(n0 + c + 1) * rb];
+            // This row's next chunk on its way in (48 strided streams are more than the
+            // hardware prefetchers follow); past the row's end it is the next row's start.
+            let next = row.as_ptr().wrapping_add(b1 + (b1 - b0));
+            for l in (0..b1 - b0).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(l) as *const i8);
+            }
+            dequant_bf16(dtype, &row[b0..b1], &mut tc[..len]);
+        }
+        let tv = View {
+            p: SPtr(t.as_mut_ptr() as *mut u8),
+            dt: DType::BF16,
+            rows: NR,
+            row_len: QCHUNK,
+            stride: QCHUNK,
+        };
+        avx512::pack_b(Kind::Dp, &tv, 0, cnt, 0, len, bp.add(k0 / 2 * NR));
+    }
+}
+
+/// Whole `dtype` blocks `src` dequantized as the scalar reference does (`quant::dequantize_row`:
+/// the same f32 operations in the same order) and rounded to bf16 bits in `dst` (to nearest even;
+/// `vcvtneps2bf16` flushes denormals, as the tiles do on input anyway).
+///
+/// # Safety
+/// AVX-512 F/BW/VL and BF16; `dst.len()` elements are `src`'s whole blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,f16c")]
+pub(crate) unsafe fn dequant_bf16(dtype: DType, src: &[u8], dst: &mut [u16]) {
+    debug_assert_eq!(src.len(), dtype.bytes_for(dst.len()));
+    // 16 f32 lanes to bf16 at `dst + i`.
+    #[inline(always)]
+    unsafe fn put(dst: &mut [u16], i: usize, y: __m512) {
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(y));
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+    }
+    let p = src.as_ptr();
+    match dtype {
+        DType::Q4K => {
+            use quant::q4_k::{get_scale_min_k4, BLOCK_BYTES, QK_K};
+            for (bi, b) in src.chunks_exact(BLOCK_BYTES).enumerate() {
+                // `q4_k::block_scales`, with the fp16 conversions inline.
+                let (d, dmin) = (f16_to_f32(b[0], b[1]), f16_to_f32(b[2], b[3]));
+                let s: [(f32, f32); 8] = std::array::from_fn(|j| {
+                    let (sc, m) = get_scale_min_k4(j, &b[4..16]);
+                    (d * sc as f32, dmin * m as f32)
+                });
+                let qs = b.as_ptr().add(16);
+                let o = bi * QK_K;
+                for c in 0..4 {
+                    let ((d1, m1), (d2, m2)) = (s[2 * c], s[2 * c + 1]);
+                    for h in 0..2 {
+                        let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            qs.add(32 * c + 16 * h) as *const __m128i
+                        ));
+                        let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(15)));
+                        let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
+                        let ylo = _mm512_sub_ps(
+                            _mm512_mul_ps(_mm512_set1_ps(d1), lo),
+                            _mm512_set1_ps(m1),
+                        );
+                        let yhi = _mm512_sub_ps(
+                            _mm512_mul_ps(_mm512_set1_ps(d2), hi),
+                            _mm512_set1_ps(m2),
+                        );
+                        put(dst, o + 64 * c + 16 * h, ylo);
+                        put(dst, o + 64 * c + 32 + 16 * h, yhi);
+                    }
+                }
+            }
+        }
+        DType::Q6K => {
+            use quant::q6_k::{BLOCK_BYTES, QK_K};
+            for (bi, b) in src.chunks_exact(BLOCK_BYTES).enumerate() {
+                let d = f16_to_f32(b[208], b[209]);
+                let o = bi * QK_K;
+                let (ql, qh) = (b.as_ptr(), b.as_ptr().add(128));
+                let ld = |q: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(q as *const __m128i));
+                let m4 = _mm512_set1_epi32(15);
+                let m2 = _mm512_set1_epi32(3);
+                for h in 0..2 {
+                    for l0 in [0, 16] {
+                        let a = ld(ql.add(64 * h + l0));
+                        let bb = ld(ql.add(64 * h + 32 + l0));
+                        let hb = ld(qh.add(32 * h + l0));
+                        let hi = |sh: u32| {
+                            let v = _mm512_srl_epi32(hb, _mm_cvtsi32_si128(sh as i32));
+                            _mm512_slli_epi32::<4>(_mm512_and_si512(v, m2))
+                        };
+                        let q = [
+                            _mm512_or_si512(_mm512_and_si512(a, m4), hi(0)),
+                            _mm512_or_si512(_mm512_and_si512(bb, m4), hi(2)),
+                            _mm512_or_si512(_mm512_srli_epi32::<4>(a), hi(4)),
+                            _mm512_or_si512(_mm512_srli_epi32::<4>(bb), hi(6)),
+                        ];
+                        for (t, qt) in q.into_iter().enumerate() {
+                            let i = 128 * h + 32 * t + l0;
+                            let sc = d * b[192 + i / 16] as i8 as f32;
+                            let qf =
+                                _mm512_cvtepi32_ps(_mm512_sub_epi32(qt, _mm512_set1_epi32(32)));
+                            put(dst, o + i, _mm512_mul_ps(_mm512_set1_ps(sc), qf));
+                        }
+                    }
+                }
+            }
+        }
+        DType::Q8_0 => {
+            use quant::q8_0::{BLOCK_BYTES, QK8_0};
+            for bi in 0..src.len() / BLOCK_BYTES {
+                let b = p.add(bi * BLOCK_BYTES);
+                let d = _mm512_set1_ps(f16_to_f32(*b, *b.add(1)));
+                for h in 0..2 {
+                    let q =
+                        _mm512_cvtepi8_epi32(_mm_loadu_si128(b.add(2 + 16 * h) as *const __m128i));
+                    put(
+                        dst,
+                        bi * QK8_0 + 16 * h,
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(q), d),
+                    );
+                }
+            }
+        }
+        _ => unreachable!("quantized weights only"),
+    }
 }
 
 /// Packs row tile `t` of `x` (`[m, k]` bf16) into `dst`: K steps of 16 rows × 32 elements.
@@ -277,7 +453,9 @@ unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: 
                     (extra.get() as *const u8).add(64 * (g - 3 * fp))
                 }
             }
-            (Weights::Stored(_), None) => unreachable!("stored weights are packed per unit"),
+            (Weights::Stored(_) | Weights::Quant(..), None) => {
+                unreachable!("stored weights are packed per unit")
+            }
         }
     };
     let (rpairs, cpairs) = (tiles.div_ceil(2), col_tiles.div_ceil(2));
@@ -287,7 +465,13 @@ unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: 
     // pair) then wait in a per-thread buffer between outer blocks. Column groups until every
     // thread has several units (an odd tile at the end of a pair is computed twice and stored
     // once).
-    let per_chunk = (CHUNK_STEPS / steps).max(MIN_PAIRS).min(rpairs);
+    // Quantized weights: their dequantization costs more than the re-reads of activations
+    // from L3, so one chunk takes many rows (each unit dequantizes its columns once per chunk).
+    let per_chunk = match wts {
+        Weights::Quant(..) => QUANT_PAIRS,
+        _ => (CHUNK_STEPS / steps).max(MIN_PAIRS),
+    }
+    .min(rpairs);
     let outer = (CHUNK_STEPS / per_chunk).div_ceil(KC_STEPS).max(1) * KC_STEPS;
     let outers = steps.div_ceil(outer);
     let chunks = rpairs.div_ceil(per_chunk);
@@ -295,9 +479,11 @@ unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: 
         .div_ceil(chunks)
         .clamp(1, cpairs);
     let mut per_group = cpairs.div_ceil(groups);
-    if let Weights::Stored(_) = wts {
+    match wts {
         // Bounds the per-thread buffer of packed weights (32 column pairs: 2048 · K bytes).
-        per_group = per_group.min(32);
+        Weights::Stored(_) => per_group = per_group.min(32),
+        Weights::Quant(..) => per_group = per_group.min(QUANT_GROUP),
+        Weights::Panels(..) => {}
     }
     let groups = cpairs.div_ceil(per_group);
     let out = *out;
@@ -311,15 +497,19 @@ unsafe fn tiles_over(wts: Weights, ap: SPtr, m: usize, n: usize, k: usize, epi: 
         // Stored weights: the unit's columns packed into panels of its own first.
         let (c0, c1) = (32 * q0, (32 * q1).min(n));
         let own = match wts {
-            Weights::Stored(_) => (c1 - c0).div_ceil(NR),
+            Weights::Stored(_) | Weights::Quant(..) => (c1 - c0).div_ceil(NR),
             Weights::Panels(..) => 0,
         };
         with_scratch(Slot::B, own * panel_bytes, false, |buf| {
-            if let Weights::Stored(w) = wts {
-                for j in 0..own {
-                    let n0 = c0 + j * NR;
-                    let dst = buf.add(j * panel_bytes) as *mut u32;
-                    avx512::pack_b(Kind::Dp, w, n0, NR.min(c1 - n0), 0, k, dst);
+            for j in 0..own {
+                let n0 = c0 + j * NR;
+                let dst = buf.add(j * panel_bytes) as *mut u32;
+                match wts {
+                    Weights::Stored(w) => {
+                        avx512::pack_b(Kind::Dp, w, n0, NR.min(c1 - n0), 0, k, dst)
+                    }
+                    Weights::Quant(w, dt) => pack_quant(w, dt, n0, NR.min(c1 - n0), k, dst),
+                    Weights::Panels(..) => {}
                 }
             }
             let local = (own > 0).then_some((SPtr(buf), 2 * q0));

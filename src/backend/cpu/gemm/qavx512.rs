@@ -45,7 +45,7 @@ pub const MR: usize = 8;
 /// fp16 bits → f32 with F16C (exact, as every conversion of an fp16 value is); the `half`
 /// crate's conversion checks for F16C on every call.
 #[inline(always)]
-unsafe fn f16_to_f32(lo: u8, hi: u8) -> f32 {
+pub(super) unsafe fn f16_to_f32(lo: u8, hi: u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
         u16::from_le_bytes([lo, hi]) as i32,
     )))

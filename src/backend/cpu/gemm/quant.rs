@@ -13,6 +13,11 @@ use crate::quant::{self, QuantizedRow};
 use crate::tensor::DType;
 use rayon::prelude::*;
 
+/// Activation rows from which bf16 activations against quantized weights take the AMX tiles
+/// (weights dequantized to bf16 per call, a cost the rows amortize) instead of int8 dots: the
+/// two cross between 64 and 96 rows on the 7B shapes (Intel Xeon, 2 threads).
+pub(crate) const AMX_ROWS: usize = 80;
+
 /// Weight rows per task (small enough to spread lm_head-sized N over the threads evenly).
 const CHUNK: usize = 64;
 
@@ -51,6 +56,13 @@ pub(crate) fn quantized(
     out: &View,
 ) -> Result<()> {
     if m == 0 || n == 0 {
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx && x.dt == DType::BF16 && m >= AMX_ROWS {
+        // SAFETY: `Isa::Amx` is only selected where the CPU and the OS allow tiles; `w` holds
+        // the `n` rows (checked by matmul).
+        unsafe { super::amx::gemm_quant(x, w, dtype, m, n, k, epi, out) };
         return Ok(());
     }
     let acts = quantize_rows(x, m, k, dtype)?;

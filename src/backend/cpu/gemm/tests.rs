@@ -377,6 +377,11 @@ fn check_quant_with(
         for &(prepared, wt) in &wts {
             be.matmul(xt, wt, bt, ot).unwrap();
             let got = read(&mut be, &ot);
+            if isa == Isa::Amx && act == DType::BF16 && m >= super::quant::AMX_ROWS {
+                // The tiles: weights dequantized and rounded to bf16, float sums.
+                check_dequantized_product(dtype, &x, &w, bias.then_some(&b[..]), m, n, k, &got);
+                continue;
+            }
             for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(
                     g.to_bits(),
@@ -385,6 +390,83 @@ fn check_quant_with(
                      scalar GEMV {e}",
                     idx / n,
                     idx % n
+                );
+            }
+        }
+    }
+}
+
+/// `got` (bf16 outputs) against the exact product of the weights dequantized as the scalar
+/// reference does and rounded to bf16, with bf16 activations `x`: the AMX path's operands,
+/// summed in f32 (a bound of K + 2 roundings of the magnitude) and rounded once to bf16.
+#[allow(clippy::too_many_arguments)]
+fn check_dequantized_product(
+    dtype: DType,
+    x: &[f32],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    got: &[f32],
+) {
+    let rb = dtype.bytes_for(k);
+    let mut wf = vec![0f32; k];
+    for j in 0..n {
+        quant::dequantize_row(dtype, &w[j * rb..(j + 1) * rb], &mut wf).unwrap();
+        for v in wf.iter_mut() {
+            *v = round(*v, DType::BF16);
+        }
+        for i in 0..m {
+            let (mut exact, mut mag) = (0f64, 0f64);
+            for l in 0..k {
+                let p = x[i * k + l] as f64 * wf[l] as f64;
+                exact += p;
+                mag += p.abs();
+            }
+            if let Some(b) = bias {
+                exact += b[j] as f64;
+                mag += (b[j] as f64).abs();
+            }
+            let bound = (k + 2) as f64 * 2f64.powi(-24) * mag + 2f64.powi(-8) * exact.abs();
+            let g = got[i * n + j] as f64;
+            assert!(
+                (g - exact).abs() <= bound,
+                "amx {dtype} {m}x{k} @ {n}x{k}: out[{i},{j}] = {g}, exact {exact}, bound {bound}"
+            );
+        }
+    }
+}
+
+/// The AMX path's dequantization (vectorized, to bf16) gives the scalar reference's values
+/// rounded to bf16, on every scale and min bit pattern.
+#[test]
+fn amx_dequantization_matches_the_scalar_reference() {
+    if !Isa::Amx.supported() {
+        eprintln!("amx: skipped: this CPU (or OS) does not run it");
+        return;
+    }
+    let mut r = Rng(0x00DE_0A17);
+    for dtype in [DType::Q8_0, DType::Q4K, DType::Q6K] {
+        for (n, k) in [(7, 256), (3, 1024), (5, 96)] {
+            if k % dtype.block_len() != 0 {
+                continue;
+            }
+            let w = match dtype {
+                DType::Q8_0 => qweights(dtype, n, k, &mut r),
+                _ => qbytes(dtype, n, k, &mut r),
+            };
+            let mut want = vec![0f32; n * k];
+            quant::dequantize_row(dtype, &w, &mut want).unwrap();
+            let mut got = vec![0u16; n * k];
+            // SAFETY: AMX implies AVX-512 F/BW/VL and BF16.
+            unsafe { super::amx::dequant_bf16(dtype, &w, &mut got) };
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(e.is_normal() || *e == 0.0, "{dtype}: test data has {e}");
+                assert_eq!(
+                    *g,
+                    quant::f32_to_bf16_bits(*e),
+                    "{dtype} {n}x{k}: [{i}] of {e}"
                 );
             }
         }
@@ -418,6 +500,15 @@ fn quantized_paths_are_bit_identical_to_scalar_gemv_rows() {
     check_quant(DType::Q4K, 1, 70, 3584, DType::F32, false);
     check_quant(DType::Q6K, 1, 70, 3584, DType::BF16, true);
     check_quant(DType::Q6K, 9, 50, 3584, DType::F32, false);
+    // From AMX_ROWS rows, bf16 activations take the tiles on AMX (held to a bound there, in
+    // `check_quant_with`); f32 activations keep the int8 dots and their bits. Row counts past
+    // one tile pair, odd column tiles, several work units, a partial last dequantized chunk.
+    for dtype in [DType::Q8_0, DType::Q4K, DType::Q6K] {
+        let k = if dtype == DType::Q8_0 { 800 } else { 768 };
+        check_quant(dtype, 80, 37, k, DType::BF16, true);
+        check_quant(dtype, 97, 290, k, DType::BF16, false);
+        check_quant(dtype, 97, 33, k, DType::F32, true);
+    }
 }
 
 #[test]
@@ -497,6 +588,9 @@ fn fused_epilogues_match_the_op_sequence() {
         (DType::Q4K, 1, 33, 256),
         (DType::Q4K, 9, 48, 512),
         (DType::Q6K, 2, 17, 256),
+        // The AMX tiles over dequantized weights (bf16 activations).
+        (DType::Q8_0, 85, 40, 96),
+        (DType::Q4K, 81, 50, 512),
     ];
     for &(wdt, m, n, k) in cases {
         for act in [DType::BF16, DType::F32] {
