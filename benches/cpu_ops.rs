@@ -164,8 +164,8 @@ fn setup_quantized_m(dtype: DType, m: usize, n: usize, k: usize) -> Gemv {
     setup_quantized_as(dtype, m, n, k, true)
 }
 
-/// A quantized matmul; `prepare`: the weight prepared as the model loader does (the K-quants'
-/// interleaved rows on AVX-512), or left as stored rows.
+/// A quantized matmul; `prepare`: the weight prepared as the model loader does (the quantized
+/// types' interleaved rows on AVX-512), or left as stored rows.
 fn setup_quantized_as(dtype: DType, m: usize, n: usize, k: usize, prepare: bool) -> Gemv {
     setup_quantized_on(CpuBackend::new(), dtype, m, n, k, prepare)
 }

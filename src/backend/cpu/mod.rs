@@ -47,8 +47,8 @@ pub struct CpuBackend {
     x16: std::collections::HashMap<u32, gemm::x16::X16>,
     /// bf16 matmul weights packed into the large-M GEMM's panels (`gemm::Panels`), by buffer.
     panels: std::collections::HashMap<u32, gemm::Panels>,
-    /// Bytes the panels may still take: they are a second copy of the weights, kept while it
-    /// fits in half the memory available when the first was made.
+    /// Bytes the panels and interleaved copies may still take: they are a second copy of the
+    /// weights, kept while it fits in half the memory available when the first was made.
     panel_budget: Option<usize>,
     /// Whether [`Backend::prepare_matmul_weight`] makes these copies (`REEL_CPU_REPACK=0`: no).
     repack: bool,
@@ -311,14 +311,14 @@ impl Backend for CpuBackend {
             return Ok(());
         }
         let (n, k) = (w.shape.rows(), w.shape.row_len());
+        let budget = *self
+            .panel_budget
+            .get_or_insert_with(|| mem_available().unwrap_or(0) / 2);
+        if w.dtype.bytes_for(n * k) > budget {
+            return Ok(());
+        }
         #[cfg(target_arch = "x86_64")]
         if w.dtype == DType::BF16 && isa::has_bf16_dot(self.isa) {
-            let budget = *self
-                .panel_budget
-                .get_or_insert_with(|| mem_available().unwrap_or(0) / 2);
-            if w.dtype.bytes_for(n * k) > budget {
-                return Ok(());
-            }
             let v = self.view(w)?;
             if let Some(p) = self.install(|| gemm::prepack(&v, n, k)) {
                 self.panel_budget = Some(budget - p.bytes().min(budget));
@@ -330,6 +330,7 @@ impl Backend for CpuBackend {
         let bytes = unsafe { std::slice::from_raw_parts(p, w.dtype.bytes_for(n * k)) };
         let (s, dt) = (&*self, w.dtype);
         if let Some(x) = s.install(|| gemm::x16::interleave(dt, bytes, n, k)) {
+            self.panel_budget = Some(budget - x.bytes().min(budget));
             self.x16.insert(w.buf.0, x);
         }
         Ok(())
@@ -349,9 +350,10 @@ impl Backend for CpuBackend {
         if let Some(s) = self.bufs.get_mut(buf.0 as usize) {
             *s = None;
         }
-        self.x16.remove(&buf.0);
-        if let (Some(p), Some(b)) = (self.panels.remove(&buf.0), &mut self.panel_budget) {
-            *b += p.bytes();
+        let freed = self.panels.remove(&buf.0).map_or(0, |p| p.bytes())
+            + self.x16.remove(&buf.0).map_or(0, |x| x.bytes());
+        if let Some(b) = &mut self.panel_budget {
+            *b += freed;
         }
     }
 

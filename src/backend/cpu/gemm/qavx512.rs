@@ -975,7 +975,7 @@ pub fn packed(
                     gb: x.block_stride(),
                     dtype,
                     d: if dtype == DType::Q6K {
-                        x.q6_d(j)
+                        x.dvals(j)
                     } else {
                         std::ptr::null()
                     },

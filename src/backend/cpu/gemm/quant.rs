@@ -78,6 +78,11 @@ pub(crate) fn quantized(
         (Some(p), QuantizedRow::Q8K(b)) if p.dtype == DType::Q4K => super::x16::q4k_min_pairs(b),
         _ => Vec::new(),
     };
+    #[cfg(target_arch = "x86_64")]
+    let q8 = match (x16, &acts[0]) {
+        (Some(_), QuantizedRow::Q8_0(b)) => Some(super::x16::q8_0_act(b)),
+        _ => None,
+    };
     // One activation row (or no AVX-512): row-by-row dots.
     #[cfg(target_arch = "x86_64")]
     let q4 = (isa.avx512() && dtype == DType::Q4K).then(|| match &acts[0] {
@@ -95,17 +100,24 @@ pub(crate) fn quantized(
             while j < j1 {
                 // Whole interleaved groups (chunks start at multiples of 16).
                 #[cfg(target_arch = "x86_64")]
-                if let (Some(p), QuantizedRow::Q8K(b)) = (x16, &acts[0]) {
+                if let Some(p) = x16 {
                     if j / super::x16::G < p.groups {
                         let g = j / super::x16::G;
                         let o: &mut [f32; 16] = (&mut buf[j - j0..j - j0 + 16]).try_into().unwrap();
                         // SAFETY: x16 is only passed on AVX-512 (+ VNNI) CPUs; its shape is
                         // `w`'s, checked by matmul.
                         unsafe {
-                            if p.dtype == DType::Q4K {
-                                super::x16::q4k(p.group(g), b, &mins, o)
-                            } else {
-                                super::x16::q6k(p.group(g), p.q6_d(g), b, o)
+                            match (&acts[0], &q8) {
+                                (QuantizedRow::Q8_0(b), Some(a)) => {
+                                    super::x16::q8_0(p.group(g), p.dvals(g), b, a, o)
+                                }
+                                (QuantizedRow::Q8K(b), _) if p.dtype == DType::Q4K => {
+                                    super::x16::q4k(p.group(g), b, &mins, o)
+                                }
+                                (QuantizedRow::Q8K(b), _) => {
+                                    super::x16::q6k(p.group(g), p.dvals(g), b, o)
+                                }
+                                _ => unreachable!("activations quantized for the weight type"),
                             }
                         }
                         j += super::x16::G;

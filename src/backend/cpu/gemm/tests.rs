@@ -360,7 +360,7 @@ fn check_quant_with(
         let wt = TRef::new(wb, 0, dtype, Shape::new(&[n, k]));
         if prepare {
             be.prepare_matmul_weight(&wt).unwrap();
-            let interleaved = Isa::Avx512.supported() && dtype != DType::Q8_0 && n >= 16;
+            let interleaved = Isa::Avx512.supported() && n >= 16;
             assert_eq!(be.x16.contains_key(&wb.0), interleaved, "{dtype} n = {n}");
         }
         wts.push((prepare, wt));
@@ -496,7 +496,10 @@ fn quantized_paths_are_bit_identical_to_scalar_gemv_rows() {
     check_quant(DType::Q8_0, 6, 19, 96, DType::F32, true);
     check_quant(DType::Q8_0, 20, 40, 17 * 32, DType::BF16, false);
     check_quant(DType::Q4K, 17, 70, 3584, DType::BF16, true);
-    // GEMV over several interleaved groups and a tail, at the 7B row length.
+    // GEMV over several interleaved groups and a tail, at the 7B row length (Q8_0: 112
+    // blocks, and 17: the eight accumulators twice over and one more).
+    check_quant(DType::Q8_0, 1, 70, 3584, DType::BF16, true);
+    check_quant(DType::Q8_0, 1, 35, 17 * 32, DType::F32, false);
     check_quant(DType::Q4K, 1, 70, 3584, DType::F32, false);
     check_quant(DType::Q6K, 1, 70, 3584, DType::BF16, true);
     check_quant(DType::Q6K, 9, 50, 3584, DType::F32, false);

@@ -1,5 +1,5 @@
-//! Row-interleaved K-quant weights for the AVX-512 GEMV: Q4_K / Q6_K rows regrouped at load time
-//! sixteen at a time, so that one zmm holds the same four bytes of one block of sixteen rows
+//! Row-interleaved quantized weights for the AVX-512 GEMV: Q8_0 / Q4_K / Q6_K rows regrouped at
+//! load time sixteen at a time, so that one zmm holds the same four bytes of one block of sixteen rows
 //! (lane = row). The GEMV then needs no shuffles: each `vpdpbusd` dots sixteen rows with four
 //! activation bytes broadcast from memory, and the per-row scales sit in lanes like the data.
 //! Each thread also reads one forward stream, in the order it computes, instead of four short
@@ -8,16 +8,18 @@
 //!
 //! Layout of group `g` (rows `16g..16g + 16`), block `s`, at `(g · nb + s) · 16 · W` bytes:
 //! `W / 4` lines of 64 bytes; lane `r` of line [`line_of`]`(w)` holds 32-bit word `w` of row
-//! `16g + r`'s block `s`. `W` is the block size (Q4_K: 144, all of it) or the first 208 bytes
-//! of a Q6_K block (quants and scales); the Q6_K `d` values follow all groups as `[g][s][16]`
-//! u16. Rows past the last full group are not copied: the stored rows serve them (and every
-//! other op).
+//! `16g + r`'s block `s`. `W` is the block size (Q4_K: 144, all of it), the first 208 bytes
+//! of a Q6_K block (quants and scales) or the 32 quants of a Q8_0 block, stored as `q + 128`
+//! (unsigned, what `vpdpbusd` takes: `Σ (q + 128)·a − 128·Σ a` is the exact `Σ q·a`); the Q6_K
+//! and Q8_0 `d` values follow all groups as `[g][s][16]` u16. Rows past the last full group are
+//! not copied: the stored rows serve them (and every other op).
 //!
 //! Exactness: the same integers per block as `quant::vec_dot_quantized_scalar`, and its float
 //! steps in its order per lane, so the outputs are bit-identical to it.
 
 use super::Line;
 use crate::quant::q4_k;
+use crate::quant::q8_0::{self, BlockQ8_0};
 use crate::quant::q8_k::BlockQ8K;
 use crate::tensor::DType;
 use rayon::prelude::*;
@@ -29,7 +31,7 @@ pub const G: usize = 16;
 /// Interleaved bytes of one Q6_K block of one row (its `d` is stored apart).
 const Q6_W: usize = 208;
 
-/// A Q4_K or Q6_K weight `[n, k]` with its full groups of sixteen rows interleaved.
+/// A Q8_0, Q4_K or Q6_K weight `[n, k]` with its full groups of sixteen rows interleaved.
 pub struct X16 {
     pub dtype: DType,
     pub n: usize,
@@ -42,16 +44,39 @@ pub struct X16 {
 impl X16 {
     /// Bytes of one block of one row in the interleaved part.
     fn w(dtype: DType) -> usize {
-        if dtype == DType::Q4K {
-            q4_k::BLOCK_BYTES
-        } else {
-            Q6_W
+        match dtype {
+            DType::Q4K => q4_k::BLOCK_BYTES,
+            DType::Q8_0 => q8_0::QK8_0,
+            _ => Q6_W,
         }
+    }
+
+    /// Offset of a block's first interleaved byte in its stored form (past a Q8_0 block's `d`).
+    fn w0(dtype: DType) -> usize {
+        if dtype == DType::Q8_0 {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// Offset of a block's `d` in its stored form, where it is stored apart.
+    fn d_at(dtype: DType) -> Option<usize> {
+        match dtype {
+            DType::Q6K => Some(Q6_W),
+            DType::Q8_0 => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Bytes of the copy.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 64
     }
 
     /// Blocks per row.
     pub fn nb(&self) -> usize {
-        self.k / 256
+        self.k / self.dtype.block_len()
     }
 
     /// Bytes from one interleaved block of a group to the next.
@@ -65,9 +90,10 @@ impl X16 {
         unsafe { (self.data.as_ptr() as *const u8).add(bytes) }
     }
 
-    /// Q6_K: the sixteen `d` values (u16) of group `g`, block 0; blocks follow 32 bytes apart.
-    pub fn q6_d(&self, g: usize) -> *const u8 {
-        let blocks = self.groups * self.nb() * G * Q6_W;
+    /// Q6_K, Q8_0: the sixteen `d` values (u16) of group `g`, block 0; blocks follow 32 bytes
+    /// apart.
+    pub fn dvals(&self, g: usize) -> *const u8 {
+        let blocks = self.groups * self.nb() * G * Self::w(self.dtype);
         unsafe { (self.data.as_ptr() as *const u8).add(blocks + g * self.nb() * 2 * G) }
     }
 }
@@ -77,7 +103,7 @@ impl X16 {
 /// through memory: the four scale words, then per half `h` and step `t` the words of `ql`
 /// (bytes 4t and 32 + 4t of the half) and of `qh` that make sixteen quants each.
 pub fn line_of(dtype: DType, w: usize) -> usize {
-    if dtype == DType::Q4K {
+    if dtype != DType::Q6K {
         return w;
     }
     match w {
@@ -90,17 +116,21 @@ pub fn line_of(dtype: DType, w: usize) -> usize {
 /// Interleaves the full groups of `w` (`n` stored rows of `k` elements), or `None` when the
 /// type or shape has no interleaved kernel (other types, fewer than sixteen rows).
 pub fn interleave(dtype: DType, w: &[u8], n: usize, k: usize) -> Option<X16> {
-    if !matches!(dtype, DType::Q4K | DType::Q6K) || n < G || !k.is_multiple_of(256) {
+    let bl = dtype.block_len();
+    if !matches!(dtype, DType::Q8_0 | DType::Q4K | DType::Q6K) || n < G || !k.is_multiple_of(bl) {
         return None;
     }
     let (rb, bb, ww) = (dtype.bytes_for(k), dtype.block_bytes(), X16::w(dtype));
-    let (groups, nb) = (n / G, k / 256);
+    let (groups, nb) = (n / G, k / bl);
     let main = groups * nb * G * ww;
-    let dbytes = if dtype == DType::Q6K {
+    let (w0, d_at) = (X16::w0(dtype), X16::d_at(dtype));
+    let dbytes = if d_at.is_some() {
         groups * nb * 2 * G
     } else {
         0
     };
+    // Q8_0's signed quants become `q + 128`.
+    let flip = if dtype == DType::Q8_0 { 0x8080_8080 } else { 0 };
     let mut data = vec![Line([0; 16]); (main + dbytes).div_ceil(64)];
     let dst = super::super::SPtr(data.as_mut_ptr() as *mut u8);
     (0..groups).into_par_iter().for_each(|g| {
@@ -110,12 +140,13 @@ pub fn interleave(dtype: DType, w: &[u8], n: usize, k: usize) -> Option<X16> {
             for r in 0..G {
                 let src = &w[(G * g + r) * rb + s * bb..][..bb];
                 for wd in 0..ww / 4 {
-                    let v = u32::from_le_bytes(src[4 * wd..4 * wd + 4].try_into().unwrap());
+                    let at = w0 + 4 * wd;
+                    let v = u32::from_le_bytes(src[at..at + 4].try_into().unwrap()) ^ flip;
                     unsafe { o.add(line_of(dtype, wd) * G + r).write(v) };
                 }
-                if dtype == DType::Q6K {
+                if let Some(da) = d_at {
                     let d = unsafe { out.add(main + ((g * nb + s) * G + r) * 2) };
-                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(Q6_W), d, 2) };
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(da), d, 2) };
                 }
             }
         }
@@ -127,6 +158,65 @@ pub fn interleave(dtype: DType, w: &[u8], n: usize, k: usize) -> Option<X16> {
         groups,
         data,
     })
+}
+
+/// What the Q8_0 GEMV needs of the activation row besides its blocks: per block `128 · Σ a`
+/// (the unsigned weights' offset) and `d` as f32.
+pub struct Q8Act {
+    asum: Vec<i32>,
+    d: Vec<f32>,
+}
+
+pub fn q8_0_act(y: &[BlockQ8_0]) -> Q8Act {
+    Q8Act {
+        asum: y
+            .iter()
+            .map(|b| 128 * b.qs.iter().map(|&q| q as i32).sum::<i32>())
+            .collect(),
+        d: y.iter()
+            .map(|b| half::f16::from_bits(b.d).to_f32())
+            .collect(),
+    }
+}
+
+/// Sixteen Q8_0 rows (group base `b`, its `d` values at `dp`) × one Q8_0 row: `out[r]` as
+/// `q8_0::vec_dot_q8_0_q8_0_scalar` gives it for row `r` (the block sums go into eight
+/// accumulators by block index mod 8, reduced as `q8_0::reduce8` does, lane by lane).
+///
+/// # Safety
+/// AVX-512 F/BW/VL + VNNI; `b` and `dp` hold `y.len()` interleaved blocks; `act` made from `y`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+pub unsafe fn q8_0(b: *const u8, dp: *const u8, y: &[BlockQ8_0], act: &Q8Act, out: &mut [f32; 16]) {
+    const BB: usize = G * q8_0::QK8_0;
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let nb = y.len();
+    // Block `s` into accumulator `u` = s % 8 (an index known at compile time in the
+    // unrolled body).
+    #[inline(always)]
+    unsafe fn blk(b: *const u8, dp: *const u8, y: &[BlockQ8_0], act: &Q8Act, s: usize) -> __m512 {
+        let (p, q) = (b.add(s * BB), y.get_unchecked(s).qs.as_ptr());
+        let mut isum = _mm512_set1_epi32(-act.asum.get_unchecked(s));
+        for t in 0..8 {
+            isum = _mm512_dpbusd_epi32(isum, ld(p, t), ybc(q, t));
+        }
+        let dh = _mm256_loadu_si256(dp.add(s * 2 * G) as *const __m256i);
+        let d = _mm512_mul_ps(_mm512_cvtph_ps(dh), _mm512_set1_ps(*act.d.get_unchecked(s)));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(isum), d)
+    }
+    let mut s = 0;
+    while s + 8 <= nb {
+        for (u, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_add_ps(*a, blk(b, dp, y, act, s + u));
+        }
+        s += 8;
+    }
+    for (u, a) in acc.iter_mut().enumerate().take(nb - s) {
+        *a = _mm512_add_ps(*a, blk(b, dp, y, act, s + u));
+    }
+    let s4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[i], acc[i + 4]));
+    let s2 = [_mm512_add_ps(s4[0], s4[2]), _mm512_add_ps(s4[1], s4[3])];
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(s2[0], s2[1]));
 }
 
 /// The Q4_K min terms' activation side, per block: the pair sums `P_j = bsums[2j] + bsums[2j+1]`
