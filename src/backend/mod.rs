@@ -270,6 +270,12 @@ pub trait Backend: Send {
         None
     }
 
+    /// The int8 dot peak measured on this machine, TOP/s, and what was measured (the CPU
+    /// backend on AVX-512: `vpdpbusd`, the quantized weights' dot); `None` elsewhere.
+    fn measured_int8_peak(&self) -> Option<(f64, String)> {
+        None
+    }
+
     /// Device memory in use and its peak, for backends that own device memory (None on the
     /// CPU, whose weights are borrowed host bytes: see the process's peak RSS instead).
     fn memory_stats(&self) -> Option<MemStats> {

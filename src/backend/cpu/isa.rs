@@ -319,6 +319,60 @@ pub fn peak_flops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
     }
 }
 
+/// One thread's int8 dot peak on `isa`, in operations per second (a multiply and an add per
+/// byte product), and the instruction measured: `vpdpbusd` on the AVX-512 paths (what the
+/// quantized weights' int8 GEMM and GEMV use), `None` elsewhere.
+pub fn peak_int8_ops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const CHAINS: usize = 12;
+        // In assembly: the compiler folds the intrinsic's loop over constant operands.
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn dpbusd(iters: u64) -> i32 {
+            for _ in 0..iters {
+                std::arch::asm!(
+                    "vpdpbusd zmm0, zmm12, zmm13",
+                    "vpdpbusd zmm1, zmm12, zmm13",
+                    "vpdpbusd zmm2, zmm12, zmm13",
+                    "vpdpbusd zmm3, zmm12, zmm13",
+                    "vpdpbusd zmm4, zmm12, zmm13",
+                    "vpdpbusd zmm5, zmm12, zmm13",
+                    "vpdpbusd zmm6, zmm12, zmm13",
+                    "vpdpbusd zmm7, zmm12, zmm13",
+                    "vpdpbusd zmm8, zmm12, zmm13",
+                    "vpdpbusd zmm9, zmm12, zmm13",
+                    "vpdpbusd zmm10, zmm12, zmm13",
+                    "vpdpbusd zmm11, zmm12, zmm13",
+                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                    out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                    out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                    out("zmm12") _, out("zmm13") _,
+                    options(nostack, nomem)
+                );
+            }
+            0
+        }
+        if !isa.avx512() {
+            return None;
+        }
+        // SAFETY: the AVX-512 paths are only selected on CPUs with AVX512_VNNI.
+        let time = |iters: u64| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(unsafe { dpbusd(iters) });
+            t.elapsed().as_secs_f64()
+        };
+        let probe = 20_000;
+        let iters = ((secs / 3.0 / time(probe).max(1e-9)) * probe as f64).clamp(1e3, 1e9) as u64;
+        let best = (0..3).map(|_| time(iters)).fold(f64::MAX, f64::min);
+        Some(((64 * 2 * CHAINS) as f64 * iters as f64 / best, "vpdpbusd"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, secs);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -305,6 +305,12 @@ impl Backend for CpuBackend {
         Some((tf, format!("measured {what}, {} threads", self.threads())))
     }
 
+    fn measured_int8_peak(&self) -> Option<(f64, String)> {
+        let isa = self.isa;
+        let (t, what) = self.install(|| super::harness::perf::host_int8_peak(isa))?;
+        Some((t, format!("measured {what}, {} threads", self.threads())))
+    }
+
     fn prepare_matmul_weight(&mut self, w: &TRef) -> Result<()> {
         // The interleaved GEMV is AVX-512's; the layout is only worth its memory there.
         if !self.repack || !self.isa.avx512() || w.shape.rank() != 2 || w.offset != 0 {

@@ -69,6 +69,18 @@ pub fn host_compute_peak(isa: crate::backend::cpu::Isa) -> Option<(f64, &'static
     Some((per.iter().flatten().map(|p| p.0).sum::<f64>() / 1e12, name))
 }
 
+/// The CPU's int8 dot peak on `isa` (all threads of the pool, as [`host_compute_peak`]),
+/// TOP/s, and the instruction measured; `None` where the path has no int8 dot instruction.
+pub fn host_int8_peak(isa: crate::backend::cpu::Isa) -> Option<(f64, &'static str)> {
+    use rayon::prelude::*;
+    let per: Vec<_> = (0..rayon::current_num_threads())
+        .into_par_iter()
+        .map(|_| crate::backend::cpu::isa::peak_int8_ops(isa, 0.15))
+        .collect();
+    let name = per.first()?.as_ref()?.1;
+    Some((per.iter().flatten().map(|p| p.0).sum::<f64>() / 1e12, name))
+}
+
 /// `t` TFLOP/s with the digits that matter (a CPU's fraction of one, a GPU's hundreds).
 pub fn tflops(t: f64) -> String {
     if t < 10.0 {

@@ -332,7 +332,9 @@ pub fn run(cfg: &BenchConfig, opts: &EngineOptions) -> Result<BenchReport> {
         seconds: prefill_s,
         tokens_per_s: cfg.prompt_len as f64 / prefill_s,
         tflops: pf / prefill_s / 1e12,
-        compute_fraction: ceilings.compute_tflops.map(|p| pf / prefill_s / 1e12 / p),
+        compute_fraction: ceilings
+            .compute_for(preset != Preset::Bf16)
+            .map(|p| pf / prefill_s / 1e12 / p),
     };
 
     let full_specs = text_specs(&shape.text, full, preset);
@@ -668,5 +670,34 @@ mod tests {
             "--vision-layers",
         );
         assert!(validate(&base, &tiny).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod ceiling_tests {
+    use super::report::Ceilings;
+
+    fn ceilings(bf16: Option<f64>, int8: Option<f64>) -> Ceilings {
+        Ceilings {
+            bandwidth_gbps: None,
+            bandwidth_source: String::new(),
+            host_copy_gbps: None,
+            compute_tflops: bf16,
+            compute_source: String::new(),
+            int8_tops: int8,
+            int8_source: String::new(),
+        }
+    }
+
+    #[test]
+    fn quantized_runs_are_measured_against_the_higher_peak() {
+        // An AVX-512 CPU: the int8 dot outruns the bf16 dot; an AMX one: the tiles outrun both.
+        let c = ceilings(Some(0.2), Some(0.77));
+        assert_eq!(c.compute_for(true), Some(0.77));
+        assert_eq!(c.compute_for(false), Some(0.2));
+        let c = ceilings(Some(6.0), Some(0.77));
+        assert_eq!(c.compute_for(true), Some(6.0));
+        assert_eq!(ceilings(None, Some(0.5)).compute_for(false), None);
+        assert_eq!(ceilings(None, Some(0.5)).compute_for(true), Some(0.5));
     }
 }

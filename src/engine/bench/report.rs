@@ -19,9 +19,22 @@ pub struct Ceilings {
     pub compute_tflops: Option<f64>,
     /// `datasheet`, or what the CPU measured.
     pub compute_source: String,
+    /// CPU with an int8 dot instruction: its peak, TOP/s, and what was measured.
+    pub int8_tops: Option<f64>,
+    pub int8_source: String,
 }
 
 impl Ceilings {
+    /// The compute ceiling of a run over `quantized` weights or not: quantized weights may take
+    /// the int8 dots or the bf16 path (the CPU's tiles, CUDA's tensor cores) by shape, so theirs
+    /// is the higher of the two peaks.
+    pub fn compute_for(&self, quantized: bool) -> Option<f64> {
+        match (self.compute_tflops, self.int8_tops.filter(|_| quantized)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// On CUDA the device's datasheet peaks; on the CPU the host bandwidth measured over
     /// `host_bytes` (far larger than the caches for a real measurement).
     pub fn of(be: &dyn Backend, host_bytes: usize) -> Ceilings {
@@ -34,16 +47,21 @@ impl Ceilings {
                 host_copy_gbps: None,
                 compute_tflops: tf,
                 compute_source: "datasheet".into(),
+                int8_tops: None,
+                int8_source: String::new(),
             };
         }
         let (copy, read) = host_bandwidth(host_bytes);
         let peak = be.measured_compute_peak();
+        let int8 = be.measured_int8_peak();
         Ceilings {
             bandwidth_gbps: Some(read / 1e9),
             bandwidth_source: "measured host read".into(),
             host_copy_gbps: Some(copy / 1e9),
             compute_tflops: peak.as_ref().map(|p| p.0),
             compute_source: peak.map_or_else(String::new, |p| p.1),
+            int8_tops: int8.as_ref().map(|p| p.0),
+            int8_source: int8.map_or_else(String::new, |p| p.1),
         }
     }
 }
@@ -223,7 +241,10 @@ impl BenchReport {
         let tf = c.compute_tflops.map_or("compute peak unknown".into(), |t| {
             format!("{} dense bf16 ({})", tflops(t), c.compute_source)
         });
-        let _ = writeln!(r, "ceilings: {bw}; {tf}");
+        let i8 = c.int8_tops.map_or(String::new(), |t| {
+            format!("; {t:.2} TOP/s int8 ({})", c.int8_source)
+        });
+        let _ = writeln!(r, "ceilings: {bw}; {tf}{i8}");
         let p = &self.prefill;
         let _ = writeln!(
             r,
