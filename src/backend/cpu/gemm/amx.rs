@@ -8,6 +8,10 @@
 //!   the panels are zero-padded to a multiple of 16 units. The last partial panel is packed per
 //!   call, zero-padded likewise. Weights without panels (past the memory budget for them, or
 //!   `REEL_CPU_REPACK=0`) are packed into the same panels per work unit, its columns only.
+//! - Quantized weights ([`gemm_quant`]): each work unit dequantizes its columns as the scalar
+//!   reference does, rounds them to bf16 and packs them into the same panels (few columns per
+//!   unit, so that they stay in L2; one row chunk of up to 1,024 rows, so that each weight is
+//!   dequantized once per call).
 //! - A (activations): packed per call into 1 KiB tiles of 16 rows × 32 K elements, zero-padded
 //!   past M and K (a copy of M · K · 2 bytes, small next to the work).
 //!

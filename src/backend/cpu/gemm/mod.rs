@@ -6,7 +6,8 @@
 //!   microkernel for large M, and for small M too over bf16 panels packed at load where K is
 //!   one block; otherwise lanes-over-K dots for small M; `vdpbf16ps` when both operands are bf16). AVX2: `avx2.rs`
 //!   tiles. Scalar: [`scalar_tile`].
-//! - [`quantized`]: Q8_0 / Q4_K / Q6_K weights against int8 activation blocks (`quant.rs`).
+//! - [`quantized`]: Q8_0 / Q4_K / Q6_K weights against int8 activation blocks (`quant.rs`); on
+//!   AMX, bf16 activations of 80 rows or more against the weights dequantized to bf16 (`amx.rs`).
 //!
 //! Every path finishes a row of sums through [`store_row`] with an [`Epi`]: the bias, and the
 //! residual add or GELU of `matmul_fused` applied as the row is stored.

@@ -2,7 +2,9 @@
 //! quantized once (Q8_0 blocks for Q8_0 weights, Q8_K for the K-quants, as llama.cpp does), then
 //! each output is the exact integer block dot products scaled in f32 in the order of the scalar
 //! reference (`crate::quant::vec_dot_quantized_scalar`), so every path gives the same bits as M
-//! independent GEMV rows.
+//! independent GEMV rows. The one exception: on AMX, bf16 activations of [`AMX_ROWS`] rows or more
+//! take the tiles over the weights dequantized to bf16 (`amx::gemm_quant`), a float sum held to
+//! the bound of the bf16 GEMMs in the tests; f32 activations never do.
 
 use super::super::isa::Isa;
 use super::super::View;
