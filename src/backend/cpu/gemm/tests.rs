@@ -512,6 +512,8 @@ fn quantized_paths_are_bit_identical_to_scalar_gemv_rows() {
         check_quant(dtype, 97, 290, k, DType::BF16, false);
         check_quant(dtype, 97, 33, k, DType::F32, true);
     }
+    // Seven row pairs: K in two outer blocks of 80 steps, sums parked between them.
+    check_quant(DType::Q4K, 200, 40, 2816, DType::BF16, true);
 }
 
 #[test]
