@@ -145,11 +145,42 @@ fn erfc_fast(x: f64) -> f64 {
 
 pub(super) fn gelu(be: &CpuBackend, x: TRef, out: TRef) -> Result<()> {
     check::gelu(&x, &out)?;
-    map_rows(be, &[x], out, |i, o| {
-        for (o, &x) in o.iter_mut().zip(&i[0]) {
-            *o = gelu_f32(x);
+    // bf16 inputs widen to f32 values with zero low bits: the table holds their GELU.
+    let table = (x.dtype == DType::BF16).then(gelu_bf16_table);
+    map_rows(be, &[x], out, |i, o| match table {
+        Some(t) => {
+            for (o, &x) in o.iter_mut().zip(&i[0]) {
+                *o = t[(x.to_bits() >> 16) as usize];
+            }
+        }
+        None => {
+            for (o, &x) in o.iter_mut().zip(&i[0]) {
+                *o = gelu_f32(x);
+            }
         }
     })
+}
+
+/// [`gelu_f32`] of every bf16 value, indexed by its bits (256 KiB, made once): a lookup instead
+/// of the f64 erfc for bf16 activations, the same numbers.
+pub(super) fn gelu_bf16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| gelu_f32(f32::from_bits((b as u32) << 16)))
+            .collect()
+    })
+}
+
+/// GELU of `x` rounded to `dt` first (the GEMM epilogue: the unfused matmul's stored value).
+#[inline]
+pub(super) fn gelu_rounded(x: f32, dt: DType) -> f32 {
+    let v = super::simd::round_to(x, dt);
+    if dt == DType::BF16 {
+        gelu_bf16_table()[(v.to_bits() >> 16) as usize]
+    } else {
+        gelu_f32(v)
+    }
 }
 
 /// Exact GELU of one value (the `gelu` op's, and the GEMM epilogue's).
@@ -291,6 +322,29 @@ mod tests {
         // erfc(3) relative accuracy (where 1 - erf loses everything).
         let e3 = 2.209049699858544e-05;
         assert!((erfc_fast(3.0) - e3).abs() / e3 < 1.2e-7);
+    }
+
+    /// The epilogue's lookup gives `gelu_f32` of the bf16-rounded value for every f32 that rounds
+    /// to each bf16 pattern (either side of the rounding, both signs, NaNs, infinities).
+    #[test]
+    fn bf16_gelu_lookup_is_the_direct_evaluation() {
+        use super::super::simd::round_to;
+        use super::{gelu_f32, gelu_rounded};
+        use crate::tensor::DType;
+        for b in 0..=u16::MAX as u32 {
+            for low in [0u32, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                let x = f32::from_bits((b << 16) | low);
+                let (got, want) = (
+                    gelu_rounded(x, DType::BF16),
+                    gelu_f32(round_to(x, DType::BF16)),
+                );
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "gelu({x:e}) = {got:e}, direct {want:e}"
+                );
+            }
+        }
+        assert_eq!(gelu_rounded(1.5, DType::F32), gelu_f32(1.5));
     }
 }
 

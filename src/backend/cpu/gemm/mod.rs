@@ -139,7 +139,7 @@ pub(crate) unsafe fn post(row: &mut [f32], post: Post, dt: DType, r: usize, j0: 
         }
         Post::Gelu => {
             for v in row {
-                *v = super::elementwise::gelu_f32(round_to(*v, dt));
+                *v = super::elementwise::gelu_rounded(*v, dt);
             }
         }
     }
