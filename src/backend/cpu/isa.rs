@@ -300,23 +300,31 @@ pub fn peak_flops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
             Isa::Scalar => return None,
         };
         // SAFETY: `isa` is one this CPU supports (the backend only selects such).
-        let time = |iters: u64| {
-            let t = std::time::Instant::now();
-            std::hint::black_box(unsafe { run(iters) });
-            t.elapsed().as_secs_f64()
-        };
-        // Calibrate on a short run, then the best of three runs of about `secs` / 3 (another
-        // process may take the core for part of one).
-        let probe = 20_000;
-        let iters = ((secs / 3.0 / time(probe).max(1e-9)) * probe as f64).clamp(1e3, 1e9) as u64;
-        let best = (0..3).map(|_| time(iters)).fold(f64::MAX, f64::min);
-        Some((flops * iters as f64 / best, name))
+        Some((unsafe { rate(run, flops, secs) }, name))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (isa, secs);
         None
     }
+}
+
+/// Operations per second of `run` (`per_iter` per iteration): calibrated on a short run, then
+/// the best of three runs of about `secs` / 3 (another process may take the core for part of one).
+///
+/// # Safety
+/// `run` may run on this CPU.
+#[cfg(target_arch = "x86_64")]
+unsafe fn rate(run: unsafe fn(u64) -> f32, per_iter: f64, secs: f64) -> f64 {
+    let time = |iters: u64| {
+        let t = std::time::Instant::now();
+        std::hint::black_box(run(iters));
+        t.elapsed().as_secs_f64()
+    };
+    let probe = 20_000;
+    let iters = ((secs / 3.0 / time(probe).max(1e-9)) * probe as f64).clamp(1e3, 1e9) as u64;
+    let best = (0..3).map(|_| time(iters)).fold(f64::MAX, f64::min);
+    per_iter * iters as f64 / best
 }
 
 /// One thread's int8 dot peak on `isa`, in operations per second (a multiply and an add per
@@ -328,7 +336,7 @@ pub fn peak_int8_ops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
         const CHAINS: usize = 12;
         // In assembly: the compiler folds the intrinsic's loop over constant operands.
         #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn dpbusd(iters: u64) -> i32 {
+        unsafe fn dpbusd(iters: u64) -> f32 {
             for _ in 0..iters {
                 std::arch::asm!(
                     "vpdpbusd zmm0, zmm12, zmm13",
@@ -350,21 +358,14 @@ pub fn peak_int8_ops(isa: Isa, secs: f64) -> Option<(f64, &'static str)> {
                     options(nostack, nomem)
                 );
             }
-            0
+            0.0
         }
         if !isa.avx512() {
             return None;
         }
         // SAFETY: the AVX-512 paths are only selected on CPUs with AVX512_VNNI.
-        let time = |iters: u64| {
-            let t = std::time::Instant::now();
-            std::hint::black_box(unsafe { dpbusd(iters) });
-            t.elapsed().as_secs_f64()
-        };
-        let probe = 20_000;
-        let iters = ((secs / 3.0 / time(probe).max(1e-9)) * probe as f64).clamp(1e3, 1e9) as u64;
-        let best = (0..3).map(|_| time(iters)).fold(f64::MAX, f64::min);
-        Some(((64 * 2 * CHAINS) as f64 * iters as f64 / best, "vpdpbusd"))
+        let ops = (64 * 2 * CHAINS) as f64;
+        Some((unsafe { rate(dpbusd, ops, secs) }, "vpdpbusd"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

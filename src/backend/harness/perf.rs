@@ -60,10 +60,18 @@ pub fn host_bandwidth(bytes: usize) -> (f64, f64) {
 /// scalar path): each thread of the current rayon pool runs the loop at once, and their rates
 /// add up (one per core; a thread that ran twice still timed its own core).
 pub fn host_compute_peak(isa: crate::backend::cpu::Isa) -> Option<(f64, &'static str)> {
+    on_all_threads(|| crate::backend::cpu::isa::peak_flops(isa, 0.15))
+}
+
+/// `probe` (a rate per second and its name) on every thread of the pool at once, summed, in
+/// units of 10¹².
+fn on_all_threads(
+    probe: impl Fn() -> Option<(f64, &'static str)> + Sync,
+) -> Option<(f64, &'static str)> {
     use rayon::prelude::*;
     let per: Vec<_> = (0..rayon::current_num_threads())
         .into_par_iter()
-        .map(|_| crate::backend::cpu::isa::peak_flops(isa, 0.15))
+        .map(|_| probe())
         .collect();
     let name = per.first()?.as_ref()?.1;
     Some((per.iter().flatten().map(|p| p.0).sum::<f64>() / 1e12, name))
@@ -72,13 +80,7 @@ pub fn host_compute_peak(isa: crate::backend::cpu::Isa) -> Option<(f64, &'static
 /// The CPU's int8 dot peak on `isa` (all threads of the pool, as [`host_compute_peak`]),
 /// TOP/s, and the instruction measured; `None` where the path has no int8 dot instruction.
 pub fn host_int8_peak(isa: crate::backend::cpu::Isa) -> Option<(f64, &'static str)> {
-    use rayon::prelude::*;
-    let per: Vec<_> = (0..rayon::current_num_threads())
-        .into_par_iter()
-        .map(|_| crate::backend::cpu::isa::peak_int8_ops(isa, 0.15))
-        .collect();
-    let name = per.first()?.as_ref()?.1;
-    Some((per.iter().flatten().map(|p| p.0).sum::<f64>() / 1e12, name))
+    on_all_threads(|| crate::backend::cpu::isa::peak_int8_ops(isa, 0.15))
 }
 
 /// `t` TFLOP/s with the digits that matter (a CPU's fraction of one, a GPU's hundreds).
