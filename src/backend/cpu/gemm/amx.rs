@@ -323,14 +323,9 @@ pub(crate) unsafe fn dequant_bf16(dtype: DType, src: &[u8], dst: &mut [u16]) {
     let p = src.as_ptr();
     match dtype {
         DType::Q4K => {
-            use quant::q4_k::{get_scale_min_k4, BLOCK_BYTES, QK_K};
+            use quant::q4_k::{block_scales, BLOCK_BYTES, QK_K};
             for (bi, b) in src.chunks_exact(BLOCK_BYTES).enumerate() {
-                // `q4_k::block_scales`, with the fp16 conversions inline.
-                let (d, dmin) = (f16_to_f32(b[0], b[1]), f16_to_f32(b[2], b[3]));
-                let s: [(f32, f32); 8] = std::array::from_fn(|j| {
-                    let (sc, m) = get_scale_min_k4(j, &b[4..16]);
-                    (d * sc as f32, dmin * m as f32)
-                });
+                let s = block_scales(b);
                 let qs = b.as_ptr().add(16);
                 let o = bi * QK_K;
                 for c in 0..4 {
@@ -361,23 +356,39 @@ pub(crate) unsafe fn dequant_bf16(dtype: DType, src: &[u8], dst: &mut [u16]) {
                 let d = f16_to_f32(b[208], b[209]);
                 let o = bi * QK_K;
                 let (ql, qh) = (b.as_ptr(), b.as_ptr().add(128));
-                let ld = |q: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(q as *const __m128i));
                 let m4 = _mm512_set1_epi32(15);
-                let m2 = _mm512_set1_epi32(3);
+                // (Plain code, no closures: a closure's intrinsics may not inherit this
+                // function's target features.)
                 for h in 0..2 {
                     for l0 in [0, 16] {
-                        let a = ld(ql.add(64 * h + l0));
-                        let bb = ld(ql.add(64 * h + 32 + l0));
-                        let hb = ld(qh.add(32 * h + l0));
-                        let hi = |sh: u32| {
-                            let v = _mm512_srl_epi32(hb, _mm_cvtsi32_si128(sh as i32));
-                            _mm512_slli_epi32::<4>(_mm512_and_si512(v, m2))
-                        };
+                        let a = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            ql.add(64 * h + l0) as *const __m128i
+                        ));
+                        let bb = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            ql.add(64 * h + 32 + l0) as *const __m128i
+                        ));
+                        let hb = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            qh.add(32 * h + l0) as *const __m128i
+                        ));
+                        // Bits 2t, 2t + 1 of qh moved to bits 4, 5.
+                        let m30 = _mm512_set1_epi32(0x30);
                         let q = [
-                            _mm512_or_si512(_mm512_and_si512(a, m4), hi(0)),
-                            _mm512_or_si512(_mm512_and_si512(bb, m4), hi(2)),
-                            _mm512_or_si512(_mm512_srli_epi32::<4>(a), hi(4)),
-                            _mm512_or_si512(_mm512_srli_epi32::<4>(bb), hi(6)),
+                            _mm512_ternarylogic_epi32::<0xF8>(
+                                _mm512_and_si512(a, m4),
+                                _mm512_slli_epi32::<4>(hb),
+                                m30,
+                            ),
+                            _mm512_ternarylogic_epi32::<0xF8>(
+                                _mm512_and_si512(bb, m4),
+                                _mm512_slli_epi32::<2>(hb),
+                                m30,
+                            ),
+                            _mm512_ternarylogic_epi32::<0xF8>(_mm512_srli_epi32::<4>(a), hb, m30),
+                            _mm512_ternarylogic_epi32::<0xF8>(
+                                _mm512_srli_epi32::<4>(bb),
+                                _mm512_srli_epi32::<2>(hb),
+                                m30,
+                            ),
                         ];
                         for (t, qt) in q.into_iter().enumerate() {
                             let i = 128 * h + 32 * t + l0;
